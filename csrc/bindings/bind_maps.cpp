@@ -1,0 +1,102 @@
+// Bindings of the plan model: building, validating and deriving per-rank maps.
+
+#include "bindings.h"
+#include "eplb_native/plan.h"
+#include "numpy_views.h"
+
+namespace eplb_native::bindings {
+namespace {
+
+Plan plan_from_array(const CArray<int64_t>& phy2log, int64_t num_experts) {
+    require_ndim(phy2log, 2, "phy2log", "[layers, physical_slots]");
+    const auto shape = shape_of(phy2log);
+    // Copy out of the numpy buffer first; the core then runs without the GIL.
+    std::vector<int64_t> values(phy2log.data(), phy2log.data() + phy2log.size());
+    py::gil_scoped_release release;  // core touches no Python objects; input was copied
+    return plan_from_phy2log(values.data(), shape[0], shape[1], num_experts);
+}
+
+py::tuple plan_to_tuple(const Plan& plan) {
+    return py::make_tuple(
+        to_numpy(plan.phy2log, {plan.num_layers, plan.num_physical}),
+        to_numpy(plan.log2phy, {plan.num_layers, plan.num_experts, plan.max_replicas}),
+        to_numpy(plan.logcnt, {plan.num_layers, plan.num_experts}));
+}
+
+}  // namespace
+
+void bind_maps(py::module_& m) {
+    m.def(
+        "plan_from_phy2log",
+        [](const CArray<int64_t>& phy2log, int64_t num_experts) {
+            return plan_to_tuple(plan_from_array(phy2log, num_experts));
+        },
+        py::arg("phy2log"), py::arg("num_experts"),
+        "(phy2log int64 [L, P], N) -> (phy2log, log2phy int64 [L, N, max_replicas] -1 padded, "
+        "logcnt int64 [L, N]).");
+
+    m.def(
+        "validate_plan",
+        [](const CArray<int64_t>& phy2log, const CArray<int64_t>& log2phy,
+           const CArray<int64_t>& logcnt, int64_t num_ranks, bool allow_duplicate_on_rank) {
+            require_ndim(phy2log, 2, "phy2log", "[layers, physical_slots]");
+            require_ndim(log2phy, 3, "log2phy", "[layers, experts, max_replicas]");
+            require_ndim(logcnt, 2, "logcnt", "[layers, experts]");
+            const auto p_shape = shape_of(phy2log);
+            const auto l_shape = shape_of(log2phy);
+            const auto c_shape = shape_of(logcnt);
+            if (c_shape[0] != p_shape[0]) {
+                throw_invalid("logcnt", "has " + std::to_string(c_shape[0]) +
+                                            " layers but phy2log has " + std::to_string(p_shape[0]));
+            }
+            if (l_shape[0] != p_shape[0] || l_shape[1] != c_shape[1]) {
+                throw_invalid("log2phy", "shape " + shape_str(l_shape) +
+                                             " does not match [layers, experts] = " +
+                                             shape_str({c_shape[0], c_shape[1]}));
+            }
+            PlanArrays arrays;
+            arrays.phy2log = phy2log.data();
+            arrays.log2phy = log2phy.data();
+            arrays.logcnt = logcnt.data();
+            arrays.num_layers = p_shape[0];
+            arrays.num_physical = p_shape[1];
+            arrays.num_experts = c_shape[1];
+            arrays.max_replicas = l_shape[2];
+            // Read-only access to buffers the caller keeps alive; validation never blocks on
+            // Python, so the GIL stays held (the arrays are borrowed, not copied).
+            validate_plan(arrays, num_ranks, allow_duplicate_on_rank);
+        },
+        py::arg("phy2log"), py::arg("log2phy"), py::arg("logcnt"), py::arg("num_ranks"),
+        py::arg("allow_duplicate_on_rank") = false,
+        "Raise ValueError naming the field unless the three maps form a valid placement.");
+
+    m.def(
+        "rank_expert_maps",
+        [](const CArray<int64_t>& phy2log, int64_t num_experts, int64_t num_ranks) {
+            const Plan plan = plan_from_array(phy2log, num_experts);
+            std::vector<int64_t> maps;
+            {
+                py::gil_scoped_release release;  // pure core computation on copied data
+                maps = rank_expert_maps(plan, num_ranks);
+            }
+            return to_numpy(maps, {num_ranks, plan.num_layers, plan.num_experts});
+        },
+        py::arg("phy2log"), py::arg("num_experts"), py::arg("num_ranks"),
+        "int64 [D, L, N]: local slot of expert e on rank r, -1 if absent.");
+
+    m.def(
+        "rank_log2phy",
+        [](const CArray<int64_t>& phy2log, int64_t num_experts, int64_t num_ranks) {
+            const Plan plan = plan_from_array(phy2log, num_experts);
+            std::vector<int64_t> routes;
+            {
+                py::gil_scoped_release release;  // pure core computation on copied data
+                routes = rank_log2phy(plan, num_ranks);
+            }
+            return to_numpy(routes, {num_ranks, plan.num_layers, plan.num_experts});
+        },
+        py::arg("phy2log"), py::arg("num_experts"), py::arg("num_ranks"),
+        "int64 [D, L, N]: physical slot that rank r routes expert e's tokens to.");
+}
+
+}  // namespace eplb_native::bindings

@@ -1,0 +1,10 @@
+#pragma once
+// One register function per binding file; module.cpp calls them all.
+
+#include <pybind11/pybind11.h>
+
+namespace eplb_native::bindings {
+
+void bind_maps(pybind11::module_& m);
+
+}  // namespace eplb_native::bindings

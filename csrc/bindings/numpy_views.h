@@ -1,0 +1,57 @@
+#pragma once
+// Helpers shared by the binding files: shape checks that name the argument, and numpy arrays
+// made from core vectors. The only place besides the bind_*.cpp files that sees pybind11.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eplb_native/error.h"
+
+namespace eplb_native::bindings {
+
+namespace py = pybind11;
+
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// The array's shape as a vector (for messages and extents).
+template <typename T>
+[[nodiscard]] std::vector<int64_t> shape_of(const CArray<T>& array) {
+    std::vector<int64_t> shape(static_cast<size_t>(array.ndim()));
+    for (py::ssize_t d = 0; d < array.ndim(); ++d) {
+        shape[static_cast<size_t>(d)] = static_cast<int64_t>(array.shape(d));
+    }
+    return shape;
+}
+
+// Throws ValueError "<field>: expected a <ndim>-D array <dims>, got shape (...)" unless the
+// array has `ndim` dimensions, each non-empty.
+template <typename T>
+void require_ndim(const CArray<T>& array, py::ssize_t ndim, const std::string& field,
+                  const std::string& dims) {
+    const auto shape = shape_of(array);
+    bool ok = array.ndim() == ndim;
+    for (int64_t extent : shape) {
+        ok = ok && extent > 0;
+    }
+    if (!ok) {
+        throw_invalid(field, "expected a non-empty " + std::to_string(ndim) + "-D array " + dims +
+                                 ", got shape " + shape_str(shape));
+    }
+}
+
+// A new C-contiguous numpy array with the given shape holding a copy of `values`.
+template <typename T>
+[[nodiscard]] py::array_t<T> to_numpy(const std::vector<T>& values,
+                                      const std::vector<int64_t>& shape) {
+    std::vector<py::ssize_t> extents(shape.begin(), shape.end());
+    py::array_t<T> out(extents);
+    std::copy(values.begin(), values.end(), out.mutable_data());
+    return out;
+}
+
+}  // namespace eplb_native::bindings

@@ -1,0 +1,75 @@
+#pragma once
+// The placement plan (phy2log, log2phy, logcnt), its validation, and the per-rank maps derived
+// from it.
+//
+// Names: L layers, N logical experts, D ranks, S slots per rank, P = D * S physical slots.
+// Rank r owns physical slots [r * S, (r + 1) * S).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace eplb_native {
+
+// A read-only view of a float64 [L, N] (or [T, L, N] flattened to [T * L, N]) load array.
+struct LoadView {
+    const double* data = nullptr;
+    int64_t num_layers = 0;
+    int64_t num_experts = 0;
+
+    [[nodiscard]] double at(int64_t layer_idx, int64_t expert_idx) const {
+        return data[layer_idx * num_experts + expert_idx];
+    }
+    [[nodiscard]] const double* layer(int64_t layer_idx) const {
+        return data + layer_idx * num_experts;
+    }
+};
+
+// Throws std::invalid_argument naming `field` when any value is NaN, infinite or negative.
+void validate_load_values(const double* data, int64_t size, int64_t num_experts,
+                          const std::string& field);
+
+struct Plan {
+    int64_t num_layers = 0;
+    int64_t num_experts = 0;
+    int64_t num_physical = 0;
+    int64_t max_replicas = 0;
+    std::vector<int64_t> phy2log;  // [L, P]
+    std::vector<int64_t> log2phy;  // [L, N, max_replicas], -1 padded, ascending physical index
+    std::vector<int64_t> logcnt;   // [L, N]
+};
+
+// Builds a Plan from phy2log [L, P]: log2phy lists each expert's physical slots in ascending
+// order, padded with -1 to the largest replica count over all layers. Throws
+// std::invalid_argument ("phy2log: ...") for ids outside [0, N) or an expert with no replica.
+[[nodiscard]] Plan plan_from_phy2log(const int64_t* phy2log, int64_t num_layers,
+                                     int64_t num_physical, int64_t num_experts);
+
+struct PlanArrays {
+    const int64_t* phy2log = nullptr;
+    const int64_t* log2phy = nullptr;
+    const int64_t* logcnt = nullptr;
+    int64_t num_layers = 0;
+    int64_t num_physical = 0;
+    int64_t num_experts = 0;
+    int64_t max_replicas = 0;
+};
+
+// Checks that the three maps describe one valid placement on `num_ranks` ranks: every expert
+// has >= 1 replica, ids are in range, P is a multiple of num_ranks, logcnt counts phy2log,
+// log2phy lists exactly the slots of each expert (any order, -1 padded after them), and, unless
+// allow_duplicate_on_rank, no rank holds two replicas of one expert. Throws
+// std::invalid_argument naming the field, layer and slot.
+void validate_plan(const PlanArrays& plan, int64_t num_ranks, bool allow_duplicate_on_rank);
+
+// Per-rank expert_map, int64 [D, L, N]: the local slot (0..S-1) on rank r holding logical
+// expert e (the first one if there are several), or -1 when rank r holds no replica.
+[[nodiscard]] std::vector<int64_t> rank_expert_maps(const Plan& plan, int64_t num_ranks);
+
+// Per-rank routing choice, int64 [D, L, N]: the physical slot that rank r sends expert e's
+// tokens to. A rank holding a replica uses its own; the other ranks, in ascending order, each
+// take the replica that serves the fewest ranks so far (lowest index on ties), so that the
+// replicas' shares of the D ranks differ by at most one.
+[[nodiscard]] std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks);
+
+}  // namespace eplb_native

@@ -1,0 +1,228 @@
+#include "eplb_native/plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "eplb_native/error.h"
+
+namespace eplb_native {
+namespace {
+
+std::string at_layer(int64_t layer_idx) { return "layer " + std::to_string(layer_idx); }
+
+void require_positive(int64_t value, const std::string& field) {
+    if (value <= 0) {
+        throw_invalid(field, "expected a positive size, got " + std::to_string(value));
+    }
+}
+
+}  // namespace
+
+void validate_load_values(const double* data, int64_t size, int64_t num_experts,
+                          const std::string& field) {
+    for (int64_t i = 0; i < size; ++i) {
+        const double value = data[i];
+        if (std::isnan(value) || std::isinf(value) || value < 0.0) {
+            const char* what = std::isnan(value) ? "NaN" : (std::isinf(value) ? "inf" : "negative");
+            throw_invalid(field, std::string(what) + " value " + std::to_string(value) +
+                                     " at row " + std::to_string(i / num_experts) + ", expert " +
+                                     std::to_string(i % num_experts) +
+                                     " (loads must be finite and >= 0)");
+        }
+    }
+}
+
+Plan plan_from_phy2log(const int64_t* phy2log, int64_t num_layers, int64_t num_physical,
+                       int64_t num_experts) {
+    require_positive(num_layers, "phy2log");
+    require_positive(num_physical, "phy2log");
+    require_positive(num_experts, "num_experts");
+    Plan plan;
+    plan.num_layers = num_layers;
+    plan.num_experts = num_experts;
+    plan.num_physical = num_physical;
+    plan.phy2log.assign(phy2log, phy2log + num_layers * num_physical);
+    plan.logcnt.assign(static_cast<size_t>(num_layers * num_experts), 0);
+    for (int64_t l = 0; l < num_layers; ++l) {
+        for (int64_t p = 0; p < num_physical; ++p) {
+            const int64_t e = phy2log[l * num_physical + p];
+            if (e < 0 || e >= num_experts) {
+                throw_invalid("phy2log", at_layer(l) + ", slot " + std::to_string(p) +
+                                             ": expert id " + std::to_string(e) +
+                                             " outside [0, " + std::to_string(num_experts) + ")");
+            }
+            ++plan.logcnt[static_cast<size_t>(l * num_experts + e)];
+        }
+    }
+    for (int64_t l = 0; l < num_layers; ++l) {
+        for (int64_t e = 0; e < num_experts; ++e) {
+            const int64_t count = plan.logcnt[static_cast<size_t>(l * num_experts + e)];
+            if (count == 0) {
+                throw_invalid("phy2log", at_layer(l) + ": expert " + std::to_string(e) +
+                                             " has no replica (every expert needs at least one)");
+            }
+            plan.max_replicas = std::max(plan.max_replicas, count);
+        }
+    }
+    const int64_t max_rep = plan.max_replicas;
+    plan.log2phy.assign(static_cast<size_t>(num_layers * num_experts * max_rep), -1);
+    std::vector<int64_t> filled(static_cast<size_t>(num_experts));
+    for (int64_t l = 0; l < num_layers; ++l) {
+        std::fill(filled.begin(), filled.end(), 0);
+        for (int64_t p = 0; p < num_physical; ++p) {
+            const int64_t e = phy2log[l * num_physical + p];
+            plan.log2phy[static_cast<size_t>((l * num_experts + e) * max_rep +
+                                             filled[static_cast<size_t>(e)]++)] = p;
+        }
+    }
+    return plan;
+}
+
+void validate_plan(const PlanArrays& plan, int64_t num_ranks, bool allow_duplicate_on_rank) {
+    const int64_t L = plan.num_layers;
+    const int64_t P = plan.num_physical;
+    const int64_t N = plan.num_experts;
+    const int64_t R = plan.max_replicas;
+    require_positive(L, "phy2log");
+    require_positive(P, "phy2log");
+    require_positive(N, "logcnt");
+    require_positive(R, "log2phy");
+    require_positive(num_ranks, "num_ranks");
+    if (P % num_ranks != 0) {
+        throw_invalid("num_ranks", std::to_string(P) + " physical slots cannot be split evenly over " +
+                                       std::to_string(num_ranks) + " ranks");
+    }
+    const int64_t S = P / num_ranks;
+    std::vector<int64_t> counted(static_cast<size_t>(N));
+    std::vector<int64_t> last_rank(static_cast<size_t>(N));
+    for (int64_t l = 0; l < L; ++l) {
+        std::fill(counted.begin(), counted.end(), 0);
+        std::fill(last_rank.begin(), last_rank.end(), -1);
+        for (int64_t p = 0; p < P; ++p) {
+            const int64_t e = plan.phy2log[l * P + p];
+            if (e < 0 || e >= N) {
+                throw_invalid("phy2log", at_layer(l) + ", slot " + std::to_string(p) +
+                                             ": expert id " + std::to_string(e) +
+                                             " outside [0, " + std::to_string(N) + ")");
+            }
+            const int64_t rank = p / S;
+            if (!allow_duplicate_on_rank && last_rank[static_cast<size_t>(e)] == rank) {
+                throw_invalid("phy2log", at_layer(l) + ": rank " + std::to_string(rank) +
+                                             " holds expert " + std::to_string(e) +
+                                             " twice (pass allow_duplicate_on_rank=True to permit)");
+            }
+            last_rank[static_cast<size_t>(e)] = rank;
+            ++counted[static_cast<size_t>(e)];
+        }
+        for (int64_t e = 0; e < N; ++e) {
+            const int64_t want = counted[static_cast<size_t>(e)];
+            if (want == 0) {
+                throw_invalid("phy2log", at_layer(l) + ": expert " + std::to_string(e) +
+                                             " has no replica (every expert needs at least one)");
+            }
+            const int64_t got = plan.logcnt[l * N + e];
+            if (got != want) {
+                throw_invalid("logcnt", at_layer(l) + ", expert " + std::to_string(e) + ": says " +
+                                            std::to_string(got) + " replicas, phy2log has " +
+                                            std::to_string(want));
+            }
+            if (want > R) {
+                throw_invalid("log2phy", at_layer(l) + ", expert " + std::to_string(e) + " has " +
+                                             std::to_string(want) + " replicas but log2phy holds " +
+                                             std::to_string(R));
+            }
+            const int64_t* row = plan.log2phy + (l * N + e) * R;
+            for (int64_t k = 0; k < R; ++k) {
+                const int64_t p = row[k];
+                if (k < want) {
+                    if (p < 0 || p >= P || plan.phy2log[l * P + p] != e) {
+                        throw_invalid("log2phy", at_layer(l) + ", expert " + std::to_string(e) +
+                                                     ", replica " + std::to_string(k) + ": slot " +
+                                                     std::to_string(p) + " does not hold expert " +
+                                                     std::to_string(e) + " in phy2log");
+                    }
+                    for (int64_t j = 0; j < k; ++j) {
+                        if (row[j] == p) {
+                            throw_invalid("log2phy", at_layer(l) + ", expert " +
+                                                         std::to_string(e) + ": slot " +
+                                                         std::to_string(p) + " listed twice");
+                        }
+                    }
+                } else if (p != -1) {
+                    throw_invalid("log2phy", at_layer(l) + ", expert " + std::to_string(e) +
+                                                 ": expected -1 padding after " +
+                                                 std::to_string(want) + " replicas, got " +
+                                                 std::to_string(p));
+                }
+            }
+        }
+    }
+}
+
+std::vector<int64_t> rank_expert_maps(const Plan& plan, int64_t num_ranks) {
+    require_positive(num_ranks, "num_ranks");
+    const int64_t L = plan.num_layers;
+    const int64_t N = plan.num_experts;
+    const int64_t P = plan.num_physical;
+    if (P % num_ranks != 0) {
+        throw_invalid("num_ranks", std::to_string(P) + " physical slots cannot be split evenly over " +
+                                       std::to_string(num_ranks) + " ranks");
+    }
+    const int64_t S = P / num_ranks;
+    std::vector<int64_t> maps(static_cast<size_t>(num_ranks * L * N), -1);
+    for (int64_t l = 0; l < L; ++l) {
+        // Descending slots so that the first (lowest) local slot of an expert wins.
+        for (int64_t p = P - 1; p >= 0; --p) {
+            const int64_t rank = p / S;
+            const int64_t e = plan.phy2log[static_cast<size_t>(l * P + p)];
+            maps[static_cast<size_t>((rank * L + l) * N + e)] = p % S;
+        }
+    }
+    return maps;
+}
+
+std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks) {
+    require_positive(num_ranks, "num_ranks");
+    const int64_t L = plan.num_layers;
+    const int64_t N = plan.num_experts;
+    const int64_t P = plan.num_physical;
+    const int64_t R = plan.max_replicas;
+    if (P % num_ranks != 0) {
+        throw_invalid("num_ranks", std::to_string(P) + " physical slots cannot be split evenly over " +
+                                       std::to_string(num_ranks) + " ranks");
+    }
+    const int64_t S = P / num_ranks;
+    std::vector<int64_t> routes(static_cast<size_t>(num_ranks * L * N), -1);
+    std::vector<int64_t> holder_slot(static_cast<size_t>(num_ranks));
+    std::vector<int64_t> ranks_served;
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t e = 0; e < N; ++e) {
+            const int64_t* replicas = plan.log2phy.data() + (l * N + e) * R;
+            const int64_t count = plan.logcnt[static_cast<size_t>(l * N + e)];
+            std::fill(holder_slot.begin(), holder_slot.end(), -1);
+            ranks_served.assign(static_cast<size_t>(count), 0);
+            for (int64_t k = 0; k < count; ++k) {
+                const int64_t rank = replicas[k] / S;
+                if (holder_slot[static_cast<size_t>(rank)] < 0) {
+                    holder_slot[static_cast<size_t>(rank)] = replicas[k];
+                    ++ranks_served[static_cast<size_t>(k)];
+                }
+            }
+            for (int64_t rank = 0; rank < num_ranks; ++rank) {
+                int64_t slot = holder_slot[static_cast<size_t>(rank)];
+                if (slot < 0) {
+                    // The least-served replica, lowest index on ties: an even deal.
+                    const auto least =
+                        std::min_element(ranks_served.begin(), ranks_served.end()) -
+                        ranks_served.begin();
+                    ++ranks_served[static_cast<size_t>(least)];
+                    slot = replicas[least];
+                }
+                routes[static_cast<size_t>((rank * L + l) * N + e)] = slot;
+            }
+        }
+    }
+    return routes;
+}
+
+}  // namespace eplb_native

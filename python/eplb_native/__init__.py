@@ -1,0 +1,48 @@
+"""eplb_native: an Expert Parallelism Load Balancer for Mixture-of-Experts inference.
+
+Planning needs numpy only; the runtime (``eplb_native.runtime``) and the operator
+(``eplb_native.ops``) need torch and are imported on demand.
+"""
+
+from __future__ import annotations
+
+from eplb_native._core import __version__
+from eplb_native.config import POLICY_NAMES, EplbConfig, PolicyName
+from eplb_native.expert_map import load_expert_map, save_expert_map
+from eplb_native.layers import MoeLayerMap
+from eplb_native.plan import (
+    Plan,
+    PlanStats,
+    count_weight_copies,
+    default_placement,
+    evaluate,
+    expert_load_from_slot_load,
+    lower_bound_max_load,
+    rank_expert_maps,
+    rank_loads,
+    rank_log2phy,
+    slot_load_from_expert_load,
+    validate_plan,
+)
+
+__all__ = [
+    "POLICY_NAMES",
+    "EplbConfig",
+    "MoeLayerMap",
+    "Plan",
+    "PlanStats",
+    "PolicyName",
+    "__version__",
+    "count_weight_copies",
+    "default_placement",
+    "evaluate",
+    "expert_load_from_slot_load",
+    "load_expert_map",
+    "lower_bound_max_load",
+    "rank_expert_maps",
+    "rank_loads",
+    "rank_log2phy",
+    "save_expert_map",
+    "slot_load_from_expert_load",
+    "validate_plan",
+]

@@ -1,0 +1,131 @@
+#include "eplb_native/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace eplb_native {
+namespace {
+
+// vllm-ascend's fixture layout: 2 devices x 5 slots, experts 0..7, 7 and 2 replicated.
+const std::vector<int64_t> kFixture = {7, 2, 0, 3, 5, 6, 1, 4, 7, 2};
+
+PlanArrays arrays_of(const Plan& plan) {
+    PlanArrays arrays;
+    arrays.phy2log = plan.phy2log.data();
+    arrays.log2phy = plan.log2phy.data();
+    arrays.logcnt = plan.logcnt.data();
+    arrays.num_layers = plan.num_layers;
+    arrays.num_physical = plan.num_physical;
+    arrays.num_experts = plan.num_experts;
+    arrays.max_replicas = plan.max_replicas;
+    return arrays;
+}
+
+std::string message_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const std::invalid_argument& error) {
+        return error.what();
+    }
+    return "";
+}
+
+TEST(Plan, DerivesLog2PhyAndLogcntFromPhy2Log) {
+    const Plan plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
+    EXPECT_EQ(plan.max_replicas, 2);
+    EXPECT_EQ(plan.logcnt, (std::vector<int64_t>{1, 1, 2, 1, 1, 1, 1, 2}));
+    // Expert 7 lives in slots 0 and 8, expert 2 in 1 and 9, expert 0 in slot 2 only.
+    EXPECT_EQ(plan.log2phy[7 * 2], 0);
+    EXPECT_EQ(plan.log2phy[7 * 2 + 1], 8);
+    EXPECT_EQ(plan.log2phy[2 * 2], 1);
+    EXPECT_EQ(plan.log2phy[2 * 2 + 1], 9);
+    EXPECT_EQ(plan.log2phy[0 * 2 + 1], -1);
+    EXPECT_NO_THROW(validate_plan(arrays_of(plan), 2, false));
+}
+
+TEST(Plan, RejectsMissingExpertAndOutOfRangeIdsNamingTheField) {
+    std::vector<int64_t> missing = kFixture;
+    missing[2] = 7;  // expert 0 gone
+    EXPECT_NE(message_of([&] { (void)plan_from_phy2log(missing.data(), 1, 10, 8); })
+                  .find("phy2log: layer 0: expert 0 has no replica"),
+              std::string::npos);
+    std::vector<int64_t> out_of_range = kFixture;
+    out_of_range[3] = 8;
+    EXPECT_NE(message_of([&] { (void)plan_from_phy2log(out_of_range.data(), 1, 10, 8); })
+                  .find("phy2log: layer 0, slot 3: expert id 8 outside [0, 8)"),
+              std::string::npos);
+}
+
+TEST(Plan, ValidateRejectsDuplicatesOnOneRankUnlessAllowed) {
+    const std::vector<int64_t> duplicate = {7, 7, 0, 3, 5, 6, 1, 4, 2, 2};
+    const Plan plan = plan_from_phy2log(duplicate.data(), 1, 10, 8);
+    EXPECT_NE(message_of([&] { validate_plan(arrays_of(plan), 2, false); })
+                  .find("rank 0 holds expert 7 twice"),
+              std::string::npos);
+    EXPECT_NO_THROW(validate_plan(arrays_of(plan), 2, true));
+}
+
+TEST(Plan, ValidateRejectsInconsistentMaps) {
+    Plan plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
+    plan.logcnt[3] = 2;
+    EXPECT_EQ(message_of([&] { validate_plan(arrays_of(plan), 2, false); }).rfind("logcnt:", 0), 0u);
+    plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
+    plan.log2phy[7 * 2 + 1] = 3;  // slot 3 holds expert 3, not 7
+    EXPECT_EQ(message_of([&] { validate_plan(arrays_of(plan), 2, false); }).rfind("log2phy:", 0), 0u);
+    plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
+    EXPECT_EQ(message_of([&] { validate_plan(arrays_of(plan), 3, false); }).rfind("num_ranks:", 0), 0u);
+}
+
+TEST(Plan, RankExpertMapsGiveLocalSlotsOrMinusOne) {
+    const Plan plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
+    const auto maps = rank_expert_maps(plan, 2);  // [2, 1, 8]
+    const std::vector<int64_t> rank0 = {2, -1, 1, 3, -1, 4, -1, 0};
+    const std::vector<int64_t> rank1 = {-1, 1, 4, -1, 2, -1, 0, 3};
+    EXPECT_EQ(std::vector<int64_t>(maps.begin(), maps.begin() + 8), rank0);
+    EXPECT_EQ(std::vector<int64_t>(maps.begin() + 8, maps.end()), rank1);
+}
+
+TEST(Plan, RankLog2PhyPrefersLocalReplicaAndSplitsOtherRanksEvenly) {
+    // 4 ranks x 1 slot... use 8 ranks x 2 slots: expert 0 replicated on ranks 0 and 5.
+    std::vector<int64_t> phy2log(16);
+    for (int64_t p = 0; p < 16; ++p) {
+        phy2log[static_cast<size_t>(p)] = p % 15;  // slot 15 is a second copy of expert 0
+    }
+    const Plan plan = plan_from_phy2log(phy2log.data(), 1, 16, 15);
+    const auto routes = rank_log2phy(plan, 8);  // [8, 1, 15]
+    int64_t to_slot0 = 0;
+    int64_t to_slot15 = 0;
+    for (int64_t rank = 0; rank < 8; ++rank) {
+        const int64_t slot = routes[static_cast<size_t>(rank * 15 + 0)];
+        if (rank == 0) {
+            EXPECT_EQ(slot, 0);
+        }
+        if (rank == 7) {
+            EXPECT_EQ(slot, 15);
+        }
+        to_slot0 += slot == 0;
+        to_slot15 += slot == 15;
+    }
+    EXPECT_EQ(to_slot0, 4);
+    EXPECT_EQ(to_slot15, 4);
+}
+
+TEST(Plan, ValidateLoadValuesNamesTheProblem) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const std::vector<double> loads = {1.0, 2.0, nan, 4.0};
+    EXPECT_NE(message_of([&] { validate_load_values(loads.data(), 4, 2, "load"); })
+                  .find("load: NaN value"),
+              std::string::npos);
+    const std::vector<double> negative = {1.0, -2.0};
+    EXPECT_NE(message_of([&] { validate_load_values(negative.data(), 2, 2, "load"); })
+                  .find("load: negative value"),
+              std::string::npos);
+}
+
+}  // namespace
+}  // namespace eplb_native
