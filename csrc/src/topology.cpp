@@ -1,0 +1,42 @@
+#include "eplb_native/topology.h"
+
+#include <string>
+
+#include "eplb_native/error.h"
+
+namespace eplb_native {
+
+void validate_topology(const Topology& topo) {
+    const auto positive = [](int64_t value, const char* field) {
+        if (value <= 0) {
+            throw_invalid(field, "expected a positive integer, got " + std::to_string(value));
+        }
+    };
+    positive(topo.num_experts, "num_experts");
+    positive(topo.num_replicas, "num_replicas");
+    positive(topo.num_groups, "num_groups");
+    positive(topo.num_nodes, "num_nodes");
+    positive(topo.num_ranks, "num_ranks");
+    if (topo.num_replicas < topo.num_experts) {
+        throw_invalid("num_replicas", std::to_string(topo.num_replicas) +
+                                          " physical slots cannot hold " +
+                                          std::to_string(topo.num_experts) +
+                                          " experts (need num_replicas >= num_experts)");
+    }
+    if (topo.num_replicas % topo.num_ranks != 0) {
+        throw_invalid("num_replicas", std::to_string(topo.num_replicas) +
+                                          " is not a multiple of num_ranks=" +
+                                          std::to_string(topo.num_ranks) +
+                                          " (every rank holds the same number of slots)");
+    }
+    if (topo.num_experts % topo.num_groups != 0) {
+        throw_invalid("num_groups", std::to_string(topo.num_groups) + " does not divide " +
+                                        std::to_string(topo.num_experts) + " experts");
+    }
+    if (topo.num_ranks % topo.num_nodes != 0) {
+        throw_invalid("num_nodes", std::to_string(topo.num_nodes) + " does not divide " +
+                                       std::to_string(topo.num_ranks) + " ranks");
+    }
+}
+
+}  // namespace eplb_native
