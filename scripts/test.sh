@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, then runs every test: the C++ tests (gtest, via ctest) and
+# the Python tests (pytest, against the installed package). Fails if any test fails or none ran.
+#
+#   bash scripts/test.sh            # uses python3 from PATH (a venv if one is active)
+#   PYTHON=/path/to/python bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -e /usr/include/gtest/gtest.h ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing libgtest-dev (C++ tests)"
+    apt-get update -qq && apt-get install -y -qq libgtest-dev >/dev/null
+  else
+    echo "error: the C++ tests need GoogleTest: sudo apt-get install -y libgtest-dev" >&2
+    exit 1
+  fi
+fi
+
+echo "== installing eplb-native with its test extra"
+# Pin the CPU build of torch first: an unpinned 'torch' requirement would pull a multi-GB CUDA build.
+"$python" -c "import torch" 2>/dev/null || "$python" -m pip install -q torch==2.13.0
+"$python" -m pip install -q ".[test]"
+
+echo "== C++ tests (ctest)"
+cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DEPLB_BUILD_TESTS=ON -DEPLB_WERROR=ON >/dev/null
+cmake --build build/ctest -j "$(nproc)"
+ctest --test-dir build/ctest --output-on-failure --no-tests=error -j "$(nproc)"
+
+echo "== Python tests (pytest)"
+# python/ is not on sys.path here, so the installed package is what the tests import.
+"$python" -m pytest -c pyproject.toml --rootdir . tests/python
