@@ -1,0 +1,101 @@
+"""The torch_npu binding compiles against the headers of the torch-npu wheel (design §3.3-3.4).
+
+No CANN here, so the kernels are not built; the binding translation unit
+(ascend_kernels/host/npu_ops.cpp) is compiled through the project's own CMake path
+(-DEPLB_NPU_COMPILE_CHECK=ON: OBJECT library, C++20, torch's ABI, -Werror, launcher prototypes
+from ascend_kernels/host/kernel_launch_protos.h).
+
+torch_npu is never installed into this interpreter: its ``torch.backends`` entry point would make
+``import torch`` fail without CANN. The wheel matching the installed torch is downloaded with
+``pip download --no-deps`` and only its ``torch_npu/include`` tree and ``__init__.py`` are
+extracted into build/torch_npu_wheel/<version>/ (kept between runs). EPLB_TORCH_NPU_SITE may
+point at a folder that already holds such a ``torch_npu/``. Skips, with the reason, only when
+the headers cannot be obtained (no network) or cmake is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+OP_COMMAND = Path("torch_npu/include/torch_npu/csrc/framework/OpCommand.h")
+
+
+def _torch_npu_version() -> str:
+    """torch-npu release paired with the installed torch (2.13.0+cpu -> 2.13.0)."""
+    return torch.__version__.split("+")[0]
+
+
+def _fetch_headers(site: Path, version: str) -> str | None:
+    """Extracts the wheel's headers into site; returns why not on failure."""
+    download = site.parent / f"download-{version}"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+         "--disable-pip-version-check", "-d", str(download), f"torch-npu=={version}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    wheels = sorted(download.glob("torch_npu-*.whl"))
+    if result.returncode != 0 or not wheels:
+        return f"pip download torch-npu=={version} failed: {result.stderr.strip()[-300:]}"
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        members = [
+            name
+            for name in wheel.namelist()
+            if name.startswith("torch_npu/include/") or name == "torch_npu/__init__.py"
+        ]
+        wheel.extractall(site, members)
+    shutil.rmtree(download)
+    return None
+
+
+@pytest.fixture(scope="module")
+def torch_npu_site() -> Path:
+    given = os.environ.get("EPLB_TORCH_NPU_SITE")
+    if given:
+        site = Path(given)
+        if not (site / OP_COMMAND).is_file():
+            pytest.fail(f"EPLB_TORCH_NPU_SITE={given} holds no {OP_COMMAND}")
+        return site
+    version = _torch_npu_version()
+    site = ROOT / "build" / "torch_npu_wheel" / version
+    if not (site / OP_COMMAND).is_file():
+        site.mkdir(parents=True, exist_ok=True)
+        why = _fetch_headers(site, version)
+        if why is not None:
+            pytest.skip(f"torch-npu headers not available: {why}")
+    return site
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not on PATH")
+def test_npu_binding_compiles_against_torch_npu_wheel_headers(
+    torch_npu_site: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_")}
+    # Seen only by the configure-time find_spec probe; nothing imports torch_npu.
+    env["PYTHONPATH"] = str(torch_npu_site)
+    build = tmp_path / "build"
+    configure = subprocess.run(
+        ["cmake", "-S", str(ROOT), "-B", str(build), "-DEPLB_ASCEND=OFF",
+         "-DEPLB_NPU_COMPILE_CHECK=ON", "-DEPLB_BUILD_TESTS=OFF", "-DEPLB_BUILD_PYTHON=OFF",
+         "-DEPLB_WERROR=ON", "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_FLAGS_RELEASE=-O0",
+         f"-DPython_EXECUTABLE={sys.executable}"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    assert "Ascend kernels: compile check only" in configure.stdout, configure.stdout
+    build_step = subprocess.run(
+        ["cmake", "--build", str(build), "--target", "eplb_npu_ops_check"],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert build_step.returncode == 0, build_step.stdout[-6000:] + build_step.stderr[-3000:]
+    objects = list(build.rglob("npu_ops.cpp.o"))
+    assert objects, "the binding object file was not produced"
