@@ -7,7 +7,8 @@
 // in fp32. That is the reference's summation order exactly (one fp32 accumulator per output
 // element, ascending d); bf16 x bf16 and fp16 x fp16 products are exact in fp32.
 //
-// Tiles are enumerated expert by expert, row tile by row tile, column tile by column tile;
+// Tiles are enumerated expert by expert, column tile by column tile, row tile by row tile (the
+// reference's order);
 // block b takes tiles g with g mod B == b. Experts with no rows are skipped, so their weight
 // pointer is never read (it may belong to a 0-sized tensor). Per expert, the weight base address
 // comes from a device pointer table (uint64 [E], built from the tensor list by the host).
@@ -61,7 +62,6 @@ public:
         (void)load_offsets(offsets, offsets_, t_.num_experts);
         const int64_t blocks = AscendC::GetBlockNum();
         const int64_t block = AscendC::GetBlockIdx();
-        const int64_t col_tiles = shared::ceil_div(out_cols_, tile_cols_);
         flush_gm_lines(table_gm_, t_.num_experts * 8);
         int64_t first = 0;  // global index of this expert's first tile
         for (int64_t e = 0; e < t_.num_experts; ++e) {
@@ -78,9 +78,12 @@ public:
                     reinterpret_cast<__gm__ T*>(table_gm_.GetValue(e)),
                     reduce_ * kHalves * out_cols_);
             }
+            const int64_t row_tiles = shared::ceil_div(rows, tile_rows_);
             for (; local < tiles; local += blocks) {
-                const int64_t row_tile = local / col_tiles;
-                const int64_t col_tile = local % col_tiles;
+                // Column tile outer, row tile inner: the reference's task order, and
+                // consecutive tiles of a block reuse the same weight columns.
+                const int64_t col_tile = local / row_tiles;
+                const int64_t row_tile = local % row_tiles;
                 const int64_t r0 = row_tile * tile_rows_;
                 const int64_t c0 = col_tile * tile_cols_;
                 ComputeTile(row0 + r0, Min(tile_rows_, rows - r0), c0,

@@ -225,6 +225,7 @@ TEST(FusedMoeTiling, LimitsNameTheField) {
         p.load_steps = 0;
     });
     with("has_mask", [](FusedMoeParams& p) { p.has_mask = 2; });
+    with("w8a8", [](FusedMoeParams& p) { p.w8a8 = 1; });
     EXPECT_NO_THROW((void)make_fused_moe_tiling(ok));
     for (const BadCase& bad : cases) {
         try {

@@ -72,6 +72,9 @@ void validate_kernel_params(const FusedMoeParams& params) {
             throw_invalid("load_mode", "expected 0 (none), 1 (total) or 2 (ring), got " +
                                            std::to_string(static_cast<int32_t>(params.load_mode)));
     }
+    if (params.w8a8 != 0) {
+        throw_invalid("w8a8", "the NPU kernels implement bf16/fp16 weights only (no W8A8 yet)");
+    }
     if (params.has_mask != 0 && params.has_mask != 1) {
         throw_invalid("has_mask", "expected 0 or 1, got " + std::to_string(params.has_mask));
     }

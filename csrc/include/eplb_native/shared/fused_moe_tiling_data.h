@@ -104,12 +104,12 @@ EPLB_HD inline constexpr int64_t ub_row_elems(int64_t cols, int64_t elem_bytes) 
 
 // ---- UB budget of each kernel (bytes), exactly the buffers each kernel's TPipe initialises ----
 
-// moe_route_count: ids int32 [BS*K], mask uint8 [BS], cursors + offsets int32 [E+1] each,
-// row_of and row_token int32 [BS*K], expert_token_nums as int32 pairs [2E].
+// moe_route_count: ids, row_of and row_token int32 [BS*K], mask uint8 [BS], counts, offsets
+// and cursors int32 [E+1] each, expert_token_nums as int32 pairs [2E].
 EPLB_HD inline constexpr int64_t route_ub_bytes(int64_t num_pairs, int64_t num_tokens,
                                                 int64_t num_experts) {
     return 3 * align_up(num_pairs * 4, kUbBlockBytes) + align_up(num_tokens, kUbBlockBytes) +
-           2 * align_up((num_experts + 1) * 4, kUbBlockBytes) +
+           3 * align_up((num_experts + 1) * 4, kUbBlockBytes) +
            align_up(num_experts * 8, kUbBlockBytes);
 }
 
@@ -127,14 +127,15 @@ EPLB_HD inline constexpr int64_t permute_ub_bytes(int64_t num_pairs, int64_t num
 }
 
 // Vector GEMM with `halves` weight column blocks per tile (2 for gate|up, 1 for GEMM2):
-//   offsets, weight chunk queue (depth 2) act [halves, chunk, tile_cols], its fp32 copy,
+//   offsets, weight chunk queue (depth 2) act [halves, chunk, tile_cols] (rows padded to 32
+//   bytes), its fp32 copy with the same row stride,
 //   activation chunk act [tile_rows, chunk] + fp32 copy, fp32 accumulators [halves, rows, cols],
 //   one fp32 product row, one fp32 epilogue scratch tile and the act output tile.
 EPLB_HD inline constexpr int64_t gemm_ub_bytes(int64_t num_experts, int64_t halves,
                                                int64_t tile_rows, int64_t tile_cols,
                                                int64_t chunk, int64_t elem_bytes) {
     return offsets_ub_bytes(num_experts) + 2 * halves * chunk * align_up(tile_cols * elem_bytes, kUbBlockBytes) +
-           halves * chunk * tile_cols * 4 +
+           halves * chunk * ub_row_elems(tile_cols, elem_bytes) * 4 +
            tile_rows * align_up(chunk * elem_bytes, kUbBlockBytes) + tile_rows * chunk * 4 +
            halves * tile_rows * tile_cols * 4 + tile_cols * 4 + tile_rows * tile_cols * 4 +
            tile_rows * align_up(tile_cols * elem_bytes, kUbBlockBytes);

@@ -18,7 +18,7 @@ struct DeviceSpec {
 
 // Throws std::invalid_argument naming the field when the call is outside what the kernels
 // handle: BS 1..256, K 1..12, E 1..1024, H 1..7168, I 1..3072, bf16/fp16, T 1..2^20 for the
-// ring, T = 0 otherwise.
+// ring, T = 0 otherwise, no W8A8 (w8a8 = 0).
 void validate_kernel_params(const shared::FusedMoeParams& params);
 
 // Tiling of one call. Validates params and device first; throws std::invalid_argument when no
