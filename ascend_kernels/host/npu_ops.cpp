@@ -101,12 +101,35 @@ void check_weight_list(at::TensorList weights, const std::string& field, int64_t
     for (size_t e = 0; e < weights.size(); ++e) {
         const at::Tensor& w = weights[e];
         const std::string name = field + "[" + std::to_string(e) + "]";
+        check_arg(w.scalar_type() == x.scalar_type(), name, "expected the dtype of x");
+        if (w.numel() == 0) {
+            continue;  // allowed for an expert that receives no token (table entry 0)
+        }
         check_arg(w.dim() == 2 && w.size(0) == rows && w.size(1) == cols, name,
                   "expected shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
                       "], got " + shape_of(w));
-        check_arg(w.scalar_type() == x.scalar_type(), name, "expected the dtype of x");
         check_npu_contiguous(w, name, x.device());
     }
+}
+
+// I from the first non-empty weight (w1[e] is [H, 2I], w2[e] is [I, H]).
+int64_t intermediate_of(at::TensorList w1, at::TensorList w2) {
+    for (size_t e = 0; e < w1.size(); ++e) {
+        if (w1[e].numel() != 0) {
+            const std::string name = "w1[" + std::to_string(e) + "]";
+            check_arg(w1[e].dim() == 2 && w1[e].size(1) % 2 == 0, name,
+                      "expected [H, 2I], got " + shape_of(w1[e]));
+            return w1[e].size(1) / 2;
+        }
+    }
+    for (const at::Tensor& w : w2) {
+        if (w.numel() != 0) {
+            check_arg(w.dim() == 2, "w2", "expected [I, H] tensors, got " + shape_of(w));
+            return w.size(0);
+        }
+    }
+    check_arg(false, "w1", "every expert weight is empty: I cannot be inferred");
+    return 0;
 }
 
 // Shapes and modes of the call; every tensor checked against them.
@@ -139,9 +162,7 @@ FusedMoeParams validate(const at::Tensor& x, const at::Tensor& expert_ids,
     check_arg(w2.size() == w1.size(), "w2",
               "expected " + std::to_string(w1.size()) + " tensors (one per w1 tensor), got " +
                   std::to_string(w2.size()));
-    check_arg(w1[0].dim() == 2 && w1[0].size(1) % 2 == 0, "w1[0]",
-              "expected [H, 2I], got " + shape_of(w1[0]));
-    p.intermediate = w1[0].size(1) / 2;
+    p.intermediate = intermediate_of(w1, w2);
     check_weight_list(w1, "w1", p.hidden, 2 * p.intermediate, x);
     check_weight_list(w2, "w2", p.intermediate, p.hidden, x);
     check_arg(!w1_scale.has_value() && !w2_scale.has_value(), "w1_scale",
@@ -198,7 +219,8 @@ std::vector<uint64_t> pointer_words(at::TensorList weights) {
     std::vector<uint64_t> words;
     words.reserve(weights.size());
     for (const at::Tensor& w : weights) {
-        words.push_back(reinterpret_cast<uint64_t>(w.data_ptr()));
+        // 0 for an empty tensor: the kernels never dereference it for an expert without rows.
+        words.push_back(w.numel() == 0 ? 0 : reinterpret_cast<uint64_t>(w.data_ptr()));
     }
     return words;
 }

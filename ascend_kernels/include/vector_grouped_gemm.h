@@ -10,7 +10,8 @@
 // Tiles are enumerated expert by expert, column tile by column tile, row tile by row tile (the
 // reference's order);
 // block b takes tiles g with g mod B == b. Experts with no rows are skipped, so their weight
-// pointer is never read (it may belong to a 0-sized tensor). Per expert, the weight base address
+// pointer is never read (it may belong to a 0-sized tensor; a null address with rows computes
+// with zero weights). Per expert, the weight base address
 // comes from a device pointer table (uint64 [E], built from the tensor list by the host).
 //
 // kHalves = 2 (GEMM1): each tile accumulates the gate columns [j0, j0+cols) and the up columns
@@ -74,9 +75,10 @@ public:
             // First tile of this expert owned by this block.
             int64_t local = (block - first % blocks + blocks) % blocks;
             if (local < tiles) {
-                weight_gm_.SetGlobalBuffer(
-                    reinterpret_cast<__gm__ T*>(table_gm_.GetValue(e)),
-                    reduce_ * kHalves * out_cols_);
+                const uint64_t address = table_gm_.GetValue(e);
+                weight_is_null_ = address == 0;
+                weight_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(address),
+                                           reduce_ * kHalves * out_cols_);
             }
             const int64_t row_tiles = shared::ceil_div(rows, tile_rows_);
             for (; local < tiles; local += blocks) {
@@ -99,7 +101,10 @@ private:
     __aicore__ inline void ComputeTile(int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
         AscendC::LocalTensor<float> acc = acc_buf_.Get<float>();
         AscendC::Duplicate(acc, 0.0F, static_cast<int32_t>(kHalves * tile_rows_ * tile_cols_));
-        for (int64_t d0 = 0; d0 < reduce_; d0 += chunk_) {
+        AscendC::PipeBarrier<PIPE_V>();
+        // An empty weight tensor (address 0) of an expert that still got rows: the host cannot
+        // check counts without a device sync, so compute with zero weights instead of faulting.
+        for (int64_t d0 = 0; !weight_is_null_ && d0 < reduce_; d0 += chunk_) {
             const int64_t depth = Min(chunk_, reduce_ - d0);
             LoadChunk(row0, rows, col0, cols, d0, depth);
             AccumulateChunk(rows, cols, depth);
@@ -203,6 +208,7 @@ private:
     AscendC::GlobalTensor<uint64_t> table_gm_;
     AscendC::GlobalTensor<T> in_gm_, out_gm_, weight_gm_;
     __gm__ int32_t* offsets_ = nullptr;
+    bool weight_is_null_ = false;
     FusedMoeTilingData t_;
     int64_t reduce_ = 0, out_cols_ = 0, chunk_ = 0, tile_rows_ = 0, tile_cols_ = 0, ub_cols_ = 0;
 };

@@ -144,9 +144,7 @@ def binding_calls(binding_path: Path) -> tuple[dict[str, list[int]], set[str]]:
     return calls, included
 
 
-def check_signatures(
-    kernel_files: list[Path], protos_path: Path, binding_path: Path
-) -> list[str]:
+def check_signatures(kernel_files: list[Path], protos_path: Path, binding_path: Path) -> list[str]:
     """Every disagreement between kernel entries, launcher prototypes and binding calls."""
     problems: list[str] = []
     kernels = kernel_entries(kernel_files)
@@ -166,7 +164,9 @@ def check_signatures(
         else:
             head = [Param("uint32_t", "blockDim"), Param("aclrtStream", "stream")]
             if proto[:2] != head:
-                problems.append(f"{name}: prototype must start with (uint32_t blockDim, aclrtStream stream)")
+                problems.append(
+                    f"{name}: prototype must start with (uint32_t blockDim, aclrtStream stream)"
+                )
             want = [Param("void*", p.name) for p in params]
             if proto[2:] != want:
                 got = [f"{p.type} {p.name}" for p in proto[2:]]
@@ -254,9 +254,7 @@ def lint_tree(root: Path) -> list[str]:
     kernels_dir = root / "ascend_kernels" / "kernels"
     kernel_files = sorted(kernels_dir.glob("*.cpp"))
     host = root / "ascend_kernels" / "host"
-    problems = check_signatures(
-        kernel_files, host / "kernel_launch_protos.h", host / "npu_ops.cpp"
-    )
+    problems = check_signatures(kernel_files, host / "kernel_launch_protos.h", host / "npu_ops.cpp")
     include_dirs = [root / "ascend_kernels" / "include", root / "csrc" / "include"]
     problems += check_device_code(device_files(kernel_files, include_dirs), root)
     return problems

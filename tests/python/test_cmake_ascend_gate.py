@@ -42,7 +42,9 @@ def _configure(build_dir: Path, *defines: str, env_extra: dict[str, str] | None 
         f"-DPython_EXECUTABLE={sys.executable}",
         *defines,
     ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 def test_auto_without_cann_configures_and_says_why_the_kernels_are_off(tmp_path: Path) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 import kernel_lint
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +62,8 @@ def test_lint_reports_a_kernel_parameter_missing_from_prototype_and_binding(tree
     problems = kernel_lint.lint_tree(tree)
     assert any(p.startswith("moe_permute: prototype parameters") for p in problems), problems
     assert any(
-        p.startswith("moe_permute: binding passes 5 arguments, the launcher takes 6") for p in problems
+        p.startswith("moe_permute: binding passes 5 arguments, the launcher takes 6")
+        for p in problems
     ), problems
 
 
@@ -84,7 +84,10 @@ def test_lint_reports_a_binding_call_with_a_dropped_argument(tree: Path) -> None
         "stream, w2_ptr,\n                                           tiling_ptr)",
     )
     problems = kernel_lint.lint_tree(tree)
-    assert "moe_gemm2: binding passes 4 arguments, the launcher takes 5 (blockDim, stream + 3)" in problems
+    assert (
+        "moe_gemm2: binding passes 4 arguments, the launcher takes 5 (blockDim, stream + 3)"
+        in problems
+    )
 
 
 def test_lint_reports_a_kernel_nobody_launches(tree: Path) -> None:
@@ -103,8 +106,8 @@ def test_lint_rejects_host_only_constructs_in_device_code(tree: Path) -> None:
         header.read_text()
         + "\n#include <vector>\n"
         + "inline void bad() { std::vector<int> v; int* p = new int(1); throw 1; }\n"
-        + "inline void log() { printf(\"x\"); }\n"
-        + "#if ASCENDC_DUMP\ninline void dump() { printf(\"ok\"); }\n#endif\n"
+        + 'inline void log() { printf("x"); }\n'
+        + '#if ASCENDC_DUMP\ninline void dump() { printf("ok"); }\n#endif\n'
         + '// std:: in a comment and "new" in a string are fine\n'
     )
     problems = kernel_lint.lint_tree(tree)

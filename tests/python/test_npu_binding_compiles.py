@@ -39,9 +39,22 @@ def _fetch_headers(site: Path, version: str) -> str | None:
     """Extracts the wheel's headers into site; returns why not on failure."""
     download = site.parent / f"download-{version}"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-         "--disable-pip-version-check", "-d", str(download), f"torch-npu=={version}"],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            str(download),
+            f"torch-npu=={version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     wheels = sorted(download.glob("torch_npu-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -84,17 +97,36 @@ def test_npu_binding_compiles_against_torch_npu_wheel_headers(
     env["PYTHONPATH"] = str(torch_npu_site)
     build = tmp_path / "build"
     configure = subprocess.run(
-        ["cmake", "-S", str(ROOT), "-B", str(build), "-DEPLB_ASCEND=OFF",
-         "-DEPLB_NPU_COMPILE_CHECK=ON", "-DEPLB_BUILD_TESTS=OFF", "-DEPLB_BUILD_PYTHON=OFF",
-         "-DEPLB_WERROR=ON", "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_FLAGS_RELEASE=-O0",
-         f"-DPython_EXECUTABLE={sys.executable}"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        [
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            "-DEPLB_ASCEND=OFF",
+            "-DEPLB_NPU_COMPILE_CHECK=ON",
+            "-DEPLB_BUILD_TESTS=OFF",
+            "-DEPLB_BUILD_PYTHON=OFF",
+            "-DEPLB_WERROR=ON",
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DCMAKE_CXX_FLAGS_RELEASE=-O0",
+            f"-DPython_EXECUTABLE={sys.executable}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert configure.returncode == 0, configure.stdout + configure.stderr
     assert "Ascend kernels: compile check only" in configure.stdout, configure.stdout
     build_step = subprocess.run(
         ["cmake", "--build", str(build), "--target", "eplb_npu_ops_check"],
-        capture_output=True, text=True, env=env, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
     )
     assert build_step.returncode == 0, build_step.stdout[-6000:] + build_step.stderr[-3000:]
     objects = list(build.rglob("npu_ops.cpp.o"))
