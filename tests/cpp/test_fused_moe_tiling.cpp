@@ -95,8 +95,9 @@ TEST(FusedMoeTiling, WorkspaceSizeOfAKnownShape) {
 
 TEST(FusedMoeTiling, EveryKernelFitsTheUnifiedBuffer) {
     for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
-        for (const auto& p : {decode_params(256, 7168, 3072, 12, 1024),
-                              decode_params(1, 1, 1, 1, 1), decode_params(64, 4096, 1536, 8, 256)}) {
+        for (const auto& p :
+             {decode_params(256, 7168, 3072, 12, 1024), decode_params(1, 1, 1, 1, 1),
+              decode_params(64, 4096, 1536, 8, 256)}) {
             FusedMoeParams q = p;
             q.act_dtype = dtype;
             const FusedMoeTilingData t = make_fused_moe_tiling(q);

@@ -134,7 +134,8 @@ EPLB_HD inline constexpr int64_t permute_ub_bytes(int64_t num_pairs, int64_t num
 EPLB_HD inline constexpr int64_t gemm_ub_bytes(int64_t num_experts, int64_t halves,
                                                int64_t tile_rows, int64_t tile_cols,
                                                int64_t chunk, int64_t elem_bytes) {
-    return offsets_ub_bytes(num_experts) + 2 * halves * chunk * align_up(tile_cols * elem_bytes, kUbBlockBytes) +
+    return offsets_ub_bytes(num_experts) +
+           2 * halves * chunk * align_up(tile_cols * elem_bytes, kUbBlockBytes) +
            halves * chunk * ub_row_elems(tile_cols, elem_bytes) * 4 +
            tile_rows * align_up(chunk * elem_bytes, kUbBlockBytes) + tile_rows * chunk * 4 +
            halves * tile_rows * tile_cols * 4 + tile_cols * 4 + tile_rows * tile_cols * 4 +
