@@ -11,21 +11,21 @@ candidate by adding an entry to ``candidates()``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import deepseek_eplb_numpy  # noqa: E402
-
-from eplb_native import rebalance_experts  # noqa: E402
+import deepseek_eplb_numpy
+from eplb_native import rebalance_experts
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,16 @@ def candidates() -> dict[str, Planner]:
         "deepseek_eplb_numpy": lambda load, c: deepseek_eplb_numpy.rebalance_experts(
             load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks
         ),
-        "default_eplb_1_thread": lambda load, c: rebalance_experts(
-            load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=1
-        ).phy2log,
-        "default_eplb_2_threads": lambda load, c: rebalance_experts(
-            load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=2
-        ).phy2log,
+        "default_eplb_1_thread": lambda load, c: (
+            rebalance_experts(
+                load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=1
+            ).phy2log
+        ),
+        "default_eplb_2_threads": lambda load, c: (
+            rebalance_experts(
+                load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=2
+            ).phy2log
+        ),
     }
 
 
@@ -100,17 +104,25 @@ def main() -> None:
         reference = planners[baseline_name](load, case)
         for name, planner in planners.items():
             if not np.array_equal(planner(load, case), reference):
-                raise SystemExit(f"refcheck failed: {name} differs from {baseline_name} on {case.name}")
+                msg = f"refcheck failed: {name} differs from {baseline_name} on {case.name}"
+                raise SystemExit(msg)
         for name, planner in planners.items():
-            ms = time_ms(lambda: planner(load, case), args.repeats)
+            ms = time_ms(functools.partial(planner, load, case), args.repeats)
             rows.append({"case": case.name, "candidate": name, "ms": ms, "refcheck": "identical"})
     base = {r["case"]: r["ms"] for r in rows if r["candidate"] == baseline_name}
     print(f"{'case':<18} {'candidate':<24} {'ms/call':>10} {'speedup':>9}")
     for row in rows:
         row["speedup"] = base[row["case"]] / row["ms"]
-        print(f"{row['case']:<18} {row['candidate']:<24} {row['ms']:>10.2f} {row['speedup']:>8.1f}x")
+        print(
+            f"{row['case']:<18} {row['candidate']:<24} {row['ms']:>10.2f} {row['speedup']:>8.1f}x"
+        )
     if args.out:
-        payload = {"cases": [asdict(c) for c in CASES], "seed": args.seed, "repeats": args.repeats, "rows": rows}
+        payload = {
+            "cases": [asdict(c) for c in CASES],
+            "seed": args.seed,
+            "repeats": args.repeats,
+            "rows": rows,
+        }
         args.out.write_text(json.dumps(payload, indent=2))
 
 

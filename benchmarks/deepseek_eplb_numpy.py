@@ -18,7 +18,9 @@ def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[IntArray, IntA
     num_rows, num_items = weight.shape
     per_pack = num_items // num_packs
     if per_pack == 1:
-        return np.tile(np.arange(num_items), (num_rows, 1)), np.zeros((num_rows, num_items), np.int64)
+        return np.tile(np.arange(num_items), (num_rows, 1)), np.zeros(
+            (num_rows, num_items), np.int64
+        )
     order = np.argsort(-weight, axis=-1, kind="stable")
     pack_index = np.full((num_rows, num_items), -1, dtype=np.int64)
     rank_in_pack = np.full((num_rows, num_items), -1, dtype=np.int64)
@@ -26,7 +28,10 @@ def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[IntArray, IntA
         pack_weight = np.zeros(num_packs, dtype=np.float32)
         pack_items = [0] * num_packs
         for item in order[row]:
-            pack = min((p for p in range(num_packs) if pack_items[p] < per_pack), key=pack_weight.__getitem__)
+            pack = min(
+                (p for p in range(num_packs) if pack_items[p] < per_pack),
+                key=pack_weight.__getitem__,
+            )
             pack_index[row, item] = pack
             rank_in_pack[row, item] = pack_items[pack]
             pack_weight[pack] += weight[row, item]
@@ -55,16 +60,19 @@ def _inverse(perm: IntArray) -> IntArray:
     return inv
 
 
-def _hierarchical(weight: np.ndarray, num_physical: int, num_groups: int, num_nodes: int, num_ranks: int) -> IntArray:
+def _hierarchical(
+    weight: np.ndarray, num_physical: int, num_groups: int, num_nodes: int, num_ranks: int
+) -> IntArray:
     num_layers, num_experts = weight.shape
     group_size = num_experts // num_groups
     groups_per_node = num_groups // num_nodes
     slots_per_rank = num_physical // num_ranks
     group_load = weight.reshape(num_layers, num_groups, group_size).sum(axis=-1)
     group_pack, group_rank = balanced_packing(group_load, num_nodes)
-    log2mlog = (((group_pack * groups_per_node + group_rank) * group_size)[:, :, None] + np.arange(group_size)).reshape(
-        num_layers, num_experts
-    )
+    log2mlog = (
+        ((group_pack * groups_per_node + group_rank) * group_size)[:, :, None]
+        + np.arange(group_size)
+    ).reshape(num_layers, num_experts)
     mlog2log = _inverse(log2mlog)
     mlog_load = np.take_along_axis(weight, mlog2log, axis=-1).reshape(-1, num_experts // num_nodes)
     phy2mlog, _, mlogcnt = replicate_experts(mlog_load, num_physical // num_nodes)
@@ -77,7 +85,9 @@ def _hierarchical(weight: np.ndarray, num_physical: int, num_groups: int, num_no
     return np.take_along_axis(mlog2log, pphy2mlog, axis=-1)
 
 
-def rebalance_experts(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_ranks: int) -> IntArray:
+def rebalance_experts(
+    weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_ranks: int
+) -> IntArray:
     """phy2log int64 [L, P] for weight [L, N], as DeepSeek EPLB plans it."""
     weight32 = np.asarray(weight, dtype=np.float32)
     if num_groups % num_nodes == 0:

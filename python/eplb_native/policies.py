@@ -104,7 +104,8 @@ def _core_policy(name: str, options_type: type | None) -> PolicyFn:
             expected = options_type.__name__ if options_type else "None (no options)"
             msg = f"options: {name} takes {expected}, got {type(options).__name__}"
             raise ValueError(msg)
-        max_moves = options.max_moves_per_layer if options is not None else SwiftBalancerOptions().max_moves_per_layer
+        swift = options if isinstance(options, SwiftBalancerOptions) else SwiftBalancerOptions()
+        max_moves = swift.max_moves_per_layer
         phy2log, log2phy, logcnt = _core.rebalance_experts(
             name, load, num_replicas, num_groups, num_nodes, num_ranks,
             current=current, num_threads=num_threads, seed=seed, max_moves_per_layer=max_moves,
@@ -228,7 +229,12 @@ def rebalance_experts(
 
 
 def _log_rebalance(
-    policy: str, plan: Plan, load: FloatArray, current: IntArray | None, num_ranks: int, elapsed_ms: float
+    policy: str,
+    plan: Plan,
+    load: FloatArray,
+    current: IntArray | None,
+    num_ranks: int,
+    elapsed_ms: float,
 ) -> None:
     """One INFO line: PAR (before when ``current`` is given) and after, gap, weight copies, ms."""
     after = evaluate(plan, load, num_ranks)
@@ -270,7 +276,9 @@ class EplbPolicy:
         self.num_threads = num_threads
         self.seed = seed
 
-    def rebalance(self, current_table: npt.ArrayLike, workload: npt.ArrayLike) -> tuple[bool, IntArray, IntArray]:
+    def rebalance(
+        self, current_table: npt.ArrayLike, workload: npt.ArrayLike
+    ) -> tuple[bool, IntArray, IntArray]:
         """Plans from the tokens each physical slot handled.
 
         Args:
@@ -283,7 +291,9 @@ class EplbPolicy:
         """
         table = _as_int_array(_as_numpy(current_table), "current_table")
         if table.ndim != 3 or table.size == 0:
-            msg = f"current_table: expected a non-empty int array [L, D, S], got shape {table.shape}"
+            msg = (
+                f"current_table: expected a non-empty int array [L, D, S], got shape {table.shape}"
+            )
             raise ValueError(msg)
         num_layers, num_ranks, num_slots = table.shape
         slots = np.asarray(_as_numpy(workload), dtype=np.float64)
@@ -310,14 +320,17 @@ class EplbPolicy:
         new_table[layers] = proposal.table(num_ranks)[layers]
         return bool(layers.size > 0), layers, new_table
 
-    def select_layers(self, current: Plan, proposal: Plan, load: FloatArray, num_ranks: int) -> IntArray:
+    def select_layers(
+        self, current: Plan, proposal: Plan, load: FloatArray, num_ranks: int
+    ) -> IntArray:
         """Layers to apply, int64 [k]: those whose max rank load on ``load`` (float64 [L, N])
         drops, largest drop first (ties: lower layer first)."""
         before = rank_loads(current, load, num_ranks).max(axis=-1)
         after = rank_loads(proposal, load, num_ranks).max(axis=-1)
         gain = before - after
         order = np.argsort(-gain, kind="stable")
-        return order[gain[order] > 0].astype(np.int64)
+        selected: IntArray = order[gain[order] > 0].astype(np.int64)
+        return selected
 
 
 def make_policy(
@@ -332,4 +345,11 @@ def make_policy(
     return EplbPolicy(name, num_groups, num_nodes, options, num_threads, seed)
 
 
-__all__ = ["POLICIES", "EplbPolicy", "PolicyFn", "SwiftBalancerOptions", "make_policy", "rebalance_experts"]
+__all__ = [
+    "POLICIES",
+    "EplbPolicy",
+    "PolicyFn",
+    "SwiftBalancerOptions",
+    "make_policy",
+    "rebalance_experts",
+]

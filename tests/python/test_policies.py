@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from eplb_native import config
 from eplb_native.plan import Plan, count_weight_copies, default_placement, rank_loads, validate_plan
 from eplb_native.policies import POLICIES, SwiftBalancerOptions, make_policy, rebalance_experts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deepseek_readme.json"
 
@@ -57,12 +56,16 @@ def problems(draw: st.DrawFn) -> tuple[np.ndarray, int, int, int, int]:
     num_replicas = num_ranks * max(slots, -(-num_experts // num_ranks))
     layers = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**32 - 1))
-    load = np.random.default_rng(seed).integers(0, 1000, size=(layers, num_experts)).astype(np.float64)
+    load = (
+        np.random.default_rng(seed).integers(0, 1000, size=(layers, num_experts)).astype(np.float64)
+    )
     return load, num_replicas, num_groups, num_nodes, num_ranks
 
 
 @settings(max_examples=40, deadline=None)
-@given(problem=problems(), policy=st.sampled_from(["default_eplb", "random"]), seed=st.integers(0, 99))
+@given(
+    problem=problems(), policy=st.sampled_from(["default_eplb", "random"]), seed=st.integers(0, 99)
+)
 def test_valid_plans_and_thread_invariance(problem, policy, seed) -> None:  # type: ignore[no-untyped-def]
     load, num_replicas, num_groups, num_nodes, num_ranks = problem
     plans = [
@@ -73,7 +76,9 @@ def test_valid_plans_and_thread_invariance(problem, policy, seed) -> None:  # ty
     # default_eplb keeps DeepSeek's output, which may put two replicas of one expert on a rank;
     # random does so only when unavoidable (more replicas than ranks for some expert).
     unavoidable = num_replicas > load.shape[1] * num_ranks
-    validate_plan(plans[0], num_ranks, allow_duplicate_on_rank=policy == "default_eplb" or unavoidable)
+    validate_plan(
+        plans[0], num_ranks, allow_duplicate_on_rank=policy == "default_eplb" or unavoidable
+    )
     assert (plans[0].logcnt.sum(axis=1) == num_replicas).all()
     for other in plans[1:]:
         np.testing.assert_array_equal(other.phy2log, plans[0].phy2log)
@@ -83,7 +88,9 @@ def test_valid_plans_and_thread_invariance(problem, policy, seed) -> None:  # ty
 @given(problem=problems(), budget=st.integers(0, 6), seed=st.integers(0, 99))
 def test_swift_never_worse_and_within_budget(problem, budget, seed) -> None:  # type: ignore[no-untyped-def]
     load, num_replicas, num_groups, num_nodes, num_ranks = problem
-    current = rebalance_experts(load, num_replicas, num_groups, num_nodes, num_ranks, policy="random", seed=seed)
+    current = rebalance_experts(
+        load, num_replicas, num_groups, num_nodes, num_ranks, policy="random", seed=seed
+    )
     plans = [
         rebalance_experts(load, num_replicas, num_groups, num_nodes, num_ranks, policy="swift_balancer",
                           current=current, options=SwiftBalancerOptions(budget), num_threads=threads)
@@ -96,7 +103,10 @@ def test_swift_never_worse_and_within_budget(problem, budget, seed) -> None:  # 
     after = rank_loads(plan, load, num_ranks).max(axis=-1)
     assert (after <= before + 1e-9).all()
     for layer_idx in range(load.shape[0]):
-        assert count_weight_copies(current.phy2log[[layer_idx]], plan.phy2log[[layer_idx]], num_ranks) <= budget
+        assert (
+            count_weight_copies(current.phy2log[[layer_idx]], plan.phy2log[[layer_idx]], num_ranks)
+            <= budget
+        )
 
 
 def test_swift_improves_a_skewed_layout() -> None:
@@ -119,5 +129,6 @@ def test_stateful_policy_applies_only_improving_layers() -> None:
     np.testing.assert_array_equal(new_table[1], table[1])
     assert not np.array_equal(new_table[2], table[2])
     unchanged, none, same = make_policy("swift_balancer").rebalance(table, np.ones((3, 4, 3)))
-    assert not unchanged and none.size == 0
+    assert not unchanged
+    assert none.size == 0
     np.testing.assert_array_equal(same, table)

@@ -6,12 +6,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from eplb_native import _core
 from eplb_native.plan import Plan, validate_plan
 from eplb_native.policies import make_policy, rebalance_experts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 GOOD = np.arange(1, 9, dtype=np.float64).reshape(1, 8)
 GOOD_CURRENT = np.tile(np.arange(8) % 8, (1, 1)).astype(np.int64)
@@ -36,7 +35,17 @@ CASES: list[tuple[str, str, Any, int, int, int, int, Any, str]] = [
     ("current_missing", "swift_balancer", GOOD, 8, 1, 1, 4, None, "current"),
     ("current_wrong_shape", "swift_balancer", GOOD, 8, 1, 1, 4, GOOD_CURRENT[:, :4], "current"),
     ("current_bad_id", "swift_balancer", GOOD, 8, 1, 1, 4, np.full((1, 8), 9), "current"),
-    ("current_missing_expert", "swift_balancer", GOOD, 8, 1, 1, 4, np.zeros((1, 8), np.int64), "current"),
+    (
+        "current_missing_expert",
+        "swift_balancer",
+        GOOD,
+        8,
+        1,
+        1,
+        4,
+        np.zeros((1, 8), np.int64),
+        "current",
+    ),
     ("unknown_policy", "greedy", GOOD, 8, 1, 1, 4, None, "policy"),
 ]
 
@@ -45,21 +54,22 @@ CASES: list[tuple[str, str, Any, int, int, int, int, Any, str]] = [
 @pytest.mark.parametrize("entry", ["python", "core"])
 def test_bad_input_names_the_field(case: tuple[Any, ...], entry: str) -> None:
     _, policy, load, replicas, groups, nodes, ranks, current, field = case
-    with pytest.raises(ValueError, match=f"^{field}:"):
-        if entry == "python":
+    if entry == "python":
+        with pytest.raises(ValueError, match=rf"^{field}:"):
             rebalance_experts(load, replicas, groups, nodes, ranks, policy=policy, current=current)
-        else:
+    else:
+        with pytest.raises(ValueError, match=rf"^{field}:"):
             _core.rebalance_experts(policy, load, replicas, groups, nodes, ranks, current=current)
 
 
 def test_ranks_alias_and_stateful_errors() -> None:
-    with pytest.raises(ValueError, match="^num_ranks:"):
+    with pytest.raises(ValueError, match=r"^num_ranks:"):
         rebalance_experts(GOOD, 8, 1, 1, 4, num_gpus=4)
-    with pytest.raises(ValueError, match="^policy:"):
+    with pytest.raises(ValueError, match=r"^policy:"):
         make_policy("nope")
-    with pytest.raises(ValueError, match="^workload:"):
+    with pytest.raises(ValueError, match=r"^workload:"):
         make_policy("default_eplb").rebalance(GOOD_CURRENT.reshape(1, 4, 2), np.ones((1, 4, 3)))
-    with pytest.raises(ValueError, match="^current_table:"):
+    with pytest.raises(ValueError, match=r"^current_table:"):
         make_policy("default_eplb").rebalance(np.zeros((1, 4, 2), np.int64) + 1, np.ones((1, 4, 2)))
 
 
