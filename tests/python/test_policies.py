@@ -132,3 +132,14 @@ def test_stateful_policy_applies_only_improving_layers() -> None:
     assert not unchanged
     assert none.size == 0
     np.testing.assert_array_equal(same, table)
+
+
+def test_swift_reallots_replicas_when_swaps_cannot_help() -> None:
+    # Expert 0 carries almost everything; only a second replica of it (taken from expert 3,
+    # which has two) can bring the busiest rank below 100.
+    load = np.array([[100, 1, 1, 1]], dtype=np.float64)
+    current = np.array([[0, 1, 2, 3, 2, 3]])
+    plan = rebalance_experts(load, 6, 1, 1, 2, policy="swift_balancer", current=current)
+    assert plan.logcnt[0, 0] == 2
+    assert rank_loads(plan, load, 2).max() < 60.0
+    assert count_weight_copies(current, plan, 2) <= SwiftBalancerOptions().max_moves_per_layer

@@ -75,7 +75,68 @@ std::vector<int64_t> swift_layer(const double* load, const int64_t* current, con
             }
         }
         if (best_i < 0) {
-            break;
+            // No swap helps: try giving one more replica to an expert of the busiest rank, taken
+            // from an expert with several replicas (re-allotment), if that lowers the peak.
+            const double old_peak = hot_load;
+            double best_peak_re = old_peak;
+            int64_t re_x = -1;
+            int64_t re_j = -1;
+            int64_t re_copies = 0;
+            for (int64_t i = hot * s; i < (hot + 1) * s; ++i) {
+                const int64_t x = row[static_cast<size_t>(i)];
+                const double cx = static_cast<double>(logcnt[static_cast<size_t>(x)]);
+                const double wx = load[x];
+                const double da = wx / (cx + 1.0) - wx / cx;
+                for (int64_t j = 0; j < p_count; ++j) {
+                    const int64_t y = row[static_cast<size_t>(j)];
+                    const int64_t rj = j / s;
+                    if (y == x || logcnt[static_cast<size_t>(y)] < 2 || on(holds, rj, x) > 0) {
+                        continue;
+                    }
+                    const int64_t new_copies =
+                        copies + (on(original, rj, x) == 0) - (on(original, rj, y) == 0);
+                    if (new_copies > max_moves) {
+                        continue;
+                    }
+                    const double cy = static_cast<double>(logcnt[static_cast<size_t>(y)]);
+                    const double wy = load[y];
+                    const double b_new = wy / (cy - 1.0);
+                    const double db = b_new - wy / cy;
+                    double peak = 0.0;
+                    for (int64_t r = 0; r < d && peak < best_peak_re; ++r) {
+                        double value = rank_load[static_cast<size_t>(r)] + on(holds, r, x) * da +
+                                       on(holds, r, y) * db;
+                        if (r == rj) {
+                            value += wx / (cx + 1.0) - b_new;
+                        }
+                        peak = std::max(peak, value);
+                    }
+                    if (peak < best_peak_re) {
+                        best_peak_re = peak;
+                        re_x = x;
+                        re_j = j;
+                        re_copies = new_copies;
+                    }
+                }
+            }
+            if (re_x < 0) {
+                break;
+            }
+            const auto bj = static_cast<size_t>(re_j);
+            const int64_t y = row[bj];
+            --holds[static_cast<size_t>((re_j / s) * n + y)];
+            ++holds[static_cast<size_t>((re_j / s) * n + re_x)];
+            --logcnt[static_cast<size_t>(y)];
+            ++logcnt[static_cast<size_t>(re_x)];
+            row[bj] = re_x;
+            std::fill(rank_load.begin(), rank_load.end(), 0.0);
+            for (int64_t p = 0; p < p_count; ++p) {
+                const auto e = static_cast<size_t>(row[static_cast<size_t>(p)]);
+                slot_load[static_cast<size_t>(p)] = load[e] / static_cast<double>(logcnt[e]);
+                rank_load[static_cast<size_t>(p / s)] += slot_load[static_cast<size_t>(p)];
+            }
+            copies = re_copies;
+            continue;
         }
         const auto bi = static_cast<size_t>(best_i);
         const auto bj = static_cast<size_t>(best_j);

@@ -5,9 +5,11 @@
 // swap of one of its replicas with a replica on another rank that lowers the larger of the two
 // ranks' loads the most (neither rank may end up with two replicas of one expert), as long as
 // the layer's weight copies (slots whose expert was not on that rank in `current`, as
-// count_weight_copies counts them) stay <= max_moves_per_layer. Replica counts are kept, so an
-// expert with k replicas carries exactly load / k on each. The busiest rank's load strictly
-// drops with each swap, so the layer's max rank load never rises above the current one.
+// count_weight_copies counts them) stay <= max_moves_per_layer. When no swap helps, it
+// re-allots: one replica of an expert with several replicas is overwritten by an expert of the
+// busiest rank, if that lowers the layer's max rank load. An expert with k replicas carries
+// exactly load / k on each. Every step lowers the busiest rank's load (a swap) or the layer's
+// max rank load (a re-allotment), so the max rank load never rises above the current one.
 
 #include <cstdint>
 
