@@ -1,5 +1,6 @@
 // Bindings of the placement policies: one entry, _core.rebalance_experts, dispatching by name.
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -21,7 +22,7 @@ constexpr const char* kCorePolicies = "default_eplb, swift_balancer, random";
 
 py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64_t num_replicas,
                     int64_t num_groups, int64_t num_nodes, int64_t num_ranks,
-                    const std::optional<CArray<int64_t>>& current, int num_threads,
+                    const std::optional<CArray<int64_t>>& current, int64_t num_threads,
                     uint64_t seed, int64_t max_moves_per_layer) {
     if (policy != "default_eplb" && policy != "swift_balancer" && policy != "random") {
         throw_invalid("policy", "unknown policy '" + policy + "'; valid: " + kCorePolicies);
@@ -60,7 +61,8 @@ py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64
     {
         // Safe: the core reads only the copied vectors above and touches no Python object.
         py::gil_scoped_release release;
-        ThreadPool pool(num_threads);
+        // More threads than layers would only idle: cap the pool at the layer count.
+        ThreadPool pool(static_cast<int>(num_threads == 0 ? 0 : std::min(num_threads, shape[0])));
         LoadView view{load_values.data(), shape[0], shape[1]};
         if (policy == "default_eplb") {
             plan = policies::plan_default_eplb(view, topo, pool);

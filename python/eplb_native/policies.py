@@ -214,7 +214,7 @@ def rebalance_experts(
         if history_array.shape[-1] != expert_load.shape[-1]:
             msg = f"history: expected [T, L, N] with N={expert_load.shape[-1]}, got {history_array.shape}"
             raise ValueError(msg)
-    threads = _check_nonnegative_int(num_threads, "num_threads")
+    threads = _check_nonnegative_int(num_threads, "num_threads", upper=2**31)
     seed_value = _check_nonnegative_int(seed, "seed", upper=2**64)
     start = time.perf_counter()
     plan = fn(

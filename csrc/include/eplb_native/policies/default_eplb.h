@@ -6,7 +6,10 @@
 // replica, (3) pack each node's replicas onto its ranks by balanced_packing. Otherwise global
 // mode: the same with one group and one node. Like DeepSeek, step (3) may put two replicas of
 // one expert on one rank; default_eplb keeps that behaviour so its output equals DeepSeek's.
-// Arithmetic is float32 as in DeepSeek; sort ties go to the lower index.
+// Arithmetic is float32 as in DeepSeek. Sort ties go to the lower index, i.e.
+// torch.sort(stable=True); DeepSeek calls torch.sort with the default stable=False, whose order
+// among exactly equal loads is unspecified, so outputs agree whenever the sorted loads are
+// distinct (always so for the README example). Max ties go to the first index (torch.max).
 
 #include "eplb_native/plan.h"
 #include "eplb_native/thread_pool.h"
