@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,15 @@ def test_swift_reallots_replicas_when_swaps_cannot_help() -> None:
     assert plan.logcnt[0, 0] == 2
     assert rank_loads(plan, load, 2).max() < 60.0
     assert count_weight_copies(current, plan, 2) <= SwiftBalancerOptions().max_moves_per_layer
+
+
+def test_one_info_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    load = np.array([[100, 90, 5, 5, 1, 1, 1, 1]], dtype=np.float64)
+    current = default_placement(1, 8, 4)
+    with caplog.at_level(logging.INFO, logger="eplb_native.policies"):
+        rebalance_experts(load, 8, 1, 1, 4, policy="swift_balancer", current=current)
+    (record,) = caplog.records
+    assert "PAR" in record.getMessage()
+    assert "->" in record.getMessage()
+    assert "weight copies" in record.getMessage()
+    assert record.getMessage().endswith(" ms")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from eplb_native import _core
 from eplb_native.plan import Plan, validate_plan
-from eplb_native.policies import make_policy, rebalance_experts
+from eplb_native.policies import SwiftBalancerOptions, make_policy, rebalance_experts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,3 +99,14 @@ def test_core_fuzz_raises_value_error_or_returns_valid_plan(  # type: ignore[no-
     except ValueError:
         return
     validate_plan(Plan(phy2log, log2phy, logcnt), ranks, allow_duplicate_on_rank=True)
+
+
+def test_options_and_history_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^options:"):
+        rebalance_experts(GOOD, 8, 1, 1, 4, options=SwiftBalancerOptions())
+    with pytest.raises(ValueError, match=r"^max_moves_per_layer:"):
+        SwiftBalancerOptions(max_moves_per_layer=-1)
+    with pytest.raises(ValueError, match=r"^history:"):
+        rebalance_experts(GOOD, 8, 1, 1, 4, history=np.ones((2, 1, 7)))
+    with pytest.raises(ValueError, match=r"^seed:"):
+        rebalance_experts(GOOD, 8, 1, 1, 4, policy="random", seed=-1)
