@@ -329,7 +329,8 @@ def fused_moe_decode(
         expert_scales: fp32 [BS, K] top-k weights.
         w1: E tensors [H, 2I] (gate columns then up columns), dtype of x; empty allowed for an
             expert that receives no token.
-        w2: E tensors [I, H], dtype of x.
+        w2: E tensors [I, H], dtype of x. (A stacked [E, ...] tensor also works: its rows are
+            taken as the list.)
         x_active_mask: bool [BS]; inactive tokens are not routed and get out = 0.
         moe_load: int64 [E] (``+= counts``) or int32 [T, E] ring (row ``load_counter % T``),
             updated in place.
@@ -339,7 +340,11 @@ def fused_moe_decode(
     Returns:
         out: [BS, H] dtype of x; expert_token_nums: int64 [E] tokens per expert in this call.
     """
-    if x.device.type == "npu" and not npu_available():
+    for name, weights in (("w1", w1), ("w2", w2)):
+        if not isinstance(weights, (list, tuple, torch.Tensor)):
+            message = f"{name}: expected a list of tensors, got {type(weights).__name__}"
+            raise TypeError(message)
+    if isinstance(x, torch.Tensor) and x.device.type == "npu" and not npu_available():
         message = "x: on an NPU but the Ascend kernels are unavailable (see the log)"
         raise ValueError(message)
     return torch.ops.eplb_native.fused_moe_decode(
