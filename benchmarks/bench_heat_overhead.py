@@ -14,9 +14,9 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
-
 from eplb_native import ops
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -48,13 +48,18 @@ def main() -> None:
     x = torch.randn(args.batch, args.hidden, generator=gen).to(dtype)
     # Ids over 2E local slots: about half of the (token, k) pairs are remote and skipped, as on
     # one EP rank.
-    ids = torch.randint(0, 2 * args.experts, (args.batch, args.top_k), generator=gen,
-                        dtype=torch.int32)
+    ids = torch.randint(
+        0, 2 * args.experts, (args.batch, args.top_k), generator=gen, dtype=torch.int32
+    )
     scales = torch.rand(args.batch, args.top_k, generator=gen)
-    w1 = [(torch.randn(args.hidden, 2 * args.inter, generator=gen) * 0.05).to(dtype)
-          for _ in range(args.experts)]
-    w2 = [(torch.randn(args.inter, args.hidden, generator=gen) * 0.05).to(dtype)
-          for _ in range(args.experts)]
+    w1 = [
+        (torch.randn(args.hidden, 2 * args.inter, generator=gen) * 0.05).to(dtype)
+        for _ in range(args.experts)
+    ]
+    w2 = [
+        (torch.randn(args.inter, args.hidden, generator=gen) * 0.05).to(dtype)
+        for _ in range(args.experts)
+    ]
     total = torch.zeros(args.experts, dtype=torch.int64)
     ring = torch.zeros(args.ring_steps, args.experts, dtype=torch.int32)
     counter = torch.zeros((), dtype=torch.int32)
@@ -66,7 +71,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in modes}
     for round_idx in range(args.warmup + args.repeats):
         names = list(modes)
-        names = names[round_idx % len(names):] + names[:round_idx % len(names)]  # rotate order
+        names = names[round_idx % len(names) :] + names[: round_idx % len(names)]  # rotate order
         for name in names:
             start = time.perf_counter()
             ops.fused_moe_decode(x, ids, scales, w1, w2, **modes[name])
@@ -75,23 +80,40 @@ def main() -> None:
                 times[name].append(elapsed)
     base = statistics.median(times["none"])
     rows = []
-    print(f"fused_moe_decode CPU reference: BS={args.batch} H={args.hidden} I={args.inter} "
-          f"K={args.top_k} E={args.experts} {args.dtype}, threads={torch.get_num_threads()}, "
-          f"median of {args.repeats}")
-    print(f"{'accumulation':<20}{'median ms':>12}{'overhead %':>12}")
+    print(
+        f"fused_moe_decode CPU reference: BS={args.batch} H={args.hidden} I={args.inter} "
+        f"K={args.top_k} E={args.experts} {args.dtype}, threads={torch.get_num_threads()}, "
+        f"median of {args.repeats}"
+    )
+    print(f"{'accumulation':<20}{'median ms':>12}{'overhead %':>12}{'paired %':>12}")
     for name, samples in times.items():
         median = statistics.median(samples)
         overhead = 100.0 * (median - base) / base
-        rows.append({"mode": name, "median_s": median, "overhead_pct": overhead,
-                     "samples_s": samples})
-        print(f"{name:<20}{median * 1e3:>12.2f}{overhead:>12.2f}")
+        # Same-round ratios cancel slow drift (other processes on the machine).
+        paired = statistics.median(
+            100.0 * (t / t0 - 1.0) for t, t0 in zip(samples, times["none"], strict=True)
+        )
+        rows.append(
+            {
+                "mode": name,
+                "median_s": median,
+                "overhead_pct": overhead,
+                "paired_overhead_pct": paired,
+                "samples_s": samples,
+            }
+        )
+        print(f"{name:<20}{median * 1e3:>12.2f}{overhead:>12.2f}{paired:>12.2f}")
     calls = args.warmup + args.repeats
     assert int(total.sum()) == int(ring.sum()), "both accumulators saw the same calls"
     assert int(counter) == calls
     if args.out:
-        result = {"config": vars(args), "threads": torch.get_num_threads(), "results": rows,
-                  "target_overhead_pct": 1.0}
-        with open(args.out, "w", encoding="utf-8") as handle:
+        result = {
+            "config": vars(args),
+            "threads": torch.get_num_threads(),
+            "results": rows,
+            "target_overhead_pct": 1.0,
+        }
+        with Path(args.out).open("w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)
 
 

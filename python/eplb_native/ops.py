@@ -37,8 +37,8 @@ SCHEMA = (
 _ACT_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 # The schema is defined before any NPU library is loaded: the .so only adds implementations.
-_LIBRARY = torch.library.Library("eplb_native", "FRAGMENT")  # noqa: TOR901 (schema with aliases)
-_LIBRARY.define(SCHEMA)
+_LIBRARY = torch.library.Library("eplb_native", "FRAGMENT")  # type: ignore[no-untyped-call]
+_LIBRARY.define(SCHEMA)  # type: ignore[no-untyped-call]
 
 
 def _check_tensor(
@@ -126,7 +126,11 @@ def validate_inputs(
         _check_tensor(moe_load, "moe_load", (torch.int64, torch.int32), None)
         ring = moe_load.dim() == 2
         expected = torch.int32 if ring else torch.int64
-        if moe_load.dim() not in (1, 2) or moe_load.dtype != expected or moe_load.shape[-1] != num_experts:
+        if (
+            moe_load.dim() not in (1, 2)
+            or moe_load.dtype != expected
+            or moe_load.shape[-1] != num_experts
+        ):
             message = (
                 f"moe_load: expected int64 [{num_experts}] or int32 [T, {num_experts}], "
                 f"got {moe_load.dtype} {list(moe_load.shape)}"
@@ -172,8 +176,18 @@ def _fused_moe_decode_cpu(
     w2_scale: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU kernel: the C++ reference on the tensors' memory (moe_load updated in place)."""
-    validate_inputs(x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
-                    w1_scale, w2_scale)
+    validate_inputs(
+        x,
+        expert_ids,
+        expert_scales,
+        w1,
+        w2,
+        x_active_mask,
+        moe_load,
+        load_counter,
+        w1_scale,
+        w2_scale,
+    )
     out = torch.empty_like(x)
     expert_token_nums = torch.empty(len(w1), dtype=torch.int64)
     _core.fused_moe_decode_ref(
@@ -210,8 +224,18 @@ def fused_moe_decode_torch(
     Same routing, counts and ``moe_load`` update as the reference (exact); the GEMMs use the
     backend's matmul in fp32, so ``out`` matches the reference within float tolerance only.
     """
-    validate_inputs(x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
-                    w1_scale, w2_scale)
+    validate_inputs(
+        x,
+        expert_ids,
+        expert_scales,
+        w1,
+        w2,
+        x_active_mask,
+        moe_load,
+        load_counter,
+        w1_scale,
+        w2_scale,
+    )
     num_tokens, hidden = x.shape
     top_k = expert_ids.shape[1]
     num_experts = len(w1)
@@ -270,8 +294,18 @@ def _fused_moe_decode_fake(
     w2_scale: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fake kernel: out like x [BS, H], expert_token_nums int64 [E]."""
-    validate_inputs(x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
-                    w1_scale, w2_scale)
+    validate_inputs(
+        x,
+        expert_ids,
+        expert_scales,
+        w1,
+        w2,
+        x_active_mask,
+        moe_load,
+        load_counter,
+        w1_scale,
+        w2_scale,
+    )
     return torch.empty_like(x), x.new_empty((len(w1),), dtype=torch.int64)
 
 
@@ -299,7 +333,7 @@ def npu_available() -> bool:
         reason = f"no _npu_ops*.so beside {Path(__file__).parent} (built without CANN)"
     if not reason:
         try:
-            torch.ops.load_library(str(libraries[0]))
+            torch.ops.load_library(str(libraries[0]))  # type: ignore[no-untyped-call]
         except OSError as exc:
             reason = f"loading {libraries[0].name} failed: {exc}"
     if reason:
@@ -347,7 +381,16 @@ def fused_moe_decode(
     if isinstance(x, torch.Tensor) and x.device.type == "npu" and not npu_available():
         message = "x: on an NPU but the Ascend kernels are unavailable (see the log)"
         raise ValueError(message)
-    return torch.ops.eplb_native.fused_moe_decode(
-        x, expert_ids, expert_scales, list(w1), list(w2), x_active_mask, moe_load, load_counter,
-        None if w1_scale is None else list(w1_scale), None if w2_scale is None else list(w2_scale),
+    out, expert_token_nums = torch.ops.eplb_native.fused_moe_decode(
+        x,
+        expert_ids,
+        expert_scales,
+        list(w1),
+        list(w2),
+        x_active_mask,
+        moe_load,
+        load_counter,
+        None if w1_scale is None else list(w1_scale),
+        None if w2_scale is None else list(w2_scale),
     )
+    return out, expert_token_nums

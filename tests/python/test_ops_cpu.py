@@ -9,9 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eplb_native import _core  # noqa: E402
-from eplb_native import ops  # noqa: E402
-from fused_moe_numpy import (  # noqa: E402
+from eplb_native import (
+    _core,
+    ops,
+)
+from fused_moe_numpy import (
     ACT_DTYPES,
     GoldenResult,
     bf16_bits_to_f32,
@@ -64,13 +66,28 @@ def make_case(
     )
 
 
-def run_core(case: Case, num_threads: int = 0, moe_load: np.ndarray | None = None,
-             load_counter: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_core(
+    case: Case,
+    num_threads: int = 0,
+    moe_load: np.ndarray | None = None,
+    load_counter: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     out = np.full_like(case.x, 7)  # garbage: every element must be written
     counts = np.full(len(case.w1), -5, dtype=np.int64)
-    _core.fused_moe_decode_ref(case.x, case.dtype, case.expert_ids, case.expert_scales, case.w1,
-                               case.w2, case.x_active_mask, out, counts, moe_load, load_counter,
-                               num_threads=num_threads)
+    _core.fused_moe_decode_ref(
+        case.x,
+        case.dtype,
+        case.expert_ids,
+        case.expert_scales,
+        case.w1,
+        case.w2,
+        case.x_active_mask,
+        out,
+        counts,
+        moe_load,
+        load_counter,
+        num_threads=num_threads,
+    )
     return out, counts
 
 
@@ -83,9 +100,14 @@ def to_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
 def run_op(case: Case, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = None if case.x_active_mask is None else torch.from_numpy(case.x_active_mask.copy())
     return ops.fused_moe_decode(
-        to_torch(case.x, case.dtype), torch.from_numpy(case.expert_ids.copy()),
-        torch.from_numpy(case.expert_scales.copy()), [to_torch(w, case.dtype) for w in case.w1],
-        [to_torch(w, case.dtype) for w in case.w2], x_active_mask=mask, **kwargs)
+        to_torch(case.x, case.dtype),
+        torch.from_numpy(case.expert_ids.copy()),
+        torch.from_numpy(case.expert_scales.copy()),
+        [to_torch(w, case.dtype) for w in case.w1],
+        [to_torch(w, case.dtype) for w in case.w2],
+        x_active_mask=mask,
+        **kwargs,
+    )
 
 
 def bits(array: np.ndarray) -> np.ndarray:
@@ -93,8 +115,15 @@ def bits(array: np.ndarray) -> np.ndarray:
 
 
 def assert_matches_golden(case: Case) -> GoldenResult:
-    golden = fused_moe_decode_golden(case.x, case.dtype, case.expert_ids, case.expert_scales,
-                                     case.w1, case.w2, case.x_active_mask)
+    golden = fused_moe_decode_golden(
+        case.x,
+        case.dtype,
+        case.expert_ids,
+        case.expert_scales,
+        case.w1,
+        case.w2,
+        case.x_active_mask,
+    )
     out, counts = run_core(case)
     np.testing.assert_array_equal(bits(out), bits(golden.out))
     np.testing.assert_array_equal(counts, golden.counts)
@@ -112,21 +141,48 @@ def assert_matches_golden(case: Case) -> GoldenResult:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_cases_bit_exact(dtype: str, seed: int) -> None:
     # H and I not multiples of the 64-column tile; > 16 rows per expert (several row tiles).
-    case = make_case(seed, dtype, num_tokens=24, hidden=70, inter=67, top_k=4, num_experts=3,
-                     masked=seed == 1)
+    case = make_case(
+        seed, dtype, num_tokens=24, hidden=70, inter=67, top_k=4, num_experts=3, masked=seed == 1
+    )
     golden = assert_matches_golden(case)
     assert golden.counts.max() > 16
 
 
 EDGE_CASES = {
-    "no_rows": dict(num_tokens=5, hidden=9, inter=5, top_k=2, num_experts=3, id_range=(-3, 0)),
-    "ids_above_range": dict(num_tokens=5, hidden=9, inter=5, top_k=2, num_experts=3,
-                            id_range=(3, 9)),
-    "single_expert": dict(num_tokens=6, hidden=11, inter=7, top_k=3, num_experts=1),
-    "single_token": dict(num_tokens=1, hidden=13, inter=6, top_k=4, num_experts=4),
-    "masked_tokens": dict(num_tokens=9, hidden=10, inter=4, top_k=2, num_experts=3, masked=True),
-    "tail_tiles": dict(num_tokens=3, hidden=129, inter=65, top_k=2, num_experts=2,
-                       id_range=(0, 2)),
+    "no_rows": {
+        "num_tokens": 5,
+        "hidden": 9,
+        "inter": 5,
+        "top_k": 2,
+        "num_experts": 3,
+        "id_range": (-3, 0),
+    },
+    "ids_above_range": {
+        "num_tokens": 5,
+        "hidden": 9,
+        "inter": 5,
+        "top_k": 2,
+        "num_experts": 3,
+        "id_range": (3, 9),
+    },
+    "single_expert": {"num_tokens": 6, "hidden": 11, "inter": 7, "top_k": 3, "num_experts": 1},
+    "single_token": {"num_tokens": 1, "hidden": 13, "inter": 6, "top_k": 4, "num_experts": 4},
+    "masked_tokens": {
+        "num_tokens": 9,
+        "hidden": 10,
+        "inter": 4,
+        "top_k": 2,
+        "num_experts": 3,
+        "masked": True,
+    },
+    "tail_tiles": {
+        "num_tokens": 3,
+        "hidden": 129,
+        "inter": 65,
+        "top_k": 2,
+        "num_experts": 2,
+        "id_range": (0, 2),
+    },
 }
 
 
@@ -155,8 +211,9 @@ def test_unused_expert_may_have_empty_weights(dtype: str) -> None:
 
 
 def test_empty_weight_of_a_used_expert_is_rejected() -> None:
-    case = make_case(6, "bfloat16", num_tokens=4, hidden=8, inter=5, top_k=2, num_experts=2,
-                     id_range=(0, 2))
+    case = make_case(
+        6, "bfloat16", num_tokens=4, hidden=8, inter=5, top_k=2, num_experts=2, id_range=(0, 2)
+    )
     empty = np.zeros((0,), dtype=np.uint16)
     case = replace(case, w1=[empty, case.w1[1]])
     with pytest.raises(ValueError, match=r"w1\[0\]"):
@@ -172,13 +229,15 @@ def test_token_with_all_k_invalid_and_duplicates(dtype: str) -> None:
     golden = assert_matches_golden(case)
     out, _ = run_core(case)
     assert not bits(out[0]).any()
-    assert (golden.row_of[1] >= 0).all() and len(set(golden.row_of[1].tolist())) == 3
+    assert (golden.row_of[1] >= 0).all()
+    assert len(set(golden.row_of[1].tolist())) == 3
 
 
 @pytest.mark.parametrize("dtype", ACT_DTYPES)
 def test_masked_token_is_zero_and_uncounted(dtype: str) -> None:
-    case = make_case(8, dtype, num_tokens=5, hidden=6, inter=3, top_k=2, num_experts=2,
-                     id_range=(0, 2))
+    case = make_case(
+        8, dtype, num_tokens=5, hidden=6, inter=3, top_k=2, num_experts=2, id_range=(0, 2)
+    )
     case = replace(case, x_active_mask=np.array([True, False, True, False, True]))
     golden = assert_matches_golden(case)
     out, counts = run_core(case)
@@ -197,8 +256,9 @@ def test_thread_count_invariance() -> None:
 def test_bf16_golden_rounding_matches_torch() -> None:
     rng = np.random.default_rng(10)
     values = (rng.standard_normal(4096) * 10.0 ** rng.integers(-40, 39, 4096)).astype(np.float32)
-    special = np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-45, 1.00390625, 1.01171875],
-                       dtype=np.float32)
+    special = np.array(
+        [0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-45, 1.00390625, 1.01171875], dtype=np.float32
+    )
     values = np.concatenate([values, special])
     expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy()
     np.testing.assert_array_equal(f32_to_bf16_bits(values), expected.view(np.uint16))
@@ -209,13 +269,15 @@ def test_moe_load_total_accumulates_over_calls() -> None:
     load = torch.zeros(3, dtype=torch.int64)
     expected = np.zeros(3, dtype=np.int64)
     for seed in range(4):
-        case = make_case(seed, "bfloat16", num_tokens=7, hidden=5, inter=3, top_k=2,
-                         num_experts=3, masked=True)
+        case = make_case(
+            seed, "bfloat16", num_tokens=7, hidden=5, inter=3, top_k=2, num_experts=3, masked=True
+        )
         _, counts = run_op(case, moe_load=load)
         expected += counts.numpy()
         valid = case.x_active_mask[:, None] & (case.expert_ids >= 0) & (case.expert_ids < 3)
-        np.testing.assert_array_equal(counts.numpy(),
-                                      np.bincount(case.expert_ids[valid], minlength=3))
+        np.testing.assert_array_equal(
+            counts.numpy(), np.bincount(case.expert_ids[valid], minlength=3)
+        )
     np.testing.assert_array_equal(load.numpy(), expected)
 
 
@@ -227,8 +289,9 @@ def test_moe_load_ring_with_counter(start: int) -> None:
     expected = np.zeros((steps, num_experts), dtype=np.int64)
     step = start
     for seed in range(5):
-        case = make_case(seed, "float16", num_tokens=6, hidden=4, inter=2, top_k=3,
-                         num_experts=num_experts)
+        case = make_case(
+            seed, "float16", num_tokens=6, hidden=4, inter=2, top_k=3, num_experts=num_experts
+        )
         _, counts = run_op(case, moe_load=ring, load_counter=counter)
         expected[step % steps] += counts.numpy()  # Python % is floored, as torch's
         step = (step + 2**31 + 1) % 2**32 - 2**31  # int32 wrap-around
@@ -246,45 +309,64 @@ def test_ids_out_of_range_are_skipped_not_errors() -> None:
 def test_fake_impl_under_torch_compile() -> None:
     case = make_case(12, "bfloat16", num_tokens=5, hidden=8, inter=4, top_k=2, num_experts=3)
     load = torch.zeros(3, dtype=torch.int64)
-    args = (to_torch(case.x, "bfloat16"), torch.from_numpy(case.expert_ids),
-            torch.from_numpy(case.expert_scales), [to_torch(w, "bfloat16") for w in case.w1],
-            [to_torch(w, "bfloat16") for w in case.w2])
+    args = (
+        to_torch(case.x, "bfloat16"),
+        torch.from_numpy(case.expert_ids),
+        torch.from_numpy(case.expert_scales),
+        [to_torch(w, "bfloat16") for w in case.w1],
+        [to_torch(w, "bfloat16") for w in case.w2],
+    )
 
-    def step(x, ids, scales, w1, w2):  # noqa: ANN001, ANN202
+    def step(x, ids, scales, w1, w2):
         return ops.fused_moe_decode(x, ids, scales, w1, w2, moe_load=load)
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     out, counts = compiled(*args)
     eager_out, eager_counts = ops.fused_moe_decode(*args)
-    assert out.shape == (5, 8) and out.dtype == torch.bfloat16
-    assert counts.shape == (3,) and counts.dtype == torch.int64
-    assert torch.equal(out, eager_out) and torch.equal(counts, eager_counts)
+    assert out.shape == (5, 8)
+    assert out.dtype == torch.bfloat16
+    assert counts.shape == (3,)
+    assert counts.dtype == torch.int64
+    assert torch.equal(out, eager_out)
+    assert torch.equal(counts, eager_counts)
     assert torch.equal(load, counts)  # the in-place update survives functionalisation
     mode = torch._subclasses.fake_tensor.FakeTensorMode()
-    fake_args = [[mode.from_tensor(w) for w in a] if isinstance(a, list) else mode.from_tensor(a)
-                 for a in args]
+    fake_args = [
+        [mode.from_tensor(w) for w in a] if isinstance(a, list) else mode.from_tensor(a)
+        for a in args
+    ]
     with mode:
         fake_out, fake_counts = torch.ops.eplb_native.fused_moe_decode(*fake_args)
-    assert fake_out.shape == (5, 8) and fake_out.dtype == torch.bfloat16
-    assert fake_counts.shape == (3,) and fake_counts.dtype == torch.int64
+    assert fake_out.shape == (5, 8)
+    assert fake_out.dtype == torch.bfloat16
+    assert fake_counts.shape == (3,)
+    assert fake_counts.dtype == torch.int64
 
 
 def test_torch_ops_path_matches_reference() -> None:
     # The CUDA kernel is built from torch ops; on CPU tensors it must route and count exactly and
     # agree on out within bf16 rounding (its matmul sums in another order).
-    case = make_case(13, "bfloat16", num_tokens=9, hidden=40, inter=20, top_k=3, num_experts=4,
-                     masked=True)
+    case = make_case(
+        13, "bfloat16", num_tokens=9, hidden=40, inter=20, top_k=3, num_experts=4, masked=True
+    )
     ring = torch.zeros((2, 4), dtype=torch.int32)
     counter = torch.tensor(1, dtype=torch.int32)
     out, counts = run_op(case)
     mask = torch.from_numpy(case.x_active_mask.copy())
     t_out, t_counts = ops.fused_moe_decode_torch(
-        to_torch(case.x, "bfloat16"), torch.from_numpy(case.expert_ids),
-        torch.from_numpy(case.expert_scales), [to_torch(w, "bfloat16") for w in case.w1],
-        [to_torch(w, "bfloat16") for w in case.w2], mask, ring, counter)
+        to_torch(case.x, "bfloat16"),
+        torch.from_numpy(case.expert_ids),
+        torch.from_numpy(case.expert_scales),
+        [to_torch(w, "bfloat16") for w in case.w1],
+        [to_torch(w, "bfloat16") for w in case.w2],
+        mask,
+        ring,
+        counter,
+    )
     assert torch.equal(counts, t_counts)
     torch.testing.assert_close(t_out.float(), out.float(), rtol=0.03, atol=0.03)
-    assert torch.equal(ring[1], counts.to(torch.int32)) and int(counter) == 2
+    assert torch.equal(ring[1], counts.to(torch.int32))
+    assert int(counter) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -294,11 +376,15 @@ def test_cuda_matches_cpu_reference() -> None:
     dev = "cuda"
     load = torch.zeros(4, dtype=torch.int64, device=dev)
     c_out, c_counts = ops.fused_moe_decode(
-        to_torch(case.x, "bfloat16").to(dev), torch.from_numpy(case.expert_ids).to(dev),
+        to_torch(case.x, "bfloat16").to(dev),
+        torch.from_numpy(case.expert_ids).to(dev),
         torch.from_numpy(case.expert_scales).to(dev),
         [to_torch(w, "bfloat16").to(dev) for w in case.w1],
-        [to_torch(w, "bfloat16").to(dev) for w in case.w2], moe_load=load)
-    assert torch.equal(c_counts.cpu(), counts) and torch.equal(load.cpu(), counts)
+        [to_torch(w, "bfloat16").to(dev) for w in case.w2],
+        moe_load=load,
+    )
+    assert torch.equal(c_counts.cpu(), counts)
+    assert torch.equal(load.cpu(), counts)
     torch.testing.assert_close(c_out.cpu().float(), out.float(), rtol=0.03, atol=0.03)
 
 
@@ -308,46 +394,87 @@ def _bad_inputs() -> list[tuple[str, dict[str, object], type[Exception], str]]:
         ("x dtype", {"x": torch.zeros(4, 8, dtype=torch.float64)}, TypeError, "x"),
         ("x 1-D", {"x": torch.zeros(8, dtype=bf)}, ValueError, "x"),
         ("x non-contiguous", {"x": torch.zeros(8, 4, dtype=bf).t()}, ValueError, "contiguous"),
-        ("ids int64", {"expert_ids": torch.zeros(4, 2, dtype=torch.int64)}, TypeError,
-         "expert_ids"),
-        ("ids rows", {"expert_ids": torch.zeros(3, 2, dtype=torch.int32)}, ValueError,
-         "expert_ids"),
-        ("scales dtype", {"expert_scales": torch.zeros(4, 2, dtype=bf)}, TypeError,
-         "expert_scales"),
+        (
+            "ids int64",
+            {"expert_ids": torch.zeros(4, 2, dtype=torch.int64)},
+            TypeError,
+            "expert_ids",
+        ),
+        (
+            "ids rows",
+            {"expert_ids": torch.zeros(3, 2, dtype=torch.int32)},
+            ValueError,
+            "expert_ids",
+        ),
+        (
+            "scales dtype",
+            {"expert_scales": torch.zeros(4, 2, dtype=bf)},
+            TypeError,
+            "expert_scales",
+        ),
         ("scales shape", {"expert_scales": torch.zeros(4, 3)}, ValueError, "expert_scales"),
         ("w2 length", {"w2": [torch.zeros(3, 8, dtype=bf)]}, ValueError, "w2"),
         ("w1 empty list", {"w1": [], "w2": []}, ValueError, "w1"),
         ("w1 dtype", {"w1": [torch.zeros(8, 6, dtype=torch.float16)] * 2}, TypeError, r"w1\[0\]"),
-        ("w1 shape", {"w1": [torch.zeros(8, 6, dtype=bf), torch.zeros(8, 5, dtype=bf)]},
-         ValueError, r"w1\[1\]"),
+        (
+            "w1 shape",
+            {"w1": [torch.zeros(8, 6, dtype=bf), torch.zeros(8, 5, dtype=bf)]},
+            ValueError,
+            r"w1\[1\]",
+        ),
         ("w1 int8", {"w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2}, ValueError, "W8A8"),
         ("w1 not list", {"w1": None}, TypeError, "w1"),
-        ("w2 non-contiguous", {"w2": [torch.zeros(8, 3, dtype=bf).t()] * 2}, ValueError,
-         r"w2\[0\]"),
-        ("mask dtype", {"x_active_mask": torch.ones(4, dtype=torch.int32)}, TypeError,
-         "x_active_mask"),
+        (
+            "w2 non-contiguous",
+            {"w2": [torch.zeros(8, 3, dtype=bf).t()] * 2},
+            ValueError,
+            r"w2\[0\]",
+        ),
+        (
+            "mask dtype",
+            {"x_active_mask": torch.ones(4, dtype=torch.int32)},
+            TypeError,
+            "x_active_mask",
+        ),
         ("load dtype", {"moe_load": torch.zeros(2, dtype=torch.int32)}, ValueError, "moe_load"),
-        ("load experts", {"moe_load": torch.zeros(3, dtype=torch.int64)}, ValueError,
-         "moe_load"),
-        ("ring no counter", {"moe_load": torch.zeros(2, 2, dtype=torch.int32)}, ValueError,
-         "load_counter"),
-        ("counter without ring", {"load_counter": torch.zeros((), dtype=torch.int32)},
-         ValueError, "load_counter"),
-        ("counter dtype", {"moe_load": torch.zeros(2, 2, dtype=torch.int32),
-                           "load_counter": torch.zeros((), dtype=torch.int64)}, TypeError,
-         "load_counter"),
+        ("load experts", {"moe_load": torch.zeros(3, dtype=torch.int64)}, ValueError, "moe_load"),
+        (
+            "ring no counter",
+            {"moe_load": torch.zeros(2, 2, dtype=torch.int32)},
+            ValueError,
+            "load_counter",
+        ),
+        (
+            "counter without ring",
+            {"load_counter": torch.zeros((), dtype=torch.int32)},
+            ValueError,
+            "load_counter",
+        ),
+        (
+            "counter dtype",
+            {
+                "moe_load": torch.zeros(2, 2, dtype=torch.int32),
+                "load_counter": torch.zeros((), dtype=torch.int64),
+            },
+            TypeError,
+            "load_counter",
+        ),
         ("w8a8 scales", {"w1_scale": [torch.ones(6)] * 2}, ValueError, "W8A8"),
     ]
 
 
-@pytest.mark.parametrize(("label", "override", "error", "match"), _bad_inputs(),
-                         ids=[b[0] for b in _bad_inputs()])
-def test_bad_inputs_raise_clear_errors(label: str, override: dict[str, object],
-                                       error: type[Exception], match: str) -> None:
+@pytest.mark.parametrize(
+    ("label", "override", "error", "match"), _bad_inputs(), ids=[b[0] for b in _bad_inputs()]
+)
+def test_bad_inputs_raise_clear_errors(
+    label: str, override: dict[str, object], error: type[Exception], match: str
+) -> None:
     bf = torch.bfloat16
     kwargs: dict[str, object] = {
-        "x": torch.zeros(4, 8, dtype=bf), "expert_ids": torch.zeros(4, 2, dtype=torch.int32),
-        "expert_scales": torch.zeros(4, 2), "w1": [torch.zeros(8, 6, dtype=bf)] * 2,
+        "x": torch.zeros(4, 8, dtype=bf),
+        "expert_ids": torch.zeros(4, 2, dtype=torch.int32),
+        "expert_scales": torch.zeros(4, 2),
+        "w1": [torch.zeros(8, 6, dtype=bf)] * 2,
         "w2": [torch.zeros(3, 8, dtype=bf)] * 2,
     }
     kwargs.update(override)
@@ -359,8 +486,17 @@ def test_core_rejects_bad_buffers_by_name() -> None:
     case = make_case(15, "bfloat16", num_tokens=3, hidden=4, inter=2, top_k=2, num_experts=2)
     out = np.zeros_like(case.x)
     counts = np.zeros(2, dtype=np.int64)
-    args = [case.x, "bfloat16", case.expert_ids, case.expert_scales, case.w1, case.w2, None,
-            out, counts]
+    args = [
+        case.x,
+        "bfloat16",
+        case.expert_ids,
+        case.expert_scales,
+        case.w1,
+        case.w2,
+        None,
+        out,
+        counts,
+    ]
     bad = {
         1: ("bf8", ValueError, "dtype"),
         0: (case.x.astype(np.float32), TypeError, "x"),
