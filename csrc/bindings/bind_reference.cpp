@@ -36,6 +36,13 @@ py::array as_array(const py::handle& object, const std::string& field) {
     return py::reinterpret_borrow<py::array>(object);
 }
 
+py::list as_list(const py::object& object, const std::string& field) {
+    if (!py::isinstance<py::list>(object)) {
+        throw_type(field, "expected a list of numpy arrays");
+    }
+    return py::reinterpret_borrow<py::list>(object);
+}
+
 std::string dtype_name(const py::array& array) { return py::str(array.dtype()); }
 
 // C-contiguous with exactly `shape`; optionally writable.
@@ -79,7 +86,7 @@ void require_act_dtype(const py::array& array, const std::string& field, DType d
     }
 }
 
-DType parse_dtype(const std::string& name) {
+DType parse_dtype(const std::string& name, const std::string& field) {
     if (name == "bfloat16") {
         return DType::kBFloat16;
     }
@@ -90,15 +97,17 @@ DType parse_dtype(const std::string& name) {
         return DType::kFloat32;
     }
     if (name == "int8") {
-        throw_invalid("dtype", "int8 (W8A8) is not supported by the CPU reference yet");
+        throw_invalid(field, "int8 is not an activation/scale dtype; W8A8 takes int8 weights "
+                             "plus w1_scale and w2_scale");
     }
-    throw_invalid("dtype", "expected one of 'bfloat16', 'float16', 'float32', got '" + name + "'");
+    throw_invalid(field, "expected one of 'bfloat16', 'float16', 'float32', got '" + name + "'");
 }
 
 // Per-expert weights: each C-contiguous `shape`, or empty (0 elements) for unused experts.
+// (W8A8: weights are int8; scales are DType-tagged like activations.)
 std::vector<const void*> weight_pointers(const py::list& weights, const std::string& field,
                                          const std::vector<int64_t>& shape, DType dtype,
-                                         int64_t num_experts) {
+                                         int64_t num_experts, bool int8) {
     if (static_cast<int64_t>(weights.size()) != num_experts) {
         throw_invalid(field, "expected " + std::to_string(num_experts) + " weights (one per "
                              "expert, as in w1), got " + std::to_string(weights.size()));
@@ -107,7 +116,11 @@ std::vector<const void*> weight_pointers(const py::list& weights, const std::str
     for (size_t e = 0; e < weights.size(); ++e) {
         const std::string name = field + "[" + std::to_string(e) + "]";
         const py::array w = as_array(weights[e], name);
-        require_act_dtype(w, name, dtype);
+        if (int8) {
+            require_dtype(w, name, 'i', 1, "int8 (W8A8 mode)");
+        } else {
+            require_act_dtype(w, name, dtype);
+        }
         if (w.size() == 0) {
             pointers.push_back(nullptr);
             continue;
@@ -125,14 +138,15 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
                           const py::list& w1, const py::list& w2, const py::object& x_active_mask,
                           const py::object& out_obj, const py::object& counts_obj,
                           const py::object& moe_load, const py::object& load_counter,
-                          int num_threads) {
+                          int num_threads, const py::object& w1_scale, const py::object& w2_scale,
+                          const std::string& w1_scale_dtype, const std::string& w2_scale_dtype) {
     const py::array x = as_array(x_obj, "x");
     const py::array expert_ids = as_array(ids_obj, "expert_ids");
     const py::array expert_scales = as_array(scales_obj, "expert_scales");
     py::array out = as_array(out_obj, "out");
     py::array expert_token_nums = as_array(counts_obj, "expert_token_nums");
     shared::FusedMoeParams p{};
-    p.act_dtype = parse_dtype(dtype_name_arg);
+    p.act_dtype = parse_dtype(dtype_name_arg, "dtype");
     require_act_dtype(x, "x", p.act_dtype);
     if (x.ndim() != 2) {
         throw_invalid("x", "expected a 2-D array [BS, H], got shape " + shape_str(shape_vec(x)));
@@ -166,15 +180,30 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
     in.x = x.data();
     in.expert_ids = static_cast<const int32_t*>(expert_ids.data());
     in.expert_scales = static_cast<const float*>(expert_scales.data());
+    const bool w8a8 = !w1_scale.is_none() || !w2_scale.is_none();
+    if (w8a8 && (w1_scale.is_none() || w2_scale.is_none())) {
+        throw_invalid(w1_scale.is_none() ? "w1_scale" : "w2_scale",
+                      "W8A8 needs both w1_scale and w2_scale");
+    }
     if (p.intermediate > 0) {
         in.w1 = weight_pointers(w1, "w1", {p.hidden, 2 * p.intermediate}, p.act_dtype,
-                                p.num_experts);
+                                p.num_experts, w8a8);
         in.w2 = weight_pointers(w2, "w2", {p.intermediate, p.hidden}, p.act_dtype,
-                                p.num_experts);
+                                p.num_experts, w8a8);
     } else {
         in.w1.assign(static_cast<size_t>(p.num_experts), nullptr);
-        in.w2 = weight_pointers(w2, "w2", {0, p.hidden}, p.act_dtype, p.num_experts);
+        in.w2 = weight_pointers(w2, "w2", {0, p.hidden}, p.act_dtype, p.num_experts, w8a8);
         p.intermediate = 1;  // every weight is empty: only valid if no expert receives rows
+    }
+    if (w8a8) {
+        p.w8a8 = 1;
+        p.w1_scale_dtype = parse_dtype(w1_scale_dtype, "w1_scale_dtype");
+        p.w2_scale_dtype = parse_dtype(w2_scale_dtype, "w2_scale_dtype");
+        in.w1_scale = weight_pointers(as_list(w1_scale, "w1_scale"), "w1_scale",
+                                      {2 * p.intermediate}, p.w1_scale_dtype, p.num_experts,
+                                      false);
+        in.w2_scale = weight_pointers(as_list(w2_scale, "w2_scale"), "w2_scale", {p.hidden},
+                                      p.w2_scale_dtype, p.num_experts, false);
     }
     if (!x_active_mask.is_none()) {
         const py::array mask = as_array(x_active_mask, "x_active_mask");
@@ -234,12 +263,16 @@ void bind_reference(py::module_& m) {
           py::arg("expert_ids"), py::arg("expert_scales"), py::arg("w1"), py::arg("w2"),
           py::arg("x_active_mask"), py::arg("out"), py::arg("expert_token_nums"),
           py::arg("moe_load") = py::none(), py::arg("load_counter") = py::none(),
-          py::arg("num_threads") = 0,
+          py::arg("num_threads") = 0, py::arg("w1_scale") = py::none(),
+          py::arg("w2_scale") = py::none(), py::arg("w1_scale_dtype") = "float32",
+          py::arg("w2_scale_dtype") = "float32",
           "Fused decode MoE CPU reference, in place. dtype 'bfloat16' | 'float16' | 'float32'; "
           "x [BS, H] (16-bit raw bits or float32), expert_ids int32 [BS, K], expert_scales "
           "float32 [BS, K], w1 list of E [H, 2I], w2 list of E [I, H] (empty for unused "
           "experts), x_active_mask bool [BS] or None; writes out [BS, H] and expert_token_nums "
-          "int64 [E]; moe_load int64 [E] or int32 [T, E] with load_counter int32 [] updated.");
+          "int64 [E]; moe_load int64 [E] or int32 [T, E] with load_counter int32 [] updated. "
+          "W8A8: int8 w1/w2 plus w1_scale (E arrays [2I]) and w2_scale (E arrays [H]) tagged "
+          "w1_scale_dtype / w2_scale_dtype ('float32' | 'float16' | 'bfloat16').");
 
     m.def(
         "fused_moe_route",

@@ -47,7 +47,8 @@ float round_act(DType dtype, float value) {
 Case make_case(DType dtype, int64_t bs, int64_t h, int64_t inter, int64_t k, int64_t e,
                unsigned seed, bool masked = false) {
     Case c;
-    c.p = FusedMoeParams{bs, h, inter, k, e, 0, dtype, LoadMode::kNone, masked ? 1 : 0, 0};
+    c.p = FusedMoeParams{bs, h, inter, k, e, 0, dtype, LoadMode::kNone, masked ? 1 : 0, 0,
+                         DType::kFloat32, DType::kFloat32};
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal(0.0F, 1.0F);
     std::uniform_int_distribution<int32_t> id(-1, static_cast<int32_t>(e));
@@ -237,7 +238,7 @@ TEST(FusedMoeReference, MissingWeightOfUsedExpertIsRejected) {
 }
 
 TEST(FusedMoeReference, RouteOrderIsStableByExpertThenPair) {
-    FusedMoeParams p{3, 1, 1, 3, 3, 0, DType::kFloat32, LoadMode::kNone, 1, 0};
+    FusedMoeParams p{3, 1, 1, 3, 3, 0, DType::kFloat32, LoadMode::kNone, 1, 0, DType::kFloat32, DType::kFloat32};
     const std::vector<int32_t> ids{2, 0, 2, /**/ 1, 7, 0, /**/ 0, 0, 0};
     const std::vector<uint8_t> mask{1, 1, 0};
     const auto rows = reference::route_tokens(p, ids.data(), mask.data());
@@ -248,7 +249,7 @@ TEST(FusedMoeReference, RouteOrderIsStableByExpertThenPair) {
 }
 
 TEST(FusedMoeReference, MoeLoadTotalAndRing) {
-    FusedMoeParams p{2, 1, 1, 2, 3, 0, DType::kFloat32, LoadMode::kTotal, 0, 0};
+    FusedMoeParams p{2, 1, 1, 2, 3, 0, DType::kFloat32, LoadMode::kTotal, 0, 0, DType::kFloat32, DType::kFloat32};
     const std::vector<int32_t> ids{0, 2, 2, 5};
     const auto rows = reference::route_tokens(p, ids.data(), nullptr);
     std::vector<int64_t> total{10, 20, 30};
@@ -272,7 +273,7 @@ TEST(FusedMoeReference, MoeLoadTotalAndRing) {
 }
 
 TEST(FusedMoeParams, LimitsAndIndexMath) {
-    static_assert(sizeof(FusedMoeParams) == 64, "POD layout shared with the kernels");
+    static_assert(sizeof(FusedMoeParams) == 72, "POD layout shared with the kernels");
     static_assert(shared::kMaxDecodeRows == 256 * 12);
     static_assert(shared::kTileCols % 16 == 0, "32-byte aligned bf16 tile rows");
     static_assert(shared::ring_slot(-1, 4) == 3 && shared::ring_slot(9, 4) == 1);
@@ -280,7 +281,7 @@ TEST(FusedMoeParams, LimitsAndIndexMath) {
     static_assert(shared::ceil_div(65, 64) == 2 && shared::ceil_div(64, 64) == 1);
     static_assert(!shared::is_valid_pair(true, 3, 3) && shared::is_valid_pair(true, 2, 3));
     static_assert(!shared::is_valid_pair(false, 0, 3) && !shared::is_valid_pair(true, -1, 3));
-    FusedMoeParams p{4, 8, 4, 2, 3, 0, DType::kBFloat16, LoadMode::kNone, 0, 0};
+    FusedMoeParams p{4, 8, 4, 2, 3, 0, DType::kBFloat16, LoadMode::kNone, 0, 0, DType::kFloat32, DType::kFloat32};
     EXPECT_NO_THROW(reference::validate_params(p));
     auto bad = p;
     bad.top_k = 0;

@@ -57,6 +57,22 @@ def exp_f32(values: np.ndarray) -> np.ndarray:
     return np.asarray(flat, dtype=np.float64).astype(np.float32).reshape(values.shape)
 
 
+def quantize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [R, n] -> (int64 codes in [-127, 127] [R, n], float32 dequant scale [R]).
+
+    Symmetric per-row int8: s = 127 / max|v| (NaN ignored), code = rint(v * s) ties to even,
+    scale = 1 / s; an all-zero (or non-finite max) row gets codes 0 and scale 0.
+    """
+    absmax = np.fmax.reduce(np.abs(values), axis=1, initial=np.float32(0.0))
+    usable = (absmax > 0) & np.isfinite(absmax)
+    s = np.float32(127.0) / np.where(usable, absmax, np.float32(1.0))
+    codes = np.rint(values * s[:, None])
+    codes = np.where(np.isnan(codes), np.float32(0.0), np.clip(codes, -127.0, 127.0))
+    codes[~usable] = 0.0
+    scale = np.where(usable, np.float32(1.0) / s, np.float32(0.0)).astype(np.float32)
+    return codes.astype(np.int64), scale
+
+
 @dataclass
 class GoldenResult:
     """out: activation buffer [BS, H]; counts: int64 [E]; row_of: int64 [BS, K] (-1 skipped)."""
@@ -82,11 +98,16 @@ def fused_moe_decode_golden(
     w1: list[np.ndarray],
     w2: list[np.ndarray],
     x_active_mask: np.ndarray | None = None,
+    w1_scale: list[np.ndarray] | None = None,
+    w2_scale: list[np.ndarray] | None = None,
+    scale_dtypes: tuple[str, str] = ("float32", "float32"),
 ) -> GoldenResult:
     """The operator on numpy arrays.
 
     x: [BS, H] uint16 bits (bf16/fp16) or float32; expert_ids int32 [BS, K]; expert_scales
     float32 [BS, K]; w1: E arrays [H, 2I]; w2: E arrays [I, H]; x_active_mask bool [BS].
+    W8A8 when w1_scale (E arrays [2I]) and w2_scale (E arrays [H]) are given: w1/w2 are int8,
+    scales are stored like activations in scale_dtypes (w1, w2).
     """
     num_tokens, hidden = x.shape
     top_k = expert_ids.shape[1]
@@ -108,10 +129,21 @@ def fused_moe_decode_golden(
         lo, hi = int(offsets[e]), int(offsets[e + 1])
         if lo == hi:
             continue
-        h1 = _matmul_ascending(x_f32[row_tokens[lo:hi]], to_f32(w1[e], dtype))
+        if w1_scale is not None and w2_scale is not None:
+            codes, x_scale = quantize_rows(x_f32[row_tokens[lo:hi]])
+            w1_s = to_f32(w1_scale[e], scale_dtypes[0])
+            h1 = ((codes @ w1[e].astype(np.int64)).astype(np.float32) * w1_s) * x_scale[:, None]
+        else:
+            h1 = _matmul_ascending(x_f32[row_tokens[lo:hi]], to_f32(w1[e], dtype))
         inter = h1.shape[1] // 2
         gate, up = h1[:, :inter], h1[:, inter:]
         silu = gate / (exp_f32(-gate) + np.float32(1.0))
+        if w1_scale is not None and w2_scale is not None:
+            codes, a_scale = quantize_rows(silu * up)
+            w2_s = to_f32(w2_scale[e], scale_dtypes[1])
+            acc = ((codes @ w2[e].astype(np.int64)).astype(np.float32) * w2_s) * a_scale[:, None]
+            y[lo:hi] = to_f32(round_act(acc, dtype), dtype)
+            continue
         a = to_f32(round_act(silu * up, dtype), dtype)
         y[lo:hi] = to_f32(round_act(_matmul_ascending(a, to_f32(w2[e], dtype)), dtype), dtype)
     acc = np.zeros((num_tokens, hidden), dtype=np.float32)

@@ -187,17 +187,174 @@ void combine(const FusedMoeParams& p, const RowMap& rows, const float* scales,
     });
 }
 
+// ---- W8A8 mode -------------------------------------------------------------------------------
+
+float load_scale(DType dtype, const void* base, int64_t i) {
+    switch (dtype) {
+        case DType::kBFloat16:
+            return shared::bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+        case DType::kFloat16:
+            return shared::f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+        default:
+            return static_cast<const float*>(base)[i];
+    }
+}
+
+// Dynamic symmetric int8 quantisation of one row; returns the dequantisation scale 1 / s.
+float quantize_row(const float* values, int64_t n, int8_t* codes) {
+    float absmax = 0.0F;
+    for (int64_t i = 0; i < n; ++i) {
+        const float magnitude = std::fabs(values[i]);
+        absmax = magnitude > absmax ? magnitude : absmax;  // NaN never wins
+    }
+    if (!(absmax > 0.0F) || !std::isfinite(absmax)) {
+        std::fill(codes, codes + n, static_cast<int8_t>(0));
+        return 0.0F;
+    }
+    const float s = shared::kInt8Max / absmax;
+    for (int64_t i = 0; i < n; ++i) {
+        float code = std::nearbyint(values[i] * s);  // default rounding mode: ties to even
+        code = std::isnan(code) ? 0.0F : std::clamp(code, -shared::kInt8Max, shared::kInt8Max);
+        codes[i] = static_cast<int8_t>(code);
+    }
+    return 1.0F / s;
+}
+
+// Phase 1b + 2: quantise each routed row's token and gather the codes into x_q [R, H].
+template <typename T>
+void quantize_permute_rows(const FusedMoeParams& p, const RowMap& rows,
+                           const typename T::Storage* x, int8_t* x_q, float* x_scale,
+                           ThreadPool& pool) {
+    pool.parallel_for(rows.num_rows(), [&](int64_t r) {
+        const auto* src = x + shared::row_offset(rows.row_token[idx(r)], p.hidden);
+        std::vector<float> values(idx(p.hidden));
+        for (int64_t d = 0; d < p.hidden; ++d) {
+            values[idx(d)] = T::load(src[d]);
+        }
+        x_scale[r] = quantize_row(values.data(), p.hidden, x_q + shared::row_offset(r, p.hidden));
+    });
+}
+
+// acc[rr][c] = sum over d of lhs[r0 + rr][d] * w[d][col(c)], int32, for one tile.
+template <typename ColFn>
+void int8_tile(const int8_t* lhs, int64_t depth, int64_t r0, int64_t height, const int8_t* w,
+               int64_t width, const ColFn& col, int32_t* acc) {
+    std::array<int32_t, kTileCols> w_row{};
+    std::fill(acc, acc + kTileRows * kTileCols, 0);
+    for (int64_t d = 0; d < depth; ++d) {
+        for (int64_t c = 0; c < width; ++c) {
+            w_row[idx(c)] = w[col(d, c)];
+        }
+        for (int64_t rr = 0; rr < height; ++rr) {
+            const int32_t lv = lhs[shared::row_offset(r0 + rr, depth) + d];
+            int32_t* acc_row = acc + rr * kTileCols;
+            for (int64_t c = 0; c < width; ++c) {
+                acc_row[c] += lv * w_row[idx(c)];
+            }
+        }
+    }
+}
+
+// Phase 3 (W8A8): int8 GEMM1, dequantise, SwiGLU into fp32 a [R, I].
+void gemm1_swiglu_w8a8(const FusedMoeParams& p, const RowMap& rows, const int8_t* x_q,
+                       const float* x_scale, const FusedMoeInputs& in, float* a,
+                       ThreadPool& pool) {
+    const int64_t H = p.hidden;
+    const int64_t I = p.intermediate;
+    const auto tasks = gemm_tasks(rows, I);
+    pool.parallel_for(static_cast<int64_t>(tasks.size()), [&](int64_t task) {
+        const auto [e, tile] = tasks[idx(task)];
+        const auto* w = static_cast<const int8_t*>(in.w1[idx(e)]);
+        const void* scale = in.w1_scale[idx(e)];
+        const int64_t j0 = tile * kTileCols;
+        const int64_t width = std::min(kTileCols, I - j0);
+        std::array<int32_t, kTileRows * kTileCols> gate{};
+        std::array<int32_t, kTileRows * kTileCols> up{};
+        auto gate_at = [&](int64_t d, int64_t c) {
+            return shared::w1_offset(d, shared::gate_col(j0 + c), I);
+        };
+        auto up_at = [&](int64_t d, int64_t c) {
+            return shared::w1_offset(d, shared::up_col(j0 + c, I), I);
+        };
+        for (int64_t r0 = rows.offsets[idx(e)]; r0 < rows.offsets[idx(e) + 1]; r0 += kTileRows) {
+            const int64_t height = std::min(kTileRows, rows.offsets[idx(e) + 1] - r0);
+            int8_tile(x_q, H, r0, height, w, width, gate_at, gate.data());
+            int8_tile(x_q, H, r0, height, w, width, up_at, up.data());
+            for (int64_t rr = 0; rr < height; ++rr) {
+                const float row_scale = x_scale[r0 + rr];
+                for (int64_t c = 0; c < width; ++c) {
+                    const float gs = load_scale(p.w1_scale_dtype, scale, shared::gate_col(j0 + c));
+                    const float us = load_scale(p.w1_scale_dtype, scale, shared::up_col(j0 + c, I));
+                    const float g =
+                        (static_cast<float>(gate[idx(rr * kTileCols + c)]) * gs) * row_scale;
+                    const float u =
+                        (static_cast<float>(up[idx(rr * kTileCols + c)]) * us) * row_scale;
+                    a[shared::row_offset(r0 + rr, I) + j0 + c] = swiglu(g, u);
+                }
+            }
+        }
+    });
+}
+
+// Phase 4 (W8A8): re-quantise a per row, int8 GEMM2, dequantise and round y [R, H].
+template <typename T>
+void gemm2_w8a8(const FusedMoeParams& p, const RowMap& rows, const float* a,
+                const FusedMoeInputs& in, typename T::Storage* y, ThreadPool& pool) {
+    const int64_t H = p.hidden;
+    const int64_t I = p.intermediate;
+    const int64_t R = rows.num_rows();
+    std::vector<int8_t> a_q(idx(R * I));
+    std::vector<float> a_scale(idx(R));
+    pool.parallel_for(R, [&](int64_t r) {
+        a_scale[idx(r)] = quantize_row(a + shared::row_offset(r, I), I,
+                                       a_q.data() + shared::row_offset(r, I));
+    });
+    const auto tasks = gemm_tasks(rows, H);
+    pool.parallel_for(static_cast<int64_t>(tasks.size()), [&](int64_t task) {
+        const auto [e, tile] = tasks[idx(task)];
+        const auto* w = static_cast<const int8_t*>(in.w2[idx(e)]);
+        const void* scale = in.w2_scale[idx(e)];
+        const int64_t n0 = tile * kTileCols;
+        const int64_t width = std::min(kTileCols, H - n0);
+        std::array<int32_t, kTileRows * kTileCols> acc{};
+        auto col_at = [&](int64_t i, int64_t c) { return shared::w2_offset(i, n0 + c, H); };
+        for (int64_t r0 = rows.offsets[idx(e)]; r0 < rows.offsets[idx(e) + 1]; r0 += kTileRows) {
+            const int64_t height = std::min(kTileRows, rows.offsets[idx(e) + 1] - r0);
+            int8_tile(a_q.data(), I, r0, height, w, width, col_at, acc.data());
+            for (int64_t rr = 0; rr < height; ++rr) {
+                const float row_scale = a_scale[idx(r0 + rr)];
+                auto* y_row = y + shared::row_offset(r0 + rr, H) + n0;
+                for (int64_t c = 0; c < width; ++c) {
+                    const float ws = load_scale(p.w2_scale_dtype, scale, n0 + c);
+                    y_row[c] = T::store(
+                        (static_cast<float>(acc[idx(rr * kTileCols + c)]) * ws) * row_scale);
+                }
+            }
+        }
+    });
+}
+
 template <typename T>
 void run_float_phases(const FusedMoeParams& p, const FusedMoeInputs& in, const RowMap& rows,
                       const FusedMoeOutputs& outputs, ThreadPool& pool) {
     using S = typename T::Storage;
     const int64_t R = rows.num_rows();
-    std::vector<S> x_rows(idx(R * p.hidden));
-    std::vector<S> a(idx(R * p.intermediate));
+    std::vector<S> x_rows(p.w8a8 != 0 ? 0 : idx(R * p.hidden));
+    std::vector<S> a(p.w8a8 != 0 ? 0 : idx(R * p.intermediate));
     std::vector<S> y(idx(R * p.hidden));
-    permute_rows<T>(p, rows, static_cast<const S*>(in.x), x_rows.data(), pool);
-    gemm1_swiglu<T>(p, rows, x_rows.data(), in.w1, a.data(), pool);
-    gemm2<T>(p, rows, a.data(), in.w2, y.data(), pool);
+    if (p.w8a8 != 0) {
+        std::vector<int8_t> x_q(idx(R * p.hidden));
+        std::vector<float> x_scale(idx(R));
+        std::vector<float> a_f32(idx(R * p.intermediate));
+        quantize_permute_rows<T>(p, rows, static_cast<const S*>(in.x), x_q.data(), x_scale.data(),
+                                 pool);
+        gemm1_swiglu_w8a8(p, rows, x_q.data(), x_scale.data(), in, a_f32.data(), pool);
+        gemm2_w8a8<T>(p, rows, a_f32.data(), in, y.data(), pool);
+    } else {
+        permute_rows<T>(p, rows, static_cast<const S*>(in.x), x_rows.data(), pool);
+        gemm1_swiglu<T>(p, rows, x_rows.data(), in.w1, a.data(), pool);
+        gemm2<T>(p, rows, a.data(), in.w2, y.data(), pool);
+    }
     combine<T>(p, rows, in.expert_scales, y.data(), static_cast<S*>(outputs.out), pool);
 }
 
@@ -232,7 +389,16 @@ void validate_params(const FusedMoeParams& p) {
         throw_invalid("w1", "needs at least one expert, got " + std::to_string(p.num_experts));
     }
     if (p.act_dtype == DType::kInt8) {
-        throw_invalid("w1", "int8 (W8A8) weights are not supported by the CPU reference yet");
+        throw_invalid("x", "activations must be bf16, fp16 or fp32 (int8 weights: W8A8 mode)");
+    }
+    auto is_scale_dtype = [](DType d) {
+        return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+    };
+    if (p.w8a8 != 0 && !is_scale_dtype(p.w1_scale_dtype)) {
+        throw_invalid("w1_scale", "scale dtype must be fp32, fp16 or bf16");
+    }
+    if (p.w8a8 != 0 && !is_scale_dtype(p.w2_scale_dtype)) {
+        throw_invalid("w2_scale", "scale dtype must be fp32, fp16 or bf16");
     }
     if (p.act_dtype != DType::kFloat32 && p.act_dtype != DType::kFloat16 &&
         p.act_dtype != DType::kBFloat16) {
@@ -319,7 +485,17 @@ void fused_moe_decode(const FusedMoeParams& p, const FusedMoeInputs& in,
     }
     const RowMap rows =
         route_tokens(p, in.expert_ids, p.has_mask != 0 ? in.x_active_mask : nullptr);
+    if (p.w8a8 != 0 && (static_cast<int64_t>(in.w1_scale.size()) != E ||
+                        static_cast<int64_t>(in.w2_scale.size()) != E)) {
+        throw_invalid("w1_scale", "W8A8 needs one w1_scale and one w2_scale per expert (" +
+                                      std::to_string(E) + ")");
+    }
     for (int64_t e = 0; e < E; ++e) {
+        if (p.w8a8 != 0 && rows.counts[idx(e)] > 0 &&
+            (in.w1_scale[idx(e)] == nullptr || in.w2_scale[idx(e)] == nullptr)) {
+            throw_invalid("w1_scale[" + std::to_string(e) + "]",
+                          "expert receives tokens but its scales are empty");
+        }
         if (rows.counts[idx(e)] > 0 && (in.w1[idx(e)] == nullptr || in.w2[idx(e)] == nullptr)) {
             throw_invalid(in.w1[idx(e)] == nullptr ? "w1[" + std::to_string(e) + "]"
                                                    : "w2[" + std::to_string(e) + "]",

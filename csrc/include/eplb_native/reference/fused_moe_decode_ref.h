@@ -12,6 +12,14 @@
 //   out[t,n] = round(acc), acc = 0; acc = acc + scale[t,k] * f32(y[row(t,k),n]) for valid k
 // For fp32 activations `round` is the identity (no rounding beyond the fp32 operations).
 // Masked tokens and tokens with no valid k get out = 0.
+//
+// W8A8 mode (params.w8a8 = 1; int8 w1/w2, per-output-channel scales w1_scale[e] [2I] and
+// w2_scale[e] [H] in fp32/fp16/bf16, widened exactly to fp32):
+//   quant(v[0..n)): m = max |v| (NaN ignored); if m is 0 or not finite: codes 0, scale 0; else
+//     s = 127 / m, code = clamp(rint_even(v * s), -127, 127) (NaN -> 0), scale = 1 / s
+//   x is quantised per token; h1[r,n] = (f32(int32 sum_d xq*w1q) * w1_scale[n]) * x_scale[t]
+//   a = s * u stays fp32 and is quantised per row; y[r,n] = round((f32(int32 sum_i aq*w2q) *
+//   w2_scale[n]) * a_scale[r]); combine as above. Integer sums are exact (order-free).
 
 #include <cstdint>
 #include <vector>
@@ -37,6 +45,8 @@ struct FusedMoeInputs {
     const float* expert_scales = nullptr;    // [BS, K]
     std::vector<const void*> w1;             // E pointers to [H, 2I]; nullptr allowed if c[e]=0
     std::vector<const void*> w2;             // E pointers to [I, H]; nullptr allowed if c[e]=0
+    std::vector<const void*> w1_scale;       // W8A8 only: E pointers to [2I] scales
+    std::vector<const void*> w2_scale;       // W8A8 only: E pointers to [H] scales
     const uint8_t* x_active_mask = nullptr;  // [BS] 0/1, nullptr = all active (has_mask = 0)
 };
 

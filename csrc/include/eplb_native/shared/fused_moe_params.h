@@ -13,7 +13,8 @@
 
 namespace eplb_native::shared {
 
-// Element type of activations and weights. fp32 exists for the reference only (no kernel).
+// Element type of activations, weights and W8A8 scales. fp32 activations exist for the
+// reference only (no kernel).
 enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kInt8 = 3 };
 
 // How the call's counts are accumulated into moe_load (design §7.2 step 8).
@@ -48,8 +49,13 @@ struct FusedMoeParams {
     DType act_dtype;       // x, w1, w2, out
     LoadMode load_mode;
     int32_t has_mask;      // x_active_mask given (else every token is active)
-    int32_t reserved;      // keeps the struct 8-byte aligned with no implicit padding
-};
+    int32_t w8a8;          // 1: int8 w1/w2 with per-output-channel scales, x quantised per token
+    DType w1_scale_dtype;  // W8A8: fp32 | fp16 | bf16, w1_scale[e] [2I]
+    DType w2_scale_dtype;  // W8A8: fp32 | fp16 | bf16, w2_scale[e] [H]
+};  // 6 x 8 + 6 x 4 bytes: 8-byte aligned, no implicit padding
+
+// W8A8 dynamic quantisation: int8 codes lie in [-kInt8Max, kInt8Max].
+inline constexpr float kInt8Max = 127.0F;
 
 EPLB_HD inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
