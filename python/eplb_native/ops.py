@@ -35,6 +35,7 @@ SCHEMA = (
     "-> (Tensor out, Tensor expert_token_nums)"
 )
 _ACT_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+_SCALE_DTYPES = tuple(_ACT_DTYPE_NAMES)
 
 # The schema is defined before any NPU library is loaded: the .so only adds implementations.
 _LIBRARY = torch.library.Library("eplb_native", "FRAGMENT")  # type: ignore[no-untyped-call]
@@ -62,17 +63,55 @@ def _check_tensor(
 
 
 def _check_weights(
-    weights: Sequence[torch.Tensor], name: str, dtype: torch.dtype, shape: tuple[int, int] | None
+    weights: Sequence[torch.Tensor],
+    name: str,
+    dtypes: tuple[torch.dtype, ...],
+    shape: tuple[int, ...] | None,
 ) -> None:
-    """Each weight: dtype of x, contiguous, ``shape`` or empty (experts without tokens)."""
+    """Each weight: one of ``dtypes`` (all alike), contiguous, ``shape`` or empty (unused expert)."""
     for e, weight in enumerate(weights):
-        if isinstance(weight, torch.Tensor) and weight.dtype == torch.int8:
-            message = f"{name}[{e}]: int8 (W8A8) weights are not implemented yet"
+        _check_tensor(weight, f"{name}[{e}]", dtypes, None)
+        if weight.dtype != weights[0].dtype:
+            message = (
+                f"{name}[{e}]: dtype {weight.dtype} differs from {name}[0] ({weights[0].dtype})"
+            )
+            raise TypeError(message)
+        if weight.numel() > 0 and shape is not None and tuple(weight.shape) != shape:
+            message = (
+                f"{name}[{e}]: expected shape {list(shape)} or empty, got {list(weight.shape)}"
+            )
             raise ValueError(message)
-        _check_tensor(weight, f"{name}[{e}]", (dtype,), None)
-        if weight.numel() > 0 and tuple(weight.shape) != shape:
-            message = f"{name}[{e}]: expected shape {list(shape or ())} or empty, got {list(weight.shape)}"
+
+
+def _check_w8a8_scales(
+    w1_scale: Sequence[torch.Tensor] | None,
+    w2_scale: Sequence[torch.Tensor] | None,
+    num_experts: int,
+    inter: int | None,
+    hidden: int,
+) -> None:
+    """W8A8 scales: both lists, one fp32/fp16/bf16 tensor per expert, [2I] and [H] (or empty)."""
+    if w1_scale is None or w2_scale is None:
+        message = f"{'w1_scale' if w1_scale is None else 'w2_scale'}: int8 weights (W8A8) need both scale lists"
+        raise ValueError(message)
+    for name, scales, length in (
+        ("w1_scale", w1_scale, None if inter is None else 2 * inter),
+        ("w2_scale", w2_scale, hidden),
+    ):
+        if not isinstance(scales, (list, tuple)) or len(scales) != num_experts:
+            message = f"{name}: expected a list of {num_experts} tensors (one per expert)"
             raise ValueError(message)
+        _check_weights(scales, name, _SCALE_DTYPES, None if length is None else (length,))
+
+
+def is_w8a8(
+    w1: Sequence[torch.Tensor],
+    w1_scale: Sequence[torch.Tensor] | None,
+    w2_scale: Sequence[torch.Tensor] | None,
+) -> bool:
+    """W8A8 mode: scales given or int8 weights (validation then requires both)."""
+    int8 = any(isinstance(w, torch.Tensor) and w.dtype == torch.int8 for w in w1)
+    return int8 or w1_scale is not None or w2_scale is not None
 
 
 def validate_inputs(
@@ -103,9 +142,6 @@ def validate_inputs(
         raise ValueError(message)
     top_k = expert_ids.shape[1]
     _check_tensor(expert_scales, "expert_scales", (torch.float32,), (num_tokens, top_k))
-    if w1_scale is not None or w2_scale is not None:
-        message = "w1_scale/w2_scale: the W8A8 mode is not implemented yet"
-        raise ValueError(message)
     for name, weights in (("w1", w1), ("w2", w2)):
         if not isinstance(weights, (list, tuple)):
             message = f"{name}: expected a list of tensors, got {type(weights).__name__}"
@@ -118,8 +154,12 @@ def validate_inputs(
         raise ValueError(message)
     nonempty = [w for w in w2 if isinstance(w, torch.Tensor) and w.numel() > 0]
     inter = nonempty[0].shape[0] if nonempty and nonempty[0].dim() == 2 else None
-    _check_weights(w1, "w1", x.dtype, None if inter is None else (hidden, 2 * inter))
-    _check_weights(w2, "w2", x.dtype, None if inter is None else (inter, hidden))
+    w8a8 = is_w8a8(w1, w1_scale, w2_scale)
+    weight_dtypes = (torch.int8,) if w8a8 else (x.dtype,)
+    _check_weights(w1, "w1", weight_dtypes, None if inter is None else (hidden, 2 * inter))
+    _check_weights(w2, "w2", weight_dtypes, None if inter is None else (inter, hidden))
+    if w8a8:
+        _check_w8a8_scales(w1_scale, w2_scale, num_experts, inter, hidden)
     if x_active_mask is not None:
         _check_tensor(x_active_mask, "x_active_mask", (torch.bool,), (num_tokens,))
     if moe_load is not None:
@@ -203,8 +243,23 @@ def _fused_moe_decode_cpu(
         None if moe_load is None else _numpy_view(moe_load),
         None if load_counter is None else _numpy_view(load_counter),
         num_threads=torch.get_num_threads(),
+        **_scale_kwargs(w1_scale, w2_scale),
     )
     return out, expert_token_nums
+
+
+def _scale_kwargs(
+    w1_scale: list[torch.Tensor] | None, w2_scale: list[torch.Tensor] | None
+) -> dict[str, object]:
+    """W8A8 scale arguments of ``_core.fused_moe_decode_ref`` (empty when not W8A8)."""
+    if w1_scale is None or w2_scale is None:
+        return {}
+    return {
+        "w1_scale": [_numpy_view(s) for s in w1_scale],
+        "w2_scale": [_numpy_view(s) for s in w2_scale],
+        "w1_scale_dtype": _ACT_DTYPE_NAMES[w1_scale[0].dtype],
+        "w2_scale_dtype": _ACT_DTYPE_NAMES[w2_scale[0].dtype],
+    }
 
 
 def fused_moe_decode_torch(
@@ -257,11 +312,18 @@ def fused_moe_decode_torch(
     for e, size in enumerate(sizes):
         if size == 0:
             continue
-        h1 = x_rows[start : start + size] @ w1[e].float()
+        rows_e = x_rows[start : start + size]
+        if w1_scale is not None and w2_scale is not None:
+            h1 = _int8_matmul(rows_e, w1[e], w1_scale[e])
+        else:
+            h1 = rows_e @ w1[e].float()
         gate, up = h1.chunk(2, dim=1)
         silu = gate / (torch.exp(-gate) + 1.0)
-        a = (silu * up).to(x.dtype).float()
-        y_rows.append((a @ w2[e].float()).to(x.dtype))
+        if w1_scale is not None and w2_scale is not None:
+            y_rows.append(_int8_matmul(silu * up, w2[e], w2_scale[e]).to(x.dtype))
+        else:
+            a = (silu * up).to(x.dtype).float()
+            y_rows.append((a @ w2[e].float()).to(x.dtype))
         start += size
     y = torch.cat(y_rows) if y_rows else x.new_empty((0, hidden))
     row_of = torch.full((num_tokens * top_k,), -1, dtype=torch.int64, device=x.device)
@@ -279,6 +341,21 @@ def fused_moe_decode_torch(
         moe_load.index_add_(0, slot.view(1), expert_token_nums.to(torch.int32).view(1, -1))
         load_counter.add_(1)
     return acc.to(x.dtype), expert_token_nums
+
+
+def _int8_matmul(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """W8A8 step: quantise fp32 rows [M, D] per row, int8 GEMM with weight [D, N], dequantise.
+
+    The integer sum runs in float64 (exact for D * 127 * 127 < 2**53) so any device can do it.
+    """
+    absmax = rows.abs().amax(dim=1)
+    usable = (absmax > 0) & torch.isfinite(absmax)
+    s = 127.0 / torch.where(usable, absmax, torch.ones_like(absmax))
+    codes = torch.round(rows * s[:, None]).clamp(-127.0, 127.0).nan_to_num(0.0)
+    codes = torch.where(usable[:, None], codes, torch.zeros_like(codes))
+    row_scale = torch.where(usable, 1.0 / s, torch.zeros_like(s))
+    acc = (codes.double() @ weight.double()).float()
+    return (acc * scale.float()) * row_scale[:, None]
 
 
 def _fused_moe_decode_fake(
@@ -369,7 +446,8 @@ def fused_moe_decode(
         moe_load: int64 [E] (``+= counts``) or int32 [T, E] ring (row ``load_counter % T``),
             updated in place.
         load_counter: int32 [] step counter, required with the ring, incremented in place.
-        w1_scale, w2_scale: reserved for the W8A8 mode (not implemented: ValueError).
+        w1_scale, w2_scale: W8A8 mode (w1/w2 int8): E tensors [2I] and [H], fp32/fp16/bf16
+            per-output-channel scales; x and the SwiGLU output are quantised per row to int8.
 
     Returns:
         out: [BS, H] dtype of x; expert_token_nums: int64 [E] tokens per expert in this call.
