@@ -294,6 +294,61 @@ TEST(FusedMoeParams, LimitsAndIndexMath) {
     EXPECT_THROW(reference::validate_params(bad), std::invalid_argument);
 }
 
+// W8A8: thread-count invariance, zero token rows give zero output, unused experts need no
+// weights or scales. (Bit-exactness against the numpy golden is tested in test_ops_cpu.py.)
+TEST(FusedMoeReference, W8A8ThreadInvarianceAndZeroRows) {
+    Case c = make_case(DType::kBFloat16, 12, 70, 33, 3, 3, 7U);
+    c.p.w8a8 = 1;
+    c.p.w1_scale_dtype = DType::kFloat32;
+    c.p.w2_scale_dtype = DType::kBFloat16;
+    std::fill(c.x16.begin(), c.x16.begin() + 70, static_cast<uint16_t>(0));  // token 0 is zero
+    for (size_t i = 0; i < c.ids.size(); ++i) {
+        c.ids[i] = c.ids[i] == 2 ? 1 : c.ids[i];  // expert 2 unused
+    }
+    std::mt19937 rng(8U);
+    std::uniform_int_distribution<int> code(-127, 127);
+    std::vector<std::vector<int8_t>> w1(3), w2(3);
+    std::vector<std::vector<float>> s1(3);
+    std::vector<std::vector<uint16_t>> s2(3);
+    FusedMoeInputs in = inputs_of(c);
+    for (size_t e = 0; e < 2; ++e) {
+        for (int i = 0; i < 70 * 66; ++i) {
+            w1[e].push_back(static_cast<int8_t>(code(rng)));
+            w2[e].push_back(static_cast<int8_t>(code(rng)));
+        }
+        s1[e].assign(66, 0.01F);
+        s2[e].assign(70, shared::f32_to_bf16_rne(0.02F));
+        in.w1[e] = w1[e].data();
+        in.w2[e] = w2[e].data();
+        in.w1_scale.push_back(s1[e].data());
+        in.w2_scale.push_back(s2[e].data());
+    }
+    in.w1[2] = in.w2[2] = nullptr;
+    in.w1_scale.push_back(nullptr);
+    in.w2_scale.push_back(nullptr);
+    std::vector<std::vector<uint16_t>> outs;
+    for (int threads : {1, 2, 3}) {
+        std::vector<uint16_t> out(12 * 70, 0x5555);
+        std::vector<int64_t> counts(3);
+        FusedMoeOutputs o;
+        o.out = out.data();
+        o.expert_token_nums = counts.data();
+        ThreadPool pool(threads);
+        reference::fused_moe_decode(c.p, in, o, pool);
+        EXPECT_EQ(counts[2], 0);
+        outs.push_back(out);
+    }
+    EXPECT_EQ(outs[0], outs[1]);
+    EXPECT_EQ(outs[0], outs[2]);
+    EXPECT_EQ(std::vector<uint16_t>(outs[0].begin(), outs[0].begin() + 70),
+              std::vector<uint16_t>(70, 0));
+    bool any_nonzero = false;
+    for (uint16_t v : outs[0]) {
+        any_nonzero = any_nonzero || (v & 0x7FFFU) != 0;
+    }
+    EXPECT_TRUE(any_nonzero);
+}
+
 TEST(Float16, Fp16RoundTripsEveryValueAndRoundsTiesToEven) {
     for (uint32_t bits = 0; bits < 0x10000U; ++bits) {
         const auto h = static_cast<uint16_t>(bits);
