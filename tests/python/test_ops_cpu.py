@@ -643,3 +643,4 @@ def test_w8a8_torch_ops_path_matches_reference() -> None:
     atol = 0.02 * float(out.float().abs().max())
     torch.testing.assert_close(t_out.float(), out.float(), rtol=0.02, atol=atol)
     assert (t_out == out).float().mean() > 0.9
+
