@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -65,6 +66,8 @@ struct Case {
     int64_t ring_steps = 3;
     int32_t calls = 1;
 };
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 uint16_t to_bits(DType dtype, float value) {
     return dtype == DType::kBFloat16 ? eplb_native::shared::f32_to_bf16_rne(value)
@@ -137,6 +140,9 @@ TEST_P(EmulatedKernels, MatchTheReferenceBitForBit) {
     device.num_vector_cores = c.cores;
     if (c.ub_bytes > 0) device.ub_bytes = c.ub_bytes;
     const FusedMoeTilingData t = eplb_native::tiling::make_fused_moe_tiling(p, device);
+    if (c.ub_bytes > 0) {
+        ASSERT_LT(t.gemm1_reduce_chunk, c.hidden) << "the case must split the reduction";
+    }
 
     // Reference.
     std::vector<uint16_t> want_out(x.size());
@@ -237,6 +243,8 @@ std::vector<Case> cases() {
     none.invalid_fraction = 1.0;
     all.push_back(none);
     all.push_back({"one_token_one_expert", 1, 130, 70, 1, 1, DType::kBFloat16});
+    // H above kRowChunk (4096): permute and combine move rows in two chunks, the second a tail.
+    all.push_back({"rows_longer_than_a_chunk", 3, 4100, 16, 2, 2, DType::kFloat16});
     Case few{"three_cores", 33, 160, 96, 5, 6, DType::kBFloat16};
     few.cores = 3;
     few.calls = 2;
