@@ -12,14 +12,22 @@
 //     addresses 32-byte aligned, every access inside the GlobalTensor / LocalTensor extent.
 //   * Vector ops: operands 32-byte aligned in UB, counts inside the tensors.
 //   * Queues: no more tensors outstanding than the queue depth.
-// Blocks of a launch run one after another (emu::launch); the kernels never synchronise across
-// blocks, so this is a valid schedule. Pipes are not modelled (every operation completes
-// immediately), so missing SetFlag/WaitFlag pairs are NOT detected here.
+//   * Pipe hazards: every UB write is recorded per producing pipe (MTE2 = GM->UB DMA, V = vector,
+//     S = scalar) and per consuming pipe; a read by another pipe (or a dependent vector op) of
+//     bytes not yet handed over throws. Hand-overs are what the real code uses: WaitFlag<X_Y>
+//     (after SetFlag), PipeBarrier<PIPE_V>, and EnQue/DeQue of a VECIN (MTE2->V), VECOUT
+//     (V->MTE3) or VECIN/VECOUT bound (MTE2->MTE3) queue. Write-after-read hazards are not
+//     modelled (every operation completes immediately).
+// Blocks of a launch run one after another (the test's launch()); the kernels never
+// synchronise across blocks, so this is a valid schedule.
 // Exp is the reference's exp (fp32 of the double exp) so an emulated run can be bit-exact.
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -72,11 +80,99 @@ enum class CacheLine { SINGLE_CACHE_LINE, ENTIRE_DATA_CACHE };
 enum class DcciDst { CACHELINE_ALL, CACHELINE_UB, CACHELINE_OUT, CACHELINE_ATOMIC };
 
 // ---- launch state ----------------------------------------------------------------------------
+// Pipes of one AI vector core that touch the unified buffer.
+enum class Pipe : int { kS = 0, kV = 1, kMte2 = 2, kMte3 = 3 };
+constexpr int kPipes = 4;
+inline const char* pipe_name(Pipe p) {
+    static const char* const names[kPipes] = {"S", "V", "MTE2", "MTE3"};
+    return names[static_cast<int>(p)];
+}
+
+// Disjoint [begin, end) byte ranges of UB.
+class IntervalSet {
+public:
+    void add(uintptr_t begin, uintptr_t end) {
+        auto it = ranges_.lower_bound(begin);
+        if (it != ranges_.begin() && std::prev(it)->second >= begin) {
+            --it;
+        }
+        while (it != ranges_.end() && it->first <= end) {
+            begin = std::min(begin, it->first);
+            end = std::max(end, it->second);
+            it = ranges_.erase(it);
+        }
+        ranges_[begin] = end;
+    }
+    void remove(uintptr_t begin, uintptr_t end) {
+        auto it = ranges_.lower_bound(begin);
+        if (it != ranges_.begin() && std::prev(it)->second > begin) {
+            --it;
+        }
+        while (it != ranges_.end() && it->first < end) {
+            const uintptr_t lo = it->first;
+            const uintptr_t hi = it->second;
+            it = ranges_.erase(it);
+            if (lo < begin) ranges_[lo] = begin;
+            if (hi > end) ranges_[end] = hi;
+        }
+    }
+    bool overlaps(uintptr_t begin, uintptr_t end) const {
+        auto it = ranges_.lower_bound(begin);
+        if (it != ranges_.end() && it->first < end) return true;
+        return it != ranges_.begin() && std::prev(it)->second > begin;
+    }
+    void clear() { ranges_.clear(); }
+
+private:
+    std::map<uintptr_t, uintptr_t> ranges_;
+};
+
+// pending[writer][reader]: UB bytes written by `writer` that `reader` may not read yet.
+class PipeTracker {
+public:
+    void write(Pipe writer, const void* data, size_t bytes) {
+        const auto b = reinterpret_cast<uintptr_t>(data);
+        for (int reader = 0; reader < kPipes; ++reader) {
+            // Same-pipe ordering matters for the vector pipe only (PipeBarrier<PIPE_V>).
+            if (reader != static_cast<int>(writer) || writer == Pipe::kV) {
+                pending_[static_cast<int>(writer)][reader].add(b, b + bytes);
+            }
+        }
+    }
+    void read(Pipe reader, const void* data, size_t bytes, const char* what) const {
+        const auto b = reinterpret_cast<uintptr_t>(data);
+        for (int writer = 0; writer < kPipes; ++writer) {
+            if (pending_[writer][static_cast<int>(reader)].overlaps(b, b + bytes)) {
+                throw std::logic_error(std::string("AscendC emulation: ") + what + " on pipe " +
+                                       pipe_name(reader) + " reads UB written by pipe " +
+                                       pipe_name(static_cast<Pipe>(writer)) +
+                                       " with no synchronisation in between");
+            }
+        }
+    }
+    void sync(Pipe writer, Pipe reader) {
+        pending_[static_cast<int>(writer)][static_cast<int>(reader)].clear();
+    }
+    void sync_region(Pipe writer, Pipe reader, const void* data, size_t bytes) {
+        const auto b = reinterpret_cast<uintptr_t>(data);
+        pending_[static_cast<int>(writer)][static_cast<int>(reader)].remove(b, b + bytes);
+    }
+    void reset() {
+        for (auto& row : pending_) {
+            for (auto& set : row) set.clear();
+        }
+    }
+
+private:
+    IntervalSet pending_[kPipes][kPipes];
+};
+
 struct EmuState {
     int64_t block_idx = 0;
     int64_t block_num = 1;
     bool atomic_add_i32 = false;
     class TPipe* pipe = nullptr;
+    PipeTracker pipes;
 };
 inline EmuState& emu_state() {
     static EmuState state;  // the emulated core; test-only
@@ -136,10 +232,12 @@ public:
     }
     T GetValue(int64_t i) const {
         emu_check(i >= 0 && i < size_, "LocalTensor::GetValue out of range");
+        emu_state().pipes.read(Pipe::kS, base_ + i, sizeof(T), "LocalTensor::GetValue");
         return base_[i];
     }
     void SetValue(int64_t i, T value) const {
         emu_check(i >= 0 && i < size_, "LocalTensor::SetValue out of range");
+        emu_state().pipes.write(Pipe::kS, base_ + i, sizeof(T));
         base_[i] = value;
     }
     T* data() const { return base_; }
@@ -161,7 +259,10 @@ struct UbRegion {
 
 class TPipe {
 public:
-    TPipe() : arena_(static_cast<size_t>(kEmuUbBytes)) { emu_state().pipe = this; }
+    TPipe() : arena_(static_cast<size_t>(kEmuUbBytes)) {
+        emu_state().pipe = this;
+        emu_state().pipes.reset();
+    }
     ~TPipe() {
         if (emu_state().pipe == this) {
             emu_state().pipe = nullptr;
@@ -210,7 +311,9 @@ LocalTensor<T> local_view(const UbRegion& region) {
 
 class QueueImpl {
 public:
-    explicit QueueImpl(int32_t depth) : depth_(depth) {}
+    // A tensor is produced on `producer` before EnQue and consumed on `consumer` after DeQue.
+    QueueImpl(int32_t depth, Pipe producer, Pipe consumer)
+        : depth_(depth), producer_(producer), consumer_(consumer) {}
     void add_buffer(const UbRegion& region) {
         emu_check(static_cast<int32_t>(buffers_.size()) < depth_,
                   "more queue buffers than the queue depth");
@@ -238,7 +341,10 @@ public:
         emu_check(!queued_.empty(), "DeQue on an empty queue");
         uint8_t* base = queued_.front();
         queued_.erase(queued_.begin());
-        return local_view<T>(region_of(base));
+        const UbRegion& region = region_of(base);
+        emu_state().pipes.sync_region(producer_, consumer_, region.base,
+                                      static_cast<size_t>(region.bytes));
+        return local_view<T>(region);
     }
     template <typename T>
     void FreeTensor(const LocalTensor<T>& tensor) {
@@ -263,6 +369,8 @@ private:
         emu_fail("DeQue of a foreign tensor");
     }
     int32_t depth_;
+    Pipe producer_;
+    Pipe consumer_;
     std::vector<UbRegion> buffers_;
     std::vector<bool> busy_;
     std::vector<uint8_t*> queued_;
@@ -271,13 +379,19 @@ private:
 
 template <TPosition P, int32_t Depth>
 class TQue : public QueueImpl {
+    static_assert(P == TPosition::VECIN || P == TPosition::VECOUT, "emulated: VECIN/VECOUT");
+
 public:
-    TQue() : QueueImpl(Depth) {}
+    TQue()
+        : QueueImpl(Depth, P == TPosition::VECIN ? Pipe::kMte2 : Pipe::kV,
+                    P == TPosition::VECIN ? Pipe::kV : Pipe::kMte3) {}
 };
 template <TPosition Src, TPosition Dst, int32_t Depth>
 class TQueBind : public QueueImpl {
+    static_assert(Src == TPosition::VECIN && Dst == TPosition::VECOUT, "emulated: VECIN->VECOUT");
+
 public:
-    TQueBind() : QueueImpl(Depth) {}
+    TQueBind() : QueueImpl(Depth, Pipe::kMte2, Pipe::kMte3) {}
 };
 
 template <TPosition P>
@@ -330,8 +444,9 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
     for (int64_t b = 0; b < p.blockCount; ++b) {
         emu_check(b * src_step + len <= src_bytes, "DataCopyPad GM->UB reads past the GM tensor");
         emu_check(b * dst_step + len <= dst_bytes, "DataCopyPad GM->UB writes past the UB tensor");
-        std::memcpy(reinterpret_cast<uint8_t*>(dst.data()) + b * dst_step,
-                    reinterpret_cast<const uint8_t*>(src.data()) + b * src_step,
+        uint8_t* out = reinterpret_cast<uint8_t*>(dst.data()) + b * dst_step;
+        emu_state().pipes.write(Pipe::kMte2, out, static_cast<size_t>(len));
+        std::memcpy(out, reinterpret_cast<const uint8_t*>(src.data()) + b * src_step,
                     static_cast<size_t>(len));
     }
 }
@@ -352,6 +467,7 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
         emu_check(b * dst_step + len <= dst_bytes, "DataCopyPad UB->GM writes past the GM tensor");
         auto* out = reinterpret_cast<uint8_t*>(dst.data()) + b * dst_step;
         const auto* in = reinterpret_cast<const uint8_t*>(src.data()) + b * src_step;
+        emu_state().pipes.read(Pipe::kMte3, in, static_cast<size_t>(len), "DataCopyPad UB->GM");
         if (emu_state().atomic_add_i32) {
             emu_check(sizeof(T) == 4 && len % 4 == 0, "atomic add emulated for int32 only");
             for (int64_t i = 0; i < len / 4; ++i) {
@@ -371,12 +487,51 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
 template <typename T, CacheLine L, DcciDst D>
 void DataCacheCleanAndInvalid(const GlobalTensor<T>&) {}
 
+constexpr Pipe event_writer(HardEvent e) {
+    switch (e) {
+        case HardEvent::MTE2_S:
+        case HardEvent::MTE2_V:
+            return Pipe::kMte2;
+        case HardEvent::S_MTE3:
+        case HardEvent::S_V:
+            return Pipe::kS;
+        case HardEvent::V_S:
+        case HardEvent::V_MTE3:
+            return Pipe::kV;
+        default:
+            return Pipe::kMte3;
+    }
+}
+constexpr Pipe event_reader(HardEvent e) {
+    switch (e) {
+        case HardEvent::MTE2_S:
+        case HardEvent::V_S:
+        case HardEvent::MTE3_S:
+            return Pipe::kS;
+        case HardEvent::S_MTE3:
+        case HardEvent::V_MTE3:
+            return Pipe::kMte3;
+        default:
+            return Pipe::kV;
+    }
+}
+
 template <HardEvent E>
 void SetFlag(int32_t) {}
+// The hand-over completes at the wait (the emulation runs SetFlag and WaitFlag back to back).
 template <HardEvent E>
-void WaitFlag(int32_t) {}
+void WaitFlag(int32_t) {
+    emu_state().pipes.sync(event_writer(E), event_reader(E));
+}
 template <pipe_t P>
-void PipeBarrier() {}
+void PipeBarrier() {
+    static_assert(P == PIPE_V || P == PIPE_ALL, "emulated barriers: PIPE_V, PIPE_ALL");
+    if (P == PIPE_V) {
+        emu_state().pipes.sync(Pipe::kV, Pipe::kV);
+    } else {
+        emu_state().pipes.reset();
+    }
+}
 
 // ---- vector operations (first `count` elements) ------------------------------------------------------
 template <typename T>
@@ -384,10 +539,20 @@ void check_vector(const LocalTensor<T>& t, int32_t count, const char* op) {
     emu_check(t.aligned(), std::string(op) + ": operand not 32-byte aligned");
     emu_check(count >= 0 && count <= t.size(), std::string(op) + ": count past the tensor");
 }
+template <typename T>
+void vec_in(const LocalTensor<T>& t, int32_t count, const char* op) {
+    check_vector(t, count, op);
+    emu_state().pipes.read(Pipe::kV, t.data(), static_cast<size_t>(count) * sizeof(T), op);
+}
+template <typename T>
+void vec_out(const LocalTensor<T>& t, int32_t count, const char* op) {
+    check_vector(t, count, op);
+    emu_state().pipes.write(Pipe::kV, t.data(), static_cast<size_t>(count) * sizeof(T));
+}
 
 template <typename T, typename U>
 void Duplicate(const LocalTensor<T>& dst, U value, int32_t count) {
-    check_vector(dst, count, "Duplicate");
+    vec_out(dst, count, "Duplicate");
     for (int32_t i = 0; i < count; ++i) {
         dst.data()[i] = static_cast<T>(value);
     }
@@ -396,8 +561,8 @@ void Duplicate(const LocalTensor<T>& dst, U value, int32_t count) {
 // Widening (CAST_NONE, exact) or narrowing to a 16-bit float with CAST_RINT.
 template <typename D, typename S>
 void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, RoundMode mode, int32_t count) {
-    check_vector(dst, count, "Cast");
-    check_vector(src, count, "Cast");
+    vec_in(src, count, "Cast");
+    vec_out(dst, count, "Cast");
     constexpr bool narrowing = sizeof(D) < sizeof(S);
     emu_check(!narrowing || mode == RoundMode::CAST_RINT, "narrowing Cast needs a rounding mode");
     for (int32_t i = 0; i < count; ++i) {
@@ -407,16 +572,16 @@ void Cast(const LocalTensor<D>& dst, const LocalTensor<S>& src, RoundMode mode, 
 
 template <typename T>
 void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, int32_t count) {
-    check_vector(dst, count, "Muls");
-    check_vector(src, count, "Muls");
+    vec_in(src, count, "Muls");
+    vec_out(dst, count, "Muls");
     for (int32_t i = 0; i < count; ++i) {
         dst.data()[i] = src.data()[i] * scalar;
     }
 }
 template <typename T>
 void Adds(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, int32_t count) {
-    check_vector(dst, count, "Adds");
-    check_vector(src, count, "Adds");
+    vec_in(src, count, "Adds");
+    vec_out(dst, count, "Adds");
     for (int32_t i = 0; i < count; ++i) {
         dst.data()[i] = src.data()[i] + scalar;
     }
@@ -426,9 +591,9 @@ void Adds(const LocalTensor<T>& dst, const LocalTensor<T>& src, T scalar, int32_
     template <typename T>                                                                  \
     void NAME(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, \
               int32_t count) {                                                             \
-        check_vector(dst, count, #NAME);                                                   \
-        check_vector(a, count, #NAME);                                                     \
-        check_vector(b, count, #NAME);                                                     \
+        vec_in(a, count, #NAME);                                                           \
+        vec_in(b, count, #NAME);                                                           \
+        vec_out(dst, count, #NAME);                                                        \
         for (int32_t i = 0; i < count; ++i) {                                              \
             const T x = a.data()[i];                                                       \
             const T y = b.data()[i];                                                       \
@@ -442,8 +607,8 @@ EPLB_EMU_BINARY(Div, x / y)
 
 template <typename T>
 void Exp(const LocalTensor<T>& dst, const LocalTensor<T>& src, int32_t count) {
-    check_vector(dst, count, "Exp");
-    check_vector(src, count, "Exp");
+    vec_in(src, count, "Exp");
+    vec_out(dst, count, "Exp");
     for (int32_t i = 0; i < count; ++i) {
         dst.data()[i] = static_cast<T>(std::exp(static_cast<double>(src.data()[i])));
     }

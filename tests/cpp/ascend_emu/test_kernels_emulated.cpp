@@ -279,4 +279,36 @@ TEST(AscendEmulation, RejectsACopyPastTheGlobalTensor) {
                  std::logic_error);
 }
 
+TEST(AscendEmulation, ReportsAScalarReadOfADmaWithoutTheMte2ToScalarWait) {
+    AscendC::TPipe pipe;
+    AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 64);
+    std::vector<int32_t> data(8, 5);
+    AscendC::GlobalTensor<int32_t> g;
+    g.SetGlobalBuffer(data.data(), data.size());
+    AscendC::DataCopyExtParams params;
+    params.blockCount = 1;
+    params.blockLen = 32;
+    const AscendC::LocalTensor<int32_t> local = buf.Get<int32_t>();
+    AscendC::DataCopyPad(local, g, params, AscendC::DataCopyPadExtParams<int32_t>{false, 0, 0, 0});
+    EXPECT_THROW((void)local.GetValue(0), std::logic_error);
+    AscendC::SetFlag<AscendC::HardEvent::MTE2_S>(0);
+    AscendC::WaitFlag<AscendC::HardEvent::MTE2_S>(0);
+    EXPECT_EQ(local.GetValue(0), 5);
+}
+
+TEST(AscendEmulation, ReportsDependentVectorOpsWithoutABarrier) {
+    AscendC::TPipe pipe;
+    AscendC::TBuf<AscendC::TPosition::VECCALC> buf;
+    pipe.InitBuffer(buf, 256);
+    const AscendC::LocalTensor<float> a = buf.Get<float>();
+    const AscendC::LocalTensor<float> b = a[32];
+    AscendC::Duplicate(a, 1.0F, 32);
+    EXPECT_THROW(AscendC::Adds(b, a, 1.0F, 32), std::logic_error);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Adds(b, a, 1.0F, 32);
+    AscendC::PipeBarrier<PIPE_V>();
+    EXPECT_THROW((void)b.GetValue(0), std::logic_error);  // V -> S needs V_S
+}
+
 }  // namespace
