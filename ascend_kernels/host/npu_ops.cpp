@@ -9,7 +9,6 @@
 //   moe_route_count -> moe_permute -> moe_gemm1_swiglu -> moe_gemm2 -> moe_combine.
 
 #include <ATen/ATen.h>
-#include <c10/util/OptionalArrayRef.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -138,8 +137,8 @@ FusedMoeParams validate(const at::Tensor& x, const at::Tensor& expert_ids,
                         const std::optional<at::Tensor>& x_active_mask,
                         const std::optional<at::Tensor>& moe_load,
                         const std::optional<at::Tensor>& load_counter,
-                        const c10::OptionalArrayRef<at::Tensor>& w1_scale,
-                        const c10::OptionalArrayRef<at::Tensor>& w2_scale) {
+                        const std::optional<at::TensorList>& w1_scale,
+                        const std::optional<at::TensorList>& w2_scale) {
     const c10::Device device = x.device();
     check_arg(x.dim() == 2, "x", "expected [BS, H], got " + shape_of(x));
     check_npu_contiguous(x, "x", device);
@@ -233,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
     const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_scales,
     at::TensorList w1, at::TensorList w2, const std::optional<at::Tensor>& x_active_mask,
     const std::optional<at::Tensor>& moe_load, const std::optional<at::Tensor>& load_counter,
-    c10::OptionalArrayRef<at::Tensor> w1_scale, c10::OptionalArrayRef<at::Tensor> w2_scale) {
+    std::optional<at::TensorList> w1_scale, std::optional<at::TensorList> w2_scale) {
     const FusedMoeParams params = validate(x, expert_ids, expert_scales, w1, w2, x_active_mask,
                                            moe_load, load_counter, w1_scale, w2_scale);
     const c10::DeviceIndex device_index = x.device().index();

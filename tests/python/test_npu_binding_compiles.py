@@ -2,8 +2,11 @@
 
 No CANN here, so the kernels are not built; the binding translation unit
 (ascend_kernels/host/npu_ops.cpp) is compiled through the project's own CMake path
-(-DEPLB_NPU_COMPILE_CHECK=ON: OBJECT library, C++20, torch's ABI, -Werror, launcher prototypes
-from ascend_kernels/host/kernel_launch_protos.h).
+(-DEPLB_NPU_COMPILE_CHECK=ON: C++20, torch's ABI, -Werror, launcher prototypes from
+ascend_kernels/host/kernel_launch_protos.h), linked with stand-ins for the NPU runtime symbols,
+and loaded into CPU torch after the schema is defined: torch infers the schema from the C++
+signature of the registered kernel, so a signature that does not match ``Tensor[]?`` & co.
+fails here instead of aborting the process on an NPU machine.
 
 torch_npu is never installed into this interpreter: its ``torch.backends`` entry point would make
 ``import torch`` fail without CANN. The wheel matching the installed torch is downloaded with
@@ -23,6 +26,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+import eplb_native
 
 torch = pytest.importorskip("torch")
 
@@ -121,7 +126,7 @@ def test_npu_binding_compiles_against_torch_npu_wheel_headers(
     assert configure.returncode == 0, configure.stdout + configure.stderr
     assert "Ascend kernels: compile check only" in configure.stdout, configure.stdout
     build_step = subprocess.run(
-        ["cmake", "--build", str(build), "--target", "eplb_npu_ops_check"],
+        ["cmake", "--build", str(build), "--target", "eplb_npu_ops_schema_check", "-j", "2"],
         capture_output=True,
         text=True,
         env=env,
@@ -129,5 +134,25 @@ def test_npu_binding_compiles_against_torch_npu_wheel_headers(
         check=False,
     )
     assert build_step.returncode == 0, build_step.stdout[-6000:] + build_step.stderr[-3000:]
-    objects = list(build.rglob("npu_ops.cpp.o"))
-    assert objects, "the binding object file was not produced"
+    modules = list(build.rglob("eplb_npu_ops_schema_check*.so"))
+    assert len(modules) == 1, "the schema-check module was not produced"
+    # Loading the module registers the PrivateUse1 kernel; torch infers the schema from the C++
+    # signature and aborts the process if it does not match the Python one, hence a subprocess.
+    package_root = Path(eplb_native.__file__).resolve().parents[1]
+    probe = (
+        "import torch, eplb_native.ops\n"
+        "name = 'eplb_native::fused_moe_decode'\n"
+        "assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, 'PrivateUse1')\n"
+        f"torch.ops.load_library({str(modules[0])!r})\n"
+        "assert torch._C._dispatch_has_kernel_for_dispatch_key(name, 'PrivateUse1')\n"
+    )
+    load_env = dict(os.environ, PYTHONPATH=str(package_root))
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=load_env,
+        timeout=300,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
