@@ -92,7 +92,8 @@ class HeatRecorder:
                 msg = f"{field}: expected a positive integer, got {value!r}"
                 raise ValueError(msg)
         self._rank, self._num_ranks = group_rank_and_size(group)
-        validate_plan(plan, self._num_ranks)
+        # Two replicas on one rank are legal here (a policy choice, not a runtime limit).
+        validate_plan(plan, self._num_ranks, allow_duplicate_on_rank=True)
         self._group = group
         self._num_experts = plan.num_experts
         self._phy2log = plan.phy2log.copy()  # [L, P], the placement in force
@@ -110,8 +111,9 @@ class HeatRecorder:
         shape = (num_layers, self.num_slots)
         self._step_counts = torch.zeros(shape, dtype=torch.int64, device=device)  # [L, S]
         self._window = torch.zeros((num_episodes, *shape), dtype=torch.int64, device=device)  # [T, L, S]
-        # Every rank's window, rank-major: the all-gather's preallocated output.
-        self._gathered = torch.zeros((self._num_ranks, num_episodes, *shape), dtype=torch.int64, device=device)
+        # Every rank's window, rank after rank: the all-gather's preallocated output, [D * T, L, S]
+        # (gloo wants the ranks concatenated along dim 0, not stacked in a new one).
+        self._gathered = torch.zeros((self._num_ranks * num_episodes, *shape), dtype=torch.int64, device=device)
         self._episode_phy2log = np.repeat(self._phy2log[None], num_episodes, axis=0)  # [T, L, P]
         self._episode_idx = 0
         self._steps_in_episode = 0
@@ -189,7 +191,7 @@ class HeatRecorder:
         if row.num_physical != self._phy2log.shape[1]:
             msg = f"phy2log_row: expected {self._phy2log.shape[1]} slots, got {row.num_physical}"
             raise ValueError(msg)
-        validate_plan(row, self._num_ranks)
+        validate_plan(row, self._num_ranks, allow_duplicate_on_rank=True)
         self._phy2log[layer_idx] = row.phy2log[0]
 
     def step(self) -> HeatWindow | None:
@@ -220,14 +222,15 @@ class HeatRecorder:
         steps) without resetting it. A collective: every rank calls it at the same step."""
         num_filled = self._episode_idx + (1 if self._steps_in_episode else 0)
         if self._num_ranks == 1:
-            self._gathered[0].copy_(self._window)
+            self._gathered.copy_(self._window)
         else:
             all_gather_into_tensor(self._gathered, self._window, self._group)
         episode_phy2log = self._episode_phy2log[:num_filled].copy()
         if self._steps_in_episode:
             episode_phy2log[-1] = self._phy2log  # the open episode: the placement in force now
         # [D, T, L, S] -> [T, L, D * S]: rank r's slot s is physical slot r * S + s.
-        gathered = self._gathered[:, :num_filled].permute(1, 2, 0, 3)
+        gathered = self._gathered.view(self._num_ranks, *self._window.shape)[:, :num_filled]
+        gathered = gathered.permute(1, 2, 0, 3)
         slot_load = gathered.reshape(num_filled, self.num_layers, -1).cpu().numpy()
         expert_load = np.zeros((num_filled, self.num_layers, self._num_experts), dtype=np.float64)
         for episode_idx in range(num_filled):

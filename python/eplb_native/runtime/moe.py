@@ -70,7 +70,7 @@ class RankExperts:
             rank, num_ranks: this rank and D.
         """
         plan = Plan.from_phy2log(np.asarray(phy2log_row)[None], num_experts)
-        validate_plan(plan, num_ranks)
+        validate_plan(plan, num_ranks, allow_duplicate_on_rank=True)  # legal at runtime
         num_slots = plan.slots_per_rank(num_ranks)
         _check_slot_weights(w1, w2, num_slots)
         device = w1[0].device
