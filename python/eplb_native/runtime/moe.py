@@ -226,8 +226,8 @@ class EplbMoE(nn.Module):
         experts = RankExperts.build(
             plan.phy2log[moe_layer_idx],
             plan.num_experts,
-            [w1[int(e)].detach().clone().contiguous() for e in local],
-            [w2[int(e)].detach().clone().contiguous() for e in local],
+            [w1[int(e)].detach().clone(memory_format=torch.contiguous_format) for e in local],
+            [w2[int(e)].detach().clone(memory_format=torch.contiguous_format) for e in local],
             rank=rank,
             num_ranks=num_ranks,
         )
