@@ -16,12 +16,19 @@ NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K = 6, 16, 8, 2
 def _weights(seed: int, dtype: torch.dtype = torch.float32):
     gen = torch.Generator().manual_seed(seed)
     router = torch.randn(NUM_EXPERTS, HIDDEN, generator=gen).to(dtype)
-    w1 = [(torch.randn(HIDDEN, 2 * INTERMEDIATE, generator=gen) / 4).to(dtype) for _ in range(NUM_EXPERTS)]
-    w2 = [(torch.randn(INTERMEDIATE, HIDDEN, generator=gen) / 4).to(dtype) for _ in range(NUM_EXPERTS)]
+    w1 = [
+        (torch.randn(HIDDEN, 2 * INTERMEDIATE, generator=gen) / 4).to(dtype)
+        for _ in range(NUM_EXPERTS)
+    ]
+    w2 = [
+        (torch.randn(INTERMEDIATE, HIDDEN, generator=gen) / 4).to(dtype) for _ in range(NUM_EXPERTS)
+    ]
     return router, w1, w2
 
 
-def _tokens(seed: int, shape: tuple[int, ...] = (9, HIDDEN), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _tokens(
+    seed: int, shape: tuple[int, ...] = (9, HIDDEN), dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
@@ -39,7 +46,9 @@ def _routing(moe: EplbMoE, x: torch.Tensor) -> torch.Tensor:
 # Three placements of the same 6 experts: identity, 2 redundant slots, shuffled with 3.
 _PLANS = [
     eplb_native.default_placement(num_layers=1, num_experts=NUM_EXPERTS, num_ranks=1),
-    eplb_native.default_placement(num_layers=1, num_experts=NUM_EXPERTS, num_ranks=1, num_redundant_experts=2),
+    eplb_native.default_placement(
+        num_layers=1, num_experts=NUM_EXPERTS, num_ranks=1, num_redundant_experts=2
+    ),
     Plan.from_phy2log([[4, 2, 5, 0, 2, 1, 3, 4, 5]], NUM_EXPERTS),
 ]
 
@@ -57,7 +66,8 @@ def test_output_keeps_leading_shape_and_empty_batch() -> None:
     moe = _moe(_PLANS[1])
     x = _tokens(2, (2, 3, HIDDEN))
     out = moe(x)
-    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.shape == x.shape
+    assert out.dtype == x.dtype
     assert torch.equal(out.reshape(6, HIDDEN), moe(x.reshape(6, HIDDEN)))
     assert moe(torch.empty(0, HIDDEN)).shape == (0, HIDDEN)
 
@@ -74,7 +84,9 @@ def test_routing_weights_are_renormalised_only_when_asked() -> None:
     ]
     torch.testing.assert_close(full[0], full[1], rtol=1e-5, atol=1e-6)
     # top_k < N: without renormalisation the output is scaled by the kept probability mass.
-    kept = torch.topk(torch.softmax(x @ router.T, dim=-1), TOP_K, dim=-1).values.sum(-1, keepdim=True)
+    kept = torch.topk(torch.softmax(x @ router.T, dim=-1), TOP_K, dim=-1).values.sum(
+        -1, keepdim=True
+    )
     norm = EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=TOP_K, renormalize=True)(x)
     raw = EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=TOP_K, renormalize=False)(x)
     torch.testing.assert_close(raw, norm * kept, rtol=1e-5, atol=1e-6)
@@ -107,7 +119,8 @@ def test_install_swaps_placement_and_weights_atomically() -> None:
     _, w1, w2 = _weights(0)
     row = [3, 1, 4, 5, 0, 2]
     moe.install(row, [w1[e].clone() for e in row], [w2[e].clone() for e in row])
-    assert moe.experts is not before and before.phy2log.tolist() == [0, 1, 2, 3, 4, 5]
+    assert moe.experts is not before
+    assert before.phy2log.tolist() == [0, 1, 2, 3, 4, 5]
     assert moe.experts.phy2log.tolist() == row
     assert moe.experts.expert_map.tolist() == [4, 1, 5, 0, 2, 3]
     assert heat.phy2log.tolist() == [row]
@@ -141,7 +154,8 @@ def test_rank_experts_maps_follow_the_plan() -> None:
     assert experts.expert_map.tolist() == [0, 2, 1, -1, -1, -1]
     plan = Plan.from_phy2log([row], NUM_EXPERTS)
     assert experts.log2phy.tolist() == eplb_native.rank_log2phy(plan, 3)[1, 0].tolist()
-    assert experts.num_slots == 3 and experts.num_experts == NUM_EXPERTS
+    assert experts.num_slots == 3
+    assert experts.num_experts == NUM_EXPERTS
 
 
 def _bad_calls():
@@ -155,26 +169,130 @@ def _bad_calls():
         ("x int", lambda: moe(x.long()), TypeError, "hidden_states"),
         ("x wrong H", lambda: moe(x[:, :-1].contiguous()), ValueError, "hidden_states"),
         ("x 1-D", lambda: moe(x[0]), ValueError, "hidden_states"),
-        ("x non-contiguous", lambda: moe(x.t().contiguous().t()[:, :HIDDEN]), ValueError, "hidden_states"),
+        (
+            "x non-contiguous",
+            lambda: moe(x.t().contiguous().t()[:, :HIDDEN]),
+            ValueError,
+            "hidden_states",
+        ),
         ("x not a tensor", lambda: moe(x.numpy()), TypeError, "hidden_states"),
-        ("top_k 0", lambda: EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=0), ValueError, "top_k"),
-        ("top_k > N", lambda: EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=7), ValueError, "top_k"),
-        ("router shape", lambda: EplbMoE.from_logical_weights(router.t(), w1, w2, plan, top_k=2), ValueError, "router_weight"),
-        ("router int", lambda: EplbMoE.from_logical_weights(router.long(), w1, w2, plan, top_k=2), TypeError, "router_weight"),
-        ("too few logical", lambda: EplbMoE.from_logical_weights(router, w1[:5], w2, plan, top_k=2), ValueError, "w1"),
+        (
+            "top_k 0",
+            lambda: EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=0),
+            ValueError,
+            "top_k",
+        ),
+        (
+            "top_k > N",
+            lambda: EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=7),
+            ValueError,
+            "top_k",
+        ),
+        (
+            "router shape",
+            lambda: EplbMoE.from_logical_weights(router.t(), w1, w2, plan, top_k=2),
+            ValueError,
+            "router_weight",
+        ),
+        (
+            "router int",
+            lambda: EplbMoE.from_logical_weights(router.long(), w1, w2, plan, top_k=2),
+            TypeError,
+            "router_weight",
+        ),
+        (
+            "too few logical",
+            lambda: EplbMoE.from_logical_weights(router, w1[:5], w2, plan, top_k=2),
+            ValueError,
+            "w1",
+        ),
         ("w1 short", lambda: build(range(6), 6, w1[:5], w2, rank=0, num_ranks=1), ValueError, "w1"),
-        ("w2 long", lambda: build(range(6), 6, w1, [*w2, w2[0]], rank=0, num_ranks=1), ValueError, "w2"),
-        ("w1 a tensor", lambda: build(range(6), 6, torch.stack(w1), w2, rank=0, num_ranks=1), TypeError, "w1"),
-        ("w1 dtype mix", lambda: build(range(6), 6, [w1[0].half(), *w1[1:]], w2, rank=0, num_ranks=1), TypeError, r"w1\[1\]"),
-        ("w1 int", lambda: build(range(6), 6, [w.int() for w in w1], w2, rank=0, num_ranks=1), TypeError, "w1"),
-        ("w2 shape", lambda: build(range(6), 6, w1, [w.t().contiguous() for w in w2], rank=0, num_ranks=1), ValueError, r"w2\[0\]"),
-        ("w1 odd cols", lambda: build(range(6), 6, [w[:, 1:].contiguous() for w in w1], w2, rank=0, num_ranks=1), ValueError, "w1"),
-        ("w2 non-contiguous", lambda: build(range(6), 6, w1, [*w2[:5], w2[5].t().contiguous().t()], rank=0, num_ranks=1), ValueError, r"w2\[5\]"),
-        ("id out of range", lambda: build([0, 1, 2, 3, 4, 6], 6, w1, w2, rank=0, num_ranks=1), ValueError, "phy2log"),
-        ("expert missing", lambda: build([0, 1, 2, 3, 4, 4], 6, w1, w2, rank=0, num_ranks=1), ValueError, "phy2log"),
-        ("slots not split", lambda: build(range(6), 6, w1, w2, rank=0, num_ranks=4), ValueError, "num_ranks"),
-        ("wrong process", lambda: EplbMoE(router, build(range(6), 6, w1[:3], w2[:3], rank=1, num_ranks=2), top_k=2), ValueError, "experts"),
-        ("heat layer", lambda: EplbMoE.from_logical_weights(router, w1, w2, plan, top_k=2, moe_layer_idx=0, heat=HeatRecorder(_PLANS[1], collection_interval=1)), ValueError, "heat"),
+        (
+            "w2 long",
+            lambda: build(range(6), 6, w1, [*w2, w2[0]], rank=0, num_ranks=1),
+            ValueError,
+            "w2",
+        ),
+        (
+            "w1 a tensor",
+            lambda: build(range(6), 6, torch.stack(w1), w2, rank=0, num_ranks=1),
+            TypeError,
+            "w1",
+        ),
+        (
+            "w1 dtype mix",
+            lambda: build(range(6), 6, [w1[0].half(), *w1[1:]], w2, rank=0, num_ranks=1),
+            TypeError,
+            r"w1\[1\]",
+        ),
+        (
+            "w1 int",
+            lambda: build(range(6), 6, [w.int() for w in w1], w2, rank=0, num_ranks=1),
+            TypeError,
+            "w1",
+        ),
+        (
+            "w2 shape",
+            lambda: build(range(6), 6, w1, [w.t().contiguous() for w in w2], rank=0, num_ranks=1),
+            ValueError,
+            r"w2\[0\]",
+        ),
+        (
+            "w1 odd cols",
+            lambda: build(
+                range(6), 6, [w[:, 1:].contiguous() for w in w1], w2, rank=0, num_ranks=1
+            ),
+            ValueError,
+            "w1",
+        ),
+        (
+            "w2 non-contiguous",
+            lambda: build(
+                range(6), 6, w1, [*w2[:5], w2[5].t().contiguous().t()], rank=0, num_ranks=1
+            ),
+            ValueError,
+            r"w2\[5\]",
+        ),
+        (
+            "id out of range",
+            lambda: build([0, 1, 2, 3, 4, 6], 6, w1, w2, rank=0, num_ranks=1),
+            ValueError,
+            "phy2log",
+        ),
+        (
+            "expert missing",
+            lambda: build([0, 1, 2, 3, 4, 4], 6, w1, w2, rank=0, num_ranks=1),
+            ValueError,
+            "phy2log",
+        ),
+        (
+            "slots not split",
+            lambda: build(range(6), 6, w1, w2, rank=0, num_ranks=4),
+            ValueError,
+            "num_ranks",
+        ),
+        (
+            "wrong process",
+            lambda: EplbMoE(
+                router, build(range(6), 6, w1[:3], w2[:3], rank=1, num_ranks=2), top_k=2
+            ),
+            ValueError,
+            "experts",
+        ),
+        (
+            "heat layer",
+            lambda: EplbMoE.from_logical_weights(
+                router,
+                w1,
+                w2,
+                plan,
+                top_k=2,
+                moe_layer_idx=0,
+                heat=HeatRecorder(_PLANS[1], collection_interval=1),
+            ),
+            ValueError,
+            "heat",
+        ),
     ]
 
 

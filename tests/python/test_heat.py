@@ -12,7 +12,9 @@ from eplb_native import EplbConfig, MoeLayerMap, Plan
 from eplb_native.runtime import HeatRecorder
 
 
-def _random_ids(rng: np.random.Generator, num_slots: int, tokens: int = 7, top_k: int = 3) -> torch.Tensor:
+def _random_ids(
+    rng: np.random.Generator, num_slots: int, tokens: int = 7, top_k: int = 3
+) -> torch.Tensor:
     # Includes ids outside [0, S): -1 (not on this rank) and S (padding), both skipped.
     return torch.from_numpy(rng.integers(-1, num_slots + 1, size=(tokens, top_k)).astype(np.int32))
 
@@ -23,14 +25,18 @@ def _count(ids: torch.Tensor, num_slots: int) -> np.ndarray:
 
 
 def test_buffer_is_the_same_memory_every_step_and_window() -> None:
-    plan = eplb_native.default_placement(num_layers=3, num_experts=4, num_ranks=1, num_redundant_experts=2)
+    plan = eplb_native.default_placement(
+        num_layers=3, num_experts=4, num_ranks=1, num_redundant_experts=2
+    )
     heat = HeatRecorder(plan, collection_interval=2)
     pointers = [heat.buffer(layer).data_ptr() for layer in range(3)]
     for step in range(5):
         for layer in range(3):
             buffer = heat.buffer(layer)
             assert buffer.data_ptr() == pointers[layer], f"{step=} {layer=}"
-            assert buffer.dtype == torch.int64 and buffer.shape == (6,) and buffer.is_contiguous()
+            assert buffer.dtype == torch.int64
+            assert buffer.shape == (6,)
+            assert buffer.is_contiguous()
             buffer += layer + 1  # as the operator's in-place moe_load accumulation
         heat.step()
     assert len(set(pointers)) == 3
@@ -74,7 +80,9 @@ def test_steps_fold_into_episodes_and_window_restarts() -> None:
 
 def test_gathered_slot_counts_become_logical_loads_over_replicas() -> None:
     # P = 6 slots for N = 4 experts: slots 4 and 5 hold second replicas of experts 0 and 1.
-    plan = eplb_native.default_placement(num_layers=1, num_experts=4, num_ranks=1, num_redundant_experts=2)
+    plan = eplb_native.default_placement(
+        num_layers=1, num_experts=4, num_ranks=1, num_redundant_experts=2
+    )
     heat = HeatRecorder(plan, collection_interval=1)
     heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4, 10, 20]))
     window = heat.step()
@@ -117,7 +125,8 @@ def test_dense_layers_have_no_buffer() -> None:
     assert heat.buffer_for_model_layer(0) is None
     for model_layer, moe_layer in ((1, 0), (2, 1), (3, 2)):
         buffer = heat.buffer_for_model_layer(model_layer)
-        assert buffer is not None and buffer.data_ptr() == heat.buffer(moe_layer).data_ptr()
+        assert buffer is not None
+        assert buffer.data_ptr() == heat.buffer(moe_layer).data_ptr()
 
 
 def test_from_config_takes_window_and_episode_lengths() -> None:
@@ -134,7 +143,11 @@ _PLAN = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
     ("call", "error", "field"),
     [
         (lambda: HeatRecorder(_PLAN, collection_interval=0), ValueError, "collection_interval"),
-        (lambda: HeatRecorder(_PLAN, collection_interval=2, episode_steps=-1), ValueError, "episode_steps"),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=2, episode_steps=-1),
+            ValueError,
+            "episode_steps",
+        ),
         (lambda: HeatRecorder(_PLAN, collection_interval=True), ValueError, "collection_interval"),
         (
             lambda: HeatRecorder(_PLAN, collection_interval=1, layer_map=MoeLayerMap.all_moe(3)),
@@ -143,8 +156,16 @@ _PLAN = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
         ),
         (lambda: HeatRecorder(_PLAN, collection_interval=1).buffer(2), ValueError, "layer_idx"),
         (lambda: HeatRecorder(_PLAN, collection_interval=1).buffer(-1), ValueError, "layer_idx"),
-        (lambda: HeatRecorder(_PLAN, collection_interval=1).record(0, torch.ones(3)), TypeError, "topk_ids"),
-        (lambda: HeatRecorder(_PLAN, collection_interval=1).record(0, [0, 1]), TypeError, "topk_ids"),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1).record(0, torch.ones(3)),
+            TypeError,
+            "topk_ids",
+        ),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1).record(0, [0, 1]),
+            TypeError,
+            "topk_ids",
+        ),
         (
             lambda: HeatRecorder(_PLAN, collection_interval=1).set_layer_placement(0, [0, 1, 2]),
             ValueError,

@@ -21,7 +21,9 @@ TOKENS = [[5, 2, 7, 3], [1, 6, 4, 4], [3, 3, 0, 8]]  # [step][rank]: uneven, one
 PLAN = Plan.from_phy2log(
     np.stack(
         [
-            eplb_native.default_placement(1, NUM_EXPERTS, NUM_RANKS, num_redundant_experts=4).phy2log[0],
+            eplb_native.default_placement(
+                1, NUM_EXPERTS, NUM_RANKS, num_redundant_experts=4
+            ).phy2log[0],
             np.array([5, 3, 0, 7, 1, 6, 2, 4, 5, 0, 3, 1]),
         ]
     ),
@@ -44,7 +46,9 @@ def _tokens(step: int, rank: int) -> torch.Tensor:
 
 def _model(plan: Plan, heat: HeatRecorder | None) -> list[EplbMoE]:
     return [
-        EplbMoE.from_logical_weights(*_layer_weights(layer), plan, top_k=TOP_K, moe_layer_idx=layer, heat=heat)
+        EplbMoE.from_logical_weights(
+            *_layer_weights(layer), plan, top_k=TOP_K, moe_layer_idx=layer, heat=heat
+        )
         for layer in range(NUM_LAYERS)
     ]
 
@@ -62,7 +66,8 @@ def _assert_close(got: torch.Tensor, want: torch.Tensor, where: str) -> None:
     # Not torch.testing.assert_close: with torch.distributed initialised it imports
     # torch.distributed.tensor (and sympy), seconds per worker.
     # Ranks sum their partial outputs in fp32, so the last bits may differ from one process.
-    assert got.shape == want.shape and got.dtype == want.dtype, where
+    assert got.shape == want.shape, where
+    assert got.dtype == want.dtype, where
     diff = (got - want).abs().max().item() if got.numel() else 0.0
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), f"{where}: max abs diff {diff}"
 
@@ -71,7 +76,10 @@ def _reference() -> list[list[torch.Tensor]]:
     """[step][rank] outputs of one process holding every expert once (identity placement)."""
     identity = eplb_native.default_placement(NUM_LAYERS, NUM_EXPERTS, num_ranks=1)
     layers = _model(identity, None)
-    return [[_forward(layers, _tokens(step, rank))[0] for rank in range(NUM_RANKS)] for step in range(NUM_STEPS)]
+    return [
+        [_forward(layers, _tokens(step, rank))[0] for rank in range(NUM_RANKS)]
+        for step in range(NUM_STEPS)
+    ]
 
 
 def _acceptance_worker(rank: int, world_size: int, reference: list[list[torch.Tensor]]) -> None:

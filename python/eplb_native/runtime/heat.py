@@ -87,7 +87,10 @@ class HeatRecorder:
                 process when torch.distributed is not initialised).
             device: where the counters live (the device the MoE kernels run on).
         """
-        for value, field in ((collection_interval, "collection_interval"), (episode_steps, "episode_steps")):
+        for value, field in (
+            (collection_interval, "collection_interval"),
+            (episode_steps, "episode_steps"),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 msg = f"{field}: expected a positive integer, got {value!r}"
                 raise ValueError(msg)
@@ -110,10 +113,14 @@ class HeatRecorder:
         num_episodes = math.ceil(collection_interval / episode_steps)
         shape = (num_layers, self.num_slots)
         self._step_counts = torch.zeros(shape, dtype=torch.int64, device=device)  # [L, S]
-        self._window = torch.zeros((num_episodes, *shape), dtype=torch.int64, device=device)  # [T, L, S]
+        self._window = torch.zeros(
+            (num_episodes, *shape), dtype=torch.int64, device=device
+        )  # [T, L, S]
         # Every rank's window, rank after rank: the all-gather's preallocated output, [D * T, L, S]
         # (gloo wants the ranks concatenated along dim 0, not stacked in a new one).
-        self._gathered = torch.zeros((self._num_ranks * num_episodes, *shape), dtype=torch.int64, device=device)
+        self._gathered = torch.zeros(
+            (self._num_ranks * num_episodes, *shape), dtype=torch.int64, device=device
+        )
         self._episode_phy2log = np.repeat(self._phy2log[None], num_episodes, axis=0)  # [T, L, P]
         self._episode_idx = 0
         self._steps_in_episode = 0
@@ -144,8 +151,12 @@ class HeatRecorder:
         return self._phy2log.copy()
 
     def _check_layer(self, layer_idx: int) -> None:
-        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or not 0 <= layer_idx < self.num_layers:
-            msg = f"layer_idx: expected a MoE layer index in [0, {self.num_layers}), got {layer_idx!r}"
+        if (
+            isinstance(layer_idx, bool)
+            or not isinstance(layer_idx, int)
+            or not 0 <= layer_idx < self.num_layers
+        ):
+            msg = f"layer_idx: expected an index in [0, {self.num_layers}), got {layer_idx!r}"
             raise ValueError(msg)
 
     def buffer(self, layer_idx: int) -> torch.Tensor:
@@ -237,4 +248,6 @@ class HeatRecorder:
             plan = Plan.from_phy2log(episode_phy2log[episode_idx], self._num_experts)
             expert_load[episode_idx] = expert_load_from_slot_load(plan, slot_load[episode_idx])
         logger.debug("gathered heat of %d steps, %d episodes", self._steps_in_window, num_filled)
-        return HeatWindow(slot_load=slot_load, expert_load=expert_load, num_steps=self._steps_in_window)
+        return HeatWindow(
+            slot_load=slot_load, expert_load=expert_load, num_steps=self._steps_in_window
+        )

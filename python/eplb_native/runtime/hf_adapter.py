@@ -4,6 +4,7 @@ model by ``EplbMoE`` blocks holding the same weights on this rank's physical slo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,9 @@ def _sparse_block_types() -> tuple[type[nn.Module], ...]:
         from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
         from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
     except ImportError as error:
-        msg = "eplb_native.runtime.hf_adapter needs transformers >= 5: pip install 'transformers>=5'"
+        msg = (
+            "eplb_native.runtime.hf_adapter needs transformers >= 5: pip install 'transformers>=5'"
+        )
         raise ImportError(msg) from error
     return (Qwen3MoeSparseMoeBlock, MixtralSparseMoeBlock)
 
@@ -33,8 +36,9 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     base = getattr(model, "model", model)
     layers = getattr(base, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        msg = f"model: expected a Qwen3-MoE or Mixtral model with decoder layers, got {type(model).__name__}"
-        raise ValueError(msg)
+        got = type(model).__name__
+        msg = f"model: expected a Qwen3-MoE or Mixtral model with decoder layers, got {got}"
+        raise TypeError(msg)
     return layers
 
 
@@ -42,7 +46,9 @@ def moe_layer_map(model: nn.Module) -> MoeLayerMap:
     """Which decoder layers of ``model`` hold a sparse MoE block (the others are dense)."""
     block_types = _sparse_block_types()
     layers = _decoder_layers(model)
-    return MoeLayerMap.from_mask([isinstance(getattr(layer, "mlp", None), block_types) for layer in layers])
+    return MoeLayerMap.from_mask(
+        [isinstance(getattr(layer, "mlp", None), block_types) for layer in layers]
+    )
 
 
 def wrap_moe_blocks(
@@ -80,7 +86,7 @@ def wrap_moe_blocks(
     """
     layer_map = moe_layer_map(model)
     layers = _decoder_layers(model)
-    first = layers[layer_map.moe_layer_ids[0]].mlp
+    first: Any = layers[layer_map.moe_layer_ids[0]].mlp  # a transformers sparse block
     num_experts = int(first.experts.num_experts)
     config = getattr(model, "config", None)
     hidden_act = getattr(config, "hidden_act", "silu")
@@ -98,7 +104,7 @@ def wrap_moe_blocks(
         raise ValueError(msg)
     blocks = []
     for moe_idx, model_idx in enumerate(layer_map.moe_layer_ids):
-        sparse = layers[model_idx].mlp
+        sparse: Any = layers[model_idx].mlp
         experts, router = sparse.experts, sparse.gate
         with torch.no_grad():
             w1 = [experts.gate_up_proj[e].t() for e in range(num_experts)]  # [H, 2I] views

@@ -89,9 +89,13 @@ class RankExperts:
         return int(self.log2phy.shape[0])
 
 
-def _check_slot_weights(w1: Sequence[torch.Tensor], w2: Sequence[torch.Tensor], num_slots: int) -> None:
+def _check_slot_weights(
+    w1: Sequence[torch.Tensor], w2: Sequence[torch.Tensor], num_slots: int
+) -> None:
     for weights, field in ((w1, "w1"), (w2, "w2")):
-        if isinstance(weights, torch.Tensor) or not all(isinstance(w, torch.Tensor) for w in weights):
+        if isinstance(weights, torch.Tensor) or not all(
+            isinstance(w, torch.Tensor) for w in weights
+        ):
             msg = f"{field}: expected a list of {num_slots} tensors (one per local slot)"
             raise TypeError(msg)
         if len(weights) != num_slots:
@@ -105,10 +109,14 @@ def _check_slot_weights(w1: Sequence[torch.Tensor], w2: Sequence[torch.Tensor], 
         msg = f"w1: expected [H, 2I] tensors (gate | up), got shape {tuple(w1[0].shape)}"
         raise ValueError(msg)
     hidden, intermediate = int(w1[0].shape[0]), int(w1[0].shape[1]) // 2
-    for weights, field, shape in ((w1, "w1", (hidden, 2 * intermediate)), (w2, "w2", (intermediate, hidden))):
+    for weights, field, shape in (
+        (w1, "w1", (hidden, 2 * intermediate)),
+        (w2, "w2", (intermediate, hidden)),
+    ):
         for slot, weight in enumerate(weights):
             if weight.dtype != dtype or weight.device != device:
-                msg = f"{field}[{slot}]: expected {dtype} on {device}, got {weight.dtype} on {weight.device}"
+                got = f"{weight.dtype} on {weight.device}"
+                msg = f"{field}[{slot}]: expected {dtype} on {device} (as w1[0]), got {got}"
                 raise TypeError(msg)
             if tuple(weight.shape) != shape:
                 msg = f"{field}[{slot}]: expected shape {shape}, got {tuple(weight.shape)}"
@@ -143,6 +151,8 @@ class EplbMoE(nn.Module):
     The per-rank state (placement, maps, slot weights) is one ``RankExperts`` object, replaced
     as a whole by ``install``.
     """
+
+    router_weight: torch.Tensor
 
     def __init__(
         self,
@@ -179,15 +189,23 @@ class EplbMoE(nn.Module):
             raise TypeError(msg)
         hidden = int(experts.w1[0].shape[0])
         if tuple(router_weight.shape) != (experts.num_experts, hidden):
-            msg = f"router_weight: expected shape {(experts.num_experts, hidden)}, got {tuple(router_weight.shape)}"
+            want = (experts.num_experts, hidden)
+            msg = f"router_weight: expected shape {want}, got {tuple(router_weight.shape)}"
             raise ValueError(msg)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= experts.num_experts:
+        if (
+            isinstance(top_k, bool)
+            or not isinstance(top_k, int)
+            or not 1 <= top_k <= experts.num_experts
+        ):
             msg = f"top_k: expected an integer in [1, {experts.num_experts}], got {top_k!r}"
             raise ValueError(msg)
         if heat is not None:
             heat.buffer(moe_layer_idx)  # validates the layer index against the recorder
             if heat.num_slots != experts.num_slots:
-                msg = f"heat: records {heat.num_slots} slots per rank, the layer has {experts.num_slots}"
+                msg = (
+                    f"heat: records {heat.num_slots} slots per rank, "
+                    f"the layer has {experts.num_slots}"
+                )
                 raise ValueError(msg)
         self.register_buffer("router_weight", router_weight.detach().contiguous())
         self.top_k = top_k
@@ -216,7 +234,8 @@ class EplbMoE(nn.Module):
         local slot gets its own copy of its expert's weights."""
         rank, num_ranks = group_rank_and_size(group)
         if len(w1) != plan.num_experts or len(w2) != plan.num_experts:
-            msg = f"w1/w2: expected {plan.num_experts} logical experts each, got {len(w1)} and {len(w2)}"
+            got = f"{len(w1)} and {len(w2)}"
+            msg = f"w1/w2: expected {plan.num_experts} logical experts each, got {got}"
             raise ValueError(msg)
         if not 0 <= moe_layer_idx < plan.num_layers:
             msg = f"moe_layer_idx: expected [0, {plan.num_layers}), got {moe_layer_idx}"
@@ -246,7 +265,9 @@ class EplbMoE(nn.Module):
         """This rank's placement and slot weights in force."""
         return self._experts
 
-    def install(self, phy2log_row: npt.ArrayLike, w1: Sequence[torch.Tensor], w2: Sequence[torch.Tensor]) -> None:
+    def install(
+        self, phy2log_row: npt.ArrayLike, w1: Sequence[torch.Tensor], w2: Sequence[torch.Tensor]
+    ) -> None:
         """Atomically replaces this layer's placement and local slot weights.
 
         Validates everything first; on error nothing changes. Then the heat recorder (if any)
@@ -302,7 +323,8 @@ class EplbMoE(nn.Module):
             raise TypeError(msg)
         dtype = experts.w1[0].dtype
         if hidden_states.dtype != dtype:
-            msg = f"hidden_states: expected dtype {dtype} (the expert weights'), got {hidden_states.dtype}"
+            got = hidden_states.dtype
+            msg = f"hidden_states: expected dtype {dtype} (the expert weights'), got {got}"
             raise TypeError(msg)
         hidden = int(experts.w1[0].shape[0])
         if hidden_states.dim() < 2 or hidden_states.shape[-1] != hidden:
@@ -321,13 +343,18 @@ class EplbMoE(nn.Module):
         from eplb_native.ops import fused_moe_decode
 
         moe_load = None if self.heat is None else self.heat.buffer(self.moe_layer_idx)
+        out: torch.Tensor
         out, _ = fused_moe_decode(
             x, local_ids, scales.contiguous(), list(experts.w1), list(experts.w2), moe_load=moe_load
         )
         return out
 
     def _dispatch_run_combine(
-        self, x: torch.Tensor, physical_ids: torch.Tensor, scales: torch.Tensor, experts: RankExperts
+        self,
+        x: torch.Tensor,
+        physical_ids: torch.Tensor,
+        scales: torch.Tensor,
+        experts: RankExperts,
     ) -> torch.Tensor:
         """Sends each token once to every rank owning one of its K slots, runs the operator
         there, and sums the partial outputs that come back.
@@ -357,7 +384,9 @@ class EplbMoE(nn.Module):
         recv_meta = torch.empty((num_recv, 2 * top_k), dtype=torch.int32, device=x.device)
         dist.all_to_all_single(recv_meta, meta, recv_splits, send_splits, group=self.group)
         recv_x = torch.empty((num_recv, x.shape[1]), dtype=x.dtype, device=x.device)
-        dist.all_to_all_single(recv_x, x[row_token].contiguous(), recv_splits, send_splits, group=self.group)
+        dist.all_to_all_single(
+            recv_x, x[row_token].contiguous(), recv_splits, send_splits, group=self.group
+        )
 
         partial = self._run_local(
             recv_x,
