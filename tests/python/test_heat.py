@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +206,19 @@ def _gather_two_ranks(rank: int, world_size: int) -> None:
 
 def test_two_ranks_gather_every_slot_count() -> None:
     run_on_ranks(_gather_two_ranks, 2)
+
+
+def test_runtime_without_torch_says_how_to_install_it() -> None:
+    # A fresh interpreter where torch cannot be imported: the planning API still imports.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import eplb_native\n"
+        "try:\n"
+        "    import eplb_native.runtime\n"
+        "except ImportError as error:\n"
+        "    sys.stdout.write(str(error))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert result.stdout == "eplb_native.runtime needs torch: pip install 'eplb-native[torch]'"

@@ -4,6 +4,7 @@ heat equals the true routing counts (issue 5 acceptance)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 from dist_utils import run_on_ranks
@@ -130,3 +131,16 @@ def _install_worker(rank: int, world_size: int, reference: list[list[torch.Tenso
 
 def test_installing_a_new_placement_on_every_rank_keeps_outputs() -> None:
     run_on_ranks(_install_worker, NUM_RANKS, _reference())
+
+
+def _failing_worker(rank: int, world_size: int) -> None:
+    if rank == 1:
+        msg = "rank 1 fails on purpose"
+        raise RuntimeError(msg)
+
+
+def test_a_failing_rank_fails_the_caller_with_its_traceback() -> None:
+    with pytest.raises(
+        torch.multiprocessing.ProcessRaisedException, match="rank 1 fails on purpose"
+    ):
+        run_on_ranks(_failing_worker, 2)
