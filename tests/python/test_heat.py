@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -219,6 +218,6 @@ def test_runtime_without_torch_says_how_to_install_it() -> None:
         "    sys.stdout.write(str(error))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout == "eplb_native.runtime needs torch: pip install 'eplb-native[torch]'"

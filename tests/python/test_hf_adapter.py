@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from dist_utils import run_on_ranks
 
 pytest.importorskip("transformers", reason="the adapter test needs transformers")
 
@@ -116,3 +117,24 @@ def test_bad_plan_or_model_raises() -> None:
         wrap_moe_blocks(model, Plan.from_phy2log([[0, 1, 2, 3]], 4))  # one layer, model has two
     with pytest.raises(TypeError, match="model"):
         wrap_moe_blocks(torch.nn.Linear(2, 2))
+
+
+def _two_rank_worker(rank: int, world_size: int, model: torch.nn.Module, inputs, want) -> None:
+    layer_map = moe_layer_map(model)
+    plan = eplb_native.default_placement(layer_map.num_moe_layers, 8, world_size, 2)  # S = 5
+    blocks = wrap_moe_blocks(model, plan)
+    assert [len(block.experts.w1) for block in blocks] == [5, 5]
+    with torch.no_grad():
+        got = model(inputs[rank]).logits
+    # Not torch.testing.assert_close: it imports torch.distributed.tensor once dist is up (slow).
+    diff = (got - want[rank]).abs().max().item()
+    assert torch.allclose(got, want[rank], rtol=1e-5, atol=1e-5), f"{rank=} max abs diff {diff}"
+
+
+def test_two_ranks_split_the_experts_and_keep_the_logits() -> None:
+    model = _qwen3(True)
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randint(0, VOCAB, (1, 4 + rank), generator=gen) for rank in range(2)]
+    with torch.no_grad():
+        want = [model(ids).logits for ids in inputs]
+    run_on_ranks(_two_rank_worker, 2, model, inputs, want)
