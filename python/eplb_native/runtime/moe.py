@@ -260,6 +260,14 @@ class EplbMoE(nn.Module):
             group=group,
         )
 
+    def extra_repr(self) -> str:
+        experts = self._experts
+        return (
+            f"moe_layer_idx={self.moe_layer_idx}, num_experts={experts.num_experts}, "
+            f"top_k={self.top_k}, renormalize={self.renormalize}, "
+            f"rank={experts.rank}/{experts.num_ranks}, num_slots={experts.num_slots}"
+        )
+
     @property
     def experts(self) -> RankExperts:
         """This rank's placement and slot weights in force."""
@@ -276,7 +284,9 @@ class EplbMoE(nn.Module):
 
         Args:
             phy2log_row: int [P], the new placement of this layer.
-            w1, w2: this rank's S new slot weights (same shapes/dtype as before), slot order.
+            w1, w2: this rank's S new slot weights (same shapes/dtype as before), slot order;
+                slots that keep their expert may pass the tensors in force
+                (``self.experts.w1[s]``), so replacing one slot copies one slot.
         """
         current = self._experts
         experts = RankExperts.build(
