@@ -270,6 +270,12 @@ def _bad_calls():
             "phy2log",
         ),
         (
+            "rank out of range",
+            lambda: build(range(6), 6, w1[:3], w2[:3], rank=2, num_ranks=2),
+            ValueError,
+            "rank",
+        ),
+        (
             "slots not split",
             lambda: build(range(6), 6, w1, w2, rank=0, num_ranks=4),
             ValueError,

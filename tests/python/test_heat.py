@@ -52,7 +52,8 @@ def test_record_counts_local_slot_ids_and_skips_out_of_range() -> None:
     ids_a, ids_b = _random_ids(rng, 5), _random_ids(rng, 5).to(torch.int64)
     heat.record(1, ids_a)
     heat.record(1, ids_b)
-    want = _count(ids_a, 5) + _count(ids_b, 5)
+    heat.record(1, ids_a.t())  # any layout: ids are only counted
+    want = 2 * _count(ids_a, 5) + _count(ids_b, 5)
     assert np.array_equal(heat.buffer(1).numpy(), want)
     assert not heat.buffer(0).any()
     window = heat.step()

@@ -70,6 +70,9 @@ class RankExperts:
             rank, num_ranks: this rank and D.
         """
         plan = Plan.from_phy2log(np.asarray(phy2log_row)[None], num_experts)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_ranks:
+            msg = f"rank: expected an integer in [0, {num_ranks}), got {rank!r}"
+            raise ValueError(msg)
         validate_plan(plan, num_ranks, allow_duplicate_on_rank=True)  # legal at runtime
         num_slots = plan.slots_per_rank(num_ranks)
         _check_slot_weights(w1, w2, num_slots)
