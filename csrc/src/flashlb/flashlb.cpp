@@ -1,0 +1,276 @@
+#include "eplb_native/flashlb/flashlb.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <string>
+
+#include "eplb_native/error.h"
+#include "eplb_native/flashlb/minimal_moves.h"
+
+namespace eplb_native::flashlb {
+namespace {
+
+size_t idx(int64_t value) { return static_cast<size_t>(value); }
+
+// A complete candidate: replica counts [N], placement [P] and its episode score.
+struct Candidate {
+    std::vector<int64_t> counts;
+    std::vector<int64_t> phy2log;
+    double score = std::numeric_limits<double>::infinity();
+};
+
+// Lower bound on episode_score for `counts`: per episode, the busiest rank carries at least
+// the largest single replica.
+double score_lower_bound(const EpisodeStats& stats, const std::vector<int64_t>& counts,
+                         int64_t num_ranks) {
+    const auto num_episodes = idx(stats.num_episodes);
+    double total = 0.0;
+    for (size_t k = 0; k < num_episodes; ++k) {
+        double peak = 0.0;
+        double sum = 0.0;
+        for (size_t e = 0; e < counts.size(); ++e) {
+            const double value = stats.loads[e * num_episodes + k];
+            peak = std::max(peak, value / static_cast<double>(counts[e]));
+            sum += value;
+        }
+        total += sum > 0.0 ? std::max(1.0, peak * static_cast<double>(num_ranks) / sum) : 1.0;
+    }
+    return total / static_cast<double>(num_episodes);
+}
+
+// The tree search over how many redundant replicas each group of hot experts takes; returns
+// the best candidate (LPT placement on risk-adjusted loads).
+Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
+                           const Options& options, ThreadPool& pool) {
+    const int64_t num_experts = shape.num_experts;
+    const int64_t num_ranks = shape.num_ranks;
+    const int64_t redundant = shape.num_physical() - num_experts;
+    const std::vector<double>& weight = stats.risk;
+    std::vector<int64_t> order(idx(num_experts));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
+
+    Candidate best;
+    best.counts.assign(idx(num_experts), 1);
+    allot_min_max(weight, order, redundant, num_ranks, best.counts);
+    best.phy2log = place_lpt(weight, best.counts, shape, nullptr, 0.0);
+    best.score = episode_score(stats, best.phy2log, best.counts, num_ranks);
+    if (redundant == 0) {
+        return best;
+    }
+    // Groups: the experts the min-max estimate replicates, and as many again, in `max_depth`
+    // consecutive slices of the risk order; everything after the slices is only estimated.
+    const auto hot = static_cast<int64_t>(std::count_if(
+        best.counts.begin(), best.counts.end(), [](int64_t c) { return c > 1; }));
+    const int64_t span = std::min(num_experts, std::max(2 * hot, options.max_depth));
+    const int64_t num_groups = std::min(options.max_depth, span);
+    std::vector<int64_t> group_begin(idx(num_groups + 1));
+    for (int64_t g = 0; g <= num_groups; ++g) {
+        group_begin[idx(g)] = g * span / num_groups;
+    }
+    int64_t decided_extras = 0;
+    for (int64_t g = 0; g < num_groups; ++g) {
+        const std::vector<int64_t> group(order.begin() + group_begin[idx(g)],
+                                         order.begin() + group_begin[idx(g + 1)]);
+        const std::vector<int64_t> undecided(order.begin() + group_begin[idx(g + 1)], order.end());
+        int64_t estimate = 0;
+        for (const int64_t e : group) {
+            estimate += best.counts[idx(e)] - 1;
+        }
+        const int64_t budget = redundant - decided_extras;
+        const int64_t cap = std::min(budget, static_cast<int64_t>(group.size()) * (num_ranks - 1));
+        const int64_t hi = std::min(cap, std::max<int64_t>(0, estimate - options.width / 2) +
+                                             options.width - 1);
+        const int64_t lo = std::max<int64_t>(0, hi - options.width + 1);
+        std::vector<Candidate> candidates(idx(hi - lo + 1));
+        const double incumbent = best.score;
+        pool.parallel_for(hi - lo + 1, [&](int64_t c) {
+            Candidate& cand = candidates[idx(c)];
+            cand.counts = best.counts;
+            for (const int64_t e : group) {
+                cand.counts[idx(e)] = 1;
+            }
+            for (const int64_t e : undecided) {
+                cand.counts[idx(e)] = 1;
+            }
+            allot_min_max(weight, group, lo + c, num_ranks, cand.counts);
+            allot_min_max(weight, undecided, budget - (lo + c), num_ranks, cand.counts);
+            const int64_t total = std::accumulate(cand.counts.begin(), cand.counts.end(),
+                                                  static_cast<int64_t>(0));
+            if (total != shape.num_physical() ||
+                score_lower_bound(stats, cand.counts, num_ranks) >= incumbent) {
+                return;  // infeasible split, or pruned: cannot beat the incumbent
+            }
+            cand.phy2log = place_lpt(weight, cand.counts, shape, nullptr, 0.0);
+            cand.score = episode_score(stats, cand.phy2log, cand.counts, num_ranks);
+        });
+        for (Candidate& cand : candidates) {
+            if (cand.score < best.score) {
+                best = std::move(cand);
+            }
+        }
+        for (const int64_t e : group) {
+            decided_extras += best.counts[idx(e)] - 1;
+        }
+    }
+    return best;
+}
+
+void validate_current(const int64_t* current, int64_t num_layers, const LayerShape& shape,
+                      bool strict) {
+    const int64_t num_physical = shape.num_physical();
+    std::vector<int64_t> seen(idx(shape.num_experts));
+    for (int64_t layer = 0; layer < num_layers; ++layer) {
+        std::fill(seen.begin(), seen.end(), -1);
+        std::vector<char> present(idx(shape.num_experts), 0);
+        for (int64_t slot = 0; slot < num_physical; ++slot) {
+            const int64_t e = current[layer * num_physical + slot];
+            const std::string where =
+                "layer " + std::to_string(layer) + " slot " + std::to_string(slot);
+            if (e < 0 || e >= shape.num_experts) {
+                throw_invalid("current", where + " holds expert " + std::to_string(e) +
+                                             ", expected 0.." +
+                                             std::to_string(shape.num_experts - 1));
+            }
+            present[idx(e)] = 1;
+            const int64_t rank = slot / shape.num_slots;
+            if (strict && seen[idx(e)] == rank) {
+                throw_invalid("current", where + ": rank " + std::to_string(rank) +
+                                             " holds expert " + std::to_string(e) + " twice");
+            }
+            seen[idx(e)] = rank;
+        }
+        const auto missing = std::find(present.begin(), present.end(), 0);
+        if (strict && missing != present.end()) {
+            throw_invalid("current", "layer " + std::to_string(layer) + ": expert " +
+                                         std::to_string(missing - present.begin()) +
+                                         " has no replica");
+        }
+    }
+}
+
+}  // namespace
+
+void validate_options(const Options& options) {
+    if (!std::isfinite(options.z_score) || options.z_score < 0.0) {
+        throw_invalid("z_score", "expected a finite value >= 0, got " +
+                                     std::to_string(options.z_score));
+    }
+    const auto positive = [](int64_t value, const char* field) {
+        if (value <= 0) {
+            throw_invalid(field, "expected a positive integer, got " + std::to_string(value));
+        }
+    };
+    positive(options.max_depth, "max_depth");
+    positive(options.width, "width");
+    positive(options.episode_steps, "episode_steps");
+    positive(options.max_episodes, "max_episodes");
+}
+
+std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
+                                const Options& options, ThreadPool& pool) {
+    const int64_t num_ranks = shape.num_ranks;
+    const std::vector<double>& weight = stats.risk;
+    Candidate searched = search_allotment(stats, shape, options, pool);
+    std::vector<std::vector<int64_t>> placements = {searched.phy2log};
+    if (stats.num_episodes > 1) {
+        placements.push_back(place_lpt(weight, searched.counts, shape, &stats, options.z_score));
+    }
+    // Target packing between the allotment bound and the searched plan's busiest rank.
+    std::vector<int64_t> estimate(idx(shape.num_experts), 1);
+    std::vector<int64_t> all(idx(shape.num_experts));
+    std::iota(all.begin(), all.end(), 0);
+    allot_min_max(weight, all, shape.num_physical() - shape.num_experts, num_ranks, estimate);
+    double total = 0.0;
+    double replica_bound = 0.0;
+    for (size_t e = 0; e < weight.size(); ++e) {
+        total += weight[e];
+        replica_bound = std::max(replica_bound, weight[e] / static_cast<double>(estimate[e]));
+    }
+    const std::vector<double> searched_load =
+        rank_weights(weight, searched.counts, searched.phy2log, shape);
+    const double upper = *std::max_element(searched_load.begin(), searched_load.end());
+    std::vector<int64_t> packed = pack_to_target(
+        weight, shape, std::max(total / static_cast<double>(num_ranks), replica_bound), upper);
+    if (!packed.empty()) {
+        placements.push_back(std::move(packed));
+    }
+    // Swap refinement on each; the lowest episode score wins (earlier on ties).
+    Candidate best;
+    for (std::vector<int64_t>& phy2log : placements) {
+        const std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
+        const double score = episode_score(stats, phy2log, counts, num_ranks);
+        if (score < best.score) {
+            best = Candidate{counts, phy2log, score};
+        }
+        refine_swaps(weight, counts, shape, 4 * num_ranks, phy2log);
+        const double refined = episode_score(stats, phy2log, counts, num_ranks);
+        if (refined < best.score) {
+            best = Candidate{counts, phy2log, refined};
+        }
+    }
+    return best.phy2log;
+}
+
+Plan plan_flashlb(const Request& request, const Topology& topo, const Options& options,
+                  ThreadPool& pool) {
+    validate_topology(topo);
+    validate_options(options);
+    const LoadView& load = request.load;
+    if (load.data == nullptr || load.num_layers <= 0 || load.num_experts != topo.num_experts) {
+        throw_invalid("load", "expected [layers, num_experts=" + std::to_string(topo.num_experts) +
+                                  "], got [" + std::to_string(load.num_layers) + ", " +
+                                  std::to_string(load.num_experts) + "]");
+    }
+    if (topo.num_replicas > topo.num_experts * topo.num_ranks) {
+        throw_invalid("num_replicas", std::to_string(topo.num_replicas) +
+                                          " slots exceed num_experts * num_ranks = " +
+                                          std::to_string(topo.num_experts * topo.num_ranks) +
+                                          " (no rank holds two replicas of one expert)");
+    }
+    const int64_t num_layers = load.num_layers;
+    const int64_t num_experts = topo.num_experts;
+    validate_load_values(load.data, num_layers * num_experts, num_experts, "load");
+    std::vector<int64_t> bounds;
+    if (request.history != nullptr) {
+        if (request.num_steps <= 0) {
+            throw_invalid("history", "expected at least one step, got " +
+                                         std::to_string(request.num_steps));
+        }
+        validate_load_values(request.history, request.num_steps * num_layers * num_experts,
+                             num_experts, "history");
+        bounds = episode_bounds(request.num_steps, options.episode_steps, options.max_episodes);
+    }
+    const LayerShape shape{num_experts, topo.num_ranks, topo.slots_per_rank()};
+    const int64_t num_physical = shape.num_physical();
+    if (options.incremental && request.current == nullptr) {
+        throw_invalid("current", "incremental mode needs the current table");
+    }
+    if (request.current != nullptr) {
+        validate_current(request.current, num_layers, shape, options.incremental);
+    }
+    std::vector<int64_t> phy2log(idx(num_layers * num_physical));
+    pool.parallel_for(num_layers, [&](int64_t layer) {
+        const EpisodeStats stats =
+            request.history != nullptr
+                ? stats_from_history(request.history, num_layers, num_experts, layer, bounds,
+                                     options.z_score)
+                : stats_from_load(load.layer(layer), num_experts);
+        std::vector<int64_t> row = plan_layer(stats, shape, options, pool);
+        if (request.current != nullptr) {
+            const std::vector<int64_t> current(request.current + layer * num_physical,
+                                               request.current + (layer + 1) * num_physical);
+            row = options.incremental
+                      ? incremental_update(stats.mean, counts_of(row, num_experts), current,
+                                           shape, options.max_moves_per_layer)
+                      : align_to_current(row, current, shape);
+        }
+        std::copy(row.begin(), row.end(), phy2log.begin() + layer * num_physical);
+    });
+    return plan_from_phy2log(phy2log.data(), num_layers, num_physical, num_experts);
+}
+
+}  // namespace eplb_native::flashlb
