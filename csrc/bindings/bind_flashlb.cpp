@@ -23,7 +23,6 @@ void bind_flashlb(py::module_& m) {
             Topology topo{shape[1], num_replicas, num_groups, num_nodes, num_ranks};
             validate_topology(topo);
             std::vector<double> load_values(load.data(), load.data() + load.size());
-            std::vector<double> history_values;
             std::vector<int64_t> current_values;
             int64_t num_steps = 0;
             if (history) {
@@ -35,7 +34,6 @@ void bind_flashlb(py::module_& m) {
                                                  shape_str(h_shape));
                 }
                 num_steps = h_shape[0];
-                history_values.assign(history->data(), history->data() + history->size());
             }
             if (current) {
                 require_ndim(*current, 2, "current", "[layers, physical_slots]");
@@ -57,7 +55,9 @@ void bind_flashlb(py::module_& m) {
             options.max_moves_per_layer = max_moves_per_layer;
             flashlb::Request request;
             request.load = LoadView{load_values.data(), shape[0], shape[1]};
-            request.history = history ? history_values.data() : nullptr;
+            // The history ([T, L, N], often 100+ MB) is read in place, not copied: `history`
+            // holds a reference to the array for the whole call and the core only reads it.
+            request.history = history ? history->data() : nullptr;
             request.num_steps = num_steps;
             request.current = current ? current_values.data() : nullptr;
             Plan plan;

@@ -152,6 +152,71 @@ void validate_current(const int64_t* current, int64_t num_layers, const LayerSha
     }
 }
 
+// One round of single-replica moves between the `kPolishExperts` heaviest experts: every
+// (donor with >= 2 replicas, receiver below D) pair is re-placed (LPT + swaps) and scored; the
+// best improving move is applied (LPT placement; swap refinement once at the end). Repeats while it improves, at most kPolishRounds times.
+// Skipped when the busiest rank (risk-adjusted loads) is already at `lower_bound`.
+constexpr int64_t kPolishExperts = 8;
+constexpr int kPolishRounds = 2;
+constexpr int64_t kRefineRounds = 4;  // swap refinement: at most 4 * D swaps
+constexpr double kPolishSkipGap = 1e-3;  // skip polishing within 0.1% of the lower bound
+
+Candidate place_counts(const EpisodeStats& stats, const LayerShape& shape,
+                           std::vector<int64_t> counts) {
+    Candidate cand;
+    cand.phy2log = place_lpt(stats.risk, counts, shape, nullptr, 0.0);
+    cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
+    cand.counts = std::move(counts);
+    return cand;
+}
+
+void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double lower_bound,
+                      ThreadPool& pool, Candidate& best) {
+    const std::vector<double> load = rank_weights(stats.risk, best.counts, best.phy2log, shape);
+    if (*std::max_element(load.begin(), load.end()) <= lower_bound * (1.0 + kPolishSkipGap)) {
+        return;  // already at the bound: no move can help
+    }
+    std::vector<int64_t> order(idx(shape.num_experts));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return stats.risk[idx(a)] > stats.risk[idx(b)];
+    });
+    order.resize(idx(std::min(kPolishExperts, shape.num_experts)));
+    const auto num_top = static_cast<int64_t>(order.size());
+    for (int round = 0; round < kPolishRounds; ++round) {
+        std::vector<Candidate> moved(idx(num_top * num_top));
+        pool.parallel_for(num_top * num_top, [&](int64_t pair) {
+            const int64_t donor = order[idx(pair / num_top)];
+            const int64_t receiver = order[idx(pair % num_top)];
+            if (donor == receiver || best.counts[idx(donor)] < 2 ||
+                best.counts[idx(receiver)] >= shape.num_ranks) {
+                return;
+            }
+            std::vector<int64_t> counts = best.counts;
+            --counts[idx(donor)];
+            ++counts[idx(receiver)];
+            moved[idx(pair)] = place_counts(stats, shape, std::move(counts));
+        });
+        bool improved = false;
+        for (Candidate& cand : moved) {
+            if (cand.score < best.score) {
+                best = std::move(cand);
+                improved = true;
+            }
+        }
+        if (!improved) {
+            break;
+        }
+    }
+    std::vector<int64_t> refined = best.phy2log;
+    refine_swaps(stats.risk, best.counts, shape, kRefineRounds * shape.num_ranks, refined);
+    const double score = episode_score(stats, refined, best.counts, shape.num_ranks);
+    if (score < best.score) {
+        best.phy2log = std::move(refined);
+        best.score = score;
+    }
+}
+
 }  // namespace
 
 void validate_options(const Options& options) {
@@ -193,8 +258,8 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
     const std::vector<double> searched_load =
         rank_weights(weight, searched.counts, searched.phy2log, shape);
     const double upper = *std::max_element(searched_load.begin(), searched_load.end());
-    std::vector<int64_t> packed = pack_to_target(
-        weight, shape, std::max(total / static_cast<double>(num_ranks), replica_bound), upper);
+    const double lower_bound = std::max(total / static_cast<double>(num_ranks), replica_bound);
+    std::vector<int64_t> packed = pack_to_target(weight, shape, lower_bound, upper);
     if (!packed.empty()) {
         placements.push_back(std::move(packed));
     }
@@ -206,12 +271,13 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
         if (score < best.score) {
             best = Candidate{counts, phy2log, score};
         }
-        refine_swaps(weight, counts, shape, 4 * num_ranks, phy2log);
+        refine_swaps(weight, counts, shape, kRefineRounds * num_ranks, phy2log);
         const double refined = episode_score(stats, phy2log, counts, num_ranks);
         if (refined < best.score) {
             best = Candidate{counts, phy2log, refined};
         }
     }
+    polish_allotment(stats, shape, lower_bound, pool, best);
     return best.phy2log;
 }
 
