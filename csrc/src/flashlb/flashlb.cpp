@@ -26,16 +26,20 @@ struct Candidate {
 double score_lower_bound(const EpisodeStats& stats, const std::vector<int64_t>& counts,
                          int64_t num_ranks) {
     const auto num_episodes = idx(stats.num_episodes);
+    std::vector<double> peak(num_episodes, 0.0);
+    std::vector<double> sum(num_episodes, 0.0);
+    for (size_t e = 0; e < counts.size(); ++e) {
+        const double* row = stats.loads.data() + e * num_episodes;
+        const double share = 1.0 / static_cast<double>(counts[e]);
+        for (size_t k = 0; k < num_episodes; ++k) {
+            peak[k] = std::max(peak[k], row[k] * share);
+            sum[k] += row[k];
+        }
+    }
     double total = 0.0;
     for (size_t k = 0; k < num_episodes; ++k) {
-        double peak = 0.0;
-        double sum = 0.0;
-        for (size_t e = 0; e < counts.size(); ++e) {
-            const double value = stats.loads[e * num_episodes + k];
-            peak = std::max(peak, value / static_cast<double>(counts[e]));
-            sum += value;
-        }
-        total += sum > 0.0 ? std::max(1.0, peak * static_cast<double>(num_ranks) / sum) : 1.0;
+        total += sum[k] > 0.0 ? std::max(1.0, peak[k] * static_cast<double>(num_ranks) / sum[k])
+                              : 1.0;
     }
     return total / static_cast<double>(num_episodes);
 }
@@ -152,10 +156,27 @@ void validate_current(const int64_t* current, int64_t num_layers, const LayerSha
     }
 }
 
+// Lower bound on the busiest rank's share of `weight` [N]: the mean rank load, and the largest
+// replica of the min-max allotment (exact for that quantity).
+double mean_lower_bound(const std::vector<double>& weight, const LayerShape& shape) {
+    std::vector<int64_t> counts(idx(shape.num_experts), 1);
+    std::vector<int64_t> all(idx(shape.num_experts));
+    std::iota(all.begin(), all.end(), 0);
+    allot_min_max(weight, all, shape.num_physical() - shape.num_experts, shape.num_ranks, counts);
+    double total = 0.0;
+    double replica_bound = 0.0;
+    for (size_t e = 0; e < weight.size(); ++e) {
+        total += weight[e];
+        replica_bound = std::max(replica_bound, weight[e] / static_cast<double>(counts[e]));
+    }
+    return std::max(total / static_cast<double>(shape.num_ranks), replica_bound);
+}
+
 // One round of single-replica moves between the `kPolishExperts` heaviest experts: every
 // (donor with >= 2 replicas, receiver below D) pair is re-placed (LPT + swaps) and scored; the
 // best improving move is applied (LPT placement; swap refinement once at the end). Repeats while it improves, at most kPolishRounds times.
-// Skipped when the busiest rank (risk-adjusted loads) is already at `lower_bound`.
+// Only for single-episode statistics (the score is then the busiest rank's load), and skipped
+// when the busiest rank is already at `lower_bound`.
 constexpr int64_t kPolishExperts = 8;
 constexpr int kPolishRounds = 2;
 constexpr int64_t kRefineRounds = 4;  // swap refinement: at most 4 * D swaps
@@ -172,7 +193,10 @@ Candidate place_counts(const EpisodeStats& stats, const LayerShape& shape,
 
 void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double lower_bound,
                       ThreadPool& pool, Candidate& best) {
-    const std::vector<double> load = rank_weights(stats.risk, best.counts, best.phy2log, shape);
+    if (stats.num_episodes > 1) {
+        return;  // with episodes the bound says little about the score: too costly to search
+    }
+    const std::vector<double> load = rank_weights(stats.mean, best.counts, best.phy2log, shape);
     if (*std::max_element(load.begin(), load.end()) <= lower_bound * (1.0 + kPolishSkipGap)) {
         return;  // already at the bound: no move can help
     }
@@ -245,21 +269,11 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
         placements.push_back(place_lpt(weight, searched.counts, shape, &stats, options.z_score));
     }
     // Target packing between the allotment bound and the searched plan's busiest rank.
-    std::vector<int64_t> estimate(idx(shape.num_experts), 1);
-    std::vector<int64_t> all(idx(shape.num_experts));
-    std::iota(all.begin(), all.end(), 0);
-    allot_min_max(weight, all, shape.num_physical() - shape.num_experts, num_ranks, estimate);
-    double total = 0.0;
-    double replica_bound = 0.0;
-    for (size_t e = 0; e < weight.size(); ++e) {
-        total += weight[e];
-        replica_bound = std::max(replica_bound, weight[e] / static_cast<double>(estimate[e]));
-    }
     const std::vector<double> searched_load =
         rank_weights(weight, searched.counts, searched.phy2log, shape);
     const double upper = *std::max_element(searched_load.begin(), searched_load.end());
-    const double lower_bound = std::max(total / static_cast<double>(num_ranks), replica_bound);
-    std::vector<int64_t> packed = pack_to_target(weight, shape, lower_bound, upper);
+    std::vector<int64_t> packed =
+        pack_to_target(weight, shape, mean_lower_bound(weight, shape), upper);
     if (!packed.empty()) {
         placements.push_back(std::move(packed));
     }
@@ -277,7 +291,7 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
             best = Candidate{counts, phy2log, refined};
         }
     }
-    polish_allotment(stats, shape, lower_bound, pool, best);
+    polish_allotment(stats, shape, mean_lower_bound(stats.mean, shape), pool, best);
     return best.phy2log;
 }
 

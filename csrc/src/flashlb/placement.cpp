@@ -13,7 +13,7 @@ namespace eplb_native::flashlb {
 namespace {
 
 constexpr int64_t kRiskCandidates = 4;       // least loaded ranks whose risk LPT compares
-constexpr int kTargetSearchSteps = 24;       // bisection steps of pack_to_target
+constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_target
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
 
 size_t idx(int64_t value) { return static_cast<size_t>(value); }
