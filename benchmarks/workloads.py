@@ -16,7 +16,15 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-TRACE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
+# ../shared/traces next to the repository (a worktree sits one level deeper).
+TRACE_DIR = next(
+    (
+        root / "shared" / "traces"
+        for root in Path(__file__).resolve().parents[2:4]
+        if (root / "shared" / "traces").is_dir()
+    ),
+    Path("../shared/traces"),
+)
 
 
 def deepseek_v3_like(

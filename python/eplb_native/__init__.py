@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from eplb_native._core import __version__
 from eplb_native.config import POLICY_NAMES, EplbConfig, PolicyName
+from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
 from eplb_native.expert_map import load_expert_map, save_expert_map
 from eplb_native.layers import MoeLayerMap
 from eplb_native.plan import (
@@ -28,9 +29,11 @@ from eplb_native.plan import (
 __all__ = [
     "POLICY_NAMES",
     "EplbConfig",
+    "FlashLBOptions",
     "MoeLayerMap",
     "Plan",
     "PlanStats",
+    "PlannedBalance",
     "PolicyName",
     "__version__",
     "count_weight_copies",
@@ -39,10 +42,12 @@ __all__ = [
     "expert_load_from_slot_load",
     "load_expert_map",
     "lower_bound_max_load",
+    "plan_flashlb",
     "rank_expert_maps",
     "rank_loads",
     "rank_log2phy",
     "save_expert_map",
+    "select_layers",
     "slot_load_from_expert_load",
     "validate_plan",
 ]

@@ -172,13 +172,15 @@ double mean_lower_bound(const std::vector<double>& weight, const LayerShape& sha
     return std::max(total / static_cast<double>(shape.num_ranks), replica_bound);
 }
 
-// One round of single-replica moves between the `kPolishExperts` heaviest experts: every
-// (donor with >= 2 replicas, receiver below D) pair is re-placed (LPT + swaps) and scored; the
-// best improving move is applied (LPT placement; swap refinement once at the end). Repeats while it improves, at most kPolishRounds times.
+// Rounds of replica moves between the `kPolishExperts` heaviest experts: every (donor,
+// receiver, 1..kPolishMaxShift replicas) move that keeps the donor >= 1 and the receiver <= D
+// replicas is re-placed and scored; the best improving move is applied (LPT placement; swap
+// refinement once at the end). Repeats while it improves, at most kPolishRounds times.
 // Only for single-episode statistics (the score is then the busiest rank's load), and skipped
 // when the busiest rank is already at `lower_bound`.
 constexpr int64_t kPolishExperts = 8;
-constexpr int kPolishRounds = 2;
+constexpr int kPolishRounds = 8;
+constexpr int64_t kPolishMaxShift = 3;  // replicas moved at once from one expert to another
 constexpr int64_t kRefineRounds = 4;  // swap refinement: at most 4 * D swaps
 constexpr double kPolishSkipGap = 1e-3;  // skip polishing within 0.1% of the lower bound
 
@@ -208,18 +210,21 @@ void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double
     order.resize(idx(std::min(kPolishExperts, shape.num_experts)));
     const auto num_top = static_cast<int64_t>(order.size());
     for (int round = 0; round < kPolishRounds; ++round) {
-        std::vector<Candidate> moved(idx(num_top * num_top));
-        pool.parallel_for(num_top * num_top, [&](int64_t pair) {
+        // Move index = (donor, receiver, shift - 1): `shift` replicas go from donor to receiver.
+        std::vector<Candidate> moved(idx(num_top * num_top * kPolishMaxShift));
+        pool.parallel_for(static_cast<int64_t>(moved.size()), [&](int64_t move) {
+            const int64_t shift = move % kPolishMaxShift + 1;
+            const int64_t pair = move / kPolishMaxShift;
             const int64_t donor = order[idx(pair / num_top)];
             const int64_t receiver = order[idx(pair % num_top)];
-            if (donor == receiver || best.counts[idx(donor)] < 2 ||
-                best.counts[idx(receiver)] >= shape.num_ranks) {
+            if (donor == receiver || best.counts[idx(donor)] <= shift ||
+                best.counts[idx(receiver)] + shift > shape.num_ranks) {
                 return;
             }
             std::vector<int64_t> counts = best.counts;
-            --counts[idx(donor)];
-            ++counts[idx(receiver)];
-            moved[idx(pair)] = place_counts(stats, shape, std::move(counts));
+            counts[idx(donor)] -= shift;
+            counts[idx(receiver)] += shift;
+            moved[idx(move)] = place_counts(stats, shape, std::move(counts));
         });
         bool improved = false;
         for (Candidate& cand : moved) {
@@ -238,6 +243,65 @@ void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double
     if (score < best.score) {
         best.phy2log = std::move(refined);
         best.score = score;
+    }
+}
+
+// Number of replica-count vectors (each expert 1..D, P in all), capped at cap + 1.
+int64_t count_allotments(const LayerShape& shape, int64_t cap) {
+    const int64_t extra = shape.num_physical() - shape.num_experts;
+    // ways[x]: vectors of the experts so far that use x extra replicas.
+    std::vector<int64_t> ways(idx(extra + 1), 0);
+    ways[0] = 1;
+    for (int64_t e = 0; e < shape.num_experts; ++e) {
+        std::vector<int64_t> next(idx(extra + 1), 0);
+        for (int64_t used = 0; used <= extra; ++used) {
+            for (int64_t add = 0; add < shape.num_ranks && used + add <= extra; ++add) {
+                next[idx(used + add)] = std::min(cap + 1, next[idx(used + add)] + ways[idx(used)]);
+            }
+        }
+        ways = std::move(next);
+    }
+    return ways[idx(extra)];
+}
+
+// Tiny layers (at most kExhaustiveAllotments count vectors, one episode): every allotment is
+// placed (LPT + swap refinement) and the best replaces `best` when it scores lower.
+constexpr int64_t kExhaustiveAllotments = 2048;
+
+void search_all_allotments(const EpisodeStats& stats, const LayerShape& shape, Candidate& best) {
+    if (stats.num_episodes > 1 || count_allotments(shape, kExhaustiveAllotments) >
+                                      kExhaustiveAllotments) {
+        return;
+    }
+    std::vector<int64_t> counts(idx(shape.num_experts), 1);
+    int64_t extra = shape.num_physical() - shape.num_experts;
+    // Odometer over counts with the last expert taking what is left.
+    const auto last = shape.num_experts - 1;
+    for (;;) {
+        const int64_t rest = extra;
+        if (rest + 1 <= shape.num_ranks) {
+            counts[idx(last)] = rest + 1;
+            Candidate cand = place_counts(stats, shape, counts);
+            refine_swaps(stats.risk, cand.counts, shape, kRefineRounds * shape.num_ranks,
+                         cand.phy2log);
+            cand.score = episode_score(stats, cand.phy2log, cand.counts, shape.num_ranks);
+            if (cand.score < best.score) {
+                best = std::move(cand);
+            }
+        }
+        counts[idx(last)] = 1;
+        // Advance the odometer on experts 0..last-1.
+        int64_t pos = last - 1;
+        while (pos >= 0 && (counts[idx(pos)] == shape.num_ranks || extra == 0)) {
+            extra += counts[idx(pos)] - 1;
+            counts[idx(pos)] = 1;
+            --pos;
+        }
+        if (pos < 0) {
+            return;
+        }
+        ++counts[idx(pos)];
+        --extra;
     }
 }
 
@@ -291,6 +355,7 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
             best = Candidate{counts, phy2log, refined};
         }
     }
+    search_all_allotments(stats, shape, best);
     polish_allotment(stats, shape, mean_lower_bound(stats.mean, shape), pool, best);
     return best.phy2log;
 }
