@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from eplb_native._core import __version__
 from eplb_native.config import POLICY_NAMES, EplbConfig, PolicyName
-from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
 from eplb_native.expert_map import load_expert_map, save_expert_map
+from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
 from eplb_native.layers import MoeLayerMap
 from eplb_native.plan import (
     Plan,

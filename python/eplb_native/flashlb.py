@@ -203,8 +203,12 @@ def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: i
     plan = Plan.from_phy2log(_table_array(table, "table"), expert_load.shape[-1])
     per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
     peak = per_rank.max(axis=-1)
-    balance = np.divide(per_rank.mean(axis=-1), peak, out=np.ones_like(peak), where=peak > 0)
-    return balance.mean(axis=0) if expert_load.ndim == 3 else balance
+    balance: FloatArray = np.divide(
+        per_rank.mean(axis=-1), peak, out=np.ones_like(peak), where=peak > 0
+    )
+    if expert_load.ndim == 3:
+        balance = balance.mean(axis=0)
+    return balance
 
 
 @dataclass

@@ -57,7 +57,7 @@ def exact_min_max_load(load: Sequence[float], num_ranks: int, num_slots: int) ->
             for take in _multiset_choices([classes[key] for key in keys], counts[i]):
                 new_state = list(state)
                 ok = True
-                for key, n in zip(keys, take):
+                for key, n in zip(keys, take, strict=True):
                     for _ in range(n):
                         pos = new_state.index(key)
                         fill, rank_load = key

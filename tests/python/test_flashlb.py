@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from exact_placement import exact_min_max_load
-
 from eplb_native import _core, count_weight_copies, evaluate, rank_loads, validate_plan
 from eplb_native.flashlb import (
     FlashLBOptions,
@@ -18,6 +16,7 @@ from eplb_native.flashlb import (
     plan_flashlb,
     select_layers,
 )
+from exact_placement import exact_min_max_load
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "flashlb_published_example.json"
 # ../shared/traces next to the repository (a worktree sits one level deeper).
