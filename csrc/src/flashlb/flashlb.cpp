@@ -102,6 +102,9 @@ Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
             }
             allot_min_max(weight, group, lo + c, num_ranks, cand.counts);
             allot_min_max(weight, undecided, budget - (lo + c), num_ranks, cand.counts);
+            if (cand.counts == best.counts) {
+                return;  // the incumbent itself, already scored
+            }
             const int64_t total = std::accumulate(cand.counts.begin(), cand.counts.end(),
                                                   static_cast<int64_t>(0));
             if (total != shape.num_physical() ||
@@ -341,19 +344,21 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
     if (!packed.empty()) {
         placements.push_back(std::move(packed));
     }
-    // Swap refinement on each; the lowest episode score wins (earlier on ties).
+    // The lowest episode score wins (earlier on ties); swap refinement then polishes it.
     Candidate best;
     for (std::vector<int64_t>& phy2log : placements) {
-        const std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
+        std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
         const double score = episode_score(stats, phy2log, counts, num_ranks);
         if (score < best.score) {
-            best = Candidate{counts, phy2log, score};
+            best = Candidate{std::move(counts), std::move(phy2log), score};
         }
-        refine_swaps(weight, counts, shape, kRefineRounds * num_ranks, phy2log);
-        const double refined = episode_score(stats, phy2log, counts, num_ranks);
-        if (refined < best.score) {
-            best = Candidate{counts, phy2log, refined};
-        }
+    }
+    std::vector<int64_t> refined = best.phy2log;
+    refine_swaps(weight, best.counts, shape, kRefineRounds * num_ranks, refined);
+    const double refined_score = episode_score(stats, refined, best.counts, num_ranks);
+    if (refined_score < best.score) {
+        best.phy2log = std::move(refined);
+        best.score = refined_score;
     }
     search_all_allotments(stats, shape, best);
     polish_allotment(stats, shape, mean_lower_bound(stats.mean, shape), pool, best);
