@@ -21,28 +21,45 @@ struct Candidate {
     double score = std::numeric_limits<double>::infinity();
 };
 
-// Lower bound on episode_score for `counts`: per episode, the busiest rank carries at least
-// the largest single replica.
-double score_lower_bound(const EpisodeStats& stats, const std::vector<int64_t>& counts,
-                         int64_t num_ranks) {
-    const auto num_episodes = idx(stats.num_episodes);
-    std::vector<double> peak(num_episodes, 0.0);
-    std::vector<double> sum(num_episodes, 0.0);
-    for (size_t e = 0; e < counts.size(); ++e) {
-        const double* row = stats.loads.data() + e * num_episodes;
-        const double share = 1.0 / static_cast<double>(counts[e]);
+// Lower bound on episode_score for any placement of given replica counts. In episode k with
+// total load T_k > 0 the busiest rank carries at least max(T_k / D, x_ke / c_e) for every e, so
+// the score is at least (zero_episodes + max(busy_episodes, max_e share_sum[e] / c_e)) / K with
+// share_sum[e] = sum_k x_ke * D / T_k: O(N) per candidate once share_sum is known.
+struct ScoreBound {
+    explicit ScoreBound(const EpisodeStats& stats, int64_t num_ranks)
+        : share_sum(idx(stats.num_experts), 0.0) {
+        const auto num_episodes = idx(stats.num_episodes);
+        std::vector<double> total(num_episodes, 0.0);
+        for (size_t e = 0; e < share_sum.size(); ++e) {
+            for (size_t k = 0; k < num_episodes; ++k) {
+                total[k] += stats.loads[e * num_episodes + k];
+            }
+        }
         for (size_t k = 0; k < num_episodes; ++k) {
-            peak[k] = std::max(peak[k], row[k] * share);
-            sum[k] += row[k];
+            (total[k] > 0.0 ? busy_episodes : zero_episodes) += 1.0;
+        }
+        for (size_t e = 0; e < share_sum.size(); ++e) {
+            for (size_t k = 0; k < num_episodes; ++k) {
+                if (total[k] > 0.0) {
+                    share_sum[e] += stats.loads[e * num_episodes + k] *
+                                    static_cast<double>(num_ranks) / total[k];
+                }
+            }
         }
     }
-    double total = 0.0;
-    for (size_t k = 0; k < num_episodes; ++k) {
-        total += sum[k] > 0.0 ? std::max(1.0, peak[k] * static_cast<double>(num_ranks) / sum[k])
-                              : 1.0;
+
+    [[nodiscard]] double operator()(const std::vector<int64_t>& counts) const {
+        double peak = busy_episodes;
+        for (size_t e = 0; e < counts.size(); ++e) {
+            peak = std::max(peak, share_sum[e] / static_cast<double>(counts[e]));
+        }
+        return (zero_episodes + peak) / (zero_episodes + busy_episodes);
     }
-    return total / static_cast<double>(num_episodes);
-}
+
+    std::vector<double> share_sum;
+    double zero_episodes = 0.0;
+    double busy_episodes = 0.0;
+};
 
 // The tree search over how many redundant replicas each group of hot experts takes; returns
 // the best candidate (LPT placement on risk-adjusted loads).
@@ -75,6 +92,7 @@ Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
     for (int64_t g = 0; g <= num_groups; ++g) {
         group_begin[idx(g)] = g * span / num_groups;
     }
+    const ScoreBound score_bound(stats, num_ranks);
     int64_t decided_extras = 0;
     for (int64_t g = 0; g < num_groups; ++g) {
         const std::vector<int64_t> group(order.begin() + group_begin[idx(g)],
@@ -108,7 +126,7 @@ Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
             const int64_t total = std::accumulate(cand.counts.begin(), cand.counts.end(),
                                                   static_cast<int64_t>(0));
             if (total != shape.num_physical() ||
-                score_lower_bound(stats, cand.counts, num_ranks) >= incumbent) {
+                score_bound(cand.counts) >= incumbent) {
                 return;  // infeasible split, or pruned: cannot beat the incumbent
             }
             cand.phy2log = place_lpt(weight, cand.counts, shape, nullptr, 0.0);

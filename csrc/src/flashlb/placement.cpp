@@ -177,25 +177,26 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
                 std::vector<int64_t>& counts, std::vector<int64_t>& phy2log) {
     const int64_t num_slots = shape.num_slots;
     const int64_t num_ranks = shape.num_ranks;
-    const auto free_slot_of = [&](int64_t rank) {
-        for (int64_t s = rank * num_slots; s < (rank + 1) * num_slots; ++s) {
-            if (phy2log[idx(s)] < 0) {
-                return s;
-            }
-        }
-        return static_cast<int64_t>(-1);
-    };
+    const int64_t num_experts = shape.num_experts;
     std::vector<double> load(idx(num_ranks));
-    std::vector<char> holds(idx(num_ranks));
+    std::vector<int64_t> free_slot(idx(num_ranks));
+    std::vector<char> holds(idx(num_ranks * num_experts));
     for (;;) {
         std::fill(load.begin(), load.end(), 0.0);
+        std::fill(free_slot.begin(), free_slot.end(), -1);
+        std::fill(holds.begin(), holds.end(), 0);
         bool any_free = false;
         for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
             const int64_t e = phy2log[idx(slot)];
+            const int64_t rank = slot / num_slots;
             if (e < 0) {
                 any_free = true;
+                if (free_slot[idx(rank)] < 0) {
+                    free_slot[idx(rank)] = slot;
+                }
             } else {
-                load[idx(slot / num_slots)] += weight[idx(e)] / static_cast<double>(counts[idx(e)]);
+                load[idx(rank)] += weight[idx(e)] / static_cast<double>(counts[idx(e)]);
+                holds[idx(rank * num_experts + e)] = 1;
             }
         }
         if (!any_free) {
@@ -205,7 +206,7 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
         int64_t best_rank = -1;
         double best_peak = std::numeric_limits<double>::infinity();
         double best_receiver = std::numeric_limits<double>::infinity();
-        for (int64_t e = 0; e < shape.num_experts; ++e) {
+        for (int64_t e = 0; e < num_experts; ++e) {
             if (counts[idx(e)] >= num_ranks) {
                 continue;
             }
@@ -213,9 +214,7 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
             const double new_share = weight[idx(e)] / static_cast<double>(counts[idx(e)] + 1);
             int64_t rank = -1;
             for (int64_t r = 0; r < num_ranks; ++r) {
-                const int64_t fill = num_slots;
-                holds[idx(r)] = rank_holds(phy2log, r, num_slots, fill, e) ? 1 : 0;
-                if (!holds[idx(r)] && free_slot_of(r) >= 0 &&
+                if (!holds[idx(r * num_experts + e)] && free_slot[idx(r)] >= 0 &&
                     (rank < 0 || load[idx(r)] < load[idx(rank)])) {
                     rank = r;
                 }
@@ -225,7 +224,8 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
             }
             double peak = 0.0;
             for (int64_t r = 0; r < num_ranks; ++r) {
-                const double after = load[idx(r)] - (holds[idx(r)] ? old_share - new_share : 0.0) +
+                const double after = load[idx(r)] -
+                                     (holds[idx(r * num_experts + e)] ? old_share - new_share : 0.0) +
                                      (r == rank ? new_share : 0.0);
                 peak = std::max(peak, after);
             }
@@ -238,7 +238,7 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
             }
         }
         EPLB_CHECK(best_expert >= 0, "a free slot no expert can take");
-        phy2log[idx(free_slot_of(best_rank))] = best_expert;
+        phy2log[idx(free_slot[idx(best_rank)])] = best_expert;
         ++counts[idx(best_expert)];
     }
 }
