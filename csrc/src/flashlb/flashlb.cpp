@@ -14,6 +14,13 @@ namespace {
 
 size_t idx(int64_t value) { return static_cast<size_t>(value); }
 
+// Robustness margin: a candidate replaces an earlier one (closer to the min-max allotment,
+// which spreads replicas over the hottest experts and so generalises best to the next window)
+// only when it scores lower by more than this fraction.
+constexpr double kScoreMargin = 0.002;
+
+bool clearly_better(double score, double than) { return score < than * (1.0 - kScoreMargin); }
+
 // A complete candidate: replica counts [N], placement [P] and its episode score.
 struct Candidate {
     std::vector<int64_t> counts;
@@ -133,7 +140,7 @@ Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
             cand.score = episode_score(stats, cand.phy2log, cand.counts, num_ranks);
         });
         for (Candidate& cand : candidates) {
-            if (cand.score < best.score) {
+            if (clearly_better(cand.score, best.score)) {
                 best = std::move(cand);
             }
         }
@@ -367,7 +374,7 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
     for (std::vector<int64_t>& phy2log : placements) {
         std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
         const double score = episode_score(stats, phy2log, counts, num_ranks);
-        if (score < best.score) {
+        if (clearly_better(score, best.score)) {
             best = Candidate{std::move(counts), std::move(phy2log), score};
         }
     }
