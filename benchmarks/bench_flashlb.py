@@ -16,13 +16,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import deepseek_v3_like, load_trace, trace_names
-
 from eplb_native import Plan, evaluate
 from eplb_native.flashlb import FlashLBOptions, plan_flashlb
+from workloads import deepseek_v3_like, load_trace, trace_names
 
 PUBLISHED_LOAD = [600, 560, 120, 120, 20, 10, 10, 10]  # FlashLB publication, 8 ranks x 2 slots
 PUBLISHED_OPTIMUM = 590 / 3
@@ -126,13 +126,15 @@ def out_of_sample(name: str, history: np.ndarray, window: int, num_ranks: int, n
     num_windows = history.shape[0] // window
     num_replicas = num_ranks * num_slots
     options = FlashLBOptions(episode_steps=max(1, window // 16))
-    par: dict[str, list[float]] = {"flashlb": [], "default_eplb": []}
+    par: dict[str, list[float]] = {"flashlb": [], "flashlb_no_history": [], "default_eplb": []}
     for k in range(num_windows - 1):
         past = history[k * window:(k + 1) * window]
         future = history[(k + 1) * window:(k + 2) * window]
         plan = plan_flashlb(past.sum(axis=0), num_replicas, 1, 1, num_ranks, history=past,
                             num_threads=threads, options=options)
         par["flashlb"].append(evaluate(plan, future, num_ranks).par)
+        plan = plan_flashlb(past.sum(axis=0), num_replicas, 1, 1, num_ranks, num_threads=threads)
+        par["flashlb_no_history"].append(evaluate(plan, future, num_ranks).par)
         if baseline is not None:
             plan = baseline(past.sum(axis=0), num_replicas, num_ranks, threads)
             par["default_eplb"].append(evaluate(plan, future, num_ranks).par)
@@ -169,8 +171,7 @@ def main() -> None:
         oos[trace] = out_of_sample(trace, steps, window, 8, 8, args.threads, baseline)
     results["out_of_sample_par"] = oos
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
+        Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
