@@ -255,3 +255,34 @@ def test_core_validates_on_its_own(kwargs: dict, field: str) -> None:
             "num_ranks": 2, **kwargs}
     with pytest.raises(ValueError, match=field):
         _core.plan_flashlb(**args)
+
+
+def test_plans_are_valid_on_random_shapes_loads_and_modes() -> None:
+    rng = np.random.default_rng(7)
+    checked = 0
+    while checked < 150:
+        num_ranks, num_experts, num_slots = (int(rng.integers(1, 7)), int(rng.integers(1, 14)),
+                                             int(rng.integers(1, 6)))
+        num_physical = num_ranks * num_slots
+        if not num_experts <= num_physical <= num_experts * num_ranks:
+            continue
+        num_layers = int(rng.integers(1, 3))
+        load = np.round(rng.lognormal(0.0, 1.5, size=(num_layers, num_experts)) * 100)
+        load[:, rng.random(num_experts) < 0.3] = 0.0
+        history = None
+        if rng.random() < 0.4:
+            history = rng.integers(0, 5, size=(int(rng.integers(1, 40)), num_layers, num_experts))
+        current, options = None, None
+        if rng.random() < 0.4:
+            current = plan_flashlb(rng.random((num_layers, num_experts)), num_physical, 1, 1,
+                                   num_ranks)
+            cap = int(rng.integers(0, 5)) if rng.random() < 0.5 else None
+            options = FlashLBOptions(incremental=rng.random() < 0.5, max_moves_per_layer=cap)
+        plan = plan_flashlb(load, num_physical, 1, 1, num_ranks, history=history,
+                            current=current, options=options)
+        validate_plan(plan, num_ranks)
+        case = f"{num_ranks=} {num_experts=} {num_slots=} {checked=}"
+        assert np.all(plan.logcnt.sum(axis=-1) == num_physical), case
+        stats = evaluate(plan, load, num_ranks)
+        assert np.all(stats.max_load >= stats.lower_bound * (1 - 1e-12)), case
+        checked += 1
