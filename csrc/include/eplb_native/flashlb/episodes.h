@@ -20,13 +20,13 @@ struct EpisodeStats {
 
 // Which steps of a [T, ...] history form the episodes: consecutive chunks of `episode_steps`
 // steps (the trailing partial chunk is dropped unless it is the only one), then at most
-// `max_episodes` of them, evenly spaced. Returns [K + 1] chunk boundaries as step indices
-// (episode k is steps [bounds[2k], bounds[2k+1])), flattened as begin/end pairs.
+// `max_episodes` of them, evenly spaced. Returns 2K step indices, begin/end pairs: episode k
+// is steps [bounds[2k], bounds[2k+1]).
 [[nodiscard]] std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
                                                   int64_t max_episodes);
 
-// Statistics of layer `layer_idx` from history [T, L, N] (row-major) and the chunk pairs of
-// episode_bounds(); z_score weights the deviation in `risk`.
+// Statistics of layer `layer_idx` from history [T, L, N] (row-major) and the begin/end pairs
+// of episode_bounds(); z_score weights the deviation in `risk`.
 [[nodiscard]] EpisodeStats stats_from_history(const double* history, int64_t num_layers,
                                               int64_t num_experts, int64_t layer_idx,
                                               const std::vector<int64_t>& bounds,
