@@ -92,16 +92,18 @@ double episode_score(const EpisodeStats& stats, const std::vector<int64_t>& phy2
             dst[k] += src[k] * share;
         }
     }
+    std::vector<double> peak(rank_load.begin(), rank_load.begin() + static_cast<int64_t>(num_episodes));
+    std::vector<double> sum(peak);
+    for (size_t r = 1; r < static_cast<size_t>(num_ranks); ++r) {
+        const double* row = rank_load.data() + r * num_episodes;
+        for (size_t k = 0; k < num_episodes; ++k) {
+            peak[k] = std::max(peak[k], row[k]);
+            sum[k] += row[k];
+        }
+    }
     double total_score = 0.0;
     for (size_t k = 0; k < num_episodes; ++k) {
-        double peak = 0.0;
-        double sum = 0.0;
-        for (size_t r = 0; r < static_cast<size_t>(num_ranks); ++r) {
-            const double value = rank_load[r * num_episodes + k];
-            peak = std::max(peak, value);
-            sum += value;
-        }
-        total_score += sum > 0.0 ? peak * static_cast<double>(num_ranks) / sum : 1.0;
+        total_score += sum[k] > 0.0 ? peak[k] * static_cast<double>(num_ranks) / sum[k] : 1.0;
     }
     return total_score / static_cast<double>(num_episodes);
 }

@@ -438,8 +438,8 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
         int64_t best_from = -1;
         int64_t best_to = -1;
         for (int64_t r = 0; r < shape.num_ranks; ++r) {
-            if (r == busiest) {
-                continue;
+            if (r == busiest || load[idx(r)] >= best_peak) {
+                continue;  // any swap would leave rank r at or above the best peak so far
             }
             for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
                 const int64_t out = phy2log[idx(a)];
