@@ -42,13 +42,16 @@ def default_eplb() -> Callable[..., Plan] | None:
     return run
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
+def median_ms(fn: Callable[[], object], repeats: int,
+              clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median of ``repeats`` timed calls after one warm-up; ``clock=time.process_time`` gives
+    the CPU time of this process (robust on a shared machine, for single-thread runs)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return 1e3 * statistics.median(times)
 
 
@@ -80,6 +83,9 @@ def bench_time(history: np.ndarray, threads: int, repeats: int,
     rows["flashlb_64_episodes_ms"] = median_ms(
         lambda: plan_flashlb(load, 288, 1, 1, 32, history=episodes, num_threads=threads,
                              options=per_step), repeats)
+    rows["flashlb_64_episodes_cpu_ms_1_thread"] = median_ms(
+        lambda: plan_flashlb(load, 288, 1, 1, 32, history=episodes, num_threads=1,
+                             options=per_step), repeats, clock=time.process_time)
     rows["flashlb_1024_steps_ms"] = median_ms(
         lambda: plan_flashlb(load, 288, 1, 1, 32, history=history, num_threads=threads), repeats)
     rows["flashlb_aggregate_ms"] = median_ms(
