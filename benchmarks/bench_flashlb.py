@@ -103,7 +103,7 @@ def bench_time(history: np.ndarray, threads: int, repeats: int,
         if isinstance(value, dict):
             print(f"  {name}: " + ", ".join(f"L={k}: {v:.1f}" for k, v in value.items()))
         else:
-            print(f"  {name:<28} {value:9.1f}")
+            print(f"  {name:<36} {value:9.1f}")
     return rows
 
 
