@@ -24,8 +24,22 @@ from eplb_native.plan import (
     slot_load_from_expert_load,
     validate_plan,
 )
+from eplb_native.policies import (
+    POLICIES,
+    EplbPolicy,
+    PolicyFn,
+    SwiftBalancerOptions,
+    make_policy,
+    rebalance_experts,
+)
 
 __all__ = [
+    "POLICIES",
+    "EplbPolicy",
+    "PolicyFn",
+    "SwiftBalancerOptions",
+    "make_policy",
+    "rebalance_experts",
     "POLICY_NAMES",
     "EplbConfig",
     "MoeLayerMap",
