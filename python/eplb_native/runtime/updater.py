@@ -142,7 +142,8 @@ class EplbUpdateManager:
         self.worker = PlannerWorker(factory) if config.dynamic_eplb and self._rank == 0 else None
         self.step_idx = 0
         self.updates: list[UpdateRecord] = []  # finished updates, oldest first
-        self.windows: list[tuple[int, HeatWindow]] = []  # (step, window) of the last windows
+        self.last_window: tuple[int, HeatWindow] | None = None  # (step, heat) of the last window
+        self.num_rejected_plans = 0
         self._pickup_step: int | None = None
         self._planned: tuple[int, HeatWindow, float, IntArray] | None = None
         self._current: UpdateRecord | None = None
@@ -154,10 +155,10 @@ class EplbUpdateManager:
         return self.loader.table
 
     def warm_up(self, wait_s: float = 60.0) -> None:
-        """One full cycle during memory profiling: gather, a plan from the worker, and the
-        transfer and apply of one layer (moved away and back, so the placement is unchanged).
-        Allocates the staging buffers now; afterwards no step allocates device memory."""
-        self._heat.gather()
+        """One full cycle during memory profiling: a plan from the worker, and the transfer and
+        apply of one layer (moved away and back, so the placement is unchanged). Allocates the
+        staging buffers now (the heat recorder allocates its gather buffer when built);
+        afterwards no step allocates device memory."""
         table = self.loader.table
         if self.worker is not None and self.worker.start(wait_s=wait_s):
             workload = np.ones(table.shape, dtype=np.float64)
@@ -186,7 +187,7 @@ class EplbUpdateManager:
         gather_ms = (time.perf_counter() - start) * 1e3
         self._finish_layers(self.loader.post_forward())
         if window is not None:
-            self.windows = [*self.windows[-7:], (self.step_idx, window)]
+            self.last_window = (self.step_idx, window)
             if self.config.dynamic_eplb and self._pickup_step is None and not self.loader.pending:
                 self._submit(window, gather_ms)
         if self._pickup_step is not None and self.step_idx >= self._pickup_step:
@@ -225,6 +226,7 @@ class EplbUpdateManager:
                     check_plan_result(result, table, self._num_experts)
                     payload = [(result.layers, result.new_table, result.plan_ms)]
                 except ValueError as error:
+                    self.num_rejected_plans += 1
                     logger.error("EPLB plan rejected, nothing applied: %s", error)
         wait_ms = (time.perf_counter() - start) * 1e3
         if self._group is not None:
