@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+from eplb_native import default_placement
 
 from eplb_native import MoeLayerMap, Plan
 from eplb_native.runtime import EplbMoE, HeatRecorder
@@ -16,12 +19,12 @@ from eplb_native.runtime import EplbMoE, HeatRecorder
 class ToyShape:
     """Model size: MoE layers, experts N, hidden H, intermediate I, top-k, tokens per rank."""
 
-    num_moe_layers: int = 4
+    num_moe_layers: int = 3
     num_experts: int = 8
     hidden: int = 16
     intermediate: int = 16
     top_k: int = 2
-    tokens: int = 8
+    tokens: int = 16
     num_phases: int = 2
 
 
@@ -48,7 +51,7 @@ def toy_weights(shape: ToyShape, seed: int = 0) -> ToyWeights:
             # Two hot experts per layer and phase, on the same rank in the default layout.
             first = (layer_idx + 3 * phase) % num_experts
             for expert in (first, (first + 1) % num_experts):
-                router[expert] += 2.0 * hot[phase]
+                router[expert] += 1.0 * hot[phase]
         routers.append(router)
     return ToyWeights(
         dense=0.2 * torch.randn(hidden, hidden, generator=gen),
@@ -64,14 +67,21 @@ def toy_weights(shape: ToyShape, seed: int = 0) -> ToyWeights:
 class ToyModel(nn.Module):
     """Model layer 0 is dense (no experts); layers 1.. are EplbMoE blocks with residuals."""
 
-    def __init__(self, shape: ToyShape, weights: ToyWeights, plan: Plan, heat: HeatRecorder | None) -> None:
+    def __init__(
+        self,
+        shape: ToyShape,
+        weights: ToyWeights,
+        plan: Plan,
+        heat: HeatRecorder | None,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
         super().__init__()
         self.layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
         self.dense = weights.dense
         self.moe = nn.ModuleList(
             EplbMoE.from_logical_weights(
                 weights.router[i], weights.w1[i], weights.w2[i], plan,
-                top_k=shape.top_k, moe_layer_idx=i, heat=heat,
+                top_k=shape.top_k, moe_layer_idx=i, heat=heat, group=group,
             )
             for i in range(shape.num_moe_layers)
         )  # fmt: skip
@@ -83,6 +93,14 @@ class ToyModel(nn.Module):
         return x
 
 
+def reference_model(shape: ToyShape, weights: ToyWeights, rank: int, world_size: int) -> ToyModel:
+    """The same model without EPLB and without expert parallelism: every expert on this rank
+    (a one-rank group per rank; building the groups is collective, all ranks call this)."""
+    groups = [dist.new_group([r], backend="gloo") for r in range(world_size)]
+    plan = default_placement(shape.num_moe_layers, shape.num_experts, 1)
+    return ToyModel(shape, weights, plan, None, group=groups[rank])
+
+
 def toy_inputs(shape: ToyShape, weights: ToyWeights, step: int, rank: int, phase: int) -> torch.Tensor:
     """fp32 [tokens, H]: noise plus the phase's hot direction, seeded by (step, rank)."""
     gen = torch.Generator().manual_seed(1_000_003 * step + rank)
@@ -91,9 +109,10 @@ def toy_inputs(shape: ToyShape, weights: ToyWeights, step: int, rank: int, phase
 
 
 def rank_par(slot_load: torch.Tensor | object, num_ranks: int) -> float:
-    """PAR (busiest rank / mean rank) of recorded heat int64 [T, L, P], over steps and layers."""
-    load = torch.as_tensor(slot_load, dtype=torch.float64)
-    per_rank = load.reshape(*load.shape[:-1], num_ranks, -1).sum(-1)  # [T, L, D]
+    """PAR (busiest rank / mean rank) of recorded heat int64 [T, L, P] summed over the window,
+    averaged over layers."""
+    load = torch.as_tensor(slot_load, dtype=torch.float64).sum(0)  # [L, P]
+    per_rank = load.reshape(load.shape[0], num_ranks, -1).sum(-1)  # [L, D]
     mean = per_rank.mean(-1)
     par = torch.where(mean > 0, per_rank.amax(-1) / mean.clamp_min(1e-12), torch.ones_like(mean))
     return float(par.mean())

@@ -165,6 +165,9 @@ class EplbUpdateManager:
             if self.worker.submit(table, workload) is not None:
                 self.worker.poll(timeout_s=wait_s)
         self.loader.allocate()
+        if self._group is not None:
+            # Rank 0 waited for its worker; transfer timeouts count from here, on every rank.
+            dist.barrier(group=self._group)
         moved = table.copy()
         flat = moved[0].reshape(-1)  # [P]: rotate the first slot of every rank (or swap two)
         positions = np.arange(self._num_ranks) * table.shape[2] if self._num_ranks > 1 else np.arange(min(2, flat.size))
