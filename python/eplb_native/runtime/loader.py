@@ -43,8 +43,9 @@ class LayerUpdate:
             abandoned (old weights and maps kept everywhere).
         num_copies: slots of this rank that got an expert it did not hold (remote + received).
         global_bytes: bytes all ranks moved over the network for this layer.
-        transfer_ms: posting and waiting for this layer's batch, wall ms (the batch's time).
-        apply_ms: agreement, copy from staging and install of the batch, wall ms.
+        transfer_ms: this layer's share of its batch's posting and waiting, wall ms (the batch's
+            time split evenly over its layers, so shares add up).
+        apply_ms: this layer's share of the batch's agreement, copy and install, wall ms.
     """
 
     layer_idx: int
@@ -119,8 +120,9 @@ class WeightLoader:
         # group is replaced) and the commit vote on another, so neither mixes with the model's
         # collectives on the default group. Creating groups is collective: all ranks build the
         # loader at the same point.
-        self._control_group = dist.new_group(backend="gloo")
-        self._transfer_group = dist.new_group(backend="gloo")
+        self._distributed = dist.is_available() and dist.is_initialized()
+        self._control_group = dist.new_group(backend="gloo") if self._distributed else None
+        self._transfer_group = dist.new_group(backend="gloo") if self._distributed else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eplb-loader")
         self._queue: deque[tuple[int, IntArray]] = deque()
         self._in_flight: _Batch | None = None
@@ -210,9 +212,10 @@ class WeightLoader:
         start = time.perf_counter()
         votes = self._votes[: len(arrived)]
         votes.copy_(torch.tensor(arrived, dtype=torch.int32))
-        dist.all_reduce(votes, op=dist.ReduceOp.MIN, group=self._control_group)
+        if self._distributed:
+            dist.all_reduce(votes, op=dist.ReduceOp.MIN, group=self._control_group)
         agreed = [bool(v) for v in votes.tolist()]
-        if not all(agreed):
+        if not all(agreed) and self._distributed:
             self._replace_transfer_group()
         updates = []
         for position, (transfers, row) in enumerate(zip(batch.transfers, batch.rows)):
@@ -223,9 +226,11 @@ class WeightLoader:
                                " old placement stays", transfers.layer_idx)
             updates.append((transfers, agreed[position]))
         apply_ms = (time.perf_counter() - start) * 1e3
+        share = 1.0 / len(updates)
         return [
             LayerUpdate(t.layer_idx, ok, t.num_copies if ok else 0,
-                        t.global_bytes(self.expert_bytes) if ok else 0, transfer_ms, apply_ms)
+                        t.global_bytes(self.expert_bytes) if ok else 0,
+                        transfer_ms * share, apply_ms * share)
             for t, ok in updates
         ]
 

@@ -105,6 +105,8 @@ class EplbUpdateManager:
         transfer_timeout_s: seconds a layer's transfer may take before it is abandoned.
         plan_wait_s: longest wait for the worker at the pick-up step, s.
         profile: log each update's per-layer detail at INFO (else DEBUG).
+        synchronous: move all layers of an update at its pick-up step, stopping the world (the
+            baseline the asynchronous path is measured against).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class EplbUpdateManager:
         transfer_timeout_s: float = 30.0,
         plan_wait_s: float = 5.0,
         profile: bool = False,
+        synchronous: bool = False,
     ) -> None:
         if len(moe_layers) != heat.num_layers:
             msg = f"moe_layers: {len(moe_layers)} blocks, the heat recorder has {heat.num_layers} MoE layers"
@@ -129,6 +132,8 @@ class EplbUpdateManager:
         self._num_experts = self._layers[0].experts.num_experts
         self._plan_wait_s = plan_wait_s
         self._profile = profile
+        self._synchronous = synchronous
+        self._log_heat_after = False
         table = np.stack([layer.experts.phy2log for layer in self._layers])  # [L, P]
         table = table.reshape(len(self._layers), self._num_ranks, -1)  # [L, D, S]
         self.loader = WeightLoader(
@@ -191,6 +196,10 @@ class EplbUpdateManager:
         self._finish_layers(self.loader.post_forward())
         if window is not None:
             self.last_window = (self.step_idx, window)
+            if self._log_heat_after:
+                self._log_heat_after = False
+                logger.debug("EPLB heat after rebalance (expert load summed over the window) %s",
+                             window.expert_load.sum(axis=0).tolist())
             if self.config.dynamic_eplb and self._pickup_step is None and not self.loader.pending:
                 self._submit(window, gather_ms)
         if self._pickup_step is not None and self.step_idx >= self._pickup_step:
@@ -252,6 +261,8 @@ class EplbUpdateManager:
         )  # fmt: skip
         logger.debug("EPLB heat before rebalance (expert load summed over the window) %s", load.sum(axis=0).tolist())
         self.loader.schedule(new_table, [int(layer) for layer in layers])
+        if self._synchronous:
+            self._finish_layers(self.loader.run_to_completion())
         if not self.loader.pending:
             self._end_update()
 
@@ -263,12 +274,12 @@ class EplbUpdateManager:
             (record.applied if update.applied else record.abandoned).append(update.layer_idx)
             record.num_copies += update.num_copies
             record.global_bytes += update.global_bytes
+            record.transfer_ms += update.transfer_ms
+            record.apply_ms += update.apply_ms
             log = logger.info if self._profile else logger.debug
             log("EPLB layer %d %s: %d copies on this rank, %d bytes all ranks",
                 update.layer_idx, "applied" if update.applied else "abandoned",
                 update.num_copies, update.global_bytes)
-        record.transfer_ms += results[0].transfer_ms
-        record.apply_ms += results[0].apply_ms
         if not self.loader.pending:
             self._end_update()
 
@@ -277,6 +288,7 @@ class EplbUpdateManager:
         if record is None:
             return
         self.updates.append(record)
+        self._log_heat_after = True
         self._record_placement()
         logger.info(
             "EPLB update (heat of step %d): PAR %.3f -> %.3f, layers %s applied%s, %d experts "
