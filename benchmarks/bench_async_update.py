@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,12 +29,11 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
 
-from dist_utils import run_on_ranks  # noqa: E402
-from toy_moe_model import ToyModel, ToyShape, reference_model, toy_inputs, toy_weights  # noqa: E402
-
-from eplb_native import EplbConfig  # noqa: E402
-from eplb_native.runtime import HeatRecorder  # noqa: E402
-from eplb_native.runtime.updater import EplbUpdateManager, initial_plan  # noqa: E402
+from dist_utils import run_on_ranks
+from eplb_native import EplbConfig
+from eplb_native.runtime import HeatRecorder
+from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
+from toy_moe_model import ToyModel, ToyShape, reference_model, toy_inputs, toy_weights
 
 
 def parse_args() -> argparse.Namespace:
@@ -107,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for name, synchronous in (("async", False), ("sync", True)):
-            out = os.path.join(tmp, f"{name}.pt")
+            out = str(Path(tmp) / f"{name}.pt")
             run_on_ranks(_run_mode, args.ranks, args, synchronous, out)
             runs[name] = torch.load(out, weights_only=False)
     steady = runs["async"]["step_ms"][~runs["async"]["moving"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from eplb_native.runtime.loader import WeightLoader
 
 NUM_RANKS = 4
@@ -101,7 +101,7 @@ def _worker(rank: int, port: int, scenario: str, out_dir: str) -> None:
         {"table": table, "installed": installed, "steps": steps,
          "results": [(u.layer_idx, u.applied, u.num_copies, u.global_bytes) for u in results],
          "same_staging": ptrs == [t.data_ptr() for t in loader.staging_buffers()]},
-        os.path.join(out_dir, f"rank{rank}.pt"),
+        Path(out_dir) / f"rank{rank}.pt",
     )
     loader.close()
     dist.destroy_process_group()
@@ -145,5 +145,5 @@ def test_failed_transfer_on_one_rank_abandons_the_layer_everywhere(tmp_path: Any
 
 
 def test_schedule_rejects_a_table_of_the_wrong_shape() -> None:
-    with pytest.raises(ValueError, match="^table:"):
+    with pytest.raises(ValueError, match=r"^table:"):
         WeightLoader([], lambda *_: None, np.zeros((2, 2)), 0)

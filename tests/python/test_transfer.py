@@ -3,13 +3,12 @@ expert the new table names, with the fewest network copies and sender/receiver a
 
 from __future__ import annotations
 
+import eplb_native
 import numpy as np
 import pytest
+from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import eplb_native
-from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 
 
 def _random_table(rng: np.random.Generator, num_layers: int, num_experts: int, num_ranks: int,
@@ -107,7 +106,7 @@ def test_copies_match_count_weight_copies_and_sends_pair_with_receives(
 @given(table_pairs())
 def test_same_node_source_preferred(case: tuple[np.ndarray, np.ndarray, int]) -> None:
     old, new, ranks_per_node = case
-    num_layers, num_ranks, _ = old.shape
+    _num_layers, num_ranks, _ = old.shape
     for rank in range(num_ranks):
         for transfers in plan_transfers(old, new, rank, ranks_per_node=ranks_per_node):
             held = old[transfers.layer_idx]
@@ -129,7 +128,8 @@ def test_swap_on_one_rank_is_two_local_copies_and_no_traffic() -> None:
         (0, 1, "local", 1),
         (1, 0, "local", 0),
     ]
-    assert transfers.sends == () and transfers.num_global_remote == 0
+    assert transfers.sends == ()
+    assert transfers.num_global_remote == 0
     assert plan_transfers(old, new, 1)[0].is_empty
 
 
@@ -143,7 +143,8 @@ def test_expert_needed_twice_on_a_rank_is_received_once() -> None:
     ]
     sender = plan_transfers(old, new, 0)[0]
     assert [(s.dst_rank, s.expert, s.src_slot) for s in sender.sends] == [(1, 1, 1)]
-    assert receiver.bytes_received(100) == 100 and sender.bytes_sent(100) == 100
+    assert receiver.bytes_received(100) == 100
+    assert sender.bytes_sent(100) == 100
     assert receiver.global_bytes(100) == 100
 
 

@@ -16,12 +16,18 @@ import numpy as np
 import pytest
 import torch
 from dist_utils import run_on_ranks
-from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
-
-from eplb_native import EplbConfig, MoeLayerMap, Plan, default_placement, load_expert_map, save_expert_map
+from eplb_native import (
+    EplbConfig,
+    MoeLayerMap,
+    Plan,
+    default_placement,
+    load_expert_map,
+    save_expert_map,
+)
 from eplb_native.runtime import HeatRecorder
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
 from eplb_native.runtime.worker import PolicySpec
+from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
 
 NUM_RANKS = 4
 INTERVAL = 20
@@ -64,7 +70,7 @@ def _config(tmp: str, **extra: Any) -> EplbConfig:
         "num_redundant_experts": 4,
         "eplb_policy_type": "swift_balancer",
         "max_layers_per_step": 1,
-        "expert_map_record_path": os.path.join(tmp, "placement.json"),
+        "expert_map_record_path": str(Path(tmp) / "placement.json"),
         **extra,
     })
 
@@ -91,7 +97,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     if scenario == "faults":
         policy_factory = slow_factory
     if scenario in ("ok", "faults"):
-        extra["expert_map_path"] = os.path.join(tmp, "initial.json")
+        extra["expert_map_path"] = str(Path(tmp) / "initial.json")
     config = _config(tmp, **extra)
     plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
     layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
@@ -131,7 +137,8 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
             windows.append((manager.step_idx, rank_par(manager.last_window[1].slot_load, world_size)))
         tables.append(manager.table)
         if scenario == "faults" and rank == 0 and manager.step_idx == 2 * INTERVAL:
-            assert manager.worker is not None and manager.worker.pid is not None
+            assert manager.worker is not None
+            assert manager.worker.pid is not None
             os.kill(manager.worker.pid, signal.SIGKILL)
     result = {
         "mismatched_steps": mismatched_steps,
@@ -148,7 +155,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         "restarts": manager.worker.num_restarts if manager.worker is not None else 0,
     }
     manager.close()
-    torch.save(result, os.path.join(tmp, f"rank{rank}.pt"))
+    torch.save(result, Path(tmp) / f"rank{rank}.pt")
 
 
 def _run(tmp_path: Path, scenario: str, num_steps: int) -> list[dict[str, Any]]:
@@ -183,7 +190,8 @@ def test_rebalancing_moves_weights_keeps_outputs_bitwise_and_lowers_par(tmp_path
     updates = result["updates"]
     assert len(updates) >= 2, f"expected a rebalance per routing phase, got {updates}"
     first_step, first_layers, applied, abandoned, par_before, par_after = updates[0]
-    assert applied == first_layers and not abandoned
+    assert applied == first_layers
+    assert not abandoned
     assert par_after < par_before
     # The placement in force changed exactly where the plan said.
     start, end = result["initial_table"], result["tables"][first_step + INTERVAL - 1]
@@ -201,7 +209,8 @@ def test_failed_transfer_and_killed_worker_leave_serving_consistent(tmp_path: Pa
     updates = results[0]["updates"]
     # Rank 2's first transfer failed: that layer was abandoned on every rank, the rest applied.
     first_step, layers, applied, abandoned, _, _ = updates[0]
-    assert abandoned == [layers[0]] and applied == layers[1:], updates[0]
+    assert abandoned == [layers[0]], updates[0]
+    assert applied == layers[1:], updates[0]
     tables = results[0]["tables"]
     assert np.array_equal(tables[first_step + INTERVAL - 1, layers[0]], results[0]["initial_table"][layers[0]])
     # The worker was killed while planning the window of step 40: no plan from
@@ -224,5 +233,5 @@ def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
 def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:
     plan = default_placement(2, 4, 1)
     heat = HeatRecorder(plan, collection_interval=2)
-    with pytest.raises(ValueError, match="^moe_layers:"):
+    with pytest.raises(ValueError, match=r"^moe_layers:"):
         EplbUpdateManager(EplbConfig(), [], heat, policy_factory=PolicySpec("default_eplb"))

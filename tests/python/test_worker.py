@@ -9,10 +9,9 @@ import signal
 import time
 from typing import Any
 
+import eplb_native
 import numpy as np
 import pytest
-
-import eplb_native
 from eplb_native.runtime.worker import PlannerWorker, PlanResult, PolicySpec, check_plan_result
 
 NUM_LAYERS, NUM_EXPERTS, NUM_RANKS, NUM_REDUNDANT = 2, 8, 4, 4
@@ -60,7 +59,8 @@ def test_worker_plans_off_process_and_recovers_from_a_kill(caplog: pytest.LogCap
     try:
         assert worker.start(wait_s=60.0)
         result = _wait_for(worker, table, workload)
-        assert result.changed and result.layers.size > 0
+        assert result.changed
+        assert result.layers.size > 0
         check_plan_result(result, table, NUM_EXPERTS)
 
         pid = worker.pid
@@ -77,7 +77,8 @@ def test_worker_plans_off_process_and_recovers_from_a_kill(caplog: pytest.LogCap
             assert len(errors) == 1, [r.getMessage() for r in errors]
             again = _wait_for(worker, table, workload)
         assert np.array_equal(again.new_table, result.new_table), "same input, same plan after restart"
-        assert worker.num_restarts == 1 and worker.num_failures == 1
+        assert worker.num_restarts == 1
+        assert worker.num_failures == 1
     finally:
         worker.close()
 
@@ -94,8 +95,10 @@ def test_raising_policy_is_logged_once_and_serving_gets_no_plan(caplog: pytest.L
                     time.sleep(0.02)
                 assert worker.poll(timeout_s=60.0) is None
         errors = [r.getMessage() for r in caplog.records if "planner failed" in r.getMessage()]
-        assert len(errors) == 1 and "injected policy bug" in errors[0]
-        assert worker.num_failures == 3 and worker.num_restarts == 2
+        assert len(errors) == 1
+        assert "injected policy bug" in errors[0]
+        assert worker.num_failures == 3
+        assert worker.num_restarts == 2
     finally:
         worker.close()
 

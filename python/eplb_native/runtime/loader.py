@@ -218,7 +218,7 @@ class WeightLoader:
         if not all(agreed) and self._distributed:
             self._replace_transfer_group()
         updates = []
-        for position, (transfers, row) in enumerate(zip(batch.transfers, batch.rows)):
+        for position, (transfers, row) in enumerate(zip(batch.transfers, batch.rows, strict=True)):
             if agreed[position]:
                 self._commit(position, transfers, row)
             else:
@@ -283,7 +283,7 @@ class WeightLoader:
         # slot-to-slot moves need no ordering; "received" copies read the staged arrival.
         for receive in transfers.receives:
             if receive.source == "local":
-                for kind_weights, kind_staging in zip(weights, staging):
+                for kind_weights, kind_staging in zip(weights, staging, strict=True):
                     kind_staging[receive.slot].copy_(kind_weights[receive.src_slot])
         for receive in transfers.receives:
             if receive.source == "received":
@@ -294,7 +294,7 @@ class WeightLoader:
         weights = self._slot_weights[transfers.layer_idx]
         staging = self._staging[position]
         for receive in transfers.receives:
-            for kind_weights, kind_staging in zip(weights, staging):
+            for kind_weights, kind_staging in zip(weights, staging, strict=True):
                 kind_weights[receive.slot].copy_(kind_staging[receive.slot])
         self._install(transfers.layer_idx, row)
         self._table[transfers.layer_idx] = row

@@ -228,7 +228,7 @@ class EplbUpdateManager:
             return
         window_step, window, gather_ms, table = planned
         start = time.perf_counter()
-        payload: list[object] = [None]
+        payload: list[tuple[IntArray, IntArray, float] | None] = [None]
         if self.worker is not None:
             result = self.worker.poll(timeout_s=self._plan_wait_s)
             if result is None:
@@ -245,7 +245,7 @@ class EplbUpdateManager:
             dist.broadcast_object_list(payload, src=0, group=self._group)
         if payload[0] is None:
             return
-        layers, new_table, plan_ms = payload[0]  # type: ignore[misc]
+        layers, new_table, plan_ms = payload[0]
         if self.config.max_layers_per_update is not None:
             layers = layers[: self.config.max_layers_per_update]
         num_layers = table.shape[0]
