@@ -4,16 +4,13 @@ staging buffers are allocated once."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from dist_utils import run_on_ranks
 from eplb_native.runtime.loader import WeightLoader
 
 NUM_RANKS = 4
@@ -59,9 +56,7 @@ class FailingLoader(WeightLoader):
         super()._exchange_layer(position, transfers, tag, deadline)
 
 
-def _worker(rank: int, port: int, scenario: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=NUM_RANKS)
+def _worker(rank: int, world_size: int, scenario: str, out_dir: str) -> None:
     old, new = random_table(1), random_table(2)
     slot_weights = [
         [[expert_weight(layer_idx, int(old[layer_idx, rank, s]), kind).clone() for s in range(NUM_SLOTS)]
@@ -104,14 +99,10 @@ def _worker(rank: int, port: int, scenario: str, out_dir: str) -> None:
         Path(out_dir) / f"rank{rank}.pt",
     )
     loader.close()
-    dist.destroy_process_group()
 
 
 def _run(scenario: str, tmp_path: Any) -> list[dict[str, Any]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_worker, args=(port, scenario, str(tmp_path)), nprocs=NUM_RANKS)
+    run_on_ranks(_worker, NUM_RANKS, scenario, str(tmp_path))
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(NUM_RANKS)]
 
 
