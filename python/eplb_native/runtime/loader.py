@@ -84,7 +84,8 @@ class WeightLoader:
         install: called as ``install(layer_idx, row)`` with row int64 [D, S] once the layer's
             slot tensors hold the new weights on this rank and on all others.
         table: int64 [L, D, S], the placement in force now (the slot tensors hold it).
-        rank: this process's rank in the default group.
+        rank: this process's rank in the default group (0 without torch.distributed: then
+            every move is a local copy and no vote is needed).
         ranks_per_node: ranks per node, for same-node sources (None: one node).
         max_layers_per_step: layers whose transfers are in flight during one forward step.
         timeout_s: seconds a transfer may take before its layer is abandoned.

@@ -213,10 +213,12 @@ class EplbUpdateManager:
 
     def _submit(self, window: HeatWindow, gather_ms: float) -> None:
         table = self.loader.table
-        plan = Plan.from_phy2log(table.reshape(table.shape[0], -1), self._num_experts)
-        workload = slot_load_from_expert_load(plan, window.expert_load).reshape(-1, *table.shape)
         if self.worker is not None:
-            self.worker.submit(table, workload)
+            plan = Plan.from_phy2log(table.reshape(table.shape[0], -1), self._num_experts)
+            # Slot heat re-derived under the placement in force: exact even when layers moved
+            # during the window (the recorder converted each episode with its own placement).
+            workload = slot_load_from_expert_load(plan, window.expert_load)  # [T, L, P]
+            self.worker.submit(table, workload.reshape(-1, *table.shape))
         self._pickup_step = self.step_idx + self.config.algorithm_execution_interval
         self._planned = (self.step_idx, window, gather_ms, table)
 
@@ -248,6 +250,8 @@ class EplbUpdateManager:
         layers, new_table, plan_ms = payload[0]
         if self.config.max_layers_per_update is not None:
             layers = layers[: self.config.max_layers_per_update]
+        if len(layers) == 0:
+            return
         num_layers = table.shape[0]
         load = window.expert_load
         old_plan = Plan.from_phy2log(table.reshape(num_layers, -1), self._num_experts)
