@@ -122,6 +122,14 @@ def test_gather_mid_window_includes_open_episode_without_reset() -> None:
     assert heat.gather().slot_load[:, 0].tolist() == [[2, 0, 4], [1, 1, 2]]
 
 
+def test_gather_of_an_empty_window_is_empty_not_an_error() -> None:
+    plan = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1, num_redundant_experts=1)
+    window = HeatRecorder(plan, collection_interval=4, episode_steps=2).gather()
+    assert window.num_steps == 0
+    assert window.slot_load.shape == (0, 2, 5)
+    assert window.expert_load.shape == (0, 2, 4)
+
+
 def test_dense_layers_have_no_buffer() -> None:
     layer_map = MoeLayerMap.from_first_k_dense(num_model_layers=4, first_k_dense=1)
     plan = eplb_native.default_placement(num_layers=3, num_experts=4, num_ranks=1)

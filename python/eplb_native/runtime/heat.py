@@ -242,7 +242,11 @@ class HeatRecorder:
         # [D, T, L, S] -> [T, L, D * S]: rank r's slot s is physical slot r * S + s.
         gathered = self._gathered.view(self._num_ranks, *self._window.shape)[:, :num_filled]
         gathered = gathered.permute(1, 2, 0, 3)
-        slot_load = gathered.reshape(num_filled, self.num_layers, -1).cpu().numpy()
+        slot_load = (
+            gathered.reshape(num_filled, self.num_layers, self._num_ranks * self._window.shape[-1])
+            .cpu()
+            .numpy()
+        )
         expert_load = np.zeros((num_filled, self.num_layers, self._num_experts), dtype=np.float64)
         for episode_idx in range(num_filled):
             plan = Plan.from_phy2log(episode_phy2log[episode_idx], self._num_experts)

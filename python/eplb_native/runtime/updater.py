@@ -160,11 +160,12 @@ class EplbUpdateManager:
         return self.loader.table
 
     def warm_up(self, wait_s: float = 60.0) -> None:
-        """One full cycle during memory profiling: a plan from the worker, and the transfer and
-        apply of one layer (moved away and back, so the placement is unchanged). Allocates the
+        """One full cycle during memory profiling: a heat gather, a plan from the worker, and the
+        transfer and apply of one layer (moved away and back, so the placement is unchanged). Allocates the
         staging buffers now (the heat recorder allocates its gather buffer when built);
         afterwards no step allocates device memory."""
         table = self.loader.table
+        self._heat.gather()  # the gather collective once, on every rank (an empty window is fine)
         if self.worker is not None and self.worker.start(wait_s=wait_s):
             workload = np.ones(table.shape, dtype=np.float64)
             if self.worker.submit(table, workload) is not None:
