@@ -1,11 +1,14 @@
-"""How long does planning take? default_eplb (C++) against DeepSeek EPLB's algorithm in numpy.
+"""How long does planning take? default_eplb and flashlb (C++) against DeepSeek EPLB's
+algorithm in numpy, in one run.
 
-    PYTHONPATH=python python benchmarks/bench_planning_time.py --out results.json
+    python benchmarks/bench_planning_time.py --out results.json
 
 Cases: DeepSeek-V3-like (58 layers, 256 experts, 32 ranks x 9 slots, 8 groups, 4 nodes) and
-Qwen3-235B-like (94 layers, 128 experts, 16 ranks x 9 slots). Loads are seeded Zipf-like token
-counts. Before timing, every candidate's phy2log is checked equal to the baseline's. Add a
-candidate by adding an entry to ``candidates()``.
+Qwen3-235B-like (94 layers, 128 experts, 16 ranks x 9 slots). Loads: the seeded synthetic
+per-step series of ``workloads.deepseek_v3_like`` (1024 steps with drift) folded into 64
+episodes of 16 steps; every policy plans from their sum, flashlb also from the 64 episodes.
+Before timing, the default_eplb candidates' phy2log is checked equal to the numpy baseline's,
+and every flashlb plan is validated. Add a candidate by adding an entry to ``candidates()``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deepseek_eplb_numpy
-from eplb_native import rebalance_experts
+from workloads import deepseek_v3_like
+
+from eplb_native import FlashLBOptions, Plan, rebalance_experts, validate_plan
 
 
 @dataclass(frozen=True)
@@ -48,36 +53,54 @@ CASES = (
     Case("qwen3_235b_like", 94, 128, 16, 9, 1, 1),
 )
 
+#: (episodes [E, L, N], case) -> phy2log [L, P]
 Planner = Callable[[np.ndarray, Case], np.ndarray]
+EPISODE_OPTIONS = FlashLBOptions(episode_steps=1)  # the history given is already episodes
 
 
-def candidates() -> dict[str, Planner]:
-    """Name -> planner returning phy2log [L, P]; the first entry is the baseline."""
+def _default_eplb(threads: int) -> Planner:
+    def plan(episodes: np.ndarray, c: Case) -> np.ndarray:
+        load = episodes.sum(axis=0)
+        return rebalance_experts(
+            load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=threads
+        ).phy2log
+
+    return plan
+
+
+def _flashlb(threads: int) -> Planner:
+    def plan(episodes: np.ndarray, c: Case) -> np.ndarray:
+        load = episodes.sum(axis=0)
+        return rebalance_experts(
+            load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, policy="flashlb",
+            history=episodes, num_threads=threads, options=EPISODE_OPTIONS,
+        ).phy2log  # fmt: skip
+
+    return plan
+
+
+def candidates() -> dict[str, tuple[Planner, bool]]:
+    """Name -> (planner, must equal the baseline); the first entry is the baseline."""
     return {
-        "deepseek_eplb_numpy": lambda load, c: deepseek_eplb_numpy.rebalance_experts(
-            load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks
+        "deepseek_eplb_numpy": (
+            lambda episodes, c: deepseek_eplb_numpy.rebalance_experts(
+                episodes.sum(axis=0), c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks
+            ),
+            True,
         ),
-        "default_eplb_1_thread": lambda load, c: (
-            rebalance_experts(
-                load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=1
-            ).phy2log
-        ),
-        "default_eplb_2_threads": lambda load, c: (
-            rebalance_experts(
-                load, c.num_replicas, c.num_groups, c.num_nodes, c.num_ranks, num_threads=2
-            ).phy2log
-        ),
+        "default_eplb_1_thread": (_default_eplb(1), True),
+        "default_eplb_2_threads": (_default_eplb(2), True),
+        "flashlb_1_thread": (_flashlb(1), False),
+        "flashlb_2_threads": (_flashlb(2), False),
     }
 
 
-def zipf_load(case: Case, seed: int) -> np.ndarray:
-    """float64 [L, N] token counts: a Zipf(1.2) popularity profile, shuffled per layer, times
-    4096 * 8 tokens, plus Poisson noise."""
-    rng = np.random.default_rng(seed)
-    ranks = np.arange(1, case.num_experts + 1, dtype=np.float64)
-    profile = ranks**-1.2 / (ranks**-1.2).sum()
-    rows = [rng.permutation(profile) for _ in range(case.num_layers)]
-    return rng.poisson(np.array(rows) * 4096 * 8).astype(np.float64)
+def episodes_of(case: Case, seed: int) -> np.ndarray:
+    """float64 [64, L, N]: 1024 synthetic steps (workloads.deepseek_v3_like) in 16-step episodes."""
+    steps = deepseek_v3_like(
+        num_steps=1024, num_layers=case.num_layers, num_experts=case.num_experts, seed=seed
+    )
+    return steps.reshape(64, 16, case.num_layers, case.num_experts).sum(axis=1)
 
 
 def time_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -100,15 +123,20 @@ def main() -> None:
     planners = candidates()
     baseline_name = next(iter(planners))
     for case in CASES:
-        load = zipf_load(case, args.seed)
-        reference = planners[baseline_name](load, case)
-        for name, planner in planners.items():
-            if not np.array_equal(planner(load, case), reference):
+        episodes = episodes_of(case, args.seed)
+        reference = planners[baseline_name][0](episodes, case)
+        checks = {}
+        for name, (planner, must_match) in planners.items():
+            phy2log = planner(episodes, case)
+            if must_match and not np.array_equal(phy2log, reference):
                 msg = f"refcheck failed: {name} differs from {baseline_name} on {case.name}"
                 raise SystemExit(msg)
-        for name, planner in planners.items():
-            ms = time_ms(functools.partial(planner, load, case), args.repeats)
-            rows.append({"case": case.name, "candidate": name, "ms": ms, "refcheck": "identical"})
+            if not must_match:
+                validate_plan(Plan.from_phy2log(phy2log, case.num_experts), case.num_ranks)
+            checks[name] = "identical" if must_match else "valid plan"
+        for name, (planner, _) in planners.items():
+            ms = time_ms(functools.partial(planner, episodes, case), args.repeats)
+            rows.append({"case": case.name, "candidate": name, "ms": ms, "refcheck": checks[name]})
     base = {r["case"]: r["ms"] for r in rows if r["candidate"] == baseline_name}
     print(f"{'case':<18} {'candidate':<24} {'ms/call':>10} {'speedup':>9}")
     for row in rows:
