@@ -83,6 +83,7 @@ def main() -> int:
     args = _parse_args()
     torch_npu = _require_npu()
     import torch
+
     from eplb_native import ops
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16

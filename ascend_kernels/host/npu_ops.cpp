@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "torch_npu/csrc/core/npu/NPUFunctions.h"
@@ -58,6 +59,7 @@ struct DeviceTables {
     std::mutex mutex;
     tiling::PointerTableCache<at::Tensor> tilings{kTableCacheCapacity};
     tiling::PointerTableCache<at::Tensor> weights{kTableCacheCapacity};
+    std::unordered_map<c10::DeviceIndex, int32_t> vector_cores;  // per device, asked once
 };
 
 DeviceTables& device_tables() {
@@ -236,8 +238,17 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
     const FusedMoeParams params = validate(x, expert_ids, expert_scales, w1, w2, x_active_mask,
                                            moe_load, load_counter, w1_scale, w2_scale);
     const c10::DeviceIndex device_index = x.device().index();
+    DeviceTables& tables = device_tables();
     tiling::DeviceSpec spec;
-    spec.num_vector_cores = vector_core_count(device_index);
+    {
+        const std::lock_guard<std::mutex> lock(tables.mutex);
+        auto found = tables.vector_cores.find(device_index);
+        if (found == tables.vector_cores.end()) {
+            const int32_t cores = vector_core_count(device_index);
+            found = tables.vector_cores.emplace(device_index, cores).first;
+        }
+        spec.num_vector_cores = found->second;
+    }
     FusedMoeTilingData t{};
     try {
         t = tiling::make_fused_moe_tiling(params, spec);
@@ -249,7 +260,6 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
     at::Tensor w1_table;
     at::Tensor w2_table;
     {
-        DeviceTables& tables = device_tables();
         const std::lock_guard<std::mutex> lock(tables.mutex);
         const auto upload = [&x](const std::vector<uint64_t>& words) {
             return upload_words(words, x.device());

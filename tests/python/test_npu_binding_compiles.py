@@ -155,4 +155,4 @@ def test_npu_binding_compiles_against_torch_npu_wheel_headers(
         timeout=300,
         check=False,
     )
-    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    assert loaded.returncode == 0, loaded.stderr[:3000]
