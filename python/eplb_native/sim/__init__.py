@@ -11,8 +11,8 @@ from eplb_native.sim.replay import STATIC, PolicyReplay, ReplayResult, ReplaySet
 from eplb_native.sim.traces import (
     SyntheticSeries,
     Trace,
+    as_time_series,
     load_trace,
-    replay_trace,
     shipped_trace_path,
     synthesize_series,
 )
@@ -24,9 +24,9 @@ __all__ = [
     "ReplaySettings",
     "SyntheticSeries",
     "Trace",
+    "as_time_series",
     "load_trace",
     "replay",
-    "replay_trace",
     "shipped_trace_path",
     "synthesize_series",
 ]

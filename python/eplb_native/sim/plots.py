@@ -54,7 +54,7 @@ def plot_replay(
     steps = range(result.first_step, result.first_step + first.par_steps.shape[0])
     figure, axes = plt.subplots(
         1 + len(runs), 1, figsize=(10, 3 + 1.6 * len(runs)), squeeze=False,
-        gridspec_kw={"height_ratios": [2.5] + [1.0] * len(runs)},
+        constrained_layout=True, gridspec_kw={"height_ratios": [2.5] + [1.0] * len(runs)},
     )
     par_axis = axes[0, 0]
     for run in runs:

@@ -393,12 +393,9 @@ def synthesize_series(aggregate: npt.ArrayLike, series: SyntheticSeries) -> Floa
     return out
 
 
-def replay_trace(
-    path: str | os.PathLike[str] | None, series: SyntheticSeries
-) -> Trace:
-    """The trace the simulator replays: the file at ``path`` (default: the shipped trace); a
-    single aggregate step is expanded into a synthetic series with ``series``."""
-    trace = load_trace(shipped_trace_path() if path is None else path)
+def as_time_series(trace: Trace, series: SyntheticSeries) -> Trace:
+    """The trace the simulator replays: ``trace`` itself when it has several steps; a single
+    aggregate step is expanded into a synthetic series made with ``series``."""
     if trace.num_steps > 1:
         return trace
     logger.info("trace %s has one aggregate step: replaying a synthetic series", trace.source)
@@ -415,8 +412,8 @@ __all__ = [
     "TRACE_EXTENSIONS",
     "SyntheticSeries",
     "Trace",
+    "as_time_series",
     "load_trace",
-    "replay_trace",
     "shipped_trace_path",
     "synthesize_series",
 ]
