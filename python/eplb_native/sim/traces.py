@@ -117,7 +117,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         if suffix == ".npz":
             raw, metadata = _read_npz(file_path)
         elif suffix == ".npy":
-            raw = np.load(file_path, allow_pickle=False)
+            raw = _read_npy(file_path)
         elif suffix == ".csv":
             raw = _read_csv(file_path)
         elif suffix == ".json":
@@ -172,6 +172,14 @@ def _read_npz(file_path: Path) -> tuple[npt.NDArray[Any], dict[str, str]]:
         return archive["load"], metadata
 
 
+def _read_npy(file_path: Path) -> npt.NDArray[Any]:
+    try:
+        return np.load(file_path, allow_pickle=False)
+    except ValueError as error:
+        msg = f"not a readable .npy array ({error})"
+        raise ValueError(msg) from error
+
+
 def _read_csv(file_path: Path) -> npt.NDArray[np.float64]:
     with file_path.open(newline="") as handle:
         rows = list(csv.reader(handle))
@@ -191,7 +199,9 @@ def _read_csv(file_path: Path) -> npt.NDArray[np.float64]:
         raise ValueError(msg)
     if sorted(header) == sorted(_LONG_COLUMNS):
         columns = [header.index(name) for name in _LONG_COLUMNS]
-        step, layer, expert = (_index_column(values[:, c], name) for c, name in zip(columns, _LONG_COLUMNS))
+        step, layer, expert = (
+            _index_column(values[:, c], name) for c, name in zip(columns[:3], _LONG_COLUMNS[:3])
+        )
         load = np.zeros((step.max() + 1, layer.max() + 1, expert.max() + 1), dtype=np.float64)
         np.add.at(load, (step, layer, expert), values[:, columns[3]])
         return load
