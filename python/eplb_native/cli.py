@@ -59,10 +59,9 @@ class _UsageError(ValueError):
 
 def available_policies() -> tuple[str, ...]:
     """Policies registered in this build, in ``POLICY_NAMES`` order."""
-    from eplb_native import policies
+    from eplb_native.policies import POLICIES
 
-    registered = set(policies.registered_policies())
-    return tuple(name for name in POLICY_NAMES if name in registered)
+    return tuple(name for name in POLICY_NAMES if name in POLICIES)
 
 
 def default_policies() -> tuple[str, ...]:
@@ -147,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         "steps; current: the default placement) and writes the expert_map_path JSON.",
     )
     plan.add_argument("--trace", type=Path, help=_TRACE_HELP)
-    plan.add_argument("--policy", default="default_eplb", help=f"one of {', '.join(POLICY_NAMES)} (default default_eplb)")
+    plan.add_argument(
+        "--policy", default="swift_balancer",
+        help=f"one of {', '.join(POLICY_NAMES)} (default swift_balancer, vllm-ascend's default)",
+    )
     _add_shape_options(plan, default_ranks=None)
     plan.add_argument("--episode", type=_positive, default=10, help="steps per history episode (default 10)")
     plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
@@ -338,7 +340,15 @@ def _plan(args: argparse.Namespace) -> None:
         num_threads=args.threads,
         seed=args.seed,
     )
-    save_expert_map(plan, args.output, args.ranks)
+    try:
+        save_expert_map(plan, args.output, args.ranks)
+    except ValueError as error:
+        msg = (
+            f"--policy {args.policy}: the plan cannot be written as a vllm-ascend expert map "
+            f"({error}); vllm-ascend holds at most one replica of an expert per rank: try "
+            "--policy swift_balancer"
+        )
+        raise ValueError(msg) from error
     before = evaluate(initial, trace.load, args.ranks)
     after = evaluate(plan, trace.load, args.ranks)
     print(
