@@ -25,7 +25,7 @@ echo "== installing eplb-native with its test extra"
 "$python" -m pip install -q ".[test]"
 
 echo "== C++ tests (ctest)"
-cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DEPLB_BUILD_TESTS=ON -DEPLB_WERROR=ON >/dev/null
+cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DEPLB_BUILD_TESTS=ON -DEPLB_WERROR=ON
 cmake --build build/ctest -j "$(nproc)"
 ctest --test-dir build/ctest --output-on-failure --no-tests=error -j "$(nproc)"
 

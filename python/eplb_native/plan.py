@@ -115,7 +115,7 @@ def validate_plan(plan: Plan, num_ranks: int, allow_duplicate_on_rank: bool = Fa
     _check_positive_int(num_ranks, "num_ranks")
     phy2log, log2phy, logcnt = (
         _as_int_array(array, field)
-        for array, field in zip(plan, ("phy2log", "log2phy", "logcnt"))
+        for array, field in zip(plan, ("phy2log", "log2phy", "logcnt"), strict=True)
     )
     _core.validate_plan(phy2log, log2phy, logcnt, int(num_ranks), bool(allow_duplicate_on_rank))
 

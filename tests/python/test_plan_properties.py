@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import plans
 from hypothesis import given, settings
 
 import eplb_native
+from conftest import plans
 from eplb_native.expert_map import expert_map_dict, plan_from_expert_map_dict
 
 
@@ -68,7 +68,7 @@ def test_expert_map_json_round_trip_is_identity(case, tmp_path_factory):
     plan, num_ranks = case
     back, ranks_back = plan_from_expert_map_dict(expert_map_dict(plan, num_ranks))
     assert ranks_back == num_ranks
-    for got, want in zip(back, plan):
+    for got, want in zip(back, plan, strict=True):
         assert np.array_equal(got, want)
     path = tmp_path_factory.mktemp("maps") / "expert_map.json"
     eplb_native.save_expert_map(plan, path, num_ranks)
