@@ -30,8 +30,8 @@ from eplb_native.sim.traces import (
     TRACE_EXTENSIONS,
     SyntheticSeries,
     Trace,
-    load_trace,
     as_time_series,
+    load_trace,
     shipped_trace_path,
 )
 
@@ -87,17 +87,28 @@ def _non_negative(text: str) -> int:
 
 def _add_shape_options(parser: argparse.ArgumentParser, default_ranks: int | None) -> None:
     parser.add_argument(
-        "--ranks", type=_positive, default=default_ranks, required=default_ranks is None,
+        "--ranks",
+        type=_positive,
+        default=default_ranks,
+        required=default_ranks is None,
         help="D, expert-parallel ranks" + (f" (default {default_ranks})" if default_ranks else ""),
     )
     slots = parser.add_mutually_exclusive_group()
     slots.add_argument("--slots", type=_positive, help="S, expert slots per rank (P = D * S)")
     slots.add_argument(
-        "--redundant", type=_non_negative,
+        "--redundant",
+        type=_non_negative,
         help="R, redundant slots beyond the N experts (P = N + R); default: one per rank",
     )
-    parser.add_argument("--threads", type=_non_negative, default=0, help="planner threads (0: all cores)")
-    parser.add_argument("--seed", type=_non_negative, default=0, help="seed of the policies and the synthetic series")
+    parser.add_argument(
+        "--threads", type=_non_negative, default=0, help="planner threads (0: all cores)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative,
+        default=0,
+        help="seed of the policies and the synthetic series",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,21 +134,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--trace", type=Path, help=_TRACE_HELP)
     simulate.add_argument(
-        "--policies", nargs="+", metavar="POLICY",
+        "--policies",
+        nargs="+",
+        metavar="POLICY",
         help=f"policies to compare (space or comma separated; of: {', '.join(POLICY_NAMES)}); "
         "default: every registered policy except random",
     )
     _add_shape_options(simulate, default_ranks=8)
-    simulate.add_argument("--interval", type=_positive, default=50, help="steps between re-plans (default 50)")
-    simulate.add_argument("--episode", type=_positive, default=10, help="steps per history episode (default 10)")
+    simulate.add_argument(
+        "--interval", type=_positive, default=50, help="steps between re-plans (default 50)"
+    )
+    simulate.add_argument(
+        "--episode", type=_positive, default=10, help="steps per history episode (default 10)"
+    )
     synthetic = simulate.add_argument_group("synthetic series (single-step traces only)")
-    synthetic.add_argument("--steps", type=_positive, default=300, help="steps to generate (default 300)")
-    synthetic.add_argument("--tokens-per-step", type=_positive, default=256, help="tokens per step (default 256)")
-    synthetic.add_argument("--top-k", type=_positive, help="experts per token (default: the trace's top_k, else 8)")
-    synthetic.add_argument("--drift", type=float, default=0.05, help="per-step std of log popularity (default 0.05)")
+    synthetic.add_argument(
+        "--steps", type=_positive, default=300, help="steps to generate (default 300)"
+    )
+    synthetic.add_argument(
+        "--tokens-per-step", type=_positive, default=256, help="tokens per step (default 256)"
+    )
+    synthetic.add_argument(
+        "--top-k", type=_positive, help="experts per token (default: the trace's top_k, else 8)"
+    )
+    synthetic.add_argument(
+        "--drift", type=float, default=0.05, help="per-step std of log popularity (default 0.05)"
+    )
     simulate.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
-    simulate.add_argument("--plot", type=Path, metavar="OUT.png", help="write PAR over time and rank-load heatmaps (needs matplotlib)")
-    simulate.add_argument("--layer", type=_non_negative, default=0, help="layer of the heatmaps (default 0)")
+    simulate.add_argument(
+        "--plot",
+        type=Path,
+        metavar="OUT.png",
+        help="write PAR over time and rank-load heatmaps (needs matplotlib)",
+    )
+    simulate.add_argument(
+        "--layer", type=_non_negative, default=0, help="layer of the heatmaps (default 0)"
+    )
 
     plan = commands.add_parser(
         "plan",
@@ -147,11 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--trace", type=Path, help=_TRACE_HELP)
     plan.add_argument(
-        "--policy", default="swift_balancer",
+        "--policy",
+        default="swift_balancer",
         help=f"one of {', '.join(POLICY_NAMES)} (default swift_balancer, vllm-ascend's default)",
     )
     _add_shape_options(plan, default_ranks=None)
-    plan.add_argument("--episode", type=_positive, default=10, help="steps per history episode (default 10)")
+    plan.add_argument(
+        "--episode", type=_positive, default=10, help="steps per history episode (default 10)"
+    )
     plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
 
     inspect = commands.add_parser(
@@ -196,12 +231,12 @@ def _trace_label(trace: Trace) -> str:
 def _num_redundant(args: argparse.Namespace, num_experts: int) -> int:
     """R from --slots or --redundant (default: one redundant slot per rank)."""
     if args.slots is not None:
-        num_physical = args.ranks * args.slots
+        num_physical = int(args.ranks) * int(args.slots)
         if num_physical < num_experts:
             msg = f"--slots: {args.ranks} ranks x {args.slots} slots = {num_physical} < {num_experts} experts"
             raise _UsageError(msg)
         return num_physical - num_experts
-    return args.ranks if args.redundant is None else int(args.redundant)
+    return int(args.ranks if args.redundant is None else args.redundant)
 
 
 def _chosen_policies(requested: Sequence[str] | None) -> list[str]:
@@ -221,8 +256,11 @@ def _simulate(args: argparse.Namespace) -> None:
     probe = load_trace(shipped_trace_path() if args.trace is None else args.trace)
     top_k = args.top_k or int(probe.metadata.get("top_k", 8))
     series = SyntheticSeries(
-        num_steps=args.steps, tokens_per_step=args.tokens_per_step, top_k=top_k,
-        drift=args.drift, seed=args.seed,
+        num_steps=args.steps,
+        tokens_per_step=args.tokens_per_step,
+        top_k=top_k,
+        drift=args.drift,
+        seed=args.seed,
     )
     trace = as_time_series(probe, series)
     settings = ReplaySettings(
@@ -237,7 +275,9 @@ def _simulate(args: argparse.Namespace) -> None:
     bar = _progress_bar(len(policies) * num_windows)
     try:
         result = replay(
-            trace.load, policies, settings,
+            trace.load,
+            policies,
+            settings,
             on_rebalance=None if bar is None else (lambda _name, _idx: bar.update(1)),
         )
     finally:
@@ -258,7 +298,9 @@ def _simulate(args: argparse.Namespace) -> None:
     if args.plot is not None:
         from eplb_native.sim.plots import plot_replay
 
-        title = f"{_trace_label(trace)}{' (synthetic series)' if trace.synthetic else ''}: per-step PAR"
+        title = (
+            f"{_trace_label(trace)}{' (synthetic series)' if trace.synthetic else ''}: per-step PAR"
+        )
         plot_replay(result, args.plot, layer=args.layer, title=title)
         print(f"wrote {args.plot}")
 
@@ -268,7 +310,7 @@ def _progress_bar(total: int) -> Any:
     if not sys.stderr.isatty():
         return None
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return None
     return tqdm(total=total, desc="rebalances", unit="plan", leave=False)
@@ -311,7 +353,12 @@ _COLUMNS = (
 
 def _print_table(result: ReplayResult) -> None:
     widths = [len(fmt.format("x" if key is None else 0)) for _, fmt, key in _COLUMNS]
-    print(" ".join(title.ljust(w) if key is None else title.rjust(w) for (title, _, key), w in zip(_COLUMNS, widths)))
+    print(
+        " ".join(
+            title.ljust(w) if key is None else title.rjust(w)
+            for (title, _, key), w in zip(_COLUMNS, widths, strict=True)
+        )
+    )
     for name, row in result.summary().items():
         label = f"{name} (no rebal.)" if name == STATIC else name
         cells = [fmt.format(label if key is None else row[key]) for _, fmt, key in _COLUMNS]
@@ -356,9 +403,13 @@ def _plan(args: argparse.Namespace) -> None:
         f"{trace.num_experts} experts; {args.ranks} ranks x {initial.slots_per_rank(args.ranks)} slots "
         f"({num_redundant} redundant); policy {args.policy} (in sample: planned and scored on the whole trace)"
     )
-    print(f"PAR before (default placement): {before.par:.4f}  (summed load: {before.par_aggregate:.4f})")
-    print(f"PAR after  ({args.policy}): {after.par:.4f}  (summed load: {after.par_aggregate:.4f}, "
-          f"gap to lower bound {float(after.gap.mean()):.4f})")
+    print(
+        f"PAR before (default placement): {before.par:.4f}  (summed load: {before.par_aggregate:.4f})"
+    )
+    print(
+        f"PAR after  ({args.policy}): {after.par:.4f}  (summed load: {after.par_aggregate:.4f}, "
+        f"gap to lower bound {float(after.gap.mean()):.4f})"
+    )
     print(f"wrote {args.output}")
 
 
@@ -379,7 +430,9 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"trace: {_trace_label(trace)}: {trace.num_steps} steps")
     reference = default_placement(plan.num_layers, plan.num_experts, num_ranks, num_redundant)
     rows: list[tuple[str, Plan]] = [("this map", plan), ("default placement", reference)]
-    print(f"{'':<18} {'par_step':>9} {'par_aggr':>9} {'gap_mean':>9} {'gap_max':>9} {'worst layer':>12}")
+    print(
+        f"{'':<18} {'par_step':>9} {'par_aggr':>9} {'gap_mean':>9} {'gap_max':>9} {'worst layer':>12}"
+    )
     for label, candidate in rows:
         stats = evaluate(candidate, trace.load, num_ranks)
         worst = int(np.argmax(stats.gap))
@@ -389,9 +442,13 @@ def _inspect(args: argparse.Namespace) -> None:
         )
     stats = evaluate(plan, trace.load, num_ranks)
     quartiles = np.percentile(stats.gap, [0, 25, 50, 75, 100])
-    print("gap to lower bound per layer (this map): " + ", ".join(
-        f"{name} {value:.4f}" for name, value in zip(("min", "p25", "median", "p75", "max"), quartiles)
-    ))
+    print(
+        "gap to lower bound per layer (this map): "
+        + ", ".join(
+            f"{name} {value:.4f}"
+            for name, value in zip(("min", "p25", "median", "p75", "max"), quartiles, strict=True)
+        )
+    )
 
 
 __all__ = ["available_policies", "build_parser", "default_policies", "main"]

@@ -41,9 +41,23 @@ def tiny_trace(tmp_path: Path) -> Path:
 def test_simulate_as_a_module_writes_the_json_schema(tiny_trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "eplb_native", "simulate", "--trace", str(tiny_trace), *TINY,
-         "--policies", "default_eplb,swift_balancer", "--json", str(out)],
-        capture_output=True, text=True, check=False, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "eplb_native",
+            "simulate",
+            "--trace",
+            str(tiny_trace),
+            *TINY,
+            "--policies",
+            "default_eplb,swift_balancer",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
     assert "default_eplb" in completed.stdout
@@ -71,8 +85,24 @@ def test_simulate_single_step_trace_says_it_is_synthetic(
     path = tmp_path / "aggregate.npy"
     np.save(path, np.array([[50.0, 20, 10, 10, 5, 5]]))
     out = tmp_path / "r.json"
-    code = main(["simulate", "--trace", str(path), *TINY, "--steps", "12", "--tokens-per-step", "8",
-                 "--top-k", "2", "--policies", "default_eplb", "--json", str(out)])
+    code = main(
+        [
+            "simulate",
+            "--trace",
+            str(path),
+            *TINY,
+            "--steps",
+            "12",
+            "--tokens-per-step",
+            "8",
+            "--top-k",
+            "2",
+            "--policies",
+            "default_eplb",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "SYNTHETIC" in capsys.readouterr().out
     synthetic = json.loads(out.read_text())["synthetic"]
@@ -82,8 +112,23 @@ def test_simulate_single_step_trace_says_it_is_synthetic(
 
 def test_simulate_slots_sets_the_physical_count(tiny_trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    code = main(["simulate", "--trace", str(tiny_trace), "--ranks", "3", "--slots", "3",
-                 "--interval", "5", "--policies", "default_eplb", "--json", str(out)])
+    code = main(
+        [
+            "simulate",
+            "--trace",
+            str(tiny_trace),
+            "--ranks",
+            "3",
+            "--slots",
+            "3",
+            "--interval",
+            "5",
+            "--policies",
+            "default_eplb",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     assert json.loads(out.read_text())["slots"] == 3
 
@@ -91,8 +136,20 @@ def test_simulate_slots_sets_the_physical_count(tiny_trace: Path, tmp_path: Path
 def test_plot_is_a_png(tiny_trace: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
     png = tmp_path / "replay.png"
-    code = main(["simulate", "--trace", str(tiny_trace), *TINY, "--policies", "default_eplb",
-                 "--plot", str(png), "--layer", "2"])
+    code = main(
+        [
+            "simulate",
+            "--trace",
+            str(tiny_trace),
+            *TINY,
+            "--policies",
+            "default_eplb",
+            "--plot",
+            str(png),
+            "--layer",
+            "2",
+        ]
+    )
     assert code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -101,8 +158,21 @@ def test_plan_writes_a_valid_expert_map_and_inspect_reads_it(
     tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "expert_map.json"
-    code = main(["plan", "--trace", str(tiny_trace), "--ranks", "2", "--redundant", "2",
-                 "--policy", "swift_balancer", "-o", str(out)])
+    code = main(
+        [
+            "plan",
+            "--trace",
+            str(tiny_trace),
+            "--ranks",
+            "2",
+            "--redundant",
+            "2",
+            "--policy",
+            "swift_balancer",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "PAR before" in printed
@@ -119,9 +189,13 @@ def test_plan_writes_a_valid_expert_map_and_inspect_reads_it(
     assert "gap to lower bound per layer" in report
 
 
-def test_inspect_rejects_a_map_of_another_model(tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_rejects_a_map_of_another_model(
+    tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "expert_map.json"
-    assert main(["plan", "--ranks", "8", "--policy", "swift_balancer", "-o", str(out)]) == 0  # shipped trace
+    assert (
+        main(["plan", "--ranks", "8", "--policy", "swift_balancer", "-o", str(out)]) == 0
+    )  # shipped trace
     capsys.readouterr()
     assert main(["inspect", str(out), "--trace", str(tiny_trace)]) == 2
     assert "128 experts in 48 layers" in capsys.readouterr().err
@@ -153,12 +227,17 @@ def test_malformed_trace_exits_2_with_the_file_named(
     assert "Traceback" not in err
 
 
-def test_missing_trace_key_and_unknown_extension_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_trace_key_and_unknown_extension_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     no_load = tmp_path / "x.npz"
     np.savez(no_load, counts=np.ones((2, 2, 2)))
     assert main(["simulate", "--trace", str(no_load), "--policies", "default_eplb"]) == 2
     assert "missing array 'load'" in capsys.readouterr().err
-    assert main(["simulate", "--trace", str(tmp_path / "x.parquet"), "--policies", "default_eplb"]) == 2
+    assert (
+        main(["simulate", "--trace", str(tmp_path / "x.parquet"), "--policies", "default_eplb"])
+        == 2
+    )
     assert "unknown extension" in capsys.readouterr().err
 
 
@@ -166,8 +245,20 @@ def test_module_error_has_no_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.npy"
     np.save(path, np.full((3, 2, 2), -1.0))
     completed = subprocess.run(
-        [sys.executable, "-m", "eplb_native", "simulate", "--trace", str(path), "--policies", "default_eplb"],
-        capture_output=True, text=True, check=False, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "eplb_native",
+            "simulate",
+            "--trace",
+            str(path),
+            "--policies",
+            "default_eplb",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert completed.returncode == 2
     assert "negative value" in completed.stderr
@@ -184,7 +275,14 @@ def test_module_error_has_no_traceback(tmp_path: Path) -> None:
         ["plan", "-o", "x.json"],
         ["frobnicate"],
     ],
-    ids=["slots-and-redundant", "unknown-policy", "zero-ranks", "plan-unknown-policy", "plan-no-ranks", "unknown-command"],
+    ids=[
+        "slots-and-redundant",
+        "unknown-policy",
+        "zero-ranks",
+        "plan-unknown-policy",
+        "plan-no-ranks",
+        "unknown-command",
+    ],
 )
 def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:

@@ -3,6 +3,7 @@ and the reported moves, layers and PAR agree with the plans made."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,9 @@ from eplb_native.plan import Plan, count_weight_copies, default_placement, evalu
 from eplb_native.policies import rebalance_experts
 from eplb_native.sim.replay import STATIC, ReplaySettings, episodes, replay
 
-SETTINGS = ReplaySettings(num_ranks=2, num_redundant_experts=2, interval=4, episode=3, num_threads=1)
+SETTINGS = ReplaySettings(
+    num_ranks=2, num_redundant_experts=2, interval=4, episode=3, num_threads=1
+)
 
 
 @pytest.fixture
@@ -38,7 +41,9 @@ class Spy:
 def test_episodes_sum_consecutive_steps_and_keep_the_remainder() -> None:
     window = np.arange(5 * 1 * 2, dtype=np.float64).reshape(5, 1, 2)
     folded = episodes(window, 2)
-    np.testing.assert_array_equal(folded, [window[0:2].sum(0), window[2:4].sum(0), window[4:5].sum(0)])
+    np.testing.assert_array_equal(
+        folded, [window[0:2].sum(0), window[2:4].sum(0), window[4:5].sum(0)]
+    )
 
 
 def test_each_plan_sees_only_the_window_before_it(trace: np.ndarray) -> None:
@@ -46,7 +51,7 @@ def test_each_plan_sees_only_the_window_before_it(trace: np.ndarray) -> None:
     replay(trace, ["default_eplb"], SETTINGS, planner=spy)
     assert len(spy.calls) == 3  # re-plans at steps 4, 8, 12
     previous = default_placement(2, 6, 2, 2).phy2log
-    for call, start in zip(spy.calls, (4, 8, 12)):
+    for call, start in zip(spy.calls, (4, 8, 12), strict=True):
         window = trace[start - 4 : start]
         np.testing.assert_array_equal(call["load"], window.sum(axis=0))
         np.testing.assert_array_equal(call["history"], episodes(window, 3))
@@ -67,10 +72,16 @@ def test_scores_are_out_of_sample_per_step_par(trace: np.ndarray) -> None:
         plan = plans[(step - 4) // 4]
         want = evaluate(plan, trace[step], 2).par
         assert run.par_steps[offset] == pytest.approx(want), f"{step=}"
-    window_stats = [evaluate(plan, trace[s : s + 4], 2) for plan, s in zip(plans, (4, 8, 12))]
+    window_stats = [
+        evaluate(plan, trace[s : s + 4], 2) for plan, s in zip(plans, (4, 8, 12), strict=True)
+    ]
     summary = run.summary()
-    assert summary["par_aggregate"] == pytest.approx(np.mean([s.par_aggregate for s in window_stats]))
-    assert summary["gap_to_lower_bound"] == pytest.approx(np.mean([s.gap.mean() for s in window_stats]))
+    assert summary["par_aggregate"] == pytest.approx(
+        np.mean([s.par_aggregate for s in window_stats])
+    )
+    assert summary["gap_to_lower_bound"] == pytest.approx(
+        np.mean([s.gap.mean() for s in window_stats])
+    )
     assert summary["par_p99"] >= summary["par_mean"]
 
 
@@ -92,8 +103,10 @@ def test_moves_and_layers_updated_match_the_plans(trace: np.ndarray) -> None:
     result = replay(trace, ["swift_balancer"], SETTINGS, planner=spy)
     run = result.policies["swift_balancer"]
     plans = [default_placement(2, 6, 2, 2)] + [call["plan"] for call in spy.calls]
-    want_copies = [count_weight_copies(old, new, 2) for old, new in zip(plans, plans[1:])]
-    want_layers = [int(np.any(old.phy2log != new.phy2log, axis=1).sum()) for old, new in zip(plans, plans[1:])]
+    want_copies = [count_weight_copies(old, new, 2) for old, new in pairwise(plans)]
+    want_layers = [
+        int(np.any(old.phy2log != new.phy2log, axis=1).sum()) for old, new in pairwise(plans)
+    ]
     np.testing.assert_array_equal(run.weight_copies, want_copies)
     np.testing.assert_array_equal(run.layers_updated, want_layers)
     assert run.summary()["weight_copies_per_rebalance"] == pytest.approx(np.mean(want_copies))
@@ -110,8 +123,13 @@ def test_rebalancing_beats_the_static_placement_on_a_skewed_trace(trace: np.ndar
 
 @pytest.mark.parametrize(
     ("changes", "field"),
-    [({"num_ranks": 0}, "num_ranks"), ({"interval": -1}, "interval"), ({"episode": 0}, "episode"),
-     ({"num_redundant_experts": -2}, "num_redundant_experts"), ({"num_threads": True}, "num_threads")],
+    [
+        ({"num_ranks": 0}, "num_ranks"),
+        ({"interval": -1}, "interval"),
+        ({"episode": 0}, "episode"),
+        ({"num_redundant_experts": -2}, "num_redundant_experts"),
+        ({"num_threads": True}, "num_threads"),
+    ],
 )
 def test_settings_reject_bad_values(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
@@ -125,4 +143,8 @@ def test_trace_shorter_than_one_interval_is_rejected(trace: np.ndarray) -> None:
 
 def test_slot_count_not_divisible_by_ranks_is_rejected(trace: np.ndarray) -> None:
     with pytest.raises(ValueError, match="num_redundant_experts"):
-        replay(trace, ["default_eplb"], ReplaySettings(num_ranks=4, num_redundant_experts=1, interval=4))
+        replay(
+            trace,
+            ["default_eplb"],
+            ReplaySettings(num_ranks=4, num_redundant_experts=1, interval=4),
+        )

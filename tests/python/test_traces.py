@@ -100,8 +100,11 @@ class TestTorchDumps:
 
     def test_sglang_stat_dump(self, tmp_path: Path, load: np.ndarray) -> None:
         path = tmp_path / "expert_distribution_recorder_1.pt"
-        data = {"rank": 0, "logical_count": self.torch.from_numpy(load).to(self.torch.int32),
-                "average_utilization_rate_over_window": None}
+        data = {
+            "rank": 0,
+            "logical_count": self.torch.from_numpy(load).to(self.torch.int32),
+            "average_utilization_rate_over_window": None,
+        }
         self.torch.save(data, path)
         np.testing.assert_array_equal(load_trace(path).load, load)
 
@@ -110,25 +113,43 @@ class TestTorchDumps:
         phy2log = np.array([[0, 1, 2, 0], [0, 1, 2, 2]])
         passes = [np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.array([[0, 1, 0, 1], [1, 0, 1, 0]])]
         records = [
-            {"forward_pass_id": 11, "rank": 0, "gatherer_key": "primary",
-             "global_physical_count": self.torch.tensor(passes[1])},
-            {"forward_pass_id": 10, "rank": 0, "gatherer_key": "primary",
-             "global_physical_count": self.torch.tensor(passes[0])},
+            {
+                "forward_pass_id": 11,
+                "rank": 0,
+                "gatherer_key": "primary",
+                "global_physical_count": self.torch.tensor(passes[1]),
+            },
+            {
+                "forward_pass_id": 10,
+                "rank": 0,
+                "gatherer_key": "primary",
+                "global_physical_count": self.torch.tensor(passes[0]),
+            },
         ]
         path = tmp_path / "expert_distribution_recorder_1_0.pt"
-        self.torch.save({"records": records, "last_physical_to_logical_map": self.torch.tensor(phy2log)}, path)
-        want = np.array([
-            [[1 + 4, 2, 3], [5, 6, 7 + 8]],  # forward pass 10 first
-            [[0 + 1, 1, 0], [1, 0, 1 + 0]],
-        ], dtype=np.float64)
+        self.torch.save(
+            {"records": records, "last_physical_to_logical_map": self.torch.tensor(phy2log)}, path
+        )
+        want = np.array(
+            [
+                [[1 + 4, 2, 3], [5, 6, 7 + 8]],  # forward pass 10 first
+                [[0 + 1, 1, 0], [1, 0, 1 + 0]],
+            ],
+            dtype=np.float64,
+        )
         np.testing.assert_array_equal(load_trace(path).load, want)
 
     def test_vllm_load_window_with_its_map(self, tmp_path: Path) -> None:
         phy2log = np.array([[1, 0, 1]])
         window = np.array([[[2, 3, 4]], [[1, 1, 1]]])  # [W=2, L=1, P=3]
         path = tmp_path / "vllm_eplb.pt"
-        self.torch.save({"expert_load_window": self.torch.tensor(window),
-                         "physical_to_logical_map": self.torch.tensor(phy2log)}, path)
+        self.torch.save(
+            {
+                "expert_load_window": self.torch.tensor(window),
+                "physical_to_logical_map": self.torch.tensor(phy2log),
+            },
+            path,
+        )
         np.testing.assert_array_equal(load_trace(path).load, [[[3, 6]], [[1, 2]]])
 
     def test_dict_without_load_names_the_keys(self, tmp_path: Path) -> None:
@@ -143,6 +164,7 @@ def _write_npy(array: np.ndarray):
         path = path.with_suffix(".npy")
         np.save(path, array)
         return path
+
     return write
 
 
@@ -151,6 +173,7 @@ def _write_text(suffix: str, text: str):
         path = path.with_suffix(suffix)
         path.write_text(text)
         return path
+
     return write
 
 
@@ -196,10 +219,27 @@ NEGATIVE_LOAD[0, 1, 1] = -4
         (_write_text(".pt", "not torch"), r"(not a readable torch file|needs torch)"),
     ],
     ids=[
-        "1-d", "4-d", "empty", "negative", "nan", "inf", "all-zero", "strings", "npz-no-load",
-        "npz-garbage", "npy-garbage", "unknown-extension", "missing-file", "csv-header",
-        "csv-non-numeric", "csv-ragged", "csv-negative-index", "json-no-key", "json-garbage",
-        "json-ragged", "pt-garbage",
+        "1-d",
+        "4-d",
+        "empty",
+        "negative",
+        "nan",
+        "inf",
+        "all-zero",
+        "strings",
+        "npz-no-load",
+        "npz-garbage",
+        "npy-garbage",
+        "unknown-extension",
+        "missing-file",
+        "csv-header",
+        "csv-non-numeric",
+        "csv-ragged",
+        "csv-negative-index",
+        "json-no-key",
+        "json-garbage",
+        "json-ragged",
+        "pt-garbage",
     ],
 )
 def test_malformed_trace_names_file_and_problem(tmp_path: Path, write, problem: str) -> None:
@@ -216,7 +256,9 @@ def test_synthetic_series_keeps_totals_and_is_seeded() -> None:
     assert first.shape == (40, 2, 4)
     np.testing.assert_array_equal(first.sum(axis=2), np.full((40, 2), 32.0))
     np.testing.assert_array_equal(first, synthesize_series(aggregate, series))
-    other = synthesize_series(aggregate, SyntheticSeries(num_steps=40, tokens_per_step=16, top_k=2, drift=0.1, seed=4))
+    other = synthesize_series(
+        aggregate, SyntheticSeries(num_steps=40, tokens_per_step=16, top_k=2, drift=0.1, seed=4)
+    )
     assert not np.array_equal(first, other)
 
 

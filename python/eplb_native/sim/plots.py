@@ -53,8 +53,12 @@ def plot_replay(
     runs = list(result.policies.values())
     steps = range(result.first_step, result.first_step + first.par_steps.shape[0])
     figure, axes = plt.subplots(
-        1 + len(runs), 1, figsize=(10, 3 + 1.6 * len(runs)), squeeze=False,
-        constrained_layout=True, gridspec_kw={"height_ratios": [2.5] + [1.0] * len(runs)},
+        1 + len(runs),
+        1,
+        figsize=(10, 3 + 1.6 * len(runs)),
+        squeeze=False,
+        constrained_layout=True,
+        gridspec_kw={"height_ratios": [2.5] + [1.0] * len(runs)},
     )
     par_axis = axes[0, 0]
     for run in runs:
@@ -65,11 +69,16 @@ def plot_replay(
     par_axis.legend(loc="upper right", fontsize="small")
     peak = max(float(run.rank_load[:, layer, :].max()) for run in runs)
     image = None
-    for axis, run in zip(axes[1:, 0], runs):
+    for axis, run in zip(axes[1:, 0], runs, strict=True):
         label = "before (default placement)" if run.name == STATIC else f"after: {run.name}"
         image = axis.imshow(
-            run.rank_load[:, layer, :].T, aspect="auto", interpolation="nearest", vmin=0, vmax=peak,
-            extent=(steps.start, steps.stop, result.settings.num_ranks - 0.5, -0.5), cmap="viridis",
+            run.rank_load[:, layer, :].T,
+            aspect="auto",
+            interpolation="nearest",
+            vmin=0,
+            vmax=peak,
+            extent=(steps.start, steps.stop, result.settings.num_ranks - 0.5, -0.5),
+            cmap="viridis",
         )
         axis.set_ylabel("rank")
         axis.set_title(f"layer {layer} tokens per rank, {label}", fontsize="small")

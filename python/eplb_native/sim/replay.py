@@ -169,7 +169,7 @@ def _step_par(rank_load: FloatArray) -> FloatArray:
     mean = rank_load.mean(axis=-1)
     peak = rank_load.max(axis=-1)
     par = np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0)  # [w, L]
-    return par.mean(axis=-1)
+    return np.asarray(par.mean(axis=-1), dtype=np.float64)
 
 
 def replay(

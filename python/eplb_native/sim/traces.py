@@ -113,6 +113,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         msg = f"trace {file_path}: no such file"
         raise ValueError(msg)
     metadata: dict[str, str] = {}
+    raw: npt.ArrayLike
     try:
         if suffix == ".npz":
             raw, metadata = _read_npz(file_path)
@@ -174,7 +175,7 @@ def _read_npz(file_path: Path) -> tuple[npt.NDArray[Any], dict[str, str]]:
 
 def _read_npy(file_path: Path) -> npt.NDArray[Any]:
     try:
-        return np.load(file_path, allow_pickle=False)
+        return np.asarray(np.load(file_path, allow_pickle=False))
     except ValueError as error:
         msg = f"not a readable .npy array ({error})"
         raise ValueError(msg) from error
@@ -189,18 +190,23 @@ def _read_csv(file_path: Path) -> npt.NDArray[np.float64]:
     header = [name.strip().lower() for name in rows[0]]
     body = rows[1:]
     try:
-        values = np.asarray([[float(cell) for cell in row] for row in body if row], dtype=np.float64)
+        values = np.asarray(
+            [[float(cell) for cell in row] for row in body if row], dtype=np.float64
+        )
     except ValueError as error:
         msg = f"non-numeric cell ({error})"
         raise ValueError(msg) from error
     widths = {len(row) for row in body if row}
     if widths != {len(header)}:
-        msg = f"every row needs {len(header)} cells like the header, found rows with {sorted(widths)}"
+        msg = (
+            f"every row needs {len(header)} cells like the header, found rows with {sorted(widths)}"
+        )
         raise ValueError(msg)
     if sorted(header) == sorted(_LONG_COLUMNS):
         columns = [header.index(name) for name in _LONG_COLUMNS]
         step, layer, expert = (
-            _index_column(values[:, c], name) for c, name in zip(columns[:3], _LONG_COLUMNS[:3])
+            _index_column(values[:, c], name)
+            for c, name in zip(columns[:3], _LONG_COLUMNS[:3], strict=True)
         )
         load = np.zeros((step.max() + 1, layer.max() + 1, expert.max() + 1), dtype=np.float64)
         np.add.at(load, (step, layer, expert), values[:, columns[3]])
@@ -264,7 +270,7 @@ def _from_torch_object(data: object, torch: Any) -> npt.ArrayLike:
         if not isinstance(value, torch.Tensor):
             msg = f"{key!r}: expected a tensor, got {type(value).__name__}"
             raise ValueError(msg)
-        return value.detach().to(torch.float64).numpy()
+        return np.asarray(value.detach().to(torch.float64).numpy())
 
     if isinstance(data, torch.Tensor):
         return numpy_of(data, "tensor")
@@ -301,7 +307,9 @@ def _logical_from_records(
         if not isinstance(record, Mapping) or "global_physical_count" not in record:
             msg = f"'records'[{position}]: expected a dict with 'global_physical_count'"
             raise ValueError(msg)
-        counts = numpy_of(record["global_physical_count"], f"records[{position}].global_physical_count")
+        counts = numpy_of(
+            record["global_physical_count"], f"records[{position}].global_physical_count"
+        )
         pass_id = int(record.get("forward_pass_id", position))
         by_pass[pass_id] = by_pass[pass_id] + counts if pass_id in by_pass else counts
     physical = np.stack([by_pass[pass_id] for pass_id in sorted(by_pass)])  # [T, L, P]
@@ -378,7 +386,11 @@ def synthesize_series(aggregate: npt.ArrayLike, series: SyntheticSeries) -> Floa
         ``tokens_per_step * top_k``.
     """
     shares = check_load(aggregate, "aggregate")
-    for value, name in ((series.num_steps, "num_steps"), (series.tokens_per_step, "tokens_per_step"), (series.top_k, "top_k")):
+    for value, name in (
+        (series.num_steps, "num_steps"),
+        (series.tokens_per_step, "tokens_per_step"),
+        (series.top_k, "top_k"),
+    ):
         if value <= 0:
             msg = f"{name}: expected a positive integer, got {value}"
             raise ValueError(msg)
@@ -399,7 +411,9 @@ def synthesize_series(aggregate: npt.ArrayLike, series: SyntheticSeries) -> Floa
         probabilities = base * np.exp(log_popularity)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         out[step] = rng.multinomial(selections, probabilities)
-        log_popularity = (1.0 - series.reversion) * log_popularity + series.drift * rng.standard_normal(base.shape)
+        log_popularity = (
+            1.0 - series.reversion
+        ) * log_popularity + series.drift * rng.standard_normal(base.shape)
     return out
 
 
