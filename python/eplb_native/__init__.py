@@ -24,14 +24,26 @@ from eplb_native.plan import (
     slot_load_from_expert_load,
     validate_plan,
 )
+from eplb_native.policies import (
+    POLICIES,
+    EplbPolicy,
+    PolicyFn,
+    SwiftBalancerOptions,
+    make_policy,
+    rebalance_experts,
+)
 
 __all__ = [
+    "POLICIES",
     "POLICY_NAMES",
     "EplbConfig",
+    "EplbPolicy",
     "MoeLayerMap",
     "Plan",
     "PlanStats",
+    "PolicyFn",
     "PolicyName",
+    "SwiftBalancerOptions",
     "__version__",
     "count_weight_copies",
     "default_placement",
@@ -39,9 +51,11 @@ __all__ = [
     "expert_load_from_slot_load",
     "load_expert_map",
     "lower_bound_max_load",
+    "make_policy",
     "rank_expert_maps",
     "rank_loads",
     "rank_log2phy",
+    "rebalance_experts",
     "save_expert_map",
     "slot_load_from_expert_load",
     "validate_plan",

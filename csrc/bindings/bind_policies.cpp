@@ -1,0 +1,95 @@
+// Bindings of the placement policies: one entry, _core.rebalance_experts, dispatching by name.
+
+#include <algorithm>
+#include <optional>
+#include <string>
+
+#include <pybind11/stl.h>
+
+#include "bindings.h"
+#include "eplb_native/plan.h"
+#include "eplb_native/policies/default_eplb.h"
+#include "eplb_native/policies/random_placement.h"
+#include "eplb_native/policies/swift_balancer.h"
+#include "eplb_native/thread_pool.h"
+#include "eplb_native/topology.h"
+#include "numpy_views.h"
+
+namespace eplb_native::bindings {
+namespace {
+
+constexpr const char* kCorePolicies = "default_eplb, swift_balancer, random";
+
+py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64_t num_replicas,
+                    int64_t num_groups, int64_t num_nodes, int64_t num_ranks,
+                    const std::optional<CArray<int64_t>>& current, int64_t num_threads,
+                    uint64_t seed, int64_t max_moves_per_layer) {
+    if (policy != "default_eplb" && policy != "swift_balancer" && policy != "random") {
+        throw_invalid("policy", "unknown policy '" + policy + "'; valid: " + kCorePolicies);
+    }
+    require_ndim(load, 2, "load", "[layers, experts]");
+    const auto shape = shape_of(load);
+    Topology topo;
+    topo.num_experts = shape[1];
+    topo.num_replicas = num_replicas;
+    topo.num_groups = num_groups;
+    topo.num_nodes = num_nodes;
+    topo.num_ranks = num_ranks;
+    validate_topology(topo);
+    if (num_threads < 0) {
+        throw_invalid("num_threads", "expected >= 0 (0: all cores), got " +
+                                         std::to_string(num_threads));
+    }
+    // Copy the inputs out of the numpy buffers so the core runs without the GIL.
+    std::vector<double> load_values(load.data(), load.data() + load.size());
+    validate_load_values(load_values.data(), static_cast<int64_t>(load_values.size()), shape[1],
+                         "load");
+    std::vector<int64_t> current_values;
+    if (current.has_value()) {
+        require_ndim(*current, 2, "current", "[layers, physical_slots]");
+        const auto c_shape = shape_of(*current);
+        if (c_shape[0] != shape[0] || c_shape[1] != num_replicas) {
+            throw_invalid("current", "expected shape " + shape_str({shape[0], num_replicas}) +
+                                         " (load's layers x num_replicas), got " +
+                                         shape_str(c_shape));
+        }
+        current_values.assign(current->data(), current->data() + current->size());
+    } else if (policy == "swift_balancer") {
+        throw_invalid("current", "swift_balancer needs the current placement phy2log [L, P]");
+    }
+    Plan plan;
+    {
+        // Safe: the core reads only the copied vectors above and touches no Python object.
+        py::gil_scoped_release release;
+        // More threads than layers would only idle: cap the pool at the layer count.
+        ThreadPool pool(static_cast<int>(num_threads == 0 ? 0 : std::min(num_threads, shape[0])));
+        LoadView view{load_values.data(), shape[0], shape[1]};
+        if (policy == "default_eplb") {
+            plan = policies::plan_default_eplb(view, topo, pool);
+        } else if (policy == "random") {
+            plan = policies::plan_random(shape[0], topo, seed, pool);
+        } else {
+            policies::SwiftBalancerOptions options;
+            options.max_moves_per_layer = max_moves_per_layer;
+            plan = policies::plan_swift_balancer(view, topo, current_values.data(), options, pool);
+        }
+    }
+    return py::make_tuple(
+        to_numpy(plan.phy2log, {plan.num_layers, plan.num_physical}),
+        to_numpy(plan.log2phy, {plan.num_layers, plan.num_experts, plan.max_replicas}),
+        to_numpy(plan.logcnt, {plan.num_layers, plan.num_experts}));
+}
+
+}  // namespace
+
+void bind_policies(py::module_& m) {
+    m.def("rebalance_experts", &rebalance, py::arg("policy"), py::arg("load"),
+          py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"),
+          py::arg("num_ranks"), py::arg("current") = std::nullopt, py::arg("num_threads") = 0,
+          py::arg("seed") = 0, py::arg("max_moves_per_layer") = 32,
+          "(policy, load float64 [L, N], P, G, H, D, current int64 [L, P] | None, num_threads, "
+          "seed, max_moves_per_layer) -> (phy2log [L, P], log2phy [L, N, max_replicas], "
+          "logcnt [L, N]) for policy in default_eplb, swift_balancer, random.");
+}
+
+}  // namespace eplb_native::bindings

@@ -1,0 +1,65 @@
+#pragma once
+// Reusable steps of the placement policies: min-max-per-replica allotment, DeepSeek-style
+// balanced packing, and LPT placement. Each works on one layer and is deterministic.
+//
+// The DeepSeek-compatible steps (replicate_min_max, balanced_packing) compute in float32 as
+// DeepSeek EPLB does (`weight.float()`), so ties and rounding match its torch implementation;
+// sort ties are broken by the lower index (torch.sort(stable=True)).
+
+#include <cstdint>
+#include <vector>
+
+#include "eplb_native/plan.h"
+#include "eplb_native/topology.h"
+
+namespace eplb_native::policies {
+
+// Indices of values[0..n) ordered by descending value; equal values keep ascending index.
+[[nodiscard]] std::vector<int64_t> order_descending(const float* values, int64_t n);
+
+// Result of replicate_min_max over `num_physical` slots.
+struct Replication {
+    std::vector<int64_t> phy2log;       // [num_physical]: slot i < num_experts holds expert i
+    std::vector<int64_t> replica_rank;  // [num_physical]: ordinal of that replica (0, 1, ...)
+    std::vector<int64_t> logcnt;        // [num_experts]: replicas per expert
+};
+
+// Min-max per replica: every expert gets one replica, then each further replica goes to the
+// expert with the largest load per replica weight[e] / logcnt[e] (lowest index on ties).
+[[nodiscard]] Replication replicate_min_max(const float* weight, int64_t num_experts,
+                                            int64_t num_physical);
+
+struct Packing {
+    std::vector<int64_t> pack_index;    // [num_items]: the pack of each item
+    std::vector<int64_t> rank_in_pack;  // [num_items]: the item's position inside its pack
+};
+
+// Balanced packing of num_items weighted items into num_packs packs of num_items / num_packs
+// items each: heaviest item first (stable), into the lightest pack that still has room (lowest
+// pack index on ties). One item per pack: item i goes to pack i. Duplicate experts on a pack
+// are not avoided (DeepSeek EPLB's behaviour).
+[[nodiscard]] Packing balanced_packing(const float* weight, int64_t num_items, int64_t num_packs);
+
+// LPT placement of replicas onto num_ranks ranks of num_replicas / num_ranks slots each: the
+// hottest replica first (stable on ties) onto the least loaded rank with a free slot that does
+// not already hold that expert (lowest rank on ties); only when no such rank is left does it go
+// to the least loaded rank with a free slot. Returns phy2log for one layer [num_replicas],
+// each rank's slots in placement order.
+[[nodiscard]] std::vector<int64_t> lpt_place(const std::vector<int64_t>& replica_expert,
+                                             const std::vector<double>& replica_load,
+                                             int64_t num_experts, int64_t num_ranks);
+
+// Checks the topology (validate_topology), that load has topo.num_experts columns and at least
+// one layer, and its values (finite, >= 0). Throws std::invalid_argument naming the field.
+void validate_problem(const LoadView& load, const Topology& topo);
+
+// Checks a current placement phy2log [L, P] against the topology: ids in [0, N), every expert
+// present in every layer. Throws std::invalid_argument naming `field`.
+void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology& topo,
+                      const char* field);
+
+// A fixed 64-bit seed for (seed, layer_idx): the same layer gets the same stream whatever
+// thread plans it (splitmix64 finaliser).
+[[nodiscard]] uint64_t layer_seed(uint64_t seed, int64_t layer_idx);
+
+}  // namespace eplb_native::policies
