@@ -91,7 +91,9 @@ def test_all_zero_steps_are_dropped(tmp_path: Path, load: np.ndarray) -> None:
 
 
 class TestTorchDumps:
-    torch = pytest.importorskip("torch", reason="reading .pt traces needs torch")
+    @pytest.fixture(autouse=True)
+    def _torch(self) -> None:
+        self.torch = pytest.importorskip("torch", reason="reading .pt traces needs torch")
 
     def test_tensor(self, tmp_path: Path, load: np.ndarray) -> None:
         path = tmp_path / "t.pt"
