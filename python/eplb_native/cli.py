@@ -254,7 +254,8 @@ def _chosen_policies(requested: Sequence[str] | None) -> list[str]:
 def _simulate(args: argparse.Namespace) -> None:
     policies = _chosen_policies(args.policies)
     probe = load_trace(shipped_trace_path() if args.trace is None else args.trace)
-    top_k = args.top_k or int(probe.metadata.get("top_k", 8))
+    trace_top_k = probe.metadata.get("top_k", "")
+    top_k = args.top_k or (int(trace_top_k) if trace_top_k.isdigit() else 8)
     series = SyntheticSeries(
         num_steps=args.steps,
         tokens_per_step=args.tokens_per_step,
@@ -263,6 +264,9 @@ def _simulate(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     trace = as_time_series(probe, series)
+    if args.plot is not None and args.layer >= trace.num_layers:
+        msg = f"--layer: the trace has layers 0..{trace.num_layers - 1}, got {args.layer}"
+        raise _UsageError(msg)
     settings = ReplaySettings(
         num_ranks=args.ranks,
         num_redundant_experts=_num_redundant(args, trace.num_experts),

@@ -274,6 +274,7 @@ def test_module_error_has_no_traceback(tmp_path: Path) -> None:
         ["plan", "--ranks", "2", "-o", "x.json", "--policy", "nope"],
         ["plan", "-o", "x.json"],
         ["frobnicate"],
+        ["simulate", "--plot", "x.png", "--layer", "48"],
     ],
     ids=[
         "slots-and-redundant",
@@ -282,6 +283,7 @@ def test_module_error_has_no_traceback(tmp_path: Path) -> None:
         "plan-unknown-policy",
         "plan-no-ranks",
         "unknown-command",
+        "layer-out-of-range",
     ],
 )
 def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
