@@ -24,7 +24,7 @@ import numpy as np
 from eplb_native.config import POLICY_NAMES
 from eplb_native.expert_map import load_expert_map_with_ranks, save_expert_map
 from eplb_native.plan import Plan, default_placement, evaluate
-from eplb_native.sim.replay import STATIC, ReplayResult, ReplaySettings, episodes, replay
+from eplb_native.sim.replay import STATIC, ReplayResult, ReplaySettings, replay
 from eplb_native.sim.traces import (
     SHIPPED_TRACE,
     TRACE_EXTENSIONS,
@@ -67,6 +67,16 @@ def available_policies() -> tuple[str, ...]:
 def default_policies() -> tuple[str, ...]:
     """What ``simulate`` compares by default: every registered policy except ``random``."""
     return tuple(name for name in available_policies() if name != "random")
+
+
+def policy_options(policies: Sequence[str], episode: int) -> dict[str, Any]:
+    """The ``options=`` object of each policy that takes one from the command line:
+    FlashLB's ``episode_steps`` from ``--episode``."""
+    if "flashlb" not in policies:
+        return {}
+    from eplb_native.flashlb import FlashLBOptions
+
+    return {"flashlb": FlashLBOptions(episode_steps=episode)}
 
 
 def _positive(text: str) -> int:
@@ -124,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay a trace with each policy and print the balance table",
         description=(
             "Replays a trace as a server would: the default placement first, then every "
-            "--interval steps each policy re-plans from the window just seen (history: episodes "
-            "of --episode steps) and is scored on the steps that follow (out of sample). "
+            "--interval steps each policy re-plans from the window just seen (its per-step heat "
+            "is the history, which FlashLB folds into episodes of --episode steps) and is scored "
+            "on the steps that follow (out of sample). "
             "Columns: per-step PAR (max/mean rank load, layer mean) mean and p99; PAR of each "
             "window's summed load; gap of its max rank load to the lower bound; weight copies per "
             "rebalance; layers updated (all rebalances); planning ms per call. 'static' keeps the "
@@ -145,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_positive, default=50, help="steps between re-plans (default 50)"
     )
     simulate.add_argument(
-        "--episode", type=_positive, default=10, help="steps per history episode (default 10)"
+        "--episode", type=_positive, default=10, help="FlashLB: steps per heat episode (default 10)"
     )
     synthetic = simulate.add_argument_group("synthetic series (single-step traces only)")
     synthetic.add_argument(
@@ -174,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser(
         "plan",
         help="write a static plan for a whole trace as a vllm-ascend expert_map_path JSON",
-        description="Plans once from the whole trace (summed; history: episodes of --episode "
-        "steps; current: the default placement) and writes the expert_map_path JSON.",
+        description="Plans once from the whole trace (load: its sum; history: its per-step heat, "
+        "FlashLB episodes of --episode steps; current: the default placement) and writes the "
+        "expert_map_path JSON.",
     )
     plan.add_argument("--trace", type=Path, help=_TRACE_HELP)
     plan.add_argument(
@@ -185,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_shape_options(plan, default_ranks=None)
     plan.add_argument(
-        "--episode", type=_positive, default=10, help="steps per history episode (default 10)"
+        "--episode", type=_positive, default=10, help="FlashLB: steps per heat episode (default 10)"
     )
     plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
 
@@ -271,7 +283,6 @@ def _simulate(args: argparse.Namespace) -> None:
         num_ranks=args.ranks,
         num_redundant_experts=_num_redundant(args, trace.num_experts),
         interval=args.interval,
-        episode=args.episode,
         num_threads=args.threads,
         seed=args.seed,
     )
@@ -282,12 +293,13 @@ def _simulate(args: argparse.Namespace) -> None:
             trace.load,
             policies,
             settings,
+            options=policy_options(policies, args.episode),
             on_rebalance=None if bar is None else (lambda _name, _idx: bar.update(1)),
         )
     finally:
         if bar is not None:
             bar.close()
-    _print_header(trace, result)
+    _print_header(trace, result, args.episode if "flashlb" in policies else None)
     _print_table(result)
     if args.json is not None:
         payload: dict[str, Any] = {
@@ -320,7 +332,7 @@ def _progress_bar(total: int) -> Any:
     return tqdm(total=total, desc="rebalances", unit="plan", leave=False)
 
 
-def _print_header(trace: Trace, result: ReplayResult) -> None:
+def _print_header(trace: Trace, result: ReplayResult, episode: int | None) -> None:
     settings = result.settings
     model = trace.metadata.get("model")
     print(
@@ -338,7 +350,8 @@ def _print_header(trace: Trace, result: ReplayResult) -> None:
     print(
         f"replay: {settings.num_ranks} ranks x {result.num_slots} slots "
         f"({settings.num_redundant_experts} redundant); re-plan every {settings.interval} steps "
-        f"from the last {settings.interval} (episodes of {settings.episode}); scored out of sample "
+        f"from the last {settings.interval}"
+        f"{'' if episode is None else f' (FlashLB episodes of {episode})'}; scored out of sample "
         f"on steps {result.first_step}..{trace.num_steps - 1}"
     )
 
@@ -387,7 +400,8 @@ def _plan(args: argparse.Namespace) -> None:
         num_ranks=args.ranks,
         policy=args.policy,
         current=initial.phy2log,
-        history=episodes(trace.load, args.episode),
+        history=trace.load,
+        options=policy_options([args.policy], args.episode).get(args.policy),
         num_threads=args.threads,
         seed=args.seed,
     )

@@ -11,11 +11,9 @@ import pytest
 
 from eplb_native.plan import Plan, count_weight_copies, default_placement, evaluate
 from eplb_native.policies import rebalance_experts
-from eplb_native.sim.replay import STATIC, ReplaySettings, episodes, replay
+from eplb_native.sim.replay import STATIC, ReplaySettings, replay
 
-SETTINGS = ReplaySettings(
-    num_ranks=2, num_redundant_experts=2, interval=4, episode=3, num_threads=1
-)
+SETTINGS = ReplaySettings(num_ranks=2, num_redundant_experts=2, interval=4, num_threads=1)
 
 
 @pytest.fixture
@@ -38,14 +36,6 @@ class Spy:
         return plan
 
 
-def test_episodes_sum_consecutive_steps_and_keep_the_remainder() -> None:
-    window = np.arange(5 * 1 * 2, dtype=np.float64).reshape(5, 1, 2)
-    folded = episodes(window, 2)
-    np.testing.assert_array_equal(
-        folded, [window[0:2].sum(0), window[2:4].sum(0), window[4:5].sum(0)]
-    )
-
-
 def test_each_plan_sees_only_the_window_before_it(trace: np.ndarray) -> None:
     spy = Spy()
     replay(trace, ["default_eplb"], SETTINGS, planner=spy)
@@ -54,7 +44,7 @@ def test_each_plan_sees_only_the_window_before_it(trace: np.ndarray) -> None:
     for call, start in zip(spy.calls, (4, 8, 12), strict=True):
         window = trace[start - 4 : start]
         np.testing.assert_array_equal(call["load"], window.sum(axis=0))
-        np.testing.assert_array_equal(call["history"], episodes(window, 3))
+        np.testing.assert_array_equal(call["history"], window)
         np.testing.assert_array_equal(call["current"], previous)
         assert call["policy"] == "default_eplb"
         assert call["num_ranks"] == 2
@@ -126,7 +116,6 @@ def test_rebalancing_beats_the_static_placement_on_a_skewed_trace(trace: np.ndar
     [
         ({"num_ranks": 0}, "num_ranks"),
         ({"interval": -1}, "interval"),
-        ({"episode": 0}, "episode"),
         ({"num_redundant_experts": -2}, "num_redundant_experts"),
         ({"num_threads": True}, "num_threads"),
     ],

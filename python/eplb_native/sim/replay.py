@@ -5,8 +5,8 @@ Semantics (one run per policy, all from the same trace ``load`` float64 [T, L, N
 - the default placement (``default_placement``) is in force for steps ``0 .. interval - 1``;
 - at every step ``t = interval, 2 * interval, ...`` (``t < T``) the policy plans from the window
   just seen, ``window = load[t - interval : t]``: ``load = window.sum(0)`` [L, N], ``history`` =
-  the window folded into episodes of ``episode`` steps [ceil(interval / episode), L, N],
-  ``current`` = the placement in force [L, P];
+  the window's per-step heat [interval, L, N] (policies with episodes, FlashLB, fold it
+  themselves: its ``options.episode_steps``), ``current`` = the placement in force [L, P];
 - the new plan is then scored on the steps it serves, ``t .. t + interval - 1`` (out of sample:
   the plan never saw them).
 
@@ -61,7 +61,6 @@ class ReplaySettings:
         num_redundant_experts: R, physical slots beyond the N logical experts (P = N + R, a
             multiple of D).
         interval: steps between re-plans (> 0); also the window each plan is made from.
-        episode: steps folded into one ``history`` episode (> 0).
         num_groups: expert groups passed to the policies (1: no group constraint).
         num_nodes: nodes passed to the policies.
         num_threads: planner threads (0: all cores).
@@ -71,14 +70,13 @@ class ReplaySettings:
     num_ranks: int = 8
     num_redundant_experts: int = 8
     interval: int = 50
-    episode: int = 10
     num_groups: int = 1
     num_nodes: int = 1
     num_threads: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_ranks", "interval", "episode", "num_groups", "num_nodes"):
+        for name in ("num_ranks", "interval", "num_groups", "num_nodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 msg = f"{name}: expected a positive integer, got {value!r}"
@@ -150,20 +148,6 @@ class ReplayResult:
         return {name: run.summary() for name, run in self.policies.items()}
 
 
-def episodes(window: FloatArray, episode: int) -> FloatArray:
-    """The window's steps summed into episodes of ``episode`` steps (the last may be shorter).
-
-    Args:
-        window: float64 [w, L, N], per-step load.
-        episode: steps per episode (> 0).
-
-    Returns:
-        float64 [ceil(w / episode), L, N].
-    """
-    starts = np.arange(0, window.shape[0], episode)
-    return np.add.reduceat(window, starts, axis=0)
-
-
 def _step_par(rank_load: FloatArray) -> FloatArray:
     """Per-step PAR averaged over layers, float64 [w], from tokens per rank [w, L, D]."""
     mean = rank_load.mean(axis=-1)
@@ -186,7 +170,7 @@ def replay(
     Args:
         load: float [T, L, N], tokens per (step, layer, logical expert); T > interval.
         policies: policy names for ``planner`` (``STATIC`` is always added first).
-        settings: ranks, redundancy, interval, episode, threads, seed.
+        settings: ranks, redundancy, interval, threads, seed.
         planner: ``rebalance_experts``-compatible callable; default
             ``eplb_native.policies.rebalance_experts``.
         options: per-policy ``options=`` objects, by policy name.
@@ -249,7 +233,7 @@ def _replay_one(
                 num_ranks=settings.num_ranks,
                 policy=name,
                 current=plan.phy2log,
-                history=episodes(window, settings.episode),
+                history=window,
                 num_threads=settings.num_threads,
                 seed=settings.seed,
                 options=policy_options,
@@ -289,4 +273,4 @@ def _replay_one(
     return run
 
 
-__all__ = ["STATIC", "PolicyReplay", "ReplayResult", "ReplaySettings", "episodes", "replay"]
+__all__ = ["STATIC", "PolicyReplay", "ReplayResult", "ReplaySettings", "replay"]
