@@ -235,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
+
+
 def _trace_label(trace: Trace) -> str:
     path = Path(trace.source)
     return f"{SHIPPED_TRACE} (shipped)" if path == shipped_trace_path() else str(path)
@@ -337,7 +341,7 @@ def _print_header(trace: Trace, result: ReplayResult, episode: int | None) -> No
     model = trace.metadata.get("model")
     print(
         f"trace: {_trace_label(trace)}{f', {model}' if model else ''}: "
-        f"{trace.num_steps} steps x {trace.num_layers} layers x {trace.num_experts} experts"
+        f"{_steps(trace.num_steps)} x {trace.num_layers} layers x {trace.num_experts} experts"
     )
     if trace.synthetic is not None:
         syn = trace.synthetic
@@ -417,7 +421,7 @@ def _plan(args: argparse.Namespace) -> None:
     before = evaluate(initial, trace.load, args.ranks)
     after = evaluate(plan, trace.load, args.ranks)
     print(
-        f"trace: {_trace_label(trace)}: {trace.num_steps} steps x {trace.num_layers} layers x "
+        f"trace: {_trace_label(trace)}: {_steps(trace.num_steps)} x {trace.num_layers} layers x "
         f"{trace.num_experts} experts; {args.ranks} ranks x {initial.slots_per_rank(args.ranks)} slots "
         f"({num_redundant} redundant); policy {args.policy} (in sample: planned and scored on the whole trace)"
     )
@@ -445,7 +449,7 @@ def _inspect(args: argparse.Namespace) -> None:
         f"map: {args.expert_map}: {plan.num_layers} layers, {num_ranks} ranks x "
         f"{plan.slots_per_rank(num_ranks)} slots ({num_redundant} redundant)"
     )
-    print(f"trace: {_trace_label(trace)}: {trace.num_steps} steps")
+    print(f"trace: {_trace_label(trace)}: {_steps(trace.num_steps)}")
     reference = default_placement(plan.num_layers, plan.num_experts, num_ranks, num_redundant)
     rows: list[tuple[str, Plan]] = [("this map", plan), ("default placement", reference)]
     print(

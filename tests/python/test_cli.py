@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eplb_native.cli import available_policies, default_policies, main
+from eplb_native.cli import available_policies, default_policies, main, policy_options
 from eplb_native.expert_map import load_expert_map, load_expert_map_with_ranks
 from eplb_native.plan import validate_plan
 
@@ -77,6 +77,21 @@ def test_simulate_as_a_module_writes_the_json_schema(tiny_trace: Path, tmp_path:
 def test_default_policies_are_all_registered_but_random() -> None:
     assert set(default_policies()) == set(available_policies()) - {"random"}
     assert "default_eplb" in default_policies()
+
+
+@pytest.mark.skipif("flashlb" not in available_policies(), reason="flashlb not registered")
+def test_flashlb_gets_its_episode_length_from_the_command_line(
+    tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert policy_options(["default_eplb", "flashlb"], 7)["flashlb"].episode_steps == 7
+    assert policy_options(["default_eplb"], 7) == {}
+    out = tmp_path / "r.json"
+    code = main(
+        ["simulate", "--trace", str(tiny_trace), *TINY, "--policies", "flashlb", "--json", str(out)]
+    )
+    assert code == 0
+    assert "FlashLB episodes of 2" in capsys.readouterr().out
+    assert set(json.loads(out.read_text())["policies"]) == {"static", "flashlb"}
 
 
 def test_simulate_single_step_trace_says_it_is_synthetic(
