@@ -27,7 +27,11 @@ Supported files (chosen by extension):
   ``load``, nested lists ``[T, L, N]`` or ``[L, N]``.
 
 SGLang's ``stat`` recorder keeps a circular buffer of ``expert_distribution_recorder_buffer_size``
-steps that starts zero-filled; steps with no token in any layer are dropped (and logged).
+steps (default 1000) that starts zero-filled; steps with no token in any layer are dropped (and
+logged). Once that buffer has wrapped, its rows are in buffer order, not time order: record
+fewer steps than the buffer holds (or set it to -1, unbounded) for a faithful time series. The
+``per_pass`` / ``per_token`` modes write one file per rank (``..._{rank}.pt``) holding that
+rank's tokens; replay one file, or sum the ranks' files into one ``.npy`` first.
 
 A malformed trace (unreadable or unknown file, missing key, wrong number of dimensions, empty,
 negative counts, NaN or inf) raises ValueError naming the file and the problem.
