@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
     m.attr("__version__") = EPLB_VERSION;
     eplb_native::bindings::bind_maps(m);
     eplb_native::bindings::bind_policies(m);
+    eplb_native::bindings::bind_reference(m);
 }

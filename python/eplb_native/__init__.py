@@ -6,6 +6,8 @@ Planning needs numpy only; the runtime (``eplb_native.runtime``) and the operato
 
 from __future__ import annotations
 
+import importlib.util
+
 from eplb_native._core import __version__
 from eplb_native.config import POLICY_NAMES, EplbConfig, PolicyName
 from eplb_native.expert_map import load_expert_map, save_expert_map
@@ -33,6 +35,19 @@ from eplb_native.policies import (
     rebalance_experts,
 )
 
+
+
+def npu_available() -> bool:
+    """True when the Ascend NPU implementation of ``fused_moe_decode`` is usable: torch_npu
+    imports and the kernels library built with CANN sits beside the package. Imports torch (and
+    then torch_npu) only when called; False without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    from eplb_native import ops
+
+    return ops.npu_available()
+
+
 __all__ = [
     "POLICIES",
     "POLICY_NAMES",
@@ -50,6 +65,7 @@ __all__ = [
     "evaluate",
     "expert_load_from_slot_load",
     "load_expert_map",
+    "npu_available",
     "lower_bound_max_load",
     "make_policy",
     "rank_expert_maps",

@@ -1,0 +1,17 @@
+"""The torch side of eplb_native: heat recording and the EPLB-ready MoE layer.
+
+Importing this package needs torch; ``import eplb_native`` alone does not.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as error:
+    msg = "eplb_native.runtime needs torch: pip install 'eplb-native[torch]'"
+    raise ImportError(msg) from error
+
+from eplb_native.runtime.heat import HeatRecorder, HeatWindow
+from eplb_native.runtime.moe import EplbMoE, RankExperts
+
+__all__ = ["EplbMoE", "HeatRecorder", "HeatWindow", "RankExperts"]

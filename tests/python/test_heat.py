@@ -1,0 +1,224 @@
+"""HeatRecorder: preallocated counters, bincount fallback, episodes, gather and conversion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from dist_utils import run_on_ranks
+
+import eplb_native
+from eplb_native import EplbConfig, MoeLayerMap, Plan
+from eplb_native.runtime import HeatRecorder
+
+
+def _random_ids(
+    rng: np.random.Generator, num_slots: int, tokens: int = 7, top_k: int = 3
+) -> torch.Tensor:
+    # Includes ids outside [0, S): -1 (not on this rank) and S (padding), both skipped.
+    return torch.from_numpy(rng.integers(-1, num_slots + 1, size=(tokens, top_k)).astype(np.int32))
+
+
+def _count(ids: torch.Tensor, num_slots: int) -> np.ndarray:
+    flat = ids.numpy().reshape(-1)
+    return np.array([(flat == slot).sum() for slot in range(num_slots)], dtype=np.int64)
+
+
+def test_buffer_is_the_same_memory_every_step_and_window() -> None:
+    plan = eplb_native.default_placement(
+        num_layers=3, num_experts=4, num_ranks=1, num_redundant_experts=2
+    )
+    heat = HeatRecorder(plan, collection_interval=2)
+    pointers = [heat.buffer(layer).data_ptr() for layer in range(3)]
+    for step in range(5):
+        for layer in range(3):
+            buffer = heat.buffer(layer)
+            assert buffer.data_ptr() == pointers[layer], f"{step=} {layer=}"
+            assert buffer.dtype == torch.int64
+            assert buffer.shape == (6,)
+            assert buffer.is_contiguous()
+            buffer += layer + 1  # as the operator's in-place moe_load accumulation
+        heat.step()
+    assert len(set(pointers)) == 3
+
+
+def test_record_counts_local_slot_ids_and_skips_out_of_range() -> None:
+    rng = np.random.default_rng(0)
+    plan = eplb_native.default_placement(num_layers=2, num_experts=5, num_ranks=1)
+    heat = HeatRecorder(plan, collection_interval=1)
+    ids_a, ids_b = _random_ids(rng, 5), _random_ids(rng, 5).to(torch.int64)
+    heat.record(1, ids_a)
+    heat.record(1, ids_b)
+    heat.record(1, ids_a.t())  # any layout: ids are only counted
+    want = 2 * _count(ids_a, 5) + _count(ids_b, 5)
+    assert np.array_equal(heat.buffer(1).numpy(), want)
+    assert not heat.buffer(0).any()
+    window = heat.step()
+    assert window is not None
+    assert np.array_equal(window.slot_load[0, 1], want)
+
+
+def test_steps_fold_into_episodes_and_window_restarts() -> None:
+    rng = np.random.default_rng(1)
+    plan = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
+    # 6 steps per window, 4 per episode: episodes of 4 and 2 steps.
+    heat = HeatRecorder(plan, collection_interval=6, episode_steps=4)
+    assert heat.num_episodes == 2
+    for window_idx in range(2):
+        want = np.zeros((2, 2, 4), dtype=np.int64)
+        for step in range(6):
+            for layer in range(2):
+                ids = _random_ids(rng, 4)
+                heat.record(layer, ids)
+                want[step // 4, layer] += _count(ids, 4)
+            window = heat.step()
+            assert (window is None) == (step < 5), f"{window_idx=} {step=}"
+        assert window is not None
+        assert window.num_steps == 6
+        assert np.array_equal(window.slot_load, want), f"{window_idx=}"
+        assert np.array_equal(window.expert_load, want.astype(np.float64))
+
+
+def test_gathered_slot_counts_become_logical_loads_over_replicas() -> None:
+    # P = 6 slots for N = 4 experts: slots 4 and 5 hold second replicas of experts 0 and 1.
+    plan = eplb_native.default_placement(
+        num_layers=1, num_experts=4, num_ranks=1, num_redundant_experts=2
+    )
+    heat = HeatRecorder(plan, collection_interval=1)
+    heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4, 10, 20]))
+    window = heat.step()
+    assert window is not None
+    assert window.expert_load.tolist() == [[[11.0, 22.0, 3.0, 4.0]]]
+    assert window.slot_load.tolist() == [[[1, 2, 3, 4, 10, 20]]]
+
+
+def test_each_episode_converts_with_its_own_placement() -> None:
+    plan = Plan.from_phy2log([[0, 1, 2, 3]], 4)
+    heat = HeatRecorder(plan, collection_interval=2, episode_steps=1)
+    heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4]))
+    assert heat.step() is None
+    heat.set_layer_placement(0, [3, 2, 1, 0])
+    heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4]))
+    window = heat.step()
+    assert window is not None
+    assert window.expert_load[:, 0].tolist() == [[1, 2, 3, 4], [4, 3, 2, 1]]
+    assert heat.phy2log.tolist() == [[3, 2, 1, 0]]
+
+
+def test_gather_mid_window_includes_open_episode_without_reset() -> None:
+    plan = eplb_native.default_placement(num_layers=1, num_experts=3, num_ranks=1)
+    heat = HeatRecorder(plan, collection_interval=10, episode_steps=2)
+    for _ in range(3):
+        heat.record(0, torch.tensor([0, 2, 2]))
+        heat.step()
+    early = heat.gather()
+    assert early.num_steps == 3
+    assert early.slot_load[:, 0].tolist() == [[2, 0, 4], [1, 0, 2]]
+    heat.record(0, torch.tensor([1]))
+    heat.step()
+    assert heat.gather().slot_load[:, 0].tolist() == [[2, 0, 4], [1, 1, 2]]
+
+
+def test_dense_layers_have_no_buffer() -> None:
+    layer_map = MoeLayerMap.from_first_k_dense(num_model_layers=4, first_k_dense=1)
+    plan = eplb_native.default_placement(num_layers=3, num_experts=4, num_ranks=1)
+    heat = HeatRecorder(plan, collection_interval=1, layer_map=layer_map)
+    assert heat.buffer_for_model_layer(0) is None
+    for model_layer, moe_layer in ((1, 0), (2, 1), (3, 2)):
+        buffer = heat.buffer_for_model_layer(model_layer)
+        assert buffer is not None
+        assert buffer.data_ptr() == heat.buffer(moe_layer).data_ptr()
+
+
+def test_from_config_takes_window_and_episode_lengths() -> None:
+    config = EplbConfig.from_dict({"expert_heat_collection_interval": 12, "episode_steps": 5})
+    plan = eplb_native.default_placement(num_layers=1, num_experts=2, num_ranks=1)
+    heat = HeatRecorder.from_config(config, plan)
+    assert (heat.collection_interval, heat.episode_steps, heat.num_episodes) == (12, 5, 3)
+
+
+_PLAN = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "field"),
+    [
+        (lambda: HeatRecorder(_PLAN, collection_interval=0), ValueError, "collection_interval"),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=2, episode_steps=-1),
+            ValueError,
+            "episode_steps",
+        ),
+        (lambda: HeatRecorder(_PLAN, collection_interval=True), ValueError, "collection_interval"),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1, layer_map=MoeLayerMap.all_moe(3)),
+            ValueError,
+            "layer_map",
+        ),
+        (lambda: HeatRecorder(_PLAN, collection_interval=1).buffer(2), ValueError, "layer_idx"),
+        (lambda: HeatRecorder(_PLAN, collection_interval=1).buffer(-1), ValueError, "layer_idx"),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1).record(0, torch.ones(3)),
+            TypeError,
+            "topk_ids",
+        ),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1).record(0, [0, 1]),
+            TypeError,
+            "topk_ids",
+        ),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1).set_layer_placement(0, [0, 1, 2]),
+            ValueError,
+            "phy2log",
+        ),
+        (
+            lambda: HeatRecorder(_PLAN, collection_interval=1).set_layer_placement(0, [0, 1, 2, 2]),
+            ValueError,
+            "phy2log",
+        ),
+    ],
+)
+def test_bad_input_raises_naming_the_field(call, error, field) -> None:
+    with pytest.raises(error, match=field):
+        call()
+
+
+def _gather_two_ranks(rank: int, world_size: int) -> None:
+    # N = 3 experts on P = 4 slots: rank 0 holds [0, 1], rank 1 holds [2, 0].
+    plan = Plan.from_phy2log([[0, 1, 2, 0], [2, 1, 0, 1]], 3)
+    heat = HeatRecorder(plan, collection_interval=2)
+    pointer = heat._gathered.data_ptr()
+    for step in range(2):
+        heat.buffer(0).copy_(torch.tensor([10 * rank + step, 1]))
+        heat.buffer(1).copy_(torch.tensor([rank, 100 + step]))
+        window = heat.step()
+    assert window is not None
+    assert heat._gathered.data_ptr() == pointer
+    want_slots = [[[0, 1, 10, 1], [0, 100, 1, 100]], [[1, 1, 11, 1], [0, 101, 1, 101]]]
+    assert window.slot_load.tolist() == want_slots, f"{rank=}"
+    want_experts = [[[1, 1, 10], [1, 200, 0]], [[2, 1, 11], [1, 202, 0]]]
+    assert window.expert_load.tolist() == want_experts, f"{rank=}"
+
+
+def test_two_ranks_gather_every_slot_count() -> None:
+    run_on_ranks(_gather_two_ranks, 2)
+
+
+def test_runtime_without_torch_says_how_to_install_it() -> None:
+    # A fresh interpreter where torch cannot be imported: the planning API still imports.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import eplb_native\n"
+        "try:\n"
+        "    import eplb_native.runtime\n"
+        "except ImportError as error:\n"
+        "    sys.stdout.write(str(error))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "eplb_native.runtime needs torch: pip install 'eplb-native[torch]'"
