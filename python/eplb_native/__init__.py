@@ -11,6 +11,7 @@ import importlib.util
 from eplb_native._core import __version__
 from eplb_native.config import POLICY_NAMES, EplbConfig, PolicyName
 from eplb_native.expert_map import load_expert_map, save_expert_map
+from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
 from eplb_native.layers import MoeLayerMap
 from eplb_native.plan import (
     Plan,
@@ -29,12 +30,12 @@ from eplb_native.plan import (
 from eplb_native.policies import (
     POLICIES,
     EplbPolicy,
+    FlashLBPolicy,
     PolicyFn,
     SwiftBalancerOptions,
     make_policy,
     rebalance_experts,
 )
-
 
 
 def npu_available() -> bool:
@@ -53,9 +54,12 @@ __all__ = [
     "POLICY_NAMES",
     "EplbConfig",
     "EplbPolicy",
+    "FlashLBOptions",
+    "FlashLBPolicy",
     "MoeLayerMap",
     "Plan",
     "PlanStats",
+    "PlannedBalance",
     "PolicyFn",
     "PolicyName",
     "SwiftBalancerOptions",
@@ -65,14 +69,16 @@ __all__ = [
     "evaluate",
     "expert_load_from_slot_load",
     "load_expert_map",
-    "npu_available",
     "lower_bound_max_load",
     "make_policy",
+    "npu_available",
+    "plan_flashlb",
     "rank_expert_maps",
     "rank_loads",
     "rank_log2phy",
     "rebalance_experts",
     "save_expert_map",
+    "select_layers",
     "slot_load_from_expert_load",
     "validate_plan",
 ]

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from eplb_native import _core
 from eplb_native.config import POLICY_NAMES
+from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
 from eplb_native.plan import (
     FloatArray,
     IntArray,
@@ -115,14 +116,14 @@ def _core_policy(name: str, options_type: type | None) -> PolicyFn:
     return run
 
 
-#: Registry name -> policy. ``flashlb`` (python/eplb_native/flashlb.py) joins with one line:
-#: ``POLICIES["flashlb"] = plan_flashlb``.
+#: Registry name -> policy; the keys are exactly config.POLICY_NAMES (vLLM's assertion).
 POLICIES: dict[str, PolicyFn] = {
     "random": _core_policy("random", None),
     "default_eplb": _core_policy("default_eplb", None),
     "swift_balancer": _core_policy("swift_balancer", SwiftBalancerOptions),
+    "flashlb": plan_flashlb,
 }
-assert set(POLICIES) <= set(POLICY_NAMES), "registry keys must be config.POLICY_NAMES values"
+assert set(POLICIES) == set(POLICY_NAMES), "registry keys must equal config.POLICY_NAMES"
 
 
 def _as_numpy(values: Any) -> Any:
@@ -133,11 +134,8 @@ def _as_numpy(values: Any) -> Any:
 
 
 def _policy_fn(policy: str) -> PolicyFn:
-    if policy not in POLICY_NAMES:
-        msg = f"policy: unknown policy {policy!r}; valid policies: {', '.join(POLICY_NAMES)}"
-        raise ValueError(msg)
     if policy not in POLICIES:
-        msg = f"policy: {policy!r} is not registered; registered: {', '.join(POLICIES)}"
+        msg = f"policy: unknown policy {policy!r}; valid policies: {', '.join(POLICY_NAMES)}"
         raise ValueError(msg)
     return POLICIES[policy]
 
@@ -308,12 +306,12 @@ class EplbPolicy:
             msg = f"current_table: {error}"
             raise ValueError(msg) from error
         expert_load = expert_load_from_slot_load(current, slots.reshape(*slots.shape[:-2], -1))
-        if expert_load.ndim == 3:
-            expert_load = expert_load.sum(axis=0)
+        history = expert_load if expert_load.ndim == 3 else None  # [T, L, N] episodes
+        window_load = expert_load.sum(axis=0) if history is not None else expert_load
         proposal = rebalance_experts(
-            expert_load, num_ranks * num_slots, self.num_groups, self.num_nodes, num_ranks,
-            policy=self.name, current=current, num_threads=self.num_threads, seed=self.seed,
-            options=self.options,
+            window_load, num_ranks * num_slots, self.num_groups, self.num_nodes, num_ranks,
+            policy=self.name, current=current, history=history, num_threads=self.num_threads,
+            seed=self.seed, options=self.options,
         )  # fmt: skip
         layers = self.select_layers(current, proposal, expert_load, num_ranks)
         new_table = table.copy()
@@ -323,14 +321,51 @@ class EplbPolicy:
     def select_layers(
         self, current: Plan, proposal: Plan, load: FloatArray, num_ranks: int
     ) -> IntArray:
-        """Layers to apply, int64 [k]: those whose max rank load on ``load`` (float64 [L, N])
-        drops, largest drop first (ties: lower layer first)."""
+        """Layers to apply, int64 [k]: those whose max rank load on ``load`` (float64 [L, N] or
+        [T, L, N] episodes, summed) drops, largest drop first (ties: lower layer first)."""
+        if load.ndim == 3:
+            load = load.sum(axis=0)
         before = rank_loads(current, load, num_ranks).max(axis=-1)
         after = rank_loads(proposal, load, num_ranks).max(axis=-1)
         gain = before - after
         order = np.argsort(-gain, kind="stable")
         selected: IntArray = order[gain[order] > 0].astype(np.int64)
         return selected
+
+
+class FlashLBPolicy(EplbPolicy):
+    """FlashLB through the stateful interface, with layer-wise cherry-picking.
+
+    It remembers each layer's balance (mean / peak rank load) when last planned and applies a
+    layer only when its balance on the recent window fell below ``update_threshold_ratio`` x
+    that, or below ``update_threshold_value``, and the new table improves it; best first, at
+    most ``max_layers_per_update`` (see ``FlashLBOptions``).
+    """
+
+    def __init__(
+        self,
+        num_groups: int = 1,
+        num_nodes: int = 1,
+        options: FlashLBOptions | None = None,
+        num_threads: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__("flashlb", num_groups, num_nodes, options or FlashLBOptions(), num_threads, seed)
+        self.planned: PlannedBalance | None = None
+
+    def select_layers(
+        self, current: Plan, proposal: Plan, load: FloatArray, num_ranks: int
+    ) -> IntArray:
+        options: FlashLBOptions = self.options
+        if self.planned is None or self.planned.balance.shape[0] != current.num_layers:
+            self.planned = PlannedBalance.empty(current.num_layers)
+        ratio, value = options.thresholds(num_ranks)
+        layers, balance = select_layers(
+            current, proposal, load, self.planned, num_ranks,
+            threshold_ratio=ratio, threshold_value=value, max_layers=options.max_layers_per_update,
+        )  # fmt: skip
+        self.planned.record(layers, balance)
+        return layers
 
 
 def make_policy(
@@ -342,12 +377,15 @@ def make_policy(
     seed: int = 0,
 ) -> EplbPolicy:
     """The stateful policy ``name`` (ValueError listing valid names when unknown)."""
+    if name == "flashlb":
+        return FlashLBPolicy(num_groups, num_nodes, options, num_threads, seed)
     return EplbPolicy(name, num_groups, num_nodes, options, num_threads, seed)
 
 
 __all__ = [
     "POLICIES",
     "EplbPolicy",
+    "FlashLBPolicy",
     "PolicyFn",
     "SwiftBalancerOptions",
     "make_policy",

@@ -12,6 +12,13 @@ except ImportError as error:
     raise ImportError(msg) from error
 
 from eplb_native.runtime.heat import HeatRecorder, HeatWindow
+from eplb_native.runtime.loader import LayerUpdate, WeightLoader
 from eplb_native.runtime.moe import EplbMoE, RankExperts
+from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
+from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
+from eplb_native.runtime.worker import PlannerWorker, PolicySpec
 
 __all__ = ["EplbMoE", "HeatRecorder", "HeatWindow", "RankExperts"]
+# Dynamic EPLB loop (issue 6): transfer planning, weight loading, planner worker, update manager.
+__all__ += ["EplbUpdateManager", "LayerTransfers", "LayerUpdate", "PlannerWorker", "PolicySpec",
+            "WeightLoader", "initial_plan", "plan_transfers"]

@@ -1,0 +1,69 @@
+"""Seeded synthetic MoE workloads and trace loading for the benchmarks.
+
+``deepseek_v3_like``: a per-step expert-load series [T, L, N] shaped like DeepSeek-V3 serving
+(58 MoE layers, 256 routed experts, top-8): each layer has a log-normal expert popularity (the
+hottest expert carries about 5-10x the mean, as in the real traces of ../shared/traces), which
+drifts as a Gaussian random walk on the logits; each step routes ``tokens_per_step`` tokens
+(times top_k) by Poisson sampling. Synthetic: no real trace is copied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+# ../shared/traces next to the repository (a worktree sits one level deeper).
+TRACE_DIR = next(
+    (
+        root / "shared" / "traces"
+        for root in Path(__file__).resolve().parents[2:4]
+        if (root / "shared" / "traces").is_dir()
+    ),
+    Path("../shared/traces"),
+)
+
+
+def deepseek_v3_like(
+    num_steps: int = 1024,
+    num_layers: int = 58,
+    num_experts: int = 256,
+    top_k: int = 8,
+    tokens_per_step: int = 4096,
+    popularity_sigma: float = 0.8,
+    drift_per_step: float = 0.01,
+    seed: int = 0,
+) -> FloatArray:
+    """Per-step expert loads, float64 [T, L, N] (tokens routed to each expert in each step).
+
+    Args:
+        num_steps, num_layers, num_experts, top_k: T, L, N and experts per token.
+        tokens_per_step: tokens in each forward step.
+        popularity_sigma: std of the log-normal expert popularity (0.8: hottest ~7x mean).
+        drift_per_step: std of the per-step random walk of each expert's log-popularity.
+        seed: RNG seed; the same seed gives the same series.
+    """
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, popularity_sigma, size=(num_layers, num_experts))
+    loads = np.empty((num_steps, num_layers, num_experts), dtype=np.float64)
+    routed = float(tokens_per_step * top_k)
+    for step in range(num_steps):
+        logits += rng.normal(0.0, drift_per_step, size=logits.shape)
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = weights / weights.sum(axis=-1, keepdims=True)
+        loads[step] = rng.poisson(routed * probs)
+    return loads
+
+
+def load_trace(name: str) -> FloatArray:
+    """The ``load`` array [T, L, N] of ../shared/traces/<name>.npz as float64."""
+    with np.load(TRACE_DIR / f"{name}.npz") as data:
+        return np.asarray(data["load"], dtype=np.float64)
+
+
+def trace_names() -> list[str]:
+    """Names of the traces present in ../shared/traces (empty when the folder is absent)."""
+    return sorted(path.stem for path in TRACE_DIR.glob("*.npz"))

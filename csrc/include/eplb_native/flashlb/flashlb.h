@@ -1,0 +1,49 @@
+#pragma once
+// FlashLB: joint replica allotment and placement with multi-episode statistics, a width x
+// depth tree search, target packing, swap refinement and minimal-move alignment.
+
+#include <cstdint>
+#include <vector>
+
+#include "eplb_native/flashlb/episodes.h"
+#include "eplb_native/flashlb/placement.h"
+#include "eplb_native/plan.h"
+#include "eplb_native/thread_pool.h"
+#include "eplb_native/topology.h"
+
+namespace eplb_native::flashlb {
+
+struct Options {
+    double z_score = 0.674;        // risk = mean + z * stddev (0.674: 75th percentile)
+    int64_t max_depth = 4;         // expert groups searched one after another
+    int64_t width = 8;             // candidate replica counts tried per group
+    int64_t episode_steps = 16;    // history steps per episode
+    int64_t max_episodes = 64;     // episodes kept (evenly spaced) at most
+    bool incremental = false;      // edit `current` instead of replacing it (needs current)
+    int64_t max_moves_per_layer = -1;  // incremental mode's cap on weight copies; < 0 = none
+};
+
+// Throws std::invalid_argument naming the field when an option is out of range.
+void validate_options(const Options& options);
+
+// Inputs of plan_flashlb. `load` is [L, N]; `history`, when not null, is [T, L, N] row-major
+// (its episodes then give the statistics instead of `load`); `current`, when not null, is the
+// phy2log [L, P] in service (used to keep experts in place, and by the incremental mode).
+struct Request {
+    LoadView load;
+    const double* history = nullptr;
+    int64_t num_steps = 0;
+    const int64_t* current = nullptr;
+};
+
+// Plans every layer (in parallel on `pool`, identical results for any thread count). Groups and
+// nodes are validated but FlashLB balances globally over all ranks. Throws
+// std::invalid_argument naming the field for bad loads, topology, options or current table.
+[[nodiscard]] Plan plan_flashlb(const Request& request, const Topology& topo,
+                                const Options& options, ThreadPool& pool);
+
+// One layer: the phy2log row [P] for `stats` (no alignment to a current table).
+[[nodiscard]] std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
+                                              const Options& options, ThreadPool& pool);
+
+}  // namespace eplb_native::flashlb

@@ -1,0 +1,111 @@
+#include "eplb_native/flashlb/episodes.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "eplb_native/error.h"
+
+namespace eplb_native::flashlb {
+namespace {
+
+void finish_stats(EpisodeStats& stats, double z_score) {
+    const auto num_episodes = static_cast<size_t>(stats.num_episodes);
+    const auto num_experts = static_cast<size_t>(stats.num_experts);
+    stats.mean.assign(num_experts, 0.0);
+    stats.stddev.assign(num_experts, 0.0);
+    stats.risk.assign(num_experts, 0.0);
+    for (size_t e = 0; e < num_experts; ++e) {
+        const double* row = stats.loads.data() + e * num_episodes;
+        double sum = 0.0;
+        for (size_t k = 0; k < num_episodes; ++k) {
+            sum += row[k];
+        }
+        const double mean = sum / static_cast<double>(num_episodes);
+        double squares = 0.0;
+        for (size_t k = 0; k < num_episodes; ++k) {
+            squares += (row[k] - mean) * (row[k] - mean);
+        }
+        stats.mean[e] = mean;
+        stats.stddev[e] = std::sqrt(squares / static_cast<double>(num_episodes));
+        stats.risk[e] = mean + z_score * stats.stddev[e];
+    }
+}
+
+}  // namespace
+
+std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
+                                    int64_t max_episodes) {
+    EPLB_CHECK(num_steps > 0 && episode_steps > 0 && max_episodes > 0, "bad episode sizes");
+    const int64_t num_chunks = std::max<int64_t>(1, num_steps / episode_steps);
+    const int64_t chunk = num_steps < episode_steps ? num_steps : episode_steps;
+    const int64_t kept = std::min(num_chunks, max_episodes);
+    std::vector<int64_t> bounds;
+    bounds.reserve(static_cast<size_t>(2 * kept));
+    for (int64_t i = 0; i < kept; ++i) {
+        const int64_t chunk_idx = i * num_chunks / kept;  // evenly spaced, first chunk kept
+        bounds.push_back(chunk_idx * chunk);
+        bounds.push_back(chunk_idx * chunk + chunk);
+    }
+    return bounds;
+}
+
+EpisodeStats stats_from_history(const double* history, int64_t num_layers, int64_t num_experts,
+                                int64_t layer_idx, const std::vector<int64_t>& bounds,
+                                double z_score) {
+    EpisodeStats stats;
+    stats.num_episodes = static_cast<int64_t>(bounds.size() / 2);
+    stats.num_experts = num_experts;
+    const auto num_episodes = static_cast<size_t>(stats.num_episodes);
+    stats.loads.assign(static_cast<size_t>(num_experts) * num_episodes, 0.0);
+    for (size_t k = 0; k < num_episodes; ++k) {
+        for (int64_t step = bounds[2 * k]; step < bounds[2 * k + 1]; ++step) {
+            const double* row = history + (step * num_layers + layer_idx) * num_experts;
+            for (int64_t e = 0; e < num_experts; ++e) {
+                stats.loads[static_cast<size_t>(e) * num_episodes + k] += row[e];
+            }
+        }
+    }
+    finish_stats(stats, z_score);
+    return stats;
+}
+
+EpisodeStats stats_from_load(const double* layer_load, int64_t num_experts) {
+    EpisodeStats stats;
+    stats.num_episodes = 1;
+    stats.num_experts = num_experts;
+    stats.loads.assign(layer_load, layer_load + num_experts);
+    finish_stats(stats, 0.0);
+    return stats;
+}
+
+double episode_score(const EpisodeStats& stats, const std::vector<int64_t>& phy2log,
+                     const std::vector<int64_t>& counts, int64_t num_ranks) {
+    const auto num_episodes = static_cast<size_t>(stats.num_episodes);
+    const size_t num_slots = phy2log.size() / static_cast<size_t>(num_ranks);
+    std::vector<double> rank_load(static_cast<size_t>(num_ranks) * num_episodes, 0.0);
+    for (size_t slot = 0; slot < phy2log.size(); ++slot) {
+        const auto expert = static_cast<size_t>(phy2log[slot]);
+        const double share = 1.0 / static_cast<double>(counts[expert]);
+        const double* src = stats.loads.data() + expert * num_episodes;
+        double* dst = rank_load.data() + (slot / num_slots) * num_episodes;
+        for (size_t k = 0; k < num_episodes; ++k) {
+            dst[k] += src[k] * share;
+        }
+    }
+    std::vector<double> peak(rank_load.begin(), rank_load.begin() + static_cast<int64_t>(num_episodes));
+    std::vector<double> sum(peak);
+    for (size_t r = 1; r < static_cast<size_t>(num_ranks); ++r) {
+        const double* row = rank_load.data() + r * num_episodes;
+        for (size_t k = 0; k < num_episodes; ++k) {
+            peak[k] = std::max(peak[k], row[k]);
+            sum[k] += row[k];
+        }
+    }
+    double total_score = 0.0;
+    for (size_t k = 0; k < num_episodes; ++k) {
+        total_score += sum[k] > 0.0 ? peak[k] * static_cast<double>(num_ranks) / sum[k] : 1.0;
+    }
+    return total_score / static_cast<double>(num_episodes);
+}
+
+}  // namespace eplb_native::flashlb

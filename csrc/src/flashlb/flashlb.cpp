@@ -1,0 +1,451 @@
+#include "eplb_native/flashlb/flashlb.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <string>
+
+#include "eplb_native/error.h"
+#include "eplb_native/flashlb/minimal_moves.h"
+
+namespace eplb_native::flashlb {
+namespace {
+
+size_t idx(int64_t value) { return static_cast<size_t>(value); }
+
+// Robustness margin: a candidate replaces an earlier one (closer to the min-max allotment,
+// which spreads replicas over the hottest experts and so generalises best to the next window)
+// only when it scores lower by more than this fraction.
+constexpr double kScoreMargin = 0.002;
+
+bool clearly_better(double score, double than) { return score < than * (1.0 - kScoreMargin); }
+
+// A complete candidate: replica counts [N], placement [P] and its episode score.
+struct Candidate {
+    std::vector<int64_t> counts;
+    std::vector<int64_t> phy2log;
+    double score = std::numeric_limits<double>::infinity();
+};
+
+// Lower bound on episode_score for any placement of given replica counts. In episode k with
+// total load T_k > 0 the busiest rank carries at least max(T_k / D, x_ke / c_e) for every e, so
+// the score is at least (zero_episodes + max(busy_episodes, max_e share_sum[e] / c_e)) / K with
+// share_sum[e] = sum_k x_ke * D / T_k: O(N) per candidate once share_sum is known.
+struct ScoreBound {
+    explicit ScoreBound(const EpisodeStats& stats, int64_t num_ranks)
+        : share_sum(idx(stats.num_experts), 0.0) {
+        const auto num_episodes = idx(stats.num_episodes);
+        std::vector<double> total(num_episodes, 0.0);
+        for (size_t e = 0; e < share_sum.size(); ++e) {
+            for (size_t k = 0; k < num_episodes; ++k) {
+                total[k] += stats.loads[e * num_episodes + k];
+            }
+        }
+        for (size_t k = 0; k < num_episodes; ++k) {
+            (total[k] > 0.0 ? busy_episodes : zero_episodes) += 1.0;
+        }
+        for (size_t e = 0; e < share_sum.size(); ++e) {
+            for (size_t k = 0; k < num_episodes; ++k) {
+                if (total[k] > 0.0) {
+                    share_sum[e] += stats.loads[e * num_episodes + k] *
+                                    static_cast<double>(num_ranks) / total[k];
+                }
+            }
+        }
+    }
+
+    [[nodiscard]] double operator()(const std::vector<int64_t>& counts) const {
+        double peak = busy_episodes;
+        for (size_t e = 0; e < counts.size(); ++e) {
+            peak = std::max(peak, share_sum[e] / static_cast<double>(counts[e]));
+        }
+        return (zero_episodes + peak) / (zero_episodes + busy_episodes);
+    }
+
+    std::vector<double> share_sum;
+    double zero_episodes = 0.0;
+    double busy_episodes = 0.0;
+};
+
+// The tree search over how many redundant replicas each group of hot experts takes; returns
+// the best candidate (LPT placement on risk-adjusted loads).
+Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
+                           const Options& options, ThreadPool& pool) {
+    const int64_t num_experts = shape.num_experts;
+    const int64_t num_ranks = shape.num_ranks;
+    const int64_t redundant = shape.num_physical() - num_experts;
+    const std::vector<double>& weight = stats.risk;
+    std::vector<int64_t> order(idx(num_experts));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
+
+    Candidate best;
+    best.counts.assign(idx(num_experts), 1);
+    allot_min_max(weight, order, redundant, num_ranks, best.counts);
+    best.phy2log = place_lpt(weight, best.counts, shape, nullptr, 0.0);
+    best.score = episode_score(stats, best.phy2log, best.counts, num_ranks);
+    if (redundant == 0) {
+        return best;
+    }
+    // Groups: the experts the min-max estimate replicates, and as many again, in `max_depth`
+    // consecutive slices of the risk order; everything after the slices is only estimated.
+    const auto hot = static_cast<int64_t>(std::count_if(
+        best.counts.begin(), best.counts.end(), [](int64_t c) { return c > 1; }));
+    const int64_t span = std::min(num_experts, std::max(2 * hot, options.max_depth));
+    const int64_t num_groups = std::min(options.max_depth, span);
+    std::vector<int64_t> group_begin(idx(num_groups + 1));
+    for (int64_t g = 0; g <= num_groups; ++g) {
+        group_begin[idx(g)] = g * span / num_groups;
+    }
+    const ScoreBound score_bound(stats, num_ranks);
+    int64_t decided_extras = 0;
+    for (int64_t g = 0; g < num_groups; ++g) {
+        const std::vector<int64_t> group(order.begin() + group_begin[idx(g)],
+                                         order.begin() + group_begin[idx(g + 1)]);
+        const std::vector<int64_t> undecided(order.begin() + group_begin[idx(g + 1)], order.end());
+        int64_t estimate = 0;
+        for (const int64_t e : group) {
+            estimate += best.counts[idx(e)] - 1;
+        }
+        const int64_t budget = redundant - decided_extras;
+        const int64_t cap = std::min(budget, static_cast<int64_t>(group.size()) * (num_ranks - 1));
+        const int64_t hi = std::min(cap, std::max<int64_t>(0, estimate - options.width / 2) +
+                                             options.width - 1);
+        const int64_t lo = std::max<int64_t>(0, hi - options.width + 1);
+        std::vector<Candidate> candidates(idx(hi - lo + 1));
+        const double incumbent = best.score;
+        pool.parallel_for(hi - lo + 1, [&](int64_t c) {
+            Candidate& cand = candidates[idx(c)];
+            cand.counts = best.counts;
+            for (const int64_t e : group) {
+                cand.counts[idx(e)] = 1;
+            }
+            for (const int64_t e : undecided) {
+                cand.counts[idx(e)] = 1;
+            }
+            allot_min_max(weight, group, lo + c, num_ranks, cand.counts);
+            allot_min_max(weight, undecided, budget - (lo + c), num_ranks, cand.counts);
+            if (cand.counts == best.counts) {
+                return;  // the incumbent itself, already scored
+            }
+            const int64_t total = std::accumulate(cand.counts.begin(), cand.counts.end(),
+                                                  static_cast<int64_t>(0));
+            if (total != shape.num_physical() ||
+                score_bound(cand.counts) >= incumbent) {
+                return;  // infeasible split, or pruned: cannot beat the incumbent
+            }
+            cand.phy2log = place_lpt(weight, cand.counts, shape, nullptr, 0.0);
+            cand.score = episode_score(stats, cand.phy2log, cand.counts, num_ranks);
+        });
+        for (Candidate& cand : candidates) {
+            if (clearly_better(cand.score, best.score)) {
+                best = std::move(cand);
+            }
+        }
+        for (const int64_t e : group) {
+            decided_extras += best.counts[idx(e)] - 1;
+        }
+    }
+    return best;
+}
+
+void validate_current(const int64_t* current, int64_t num_layers, const LayerShape& shape,
+                      bool strict) {
+    const int64_t num_physical = shape.num_physical();
+    std::vector<int64_t> seen(idx(shape.num_experts));
+    for (int64_t layer = 0; layer < num_layers; ++layer) {
+        std::fill(seen.begin(), seen.end(), -1);
+        std::vector<char> present(idx(shape.num_experts), 0);
+        for (int64_t slot = 0; slot < num_physical; ++slot) {
+            const int64_t e = current[layer * num_physical + slot];
+            const std::string where =
+                "layer " + std::to_string(layer) + " slot " + std::to_string(slot);
+            if (e < 0 || e >= shape.num_experts) {
+                throw_invalid("current", where + " holds expert " + std::to_string(e) +
+                                             ", expected 0.." +
+                                             std::to_string(shape.num_experts - 1));
+            }
+            present[idx(e)] = 1;
+            const int64_t rank = slot / shape.num_slots;
+            if (strict && seen[idx(e)] == rank) {
+                throw_invalid("current", where + ": rank " + std::to_string(rank) +
+                                             " holds expert " + std::to_string(e) + " twice");
+            }
+            seen[idx(e)] = rank;
+        }
+        const auto missing = std::find(present.begin(), present.end(), 0);
+        if (strict && missing != present.end()) {
+            throw_invalid("current", "layer " + std::to_string(layer) + ": expert " +
+                                         std::to_string(missing - present.begin()) +
+                                         " has no replica");
+        }
+    }
+}
+
+// Lower bound on the busiest rank's share of `weight` [N]: the mean rank load, and the largest
+// replica of the min-max allotment (exact for that quantity).
+double mean_lower_bound(const std::vector<double>& weight, const LayerShape& shape) {
+    std::vector<int64_t> counts(idx(shape.num_experts), 1);
+    std::vector<int64_t> all(idx(shape.num_experts));
+    std::iota(all.begin(), all.end(), 0);
+    allot_min_max(weight, all, shape.num_physical() - shape.num_experts, shape.num_ranks, counts);
+    double total = 0.0;
+    double replica_bound = 0.0;
+    for (size_t e = 0; e < weight.size(); ++e) {
+        total += weight[e];
+        replica_bound = std::max(replica_bound, weight[e] / static_cast<double>(counts[e]));
+    }
+    return std::max(total / static_cast<double>(shape.num_ranks), replica_bound);
+}
+
+// Rounds of replica moves between the `kPolishExperts` heaviest experts: every (donor,
+// receiver, 1..kPolishMaxShift replicas) move that keeps the donor >= 1 and the receiver <= D
+// replicas is re-placed and scored; the best improving move is applied (LPT placement; swap
+// refinement once at the end). Repeats while it improves, at most kPolishRounds times.
+// Only for single-episode statistics (the score is then the busiest rank's load), and skipped
+// when the busiest rank is already at `lower_bound`.
+constexpr int64_t kPolishExperts = 8;
+constexpr int kPolishRounds = 8;
+constexpr int64_t kPolishMaxShift = 3;  // replicas moved at once from one expert to another
+constexpr int64_t kRefineRounds = 4;  // swap refinement: at most 4 * D swaps
+constexpr double kPolishSkipGap = 1e-3;  // skip polishing within 0.1% of the lower bound
+
+Candidate place_counts(const EpisodeStats& stats, const LayerShape& shape,
+                           std::vector<int64_t> counts) {
+    Candidate cand;
+    cand.phy2log = place_lpt(stats.risk, counts, shape, nullptr, 0.0);
+    cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
+    cand.counts = std::move(counts);
+    return cand;
+}
+
+void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double lower_bound,
+                      ThreadPool& pool, Candidate& best) {
+    if (stats.num_episodes > 1) {
+        return;  // with episodes the bound says little about the score: too costly to search
+    }
+    const std::vector<double> load = rank_weights(stats.mean, best.counts, best.phy2log, shape);
+    if (*std::max_element(load.begin(), load.end()) <= lower_bound * (1.0 + kPolishSkipGap)) {
+        return;  // already at the bound: no move can help
+    }
+    std::vector<int64_t> order(idx(shape.num_experts));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return stats.risk[idx(a)] > stats.risk[idx(b)];
+    });
+    order.resize(idx(std::min(kPolishExperts, shape.num_experts)));
+    const auto num_top = static_cast<int64_t>(order.size());
+    for (int round = 0; round < kPolishRounds; ++round) {
+        // Move index = (donor, receiver, shift - 1): `shift` replicas go from donor to receiver.
+        std::vector<Candidate> moved(idx(num_top * num_top * kPolishMaxShift));
+        pool.parallel_for(static_cast<int64_t>(moved.size()), [&](int64_t move) {
+            const int64_t shift = move % kPolishMaxShift + 1;
+            const int64_t pair = move / kPolishMaxShift;
+            const int64_t donor = order[idx(pair / num_top)];
+            const int64_t receiver = order[idx(pair % num_top)];
+            if (donor == receiver || best.counts[idx(donor)] <= shift ||
+                best.counts[idx(receiver)] + shift > shape.num_ranks) {
+                return;
+            }
+            std::vector<int64_t> counts = best.counts;
+            counts[idx(donor)] -= shift;
+            counts[idx(receiver)] += shift;
+            moved[idx(move)] = place_counts(stats, shape, std::move(counts));
+        });
+        bool improved = false;
+        for (Candidate& cand : moved) {
+            if (cand.score < best.score) {
+                best = std::move(cand);
+                improved = true;
+            }
+        }
+        if (!improved) {
+            break;
+        }
+    }
+    std::vector<int64_t> refined = best.phy2log;
+    refine_swaps(stats.risk, best.counts, shape, kRefineRounds * shape.num_ranks, refined);
+    const double score = episode_score(stats, refined, best.counts, shape.num_ranks);
+    if (score < best.score) {
+        best.phy2log = std::move(refined);
+        best.score = score;
+    }
+}
+
+// Number of replica-count vectors (each expert 1..D, P in all), capped at cap + 1.
+int64_t count_allotments(const LayerShape& shape, int64_t cap) {
+    const int64_t extra = shape.num_physical() - shape.num_experts;
+    // ways[x]: vectors of the experts so far that use x extra replicas.
+    std::vector<int64_t> ways(idx(extra + 1), 0);
+    ways[0] = 1;
+    for (int64_t e = 0; e < shape.num_experts; ++e) {
+        std::vector<int64_t> next(idx(extra + 1), 0);
+        for (int64_t used = 0; used <= extra; ++used) {
+            for (int64_t add = 0; add < shape.num_ranks && used + add <= extra; ++add) {
+                next[idx(used + add)] = std::min(cap + 1, next[idx(used + add)] + ways[idx(used)]);
+            }
+        }
+        ways = std::move(next);
+    }
+    return ways[idx(extra)];
+}
+
+// Tiny layers (at most kExhaustiveAllotments count vectors, one episode): every allotment is
+// placed (LPT + swap refinement) and the best replaces `best` when it scores lower.
+constexpr int64_t kExhaustiveAllotments = 2048;
+
+void search_all_allotments(const EpisodeStats& stats, const LayerShape& shape, Candidate& best) {
+    if (stats.num_episodes > 1 || count_allotments(shape, kExhaustiveAllotments) >
+                                      kExhaustiveAllotments) {
+        return;
+    }
+    std::vector<int64_t> counts(idx(shape.num_experts), 1);
+    int64_t extra = shape.num_physical() - shape.num_experts;
+    // Odometer over counts with the last expert taking what is left.
+    const auto last = shape.num_experts - 1;
+    for (;;) {
+        const int64_t rest = extra;
+        if (rest + 1 <= shape.num_ranks) {
+            counts[idx(last)] = rest + 1;
+            Candidate cand = place_counts(stats, shape, counts);
+            refine_swaps(stats.risk, cand.counts, shape, kRefineRounds * shape.num_ranks,
+                         cand.phy2log);
+            cand.score = episode_score(stats, cand.phy2log, cand.counts, shape.num_ranks);
+            if (cand.score < best.score) {
+                best = std::move(cand);
+            }
+        }
+        counts[idx(last)] = 1;
+        // Advance the odometer on experts 0..last-1.
+        int64_t pos = last - 1;
+        while (pos >= 0 && (counts[idx(pos)] == shape.num_ranks || extra == 0)) {
+            extra += counts[idx(pos)] - 1;
+            counts[idx(pos)] = 1;
+            --pos;
+        }
+        if (pos < 0) {
+            return;
+        }
+        ++counts[idx(pos)];
+        --extra;
+    }
+}
+
+}  // namespace
+
+void validate_options(const Options& options) {
+    if (!std::isfinite(options.z_score) || options.z_score < 0.0) {
+        throw_invalid("z_score", "expected a finite value >= 0, got " +
+                                     std::to_string(options.z_score));
+    }
+    const auto positive = [](int64_t value, const char* field) {
+        if (value <= 0) {
+            throw_invalid(field, "expected a positive integer, got " + std::to_string(value));
+        }
+    };
+    positive(options.max_depth, "max_depth");
+    positive(options.width, "width");
+    positive(options.episode_steps, "episode_steps");
+    positive(options.max_episodes, "max_episodes");
+}
+
+std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
+                                const Options& options, ThreadPool& pool) {
+    const int64_t num_ranks = shape.num_ranks;
+    const std::vector<double>& weight = stats.risk;
+    Candidate searched = search_allotment(stats, shape, options, pool);
+    std::vector<std::vector<int64_t>> placements = {searched.phy2log};
+    if (stats.num_episodes > 1) {
+        placements.push_back(place_lpt(weight, searched.counts, shape, &stats, options.z_score));
+    }
+    // Target packing between the allotment bound and the searched plan's busiest rank.
+    const std::vector<double> searched_load =
+        rank_weights(weight, searched.counts, searched.phy2log, shape);
+    const double upper = *std::max_element(searched_load.begin(), searched_load.end());
+    std::vector<int64_t> packed =
+        pack_to_target(weight, shape, mean_lower_bound(weight, shape), upper);
+    if (!packed.empty()) {
+        placements.push_back(std::move(packed));
+    }
+    // The lowest episode score wins (earlier on ties); swap refinement then polishes it.
+    Candidate best;
+    for (std::vector<int64_t>& phy2log : placements) {
+        std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
+        const double score = episode_score(stats, phy2log, counts, num_ranks);
+        if (clearly_better(score, best.score)) {
+            best = Candidate{std::move(counts), std::move(phy2log), score};
+        }
+    }
+    std::vector<int64_t> refined = best.phy2log;
+    refine_swaps(weight, best.counts, shape, kRefineRounds * num_ranks, refined);
+    const double refined_score = episode_score(stats, refined, best.counts, num_ranks);
+    if (refined_score < best.score) {
+        best.phy2log = std::move(refined);
+        best.score = refined_score;
+    }
+    search_all_allotments(stats, shape, best);
+    polish_allotment(stats, shape, mean_lower_bound(stats.mean, shape), pool, best);
+    return best.phy2log;
+}
+
+Plan plan_flashlb(const Request& request, const Topology& topo, const Options& options,
+                  ThreadPool& pool) {
+    validate_topology(topo);
+    validate_options(options);
+    const LoadView& load = request.load;
+    if (load.data == nullptr || load.num_layers <= 0 || load.num_experts != topo.num_experts) {
+        throw_invalid("load", "expected [layers, num_experts=" + std::to_string(topo.num_experts) +
+                                  "], got [" + std::to_string(load.num_layers) + ", " +
+                                  std::to_string(load.num_experts) + "]");
+    }
+    if (topo.num_replicas > topo.num_experts * topo.num_ranks) {
+        throw_invalid("num_replicas", std::to_string(topo.num_replicas) +
+                                          " slots exceed num_experts * num_ranks = " +
+                                          std::to_string(topo.num_experts * topo.num_ranks) +
+                                          " (no rank holds two replicas of one expert)");
+    }
+    const int64_t num_layers = load.num_layers;
+    const int64_t num_experts = topo.num_experts;
+    validate_load_values(load.data, num_layers * num_experts, num_experts, "load");
+    std::vector<int64_t> bounds;
+    if (request.history != nullptr) {
+        if (request.num_steps <= 0) {
+            throw_invalid("history", "expected at least one step, got " +
+                                         std::to_string(request.num_steps));
+        }
+        validate_load_values(request.history, request.num_steps * num_layers * num_experts,
+                             num_experts, "history");
+        bounds = episode_bounds(request.num_steps, options.episode_steps, options.max_episodes);
+    }
+    const LayerShape shape{num_experts, topo.num_ranks, topo.slots_per_rank()};
+    const int64_t num_physical = shape.num_physical();
+    if (options.incremental && request.current == nullptr) {
+        throw_invalid("current", "incremental mode needs the current table");
+    }
+    if (request.current != nullptr) {
+        validate_current(request.current, num_layers, shape, options.incremental);
+    }
+    std::vector<int64_t> phy2log(idx(num_layers * num_physical));
+    pool.parallel_for(num_layers, [&](int64_t layer) {
+        const EpisodeStats stats =
+            request.history != nullptr
+                ? stats_from_history(request.history, num_layers, num_experts, layer, bounds,
+                                     options.z_score)
+                : stats_from_load(load.layer(layer), num_experts);
+        std::vector<int64_t> row = plan_layer(stats, shape, options, pool);
+        if (request.current != nullptr) {
+            const std::vector<int64_t> current(request.current + layer * num_physical,
+                                               request.current + (layer + 1) * num_physical);
+            row = options.incremental
+                      ? incremental_update(stats.mean, counts_of(row, num_experts), current,
+                                           shape, options.max_moves_per_layer)
+                      : align_to_current(row, current, shape);
+        }
+        std::copy(row.begin(), row.end(), phy2log.begin() + layer * num_physical);
+    });
+    return plan_from_phy2log(phy2log.data(), num_layers, num_physical, num_experts);
+}
+
+}  // namespace eplb_native::flashlb

@@ -1,0 +1,269 @@
+#include "eplb_native/flashlb/minimal_moves.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "eplb_native/error.h"
+
+namespace eplb_native::flashlb {
+namespace {
+
+size_t idx(int64_t value) { return static_cast<size_t>(value); }
+
+bool row_holds(const std::vector<int64_t>& phy2log, int64_t rank, int64_t num_slots,
+               int64_t expert) {
+    for (int64_t s = rank * num_slots; s < (rank + 1) * num_slots; ++s) {
+        if (phy2log[idx(s)] == expert) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Number of experts of `row_a` matched by distinct equal entries of `row_b` (multiset overlap).
+int64_t overlap(const int64_t* row_a, const int64_t* row_b, int64_t num_slots,
+                std::vector<char>& used) {
+    std::fill(used.begin(), used.end(), 0);
+    int64_t matched = 0;
+    for (int64_t a = 0; a < num_slots; ++a) {
+        for (int64_t b = 0; b < num_slots; ++b) {
+            if (!used[idx(b)] && row_a[a] == row_b[b]) {
+                used[idx(b)] = 1;
+                ++matched;
+                break;
+            }
+        }
+    }
+    return matched;
+}
+
+// 1 when slot `slot` of `table` holds an expert absent from the same rank of `current`.
+int64_t slot_copy(const std::vector<int64_t>& table, const std::vector<int64_t>& current,
+                  int64_t slot, int64_t num_slots) {
+    return row_holds(current, slot / num_slots, num_slots, table[idx(slot)]) ? 0 : 1;
+}
+
+}  // namespace
+
+std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n) {
+    // Shortest augmenting paths with row/column potentials; 1-based with a virtual column 0.
+    const double inf = std::numeric_limits<double>::infinity();
+    std::vector<double> row_pot(idx(n + 1), 0.0);
+    std::vector<double> col_pot(idx(n + 1), 0.0);
+    std::vector<int64_t> col_match(idx(n + 1), 0);  // row matched to each column
+    std::vector<int64_t> way(idx(n + 1), 0);
+    for (int64_t row = 1; row <= n; ++row) {
+        col_match[0] = row;
+        int64_t col0 = 0;
+        std::vector<double> min_slack(idx(n + 1), inf);
+        std::vector<char> visited(idx(n + 1), 0);
+        do {
+            visited[idx(col0)] = 1;
+            const int64_t row0 = col_match[idx(col0)];
+            double delta = inf;
+            int64_t col1 = 0;
+            for (int64_t col = 1; col <= n; ++col) {
+                if (visited[idx(col)]) {
+                    continue;
+                }
+                const double reduced = cost[idx((row0 - 1) * n + col - 1)] -
+                                       row_pot[idx(row0)] - col_pot[idx(col)];
+                if (reduced < min_slack[idx(col)]) {
+                    min_slack[idx(col)] = reduced;
+                    way[idx(col)] = col0;
+                }
+                if (min_slack[idx(col)] < delta) {
+                    delta = min_slack[idx(col)];
+                    col1 = col;
+                }
+            }
+            for (int64_t col = 0; col <= n; ++col) {
+                if (visited[idx(col)]) {
+                    row_pot[idx(col_match[idx(col)])] += delta;
+                    col_pot[idx(col)] -= delta;
+                } else {
+                    min_slack[idx(col)] -= delta;
+                }
+            }
+            col0 = col1;
+        } while (col_match[idx(col0)] != 0);
+        do {
+            const int64_t col1 = way[idx(col0)];
+            col_match[idx(col0)] = col_match[idx(col1)];
+            col0 = col1;
+        } while (col0 != 0);
+    }
+    std::vector<int64_t> assignment(idx(n), -1);
+    for (int64_t col = 1; col <= n; ++col) {
+        assignment[idx(col_match[idx(col)] - 1)] = col - 1;
+    }
+    return assignment;
+}
+
+std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed,
+                                      const std::vector<int64_t>& current,
+                                      const LayerShape& shape) {
+    const int64_t num_ranks = shape.num_ranks;
+    const int64_t num_slots = shape.num_slots;
+    std::vector<char> used(idx(num_slots), 0);
+    std::vector<double> cost(idx(num_ranks * num_ranks));
+    for (int64_t r_new = 0; r_new < num_ranks; ++r_new) {
+        for (int64_t r_old = 0; r_old < num_ranks; ++r_old) {
+            cost[idx(r_new * num_ranks + r_old)] = -static_cast<double>(
+                overlap(proposed.data() + r_new * num_slots, current.data() + r_old * num_slots,
+                        num_slots, used));
+        }
+    }
+    const std::vector<int64_t> target_rank = hungarian_min_cost(cost, num_ranks);
+    std::vector<int64_t> aligned(proposed.size(), -1);
+    for (int64_t r_new = 0; r_new < num_ranks; ++r_new) {
+        const int64_t r_old = target_rank[idx(r_new)];
+        const int64_t* row = proposed.data() + r_new * num_slots;
+        int64_t* out = aligned.data() + r_old * num_slots;
+        std::fill(used.begin(), used.end(), 0);  // used[a]: row[a] already placed
+        // Experts that stay on this rank keep their current slot.
+        for (int64_t s = 0; s < num_slots; ++s) {
+            const int64_t old_expert = current[idx(r_old * num_slots + s)];
+            for (int64_t a = 0; a < num_slots; ++a) {
+                if (!used[idx(a)] && row[a] == old_expert) {
+                    used[idx(a)] = 1;
+                    out[s] = old_expert;
+                    break;
+                }
+            }
+        }
+        // The rest fill the free slots in order.
+        int64_t s = 0;
+        for (int64_t a = 0; a < num_slots; ++a) {
+            if (used[idx(a)]) {
+                continue;
+            }
+            while (out[s] >= 0) {
+                ++s;
+            }
+            out[s] = row[a];
+        }
+    }
+    return aligned;
+}
+
+int64_t weight_copies(const std::vector<int64_t>& current, const std::vector<int64_t>& proposed,
+                      const LayerShape& shape) {
+    int64_t copies = 0;
+    for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
+        copies += slot_copy(proposed, current, slot, shape.num_slots);
+    }
+    return copies;
+}
+
+std::vector<int64_t> incremental_update(const std::vector<double>& weight,
+                                        const std::vector<int64_t>& target_counts,
+                                        const std::vector<int64_t>& current,
+                                        const LayerShape& shape, int64_t max_moves) {
+    const int64_t num_slots = shape.num_slots;
+    const int64_t budget = max_moves < 0 ? std::numeric_limits<int64_t>::max() : max_moves;
+    std::vector<int64_t> table = current;
+    std::vector<int64_t> counts = counts_of(table, shape.num_experts);
+    int64_t copies = 0;  // current == table at the start
+    // Phase 1: replica counts towards the target, hottest deficit first; one slot each.
+    for (;;) {
+        int64_t gainer = -1;
+        for (int64_t e = 0; e < shape.num_experts; ++e) {
+            if (counts[idx(e)] < target_counts[idx(e)] &&
+                (gainer < 0 || weight[idx(e)] / static_cast<double>(counts[idx(e)]) >
+                                   weight[idx(gainer)] / static_cast<double>(counts[idx(gainer)]))) {
+                gainer = e;
+            }
+        }
+        if (gainer < 0) {
+            break;
+        }
+        const std::vector<double> load = rank_weights(weight, counts, table, shape);
+        int64_t best_slot = -1;
+        double best_load = std::numeric_limits<double>::infinity();
+        for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
+            const int64_t loser = table[idx(slot)];
+            const int64_t rank = slot / num_slots;
+            if (counts[idx(loser)] <= target_counts[idx(loser)] ||
+                row_holds(table, rank, num_slots, gainer)) {
+                continue;
+            }
+            const double after =
+                load[idx(rank)] - weight[idx(loser)] / static_cast<double>(counts[idx(loser)]) +
+                weight[idx(gainer)] / static_cast<double>(counts[idx(gainer)] + 1);
+            if (after < best_load) {
+                best_load = after;
+                best_slot = slot;
+            }
+        }
+        if (best_slot < 0) {
+            break;
+        }
+        const int64_t before = slot_copy(table, current, best_slot, num_slots);
+        const int64_t loser = table[idx(best_slot)];
+        table[idx(best_slot)] = gainer;
+        const int64_t after = slot_copy(table, current, best_slot, num_slots);
+        if (copies + after - before > budget) {
+            table[idx(best_slot)] = loser;
+            break;
+        }
+        copies += after - before;
+        --counts[idx(loser)];
+        ++counts[idx(gainer)];
+    }
+    // Phase 2: swaps off the busiest rank while they lower it and the copies allow.
+    std::vector<double> load = rank_weights(weight, counts, table, shape);
+    for (int64_t iteration = 0; iteration < shape.num_physical(); ++iteration) {
+        const auto busiest = static_cast<int64_t>(
+            std::max_element(load.begin(), load.end()) - load.begin());
+        const double peak = load[idx(busiest)];
+        double best_peak = peak * (1.0 - 1e-9);
+        int64_t best_a = -1;
+        int64_t best_b = -1;
+        int64_t best_cost = 0;
+        for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
+            const int64_t out = table[idx(a)];
+            const double out_share = weight[idx(out)] / static_cast<double>(counts[idx(out)]);
+            for (int64_t b = 0; b < shape.num_physical(); ++b) {
+                const int64_t rank = b / num_slots;
+                const int64_t in = table[idx(b)];
+                const double delta =
+                    out_share - weight[idx(in)] / static_cast<double>(counts[idx(in)]);
+                if (rank == busiest || delta <= 0.0) {
+                    continue;
+                }
+                const double new_peak = std::max(peak - delta, load[idx(rank)] + delta);
+                if (new_peak >= best_peak || row_holds(table, rank, num_slots, out) ||
+                    row_holds(table, busiest, num_slots, in)) {
+                    continue;
+                }
+                const int64_t cost_before = slot_copy(table, current, a, num_slots) +
+                                            slot_copy(table, current, b, num_slots);
+                const int64_t cost_after =
+                    (row_holds(current, busiest, num_slots, in) ? 0 : 1) +
+                    (row_holds(current, rank, num_slots, out) ? 0 : 1);
+                if (copies + cost_after - cost_before > budget) {
+                    continue;
+                }
+                best_peak = new_peak;
+                best_a = a;
+                best_b = b;
+                best_cost = cost_after - cost_before;
+            }
+        }
+        if (best_a < 0) {
+            break;
+        }
+        const double delta =
+            weight[idx(table[idx(best_a)])] / static_cast<double>(counts[idx(table[idx(best_a)])]) -
+            weight[idx(table[idx(best_b)])] / static_cast<double>(counts[idx(table[idx(best_b)])]);
+        std::swap(table[idx(best_a)], table[idx(best_b)]);
+        load[idx(busiest)] -= delta;
+        load[idx(best_b / num_slots)] += delta;
+        copies += best_cost;
+    }
+    EPLB_CHECK(weight_copies(current, table, shape) == copies, "copy bookkeeping drifted");
+    return table;
+}
+
+}  // namespace eplb_native::flashlb

@@ -1,0 +1,475 @@
+#include "eplb_native/flashlb/placement.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <queue>
+#include <utility>
+
+#include "eplb_native/error.h"
+
+namespace eplb_native::flashlb {
+namespace {
+
+constexpr int64_t kRiskCandidates = 4;       // least loaded ranks whose risk LPT compares
+constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_target
+constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
+
+size_t idx(int64_t value) { return static_cast<size_t>(value); }
+
+// The replicas of `counts` as (expert, per-replica weight), heaviest first, lowest id on ties;
+// the replicas of one expert are adjacent.
+std::vector<std::pair<int64_t, double>> replicas_by_weight(const std::vector<double>& weight,
+                                                           const std::vector<int64_t>& counts) {
+    std::vector<std::pair<int64_t, double>> items;
+    for (size_t e = 0; e < counts.size(); ++e) {
+        const double share = weight[e] / static_cast<double>(counts[e]);
+        for (int64_t c = 0; c < counts[e]; ++c) {
+            items.emplace_back(static_cast<int64_t>(e), share);
+        }
+    }
+    std::stable_sort(items.begin(), items.end(),
+                     [](const auto& a, const auto& b) { return a.second > b.second; });
+    return items;
+}
+
+bool rank_holds(const std::vector<int64_t>& phy2log, int64_t rank, int64_t num_slots,
+                int64_t fill, int64_t expert) {
+    for (int64_t s = 0; s < fill; ++s) {
+        if (phy2log[idx(rank * num_slots + s)] == expert) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Incremental table of a partial placement: each rank's filled slots and load.
+struct PartialPlacement {
+    explicit PartialPlacement(const LayerShape& shape)
+        : shape_(shape),
+          phy2log(idx(shape.num_physical()), -1),
+          fill(idx(shape.num_ranks), 0),
+          load(idx(shape.num_ranks), 0.0),
+          holds(idx(shape.num_ranks * shape.num_experts), 0) {}
+
+    bool has(int64_t rank, int64_t expert) const {
+        return holds[idx(rank * shape_.num_experts + expert)] != 0;
+    }
+    bool eligible(int64_t rank, int64_t expert) const {
+        return fill[idx(rank)] < shape_.num_slots && !has(rank, expert);
+    }
+    void put(int64_t rank, int64_t expert, double share) {
+        holds[idx(rank * shape_.num_experts + expert)] = 1;
+        phy2log[idx(rank * shape_.num_slots + fill[idx(rank)])] = expert;
+        ++fill[idx(rank)];
+        load[idx(rank)] += share;
+    }
+
+    // No eligible rank for `expert`: moves some expert f from a rank r2 without `expert` to a
+    // rank r with a free slot (which holds `expert` already, or it would be eligible) and
+    // returns r2, whose freed slot then takes `expert`. Returns -1 if no such pair exists.
+    int64_t make_room(int64_t expert, const std::vector<double>& share_of) {
+        const int64_t num_slots = shape_.num_slots;
+        for (int64_t r = 0; r < shape_.num_ranks; ++r) {
+            if (fill[idx(r)] >= num_slots) {
+                continue;
+            }
+            for (int64_t r2 = 0; r2 < shape_.num_ranks; ++r2) {
+                if (r2 == r || has(r2, expert)) {
+                    continue;
+                }
+                for (int64_t s = 0; s < fill[idx(r2)]; ++s) {
+                    const int64_t moved = phy2log[idx(r2 * num_slots + s)];
+                    if (has(r, moved)) {
+                        continue;
+                    }
+                    put(r, moved, share_of[idx(moved)]);
+                    // Close the gap on r2: its last filled slot moves into s.
+                    const int64_t last = r2 * num_slots + fill[idx(r2)] - 1;
+                    phy2log[idx(r2 * num_slots + s)] = phy2log[idx(last)];
+                    phy2log[idx(last)] = -1;
+                    --fill[idx(r2)];
+                    load[idx(r2)] -= share_of[idx(moved)];
+                    holds[idx(r2 * shape_.num_experts + moved)] = 0;
+                    return r2;
+                }
+            }
+        }
+        return -1;
+    }
+
+    LayerShape shape_;
+    std::vector<int64_t> phy2log;
+    std::vector<int64_t> fill;
+    std::vector<double> load;
+    std::vector<char> holds;  // [D, N] rank r holds expert e
+};
+
+std::vector<double> shares_of(const std::vector<double>& weight,
+                              const std::vector<int64_t>& counts) {
+    std::vector<double> share(weight.size());
+    for (size_t e = 0; e < weight.size(); ++e) {
+        share[e] = weight[e] / static_cast<double>(counts[e]);
+    }
+    return share;
+}
+
+// Packs at target `target`; empty when it does not fit.
+std::vector<int64_t> try_pack(const std::vector<double>& weight, const std::vector<int64_t>& order,
+                              const LayerShape& shape, double target,
+                              std::vector<int64_t>& counts_out) {
+    PartialPlacement placement(shape);
+    const int64_t num_ranks = shape.num_ranks;
+    std::vector<int64_t> counts(weight.size(), 0);
+    int64_t slots_left = shape.num_physical();
+    const double limit = target * (1.0 + kRelativeTolerance);
+    std::vector<int64_t> fitting;
+    for (size_t i = 0; i < order.size(); ++i) {
+        const int64_t expert = order[i];
+        const double w = weight[idx(expert)];
+        const auto experts_after = static_cast<int64_t>(order.size() - i - 1);
+        int64_t first = 1;
+        if (target > 0.0 && w > target) {
+            first = static_cast<int64_t>(std::ceil(w / target * (1.0 - kRelativeTolerance)));
+        }
+        bool placed = false;
+        for (int64_t k = std::max<int64_t>(first, 1); k <= num_ranks && !placed; ++k) {
+            if (slots_left - k < experts_after) {
+                break;
+            }
+            const double share = w / static_cast<double>(k);
+            fitting.clear();
+            for (int64_t r = 0; r < num_ranks; ++r) {
+                if (placement.fill[idx(r)] < shape.num_slots &&
+                    placement.load[idx(r)] + share <= limit) {
+                    fitting.push_back(r);
+                }
+            }
+            if (static_cast<int64_t>(fitting.size()) < k) {
+                continue;
+            }
+            // Best fit: the fullest ranks that still fit, lowest index on ties.
+            std::partial_sort(fitting.begin(), fitting.begin() + k, fitting.end(),
+                              [&](int64_t a, int64_t b) {
+                                  const double la = placement.load[idx(a)];
+                                  const double lb = placement.load[idx(b)];
+                                  return la > lb || (la == lb && a < b);
+                              });
+            for (int64_t c = 0; c < k; ++c) {
+                placement.put(fitting[idx(c)], expert, share);
+            }
+            counts[idx(expert)] = k;
+            slots_left -= k;
+            placed = true;
+        }
+        if (!placed) {
+            return {};
+        }
+    }
+    counts_out = std::move(counts);
+    return placement.phy2log;
+}
+
+// Fills the free slots (-1) of a packing: each takes one more replica of the expert, on its
+// least loaded eligible rank, that leaves the smallest busiest rank (then the lightest rank).
+void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
+                std::vector<int64_t>& counts, std::vector<int64_t>& phy2log) {
+    const int64_t num_slots = shape.num_slots;
+    const int64_t num_ranks = shape.num_ranks;
+    const int64_t num_experts = shape.num_experts;
+    std::vector<double> load(idx(num_ranks));
+    std::vector<int64_t> free_slot(idx(num_ranks));
+    std::vector<char> holds(idx(num_ranks * num_experts));
+    for (;;) {
+        std::fill(load.begin(), load.end(), 0.0);
+        std::fill(free_slot.begin(), free_slot.end(), -1);
+        std::fill(holds.begin(), holds.end(), 0);
+        bool any_free = false;
+        for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
+            const int64_t e = phy2log[idx(slot)];
+            const int64_t rank = slot / num_slots;
+            if (e < 0) {
+                any_free = true;
+                if (free_slot[idx(rank)] < 0) {
+                    free_slot[idx(rank)] = slot;
+                }
+            } else {
+                load[idx(rank)] += weight[idx(e)] / static_cast<double>(counts[idx(e)]);
+                holds[idx(rank * num_experts + e)] = 1;
+            }
+        }
+        if (!any_free) {
+            return;
+        }
+        int64_t best_expert = -1;
+        int64_t best_rank = -1;
+        double best_peak = std::numeric_limits<double>::infinity();
+        double best_receiver = std::numeric_limits<double>::infinity();
+        for (int64_t e = 0; e < num_experts; ++e) {
+            if (counts[idx(e)] >= num_ranks) {
+                continue;
+            }
+            const double old_share = weight[idx(e)] / static_cast<double>(counts[idx(e)]);
+            const double new_share = weight[idx(e)] / static_cast<double>(counts[idx(e)] + 1);
+            int64_t rank = -1;
+            for (int64_t r = 0; r < num_ranks; ++r) {
+                if (!holds[idx(r * num_experts + e)] && free_slot[idx(r)] >= 0 &&
+                    (rank < 0 || load[idx(r)] < load[idx(rank)])) {
+                    rank = r;
+                }
+            }
+            if (rank < 0) {
+                continue;
+            }
+            double peak = 0.0;
+            for (int64_t r = 0; r < num_ranks; ++r) {
+                const double after = load[idx(r)] -
+                                     (holds[idx(r * num_experts + e)] ? old_share - new_share : 0.0) +
+                                     (r == rank ? new_share : 0.0);
+                peak = std::max(peak, after);
+            }
+            const double receiver = load[idx(rank)] + new_share;
+            if (peak < best_peak || (peak == best_peak && receiver < best_receiver)) {
+                best_peak = peak;
+                best_receiver = receiver;
+                best_expert = e;
+                best_rank = rank;
+            }
+        }
+        EPLB_CHECK(best_expert >= 0, "a free slot no expert can take");
+        phy2log[idx(free_slot[idx(best_rank)])] = best_expert;
+        ++counts[idx(best_expert)];
+    }
+}
+
+}  // namespace
+
+void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
+                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts) {
+    // Max-heap on (weight / count, -id).
+    using Entry = std::pair<double, int64_t>;
+    const auto lower = [](const Entry& a, const Entry& b) {
+        return a.first < b.first || (a.first == b.first && a.second > b.second);
+    };
+    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower);
+    for (const int64_t e : experts) {
+        if (counts[idx(e)] < max_count) {
+            heap.emplace(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
+        }
+    }
+    for (int64_t i = 0; i < budget && !heap.empty(); ++i) {
+        const int64_t e = heap.top().second;
+        heap.pop();
+        ++counts[idx(e)];
+        if (counts[idx(e)] < max_count) {
+            heap.emplace(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
+        }
+    }
+}
+
+std::vector<int64_t> place_lpt(const std::vector<double>& weight,
+                               const std::vector<int64_t>& counts, const LayerShape& shape,
+                               const EpisodeStats* risk_stats, double z_score) {
+    PartialPlacement placement(shape);
+    const std::vector<double> share_of = shares_of(weight, counts);
+    const int64_t num_ranks = shape.num_ranks;
+    const int64_t num_episodes = risk_stats ? risk_stats->num_episodes : 0;
+    // Per-rank summed episode loads (risk mode only), rank-major [D, K].
+    std::vector<double> episode_load(idx(num_ranks * num_episodes), 0.0);
+    std::vector<int64_t> eligible;
+    const auto risk_after = [&](int64_t rank, int64_t expert) {
+        const double* add = risk_stats->loads.data() + expert * num_episodes;
+        const double* have = episode_load.data() + rank * num_episodes;
+        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
+        double sum = 0.0;
+        double squares = 0.0;
+        for (int64_t k = 0; k < num_episodes; ++k) {
+            const double value = have[k] + add[k] * scale;
+            sum += value;
+            squares += value * value;
+        }
+        const double mean = sum / static_cast<double>(num_episodes);
+        const double variance = std::max(0.0, squares / static_cast<double>(num_episodes) - mean * mean);
+        return mean + z_score * std::sqrt(variance);
+    };
+    const auto add_episode_load = [&](int64_t rank, int64_t expert) {
+        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
+        const double* add = risk_stats->loads.data() + expert * num_episodes;
+        double* have = episode_load.data() + rank * num_episodes;
+        for (int64_t k = 0; k < num_episodes; ++k) {
+            have[k] += add[k] * scale;
+        }
+    };
+    const auto rebuild_episode_loads = [&]() {
+        std::fill(episode_load.begin(), episode_load.end(), 0.0);
+        for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
+            if (placement.phy2log[idx(slot)] >= 0) {
+                add_episode_load(slot / shape.num_slots, placement.phy2log[idx(slot)]);
+            }
+        }
+    };
+    // Ranks with a free slot, by (load, index) ascending; kept sorted as loads grow.
+    std::vector<int64_t> open_ranks(idx(num_ranks));
+    std::iota(open_ranks.begin(), open_ranks.end(), 0);
+    const auto before = [&](int64_t a, int64_t b) {
+        const double la = placement.load[idx(a)];
+        const double lb = placement.load[idx(b)];
+        return la < lb || (la == lb && a < b);
+    };
+    const auto rebuild_open_ranks = [&]() {
+        open_ranks.clear();
+        for (int64_t r = 0; r < num_ranks; ++r) {
+            if (placement.fill[idx(r)] < shape.num_slots) {
+                open_ranks.push_back(r);
+            }
+        }
+        std::sort(open_ranks.begin(), open_ranks.end(), before);
+    };
+    const auto reorder = [&](int64_t rank) {
+        open_ranks.erase(std::find(open_ranks.begin(), open_ranks.end(), rank));
+        if (placement.fill[idx(rank)] < shape.num_slots) {
+            open_ranks.insert(
+                std::upper_bound(open_ranks.begin(), open_ranks.end(), rank, before), rank);
+        }
+    };
+    for (const auto& [expert, share] : replicas_by_weight(weight, counts)) {
+        // The least loaded eligible ranks (lowest index on ties), at most kRiskCandidates.
+        eligible.clear();
+        for (size_t i = 0; i < open_ranks.size() &&
+                           static_cast<int64_t>(eligible.size()) < kRiskCandidates;
+             ++i) {
+            if (!placement.has(open_ranks[i], expert)) {
+                eligible.push_back(open_ranks[i]);
+            }
+        }
+        int64_t rank = -1;
+        if (eligible.empty()) {
+            rank = placement.make_room(expert, share_of);
+            EPLB_CHECK(rank >= 0, "no rank can take a replica of expert " << expert);
+        } else {
+            rank = eligible.front();
+            if (risk_stats != nullptr && num_episodes > 1) {
+                double best = std::numeric_limits<double>::infinity();
+                for (const int64_t candidate : eligible) {
+                    const double risk = risk_after(candidate, expert);
+                    if (risk < best) {
+                        best = risk;
+                        rank = candidate;
+                    }
+                }
+            }
+        }
+        placement.put(rank, expert, share);
+        if (eligible.empty()) {
+            rebuild_open_ranks();  // make_room changed two ranks
+        } else {
+            reorder(rank);
+        }
+        if (risk_stats != nullptr && num_episodes > 1) {
+            if (eligible.empty()) {
+                rebuild_episode_loads();  // make_room moved an expert between ranks
+            } else {
+                add_episode_load(rank, expert);
+            }
+        }
+    }
+    return placement.phy2log;
+}
+
+std::vector<int64_t> pack_to_target(const std::vector<double>& weight, const LayerShape& shape,
+                                    double lower, double upper) {
+    std::vector<int64_t> order(weight.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
+    std::vector<int64_t> counts;
+    std::vector<int64_t> best_counts;
+    std::vector<int64_t> best = try_pack(weight, order, shape, upper, best_counts);
+    if (best.empty()) {
+        return best;
+    }
+    double lo = lower;
+    double hi = upper;
+    for (int step = 0; step < kTargetSearchSteps && hi - lo > kRelativeTolerance * hi; ++step) {
+        const double mid = 0.5 * (lo + hi);
+        std::vector<int64_t> packed = try_pack(weight, order, shape, mid, counts);
+        if (packed.empty()) {
+            lo = mid;
+        } else {
+            hi = mid;
+            best = std::move(packed);
+            best_counts = counts;
+        }
+    }
+    fill_spare(weight, shape, best_counts, best);
+    return best;
+}
+
+std::vector<int64_t> counts_of(const std::vector<int64_t>& phy2log, int64_t num_experts) {
+    std::vector<int64_t> counts(idx(num_experts), 0);
+    for (const int64_t e : phy2log) {
+        ++counts[idx(e)];
+    }
+    return counts;
+}
+
+std::vector<double> rank_weights(const std::vector<double>& weight,
+                                 const std::vector<int64_t>& counts,
+                                 const std::vector<int64_t>& phy2log, const LayerShape& shape) {
+    std::vector<double> load(idx(shape.num_ranks), 0.0);
+    for (size_t slot = 0; slot < phy2log.size(); ++slot) {
+        const auto e = idx(phy2log[slot]);
+        load[slot / idx(shape.num_slots)] += weight[e] / static_cast<double>(counts[e]);
+    }
+    return load;
+}
+
+void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>& counts,
+                  const LayerShape& shape, int64_t max_iterations, std::vector<int64_t>& phy2log) {
+    const int64_t num_slots = shape.num_slots;
+    const std::vector<double> share = shares_of(weight, counts);
+    std::vector<double> load = rank_weights(weight, counts, phy2log, shape);
+    for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
+        const auto busiest = static_cast<int64_t>(
+            std::max_element(load.begin(), load.end()) - load.begin());
+        const double peak = load[idx(busiest)];
+        double best_peak = peak * (1.0 - kRelativeTolerance);
+        int64_t best_from = -1;
+        int64_t best_to = -1;
+        for (int64_t r = 0; r < shape.num_ranks; ++r) {
+            if (r == busiest || load[idx(r)] >= best_peak) {
+                continue;  // any swap would leave rank r at or above the best peak so far
+            }
+            for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
+                const int64_t out = phy2log[idx(a)];
+                for (int64_t b = r * num_slots; b < (r + 1) * num_slots; ++b) {
+                    const int64_t in = phy2log[idx(b)];
+                    const double delta = share[idx(out)] - share[idx(in)];
+                    if (delta <= 0.0) {
+                        continue;
+                    }
+                    const double new_peak =
+                        std::max(peak - delta, load[idx(r)] + delta);
+                    if (new_peak >= best_peak ||
+                        rank_holds(phy2log, r, num_slots, num_slots, out) ||
+                        rank_holds(phy2log, busiest, num_slots, num_slots, in)) {
+                        continue;
+                    }
+                    best_peak = new_peak;
+                    best_from = a;
+                    best_to = b;
+                }
+            }
+        }
+        if (best_from < 0) {
+            return;
+        }
+        const double delta = share[idx(phy2log[idx(best_from)])] - share[idx(phy2log[idx(best_to)])];
+        std::swap(phy2log[idx(best_from)], phy2log[idx(best_to)]);
+        load[idx(busiest)] -= delta;
+        load[idx(best_to / num_slots)] += delta;
+    }
+}
+
+}  // namespace eplb_native::flashlb

@@ -1,0 +1,287 @@
+"""FlashLB: the planner call, its options, and the layer-wise cherry-picking of re-planned layers.
+
+The planning itself runs in C++ (``eplb_native._core.plan_flashlb``): per layer, a tree search
+over how many redundant replicas each group of hot experts takes, scored by full look-ahead
+placements over the profiling episodes, a target-driven packing, swap refinement, and a final
+alignment to the current table (Hungarian rank matching) so that experts stay where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from eplb_native import _core
+from eplb_native.config import EplbConfig
+from eplb_native.plan import FloatArray, IntArray, Plan, check_load, rank_loads
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FlashLBOptions:
+    """FlashLB settings (published defaults); invalid values raise ValueError naming the field.
+
+    Example:
+        >>> FlashLBOptions(max_depth=3).width
+        8
+
+    Attributes:
+        z_score: weight of the deviation in a rank's risk ``mean + z * std`` (0.674: the 75th
+            percentile of a normal load); >= 0.
+        max_depth: groups of hot experts whose replica counts are searched one after another.
+        width: candidate replica counts tried per group.
+        episode_steps: history steps summed into one episode (1: per-step heat as is).
+        max_episodes: episodes kept at most (evenly spaced over the window).
+        update_threshold_ratio: re-plan a layer whose balance fell below this fraction of its
+            balance when last planned (0 < x <= 1); None: 0.9, or 0.95 below 32 ranks.
+        update_threshold_value: re-plan a layer whose balance (mean / peak rank load) is below
+            this (0 < x <= 1); None: 0.85, or 0.9 below 32 ranks.
+        max_layers_per_update: layers changed per update at most; None: no cap.
+        incremental: edit the current table (move only the replicas whose count changed and
+            those the busiest rank sheds) instead of replacing it; needs ``current``.
+        max_moves_per_layer: incremental mode's cap on weight copies per layer; None: no cap.
+    """
+
+    z_score: float = 0.674
+    max_depth: int = 4
+    width: int = 8
+    episode_steps: int = 16
+    max_episodes: int = 64
+    update_threshold_ratio: float | None = None
+    update_threshold_value: float | None = None
+    max_layers_per_update: int | None = None
+    incremental: bool = False
+    max_moves_per_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.z_score, bool) or not isinstance(self.z_score, (int, float)):
+            msg = f"z_score: expected a number, got {self.z_score!r}"
+            raise ValueError(msg)
+        if not np.isfinite(self.z_score) or self.z_score < 0:
+            msg = f"z_score: expected a finite value >= 0, got {self.z_score!r}"
+            raise ValueError(msg)
+        for name in ("max_depth", "width", "episode_steps", "max_episodes"):
+            _check_int(getattr(self, name), name, minimum=1)
+        for name in ("max_layers_per_update",):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, minimum=1)
+        if self.max_moves_per_layer is not None:
+            _check_int(self.max_moves_per_layer, "max_moves_per_layer", minimum=0)
+        for name in ("update_threshold_ratio", "update_threshold_value"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                msg = f"{name}: expected a number in (0, 1], got {value!r}"
+                raise ValueError(msg)
+        if not isinstance(self.incremental, bool):
+            msg = f"incremental: expected True or False, got {self.incremental!r}"
+            raise ValueError(msg)
+
+    def thresholds(self, num_ranks: int) -> tuple[float, float]:
+        """(update_threshold_ratio, update_threshold_value) in force on ``num_ranks`` ranks."""
+        config = EplbConfig(
+            update_threshold_ratio=self.update_threshold_ratio,
+            update_threshold_value=self.update_threshold_value,
+        )
+        return config.thresholds(num_ranks)
+
+
+def _check_int(value: object, field_name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        msg = f"{field_name}: expected an integer >= {minimum}, got {value!r}"
+        raise ValueError(msg)
+
+
+def _table_array(table: Plan | npt.ArrayLike, field_name: str) -> IntArray:
+    """phy2log int64 [L, P] from a Plan, a [L, P] or a [L, D, S] table."""
+    array = np.asarray(table.phy2log if isinstance(table, Plan) else table)
+    if array.dtype.kind not in "iu":
+        msg = f"{field_name}: expected an integer table of expert ids, got dtype {array.dtype}"
+        raise ValueError(msg)
+    if array.ndim == 3:
+        array = array.reshape(array.shape[0], -1)
+    if array.ndim != 2 or array.size == 0:
+        msg = f"{field_name}: expected a non-empty [L, P] or [L, D, S] table, got shape {array.shape}"
+        raise ValueError(msg)
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def plan_flashlb(
+    load: npt.ArrayLike,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_ranks: int,
+    *,
+    current: Plan | npt.ArrayLike | None = None,
+    history: npt.ArrayLike | None = None,
+    num_threads: int = 0,
+    seed: int = 0,
+    options: FlashLBOptions | None = None,
+) -> Plan:
+    """Plans all layers with FlashLB.
+
+    Args:
+        load: float [L, N], tokens per logical expert over the window (the statistics when
+            ``history`` is None: one episode).
+        num_replicas: P physical slots per layer (a multiple of ``num_ranks``, N <= P <= N * D).
+        num_groups, num_nodes: validated like every policy's; FlashLB balances globally.
+        num_ranks: D.
+        current: the placement in service (Plan, phy2log int64 [L, P] or table [L, D, S]);
+            the new plan keeps experts in their slots where it can (and the incremental mode
+            edits it).
+        history: float [T, L, N], tokens per expert per step; split into episodes of
+            ``options.episode_steps`` steps whose mean, deviation and covariance drive the plan.
+        num_threads: planner threads (0: all cores); the plan is identical for any count.
+        seed: accepted for the common policy signature; FlashLB draws no random numbers.
+        options: FlashLBOptions (defaults when None).
+
+    Returns:
+        Plan with phy2log int64 [L, P], log2phy, logcnt.
+    """
+    del seed  # deterministic search: nothing to seed
+    opts = FlashLBOptions() if options is None else options
+    if not isinstance(opts, FlashLBOptions):
+        msg = f"options: expected FlashLBOptions, got {type(opts).__name__}"
+        raise ValueError(msg)
+    expert_load = check_load(load, "load")
+    history_array = None
+    if history is not None:
+        history_array = check_load(history, "history", allow_steps=True)
+        if history_array.ndim != 3 or history_array.shape[1:] != expert_load.shape:
+            msg = (
+                f"history: expected [steps, {expert_load.shape[0]}, {expert_load.shape[1]}], "
+                f"got shape {history_array.shape}"
+            )
+            raise ValueError(msg)
+    current_table = None if current is None else _table_array(current, "current")
+    for value, name in (
+        (num_replicas, "num_replicas"),
+        (num_groups, "num_groups"),
+        (num_nodes, "num_nodes"),
+        (num_ranks, "num_ranks"),
+    ):
+        _check_int(value, name, minimum=1)
+    _check_int(num_threads, "num_threads", minimum=0)
+    phy2log, log2phy, logcnt = _core.plan_flashlb(
+        expert_load,
+        int(num_replicas),
+        int(num_groups),
+        int(num_nodes),
+        int(num_ranks),
+        current=current_table,
+        history=history_array,
+        num_threads=int(num_threads),
+        z_score=float(opts.z_score),
+        max_depth=int(opts.max_depth),
+        width=int(opts.width),
+        episode_steps=int(opts.episode_steps),
+        max_episodes=int(opts.max_episodes),
+        incremental=opts.incremental,
+        max_moves_per_layer=-1 if opts.max_moves_per_layer is None else int(opts.max_moves_per_layer),
+    )
+    return Plan(phy2log, log2phy, logcnt)
+
+
+def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
+    """Balance of each layer: mean / peak rank load, averaged over steps for a time series.
+
+    Args:
+        table: Plan, phy2log int64 [L, P] or table [L, D, S].
+        load: float [L, N] or [T, L, N], tokens per logical expert.
+        num_ranks: D.
+
+    Returns:
+        float64 [L] in (0, 1]; 1.0 for a step with no load.
+    """
+    expert_load = check_load(load, "load", allow_steps=True)
+    plan = Plan.from_phy2log(_table_array(table, "table"), expert_load.shape[-1])
+    per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
+    peak = per_rank.max(axis=-1)
+    balance: FloatArray = np.divide(
+        per_rank.mean(axis=-1), peak, out=np.ones_like(peak), where=peak > 0
+    )
+    if expert_load.ndim == 3:
+        balance = balance.mean(axis=0)
+    return balance
+
+
+@dataclass
+class PlannedBalance:
+    """Per-layer balance each layer had when it was last planned (NaN: never planned).
+
+    Example:
+        >>> memory = PlannedBalance.empty(2)
+        >>> memory.record(np.array([1]), np.array([0.97]))
+        >>> memory.balance.tolist()
+        [nan, 0.97]
+
+    Attributes:
+        balance: float64 [L], mean / peak rank load at planning time.
+    """
+
+    balance: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def empty(cls, num_layers: int) -> PlannedBalance:
+        _check_int(num_layers, "num_layers", minimum=1)
+        return cls(np.full(num_layers, np.nan))
+
+    def record(self, layers: npt.ArrayLike, balance: npt.ArrayLike) -> None:
+        """Stores ``balance`` float [len(layers)] for the re-planned ``layers`` int [k]."""
+        layer_idx = np.asarray(layers, dtype=np.int64)
+        self.balance[layer_idx] = np.asarray(balance, dtype=np.float64)
+
+
+def select_layers(
+    current_table: Plan | npt.ArrayLike,
+    new_table: Plan | npt.ArrayLike,
+    window_load: npt.ArrayLike,
+    planned: PlannedBalance,
+    num_ranks: int,
+    *,
+    threshold_ratio: float,
+    threshold_value: float,
+    max_layers: int | None = None,
+) -> tuple[IntArray, FloatArray]:
+    """Layer-wise cherry-picking: which layers to switch to ``new_table``, best first.
+
+    A layer is due when its balance on the recent window under ``current_table`` dropped
+    below ``threshold_ratio`` x its balance when last planned (a never-planned layer is
+    compared with the threshold value only), or below ``threshold_value``. Of the due
+    layers, those whose balance ``new_table`` improves are returned in order of decreasing
+    improvement, at most ``max_layers``.
+
+    Args:
+        current_table, new_table: Plans, phy2log int64 [L, P] or tables [L, D, S].
+        window_load: float [L, N] or [T, L, N], the recent window's tokens per expert.
+        planned: balance of each layer when last planned.
+        num_ranks: D.
+        threshold_ratio, threshold_value: as in FlashLBOptions (see ``thresholds``).
+        max_layers: cap on the layers returned; None: no cap.
+
+    Returns:
+        (layers int64 [k], new balance float64 [k] of those layers, to ``planned.record``).
+    """
+    current_balance = layer_balance(current_table, window_load, num_ranks)
+    new_balance = layer_balance(new_table, window_load, num_ranks)
+    if planned.balance.shape != current_balance.shape:
+        msg = f"planned: expected {current_balance.shape[0]} layers, got {planned.balance.shape}"
+        raise ValueError(msg)
+    if max_layers is not None:
+        _check_int(max_layers, "max_layers", minimum=1)
+    with np.errstate(invalid="ignore"):
+        dropped = current_balance < threshold_ratio * planned.balance  # NaN compares False
+    due = dropped | (current_balance < threshold_value)
+    improvement = new_balance - current_balance
+    candidates = np.flatnonzero(due & (improvement > 0))
+    order = candidates[np.argsort(-improvement[candidates], kind="stable")]
+    if max_layers is not None:
+        order = order[:max_layers]
+    logger.debug("flashlb: %d layers due, %d improve, %d selected", due.sum(), len(candidates), len(order))
+    return order.astype(np.int64), new_balance[order]

@@ -1,0 +1,331 @@
+"""WeightLoader: moves expert weights layer by layer while serving continues, and commits a layer
+only when every rank has all of its weights.
+
+Per step: ``pre_forward()`` posts the next layers' point-to-point transfers
+(``torch.distributed.batch_isend_irecv``) into preallocated staging buffers from a background
+thread; ``post_forward()`` waits, agrees across ranks on which layers arrived everywhere, copies
+those layers' staging buffers into the expert slots and installs the new placement row. A layer
+that failed or timed out on any rank is abandoned on all ranks with its old weights and maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.distributed as dist
+
+from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
+
+logger = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+# install(layer_idx, table_row int64 [D, S]): switch the layer's expert_map, log2phy and weight
+# list to the placement row (the slot tensors already hold the new weights).
+InstallFn = Callable[[int, IntArray], None]
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """The outcome of one layer's weight move.
+
+    Attributes:
+        layer_idx: MoE layer index.
+        applied: True when the new placement is in force on every rank; False when the layer was
+            abandoned (old weights and maps kept everywhere).
+        num_copies: slots of this rank that got an expert it did not hold (remote + received).
+        global_bytes: bytes all ranks moved over the network for this layer.
+        transfer_ms: this layer's share of its batch's posting and waiting, wall ms (the batch's
+            time split evenly over its layers, so shares add up).
+        apply_ms: this layer's share of the batch's agreement, copy and install, wall ms.
+    """
+
+    layer_idx: int
+    applied: bool
+    num_copies: int
+    global_bytes: int
+    transfer_ms: float
+    apply_ms: float
+
+
+@dataclass
+class _Batch:
+    """Layers in flight: their transfers, new rows and the background thread's future."""
+
+    transfers: list[LayerTransfers]
+    rows: list[IntArray]
+    future: Future[list[bool]]
+    started: float
+
+
+class WeightLoader:
+    """Moves expert weights between ranks for the layers of an update, a few layers per step.
+
+    Example (every rank, same calls at the same steps)::
+
+        loader = WeightLoader(slot_weights, install, table, rank=dist.get_rank())
+        loader.allocate()                      # staging buffers, counted by memory profiling
+        loader.schedule(new_table, layers=[3, 0])
+        while loader.pending:
+            loader.pre_forward(); model(x); updates = loader.post_forward()
+
+    Args:
+        slot_weights: per MoE layer, per weight kind (e.g. w1, w2), the S slot tensors
+            ``[L][K][S]``; each kind has one shape and dtype in every layer and slot. New weights
+            are copied into these tensors in place.
+        install: called as ``install(layer_idx, row)`` with row int64 [D, S] once the layer's
+            slot tensors hold the new weights on this rank and on all others.
+        table: int64 [L, D, S], the placement in force now (the slot tensors hold it).
+        rank: this process's rank in the default group (0 without torch.distributed: then
+            every move is a local copy and no vote is needed).
+        ranks_per_node: ranks per node, for same-node sources (None: one node).
+        max_layers_per_step: layers whose transfers are in flight during one forward step.
+        timeout_s: seconds a transfer may take before its layer is abandoned.
+    """
+
+    def __init__(
+        self,
+        slot_weights: Sequence[Sequence[Sequence[torch.Tensor]]],
+        install: InstallFn,
+        table: npt.ArrayLike,
+        rank: int,
+        *,
+        ranks_per_node: int | None = None,
+        max_layers_per_step: int = 1,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._table = np.array(table, dtype=np.int64)
+        if self._table.ndim != 3:
+            msg = f"table: expected int64 [L, D, S], got shape {self._table.shape}"
+            raise ValueError(msg)
+        num_layers, _, num_slots = self._table.shape
+        self._slot_weights = [[list(kind) for kind in layer] for layer in slot_weights]
+        self._kind_specs = _kind_specs(self._slot_weights, num_layers, num_slots)
+        if max_layers_per_step <= 0:
+            msg = f"max_layers_per_step: expected a positive integer, got {max_layers_per_step}"
+            raise ValueError(msg)
+        self._install = install
+        self._rank = rank
+        self._ranks_per_node = ranks_per_node
+        self._max_layers_per_step = max_layers_per_step
+        self._timeout_s = timeout_s
+        # NOTE: transfers run on their own group (a gloo timeout closes its pairs, so a failed
+        # group is replaced) and the commit vote on another, so neither mixes with the model's
+        # collectives on the default group. Creating groups is collective: all ranks build the
+        # loader at the same point.
+        self._distributed = dist.is_available() and dist.is_initialized()
+        self._control_group = dist.new_group(backend="gloo") if self._distributed else None
+        self._transfer_group = dist.new_group(backend="gloo") if self._distributed else None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eplb-loader")
+        self._queue: deque[tuple[int, IntArray]] = deque()
+        self._in_flight: _Batch | None = None
+        self._staging: list[list[list[torch.Tensor]]] = []
+        self._votes = torch.zeros(max_layers_per_step, dtype=torch.int32)  # commit vote buffer
+        self._tag = 0
+
+    @property
+    def table(self) -> IntArray:
+        """int64 [L, D, S], the placement in force (a copy)."""
+        return self._table.copy()
+
+    @property
+    def pending(self) -> int:
+        """Layers scheduled and not yet applied or abandoned (queued plus in flight)."""
+        return len(self._queue) + (len(self._in_flight.rows) if self._in_flight else 0)
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of one expert's weights (all kinds)."""
+        return sum(int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+                   for shape, dtype, _ in self._kind_specs)
+
+    def staging_buffers(self) -> list[torch.Tensor]:
+        """The preallocated staging tensors (for memory accounting and identity checks)."""
+        return [t for batch in self._staging for kind in batch for t in kind]
+
+    def allocate(self) -> None:
+        """Allocates the staging buffers (max_layers_per_step x K x S slot tensors) once; call during memory profiling. Later calls keep the same buffers."""
+        if self._staging:
+            return
+        num_slots = self._table.shape[2]
+        self._staging = [
+            [[torch.empty(shape, dtype=dtype, device=device) for _ in range(num_slots)]
+             for shape, dtype, device in self._kind_specs]
+            for _ in range(self._max_layers_per_step)
+        ]
+
+    def schedule(self, new_table: npt.ArrayLike, layers: Sequence[int]) -> None:
+        """Queues ``layers`` (priority order) to move to their rows of ``new_table`` int64
+        [L, D, S]; layers whose row is unchanged are skipped. Raises RuntimeError while a
+        previous update is still pending and ValueError for a bad table or layer id."""
+        if self.pending:
+            msg = f"schedule: {self.pending} layers of the previous update are still pending"
+            raise RuntimeError(msg)
+        table = np.asarray(new_table, dtype=np.int64)
+        if table.shape != self._table.shape:
+            msg = f"new_table: expected shape {self._table.shape}, got {table.shape}"
+            raise ValueError(msg)
+        for layer_idx in layers:
+            if not 0 <= int(layer_idx) < table.shape[0]:
+                msg = f"layers: layer {layer_idx} outside [0, {table.shape[0]})"
+                raise ValueError(msg)
+            if not np.array_equal(table[layer_idx], self._table[layer_idx]):
+                self._queue.append((int(layer_idx), table[layer_idx].copy()))
+
+    def pre_forward(self) -> None:
+        """Posts the next layers' transfers in the background (no-op when idle or in flight)."""
+        if self._in_flight is not None or not self._queue:
+            return
+        self.allocate()
+        count = min(self._max_layers_per_step, len(self._queue))
+        picked = [self._queue.popleft() for _ in range(count)]
+        transfers = []
+        for layer_idx, row in picked:
+            old = self._table[layer_idx][None]
+            planned = plan_transfers(old, row[None], self._rank, ranks_per_node=self._ranks_per_node)
+            transfers.append(replace(planned[0], layer_idx=layer_idx))
+        self._tag = (self._tag + 1) % (1 << 20)
+        future = self._executor.submit(self._exchange, transfers, self._tag)
+        self._in_flight = _Batch(transfers, [row for _, row in picked], future, time.perf_counter())
+
+    def post_forward(self) -> list[LayerUpdate]:
+        """Waits for the layers in flight, agrees with all ranks, applies those that arrived
+        everywhere; returns one LayerUpdate per layer of the batch (empty when idle)."""
+        batch = self._in_flight
+        if batch is None:
+            return []
+        self._in_flight = None
+        try:
+            arrived = batch.future.result()
+        except Exception:
+            logger.exception("weight transfer raised; abandoning layers %s",
+                             [t.layer_idx for t in batch.transfers])
+            arrived = [False] * len(batch.transfers)
+        transfer_ms = (time.perf_counter() - batch.started) * 1e3
+        start = time.perf_counter()
+        votes = self._votes[: len(arrived)]
+        votes.copy_(torch.tensor(arrived, dtype=torch.int32))
+        if self._distributed:
+            dist.all_reduce(votes, op=dist.ReduceOp.MIN, group=self._control_group)
+        agreed = [bool(v) for v in votes.tolist()]
+        if not all(agreed) and self._distributed:
+            self._replace_transfer_group()
+        updates = []
+        for position, (transfers, row) in enumerate(zip(batch.transfers, batch.rows, strict=True)):
+            if agreed[position]:
+                self._commit(position, transfers, row)
+            else:
+                logger.warning("EPLB layer %d: weight transfer failed on some rank; update abandoned,"
+                               " old placement stays", transfers.layer_idx)
+            updates.append((transfers, agreed[position]))
+        apply_ms = (time.perf_counter() - start) * 1e3
+        share = 1.0 / len(updates)
+        return [
+            LayerUpdate(t.layer_idx, ok, t.num_copies if ok else 0,
+                        t.global_bytes(self.expert_bytes) if ok else 0,
+                        transfer_ms * share, apply_ms * share)
+            for t, ok in updates
+        ]
+
+    def run_to_completion(self) -> list[LayerUpdate]:
+        """Moves every queued layer now, stopping the world (the synchronous alternative)."""
+        updates: list[LayerUpdate] = []
+        while self.pending:
+            self.pre_forward()
+            updates.extend(self.post_forward())
+        return updates
+
+    def close(self) -> None:
+        """Stops the background thread (abandons nothing: call when idle)."""
+        self._executor.shutdown(wait=True)
+
+    def _exchange(self, batch: list[LayerTransfers], tag: int) -> list[bool]:
+        """Background thread: posts and waits for each layer's transfers, then fills the
+        staging buffers of local copies. One flag per layer: all its weights are staged."""
+        deadline = time.monotonic() + self._timeout_s
+        arrived = []
+        for position, transfers in enumerate(batch):
+            try:
+                self._exchange_layer(position, transfers, tag, deadline)
+                arrived.append(True)
+            except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
+                logger.warning("EPLB layer %d: transfer failed on rank %d: %s",
+                               transfers.layer_idx, self._rank, error)
+                arrived.append(False)
+        return arrived
+
+    def _exchange_layer(
+        self, position: int, transfers: LayerTransfers, tag: int, deadline: float
+    ) -> None:
+        weights = self._slot_weights[transfers.layer_idx]
+        staging = self._staging[position]
+        ops = []
+        for send in transfers.sends:
+            for kind in weights:
+                ops.append(dist.P2POp(dist.isend, kind[send.src_slot], send.dst_rank,
+                                      group=self._transfer_group, tag=tag))
+        for receive in transfers.remote_receives:
+            for kind in staging:
+                ops.append(dist.P2POp(dist.irecv, kind[receive.slot], receive.src_rank,
+                                      group=self._transfer_group, tag=tag))
+        works = dist.batch_isend_irecv(ops) if ops else []
+        for work in works:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            work.wait(timeout=timedelta(seconds=remaining))
+        # Local copies read the old weights (slots are only written at commit), so cycles of
+        # slot-to-slot moves need no ordering; "received" copies read the staged arrival.
+        for receive in transfers.receives:
+            if receive.source == "local":
+                for kind_weights, kind_staging in zip(weights, staging, strict=True):
+                    kind_staging[receive.slot].copy_(kind_weights[receive.src_slot])
+        for receive in transfers.receives:
+            if receive.source == "received":
+                for kind_staging in staging:
+                    kind_staging[receive.slot].copy_(kind_staging[receive.src_slot])
+
+    def _commit(self, position: int, transfers: LayerTransfers, row: IntArray) -> None:
+        weights = self._slot_weights[transfers.layer_idx]
+        staging = self._staging[position]
+        for receive in transfers.receives:
+            for kind_weights, kind_staging in zip(weights, staging, strict=True):
+                kind_weights[receive.slot].copy_(kind_staging[receive.slot])
+        self._install(transfers.layer_idx, row)
+        self._table[transfers.layer_idx] = row
+
+    def _replace_transfer_group(self) -> None:
+        """A timed-out gloo transfer closes its connections: every rank (they all saw the failed
+        vote) builds a fresh transfer group, and any late message lands in the old one."""
+        self._transfer_group = dist.new_group(backend="gloo")
+
+
+def _kind_specs(
+    slot_weights: list[list[list[torch.Tensor]]], num_layers: int, num_slots: int
+) -> list[tuple[torch.Size, torch.dtype, torch.device]]:
+    """(shape, dtype, device) of each weight kind; ValueError unless all layers and slots agree."""
+    if len(slot_weights) != num_layers or not slot_weights[0]:
+        msg = f"slot_weights: expected {num_layers} layers of [K][S] tensors, got {len(slot_weights)}"
+        raise ValueError(msg)
+    specs = [(kind[0].shape, kind[0].dtype, kind[0].device) for kind in slot_weights[0]]
+    for layer_idx, layer in enumerate(slot_weights):
+        if len(layer) != len(specs):
+            msg = f"slot_weights: layer {layer_idx} has {len(layer)} weight kinds, layer 0 {len(specs)}"
+            raise ValueError(msg)
+        for kind_idx, kind in enumerate(layer):
+            if len(kind) != num_slots or any(
+                (t.shape, t.dtype, t.device) != specs[kind_idx] for t in kind
+            ):
+                msg = (f"slot_weights: layer {layer_idx} kind {kind_idx}: expected {num_slots} "
+                       f"tensors of {specs[kind_idx]}")
+                raise ValueError(msg)
+    return specs
+
+
+__all__ = ["InstallFn", "LayerUpdate", "WeightLoader"]

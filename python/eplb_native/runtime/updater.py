@@ -1,0 +1,321 @@
+"""EplbUpdateManager: the dynamic EPLB loop (heat in, plan from a worker process, weights moved
+layer by layer while serving continues), called around every forward step.
+
+Schedule (identical on every rank, so every collective lines up): every
+``expert_heat_collection_interval`` steps the heat window is gathered and, when no update is in
+progress, rank 0 hands it to its planner worker; ``algorithm_execution_interval`` steps later
+rank 0 picks the answer up (waiting at most ``plan_wait_s``), checks it and broadcasts it, so
+all ranks apply one plan; the loader then moves the changed layers, ``max_layers_per_step`` per
+step, in the policy's priority order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch.distributed as dist
+
+from eplb_native.config import EplbConfig
+from eplb_native.expert_map import load_expert_map, save_expert_map
+from eplb_native.plan import Plan, default_placement, evaluate, slot_load_from_expert_load
+from eplb_native.runtime._dist import group_rank_and_size
+from eplb_native.runtime.heat import HeatRecorder, HeatWindow
+from eplb_native.runtime.loader import LayerUpdate, WeightLoader
+from eplb_native.runtime.moe import EplbMoE
+from eplb_native.runtime.worker import PlannerWorker, PolicyFactory, PolicySpec, check_plan_result
+
+logger = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+
+
+def initial_plan(config: EplbConfig, num_layers: int, num_experts: int, num_ranks: int) -> Plan:
+    """The placement to build the model with: ``expert_map_path`` when set, else the default
+    layout with ``num_redundant_experts`` copies. ValueError when the file's shape disagrees."""
+    if config.expert_map_path is None:
+        return default_placement(num_layers, num_experts, num_ranks, config.num_redundant_experts)
+    plan = load_expert_map(config.expert_map_path, allow_duplicate_on_rank=True)
+    if (plan.num_layers, plan.num_experts) != (num_layers, num_experts):
+        msg = (f"expert_map_path: {config.expert_map_path} places {plan.num_experts} experts on "
+               f"{plan.num_layers} layers, the model has {num_experts} experts on {num_layers} MoE layers")
+        raise ValueError(msg)
+    plan.slots_per_rank(num_ranks)
+    return plan
+
+
+@dataclass
+class UpdateRecord:
+    """One update, from the heat window to its last layer (logged at INFO when it ends).
+
+    Attributes:
+        window_step: the step whose heat window was planned from.
+        layers: int64 [k], the layers the plan changes, in priority order.
+        par_before, par_after: PAR of the window's expert load under the old and new placement.
+        gather_ms: gathering the window (collective), ms.
+        plan_ms: the policy's time in the worker, ms.
+        wait_ms: time the pick-up step waited for the worker, ms (0 when it was ready).
+        transfer_ms, apply_ms: summed over the update's steps, ms.
+        applied, abandoned: layers committed on all ranks / abandoned after a failed transfer.
+        num_copies: expert copies made on this rank; global_bytes: bytes moved, all ranks.
+    """
+
+    window_step: int
+    layers: IntArray
+    par_before: float
+    par_after: float
+    gather_ms: float
+    plan_ms: float
+    wait_ms: float
+    transfer_ms: float = 0.0
+    apply_ms: float = 0.0
+    applied: list[int] = field(default_factory=list)
+    abandoned: list[int] = field(default_factory=list)
+    num_copies: int = 0
+    global_bytes: int = 0
+
+
+class EplbUpdateManager:
+    """Runs dynamic EPLB around the forward steps of one expert-parallel model replica.
+
+    Example (every rank)::
+
+        heat = HeatRecorder.from_config(config, plan)
+        layers = [EplbMoE.from_logical_weights(..., moe_layer_idx=i, heat=heat) for i in ...]
+        manager = EplbUpdateManager(config, layers, heat)
+        manager.warm_up()                # during memory profiling: buffers allocated now
+        for batch in batches:
+            manager.pre_forward()        # posts this step's weight transfers
+            out = model(batch)
+            manager.post_forward()       # heat, plan pick-up, commit of arrived layers
+        manager.close()
+
+    Args:
+        config: the EPLB settings (``dynamic_eplb`` False: heat is still recorded, the
+            placement never changes).
+        moe_layers: the EplbMoE block of each MoE layer, indexed by MoE layer (dense layers are
+            not in it; see ``MoeLayerMap``).
+        heat: the recorder the blocks accumulate into.
+        policy_factory: builds the policy in the worker (default: ``config``'s policy).
+        ranks_per_node: ranks per node, for same-node transfer sources (None: one node).
+        transfer_timeout_s: seconds a layer's transfer may take before it is abandoned.
+        plan_wait_s: longest wait for the worker at the pick-up step, s.
+        profile: log each update's per-layer detail at INFO (else DEBUG).
+        synchronous: move all layers of an update at its pick-up step, stopping the world (the
+            baseline the asynchronous path is measured against).
+    """
+
+    def __init__(
+        self,
+        config: EplbConfig,
+        moe_layers: Sequence[EplbMoE],
+        heat: HeatRecorder,
+        *,
+        policy_factory: PolicyFactory | None = None,
+        ranks_per_node: int | None = None,
+        transfer_timeout_s: float = 30.0,
+        plan_wait_s: float = 5.0,
+        profile: bool = False,
+        synchronous: bool = False,
+    ) -> None:
+        if len(moe_layers) != heat.num_layers:
+            msg = f"moe_layers: {len(moe_layers)} blocks, the heat recorder has {heat.num_layers} MoE layers"
+            raise ValueError(msg)
+        self.config = config
+        self._layers = list(moe_layers)
+        self._heat = heat
+        self._rank, self._num_ranks = group_rank_and_size(None)
+        self._num_experts = self._layers[0].experts.num_experts
+        self._plan_wait_s = plan_wait_s
+        self._profile = profile
+        self._synchronous = synchronous
+        self._log_heat_after = False
+        table = np.stack([layer.experts.phy2log for layer in self._layers])  # [L, P]
+        table = table.reshape(len(self._layers), self._num_ranks, -1)  # [L, D, S]
+        self.loader = WeightLoader(
+            [[list(layer.experts.w1), list(layer.experts.w2)] for layer in self._layers],
+            self._install, table, self._rank,
+            ranks_per_node=ranks_per_node, max_layers_per_step=config.max_layers_per_step,
+            timeout_s=transfer_timeout_s,
+        )  # fmt: skip
+        self._group = dist.new_group(backend="gloo") if self._num_ranks > 1 else None
+        factory = policy_factory or PolicySpec(config.policy, num_threads=config.num_planner_threads)
+        self.worker = PlannerWorker(factory) if config.dynamic_eplb and self._rank == 0 else None
+        self.step_idx = 0
+        self.updates: list[UpdateRecord] = []  # finished updates, oldest first
+        self.last_window: tuple[int, HeatWindow] | None = None  # (step, heat) of the last window
+        self.num_rejected_plans = 0
+        self._pickup_step: int | None = None
+        self._planned: tuple[int, HeatWindow, float, IntArray] | None = None
+        self._current: UpdateRecord | None = None
+        self._record_placement()
+
+    @property
+    def table(self) -> IntArray:
+        """int64 [L, D, S], the placement in force."""
+        return self.loader.table
+
+    def warm_up(self, wait_s: float = 60.0) -> None:
+        """One full cycle during memory profiling: a plan from the worker, and the transfer and
+        apply of one layer (moved away and back, so the placement is unchanged). Allocates the
+        staging buffers now (the heat recorder allocates its gather buffer when built);
+        afterwards no step allocates device memory."""
+        table = self.loader.table
+        if self.worker is not None and self.worker.start(wait_s=wait_s):
+            workload = np.ones(table.shape, dtype=np.float64)
+            if self.worker.submit(table, workload) is not None:
+                self.worker.poll(timeout_s=wait_s)
+        self.loader.allocate()
+        if self._group is not None:
+            # Rank 0 waited for its worker; transfer timeouts count from here, on every rank.
+            dist.barrier(group=self._group)
+        moved = table.copy()
+        flat = moved[0].reshape(-1)  # [P]: rotate the first slot of every rank (or swap two)
+        positions = np.arange(self._num_ranks) * table.shape[2] if self._num_ranks > 1 else np.arange(min(2, flat.size))
+        flat[positions] = np.roll(flat[positions], 1)
+        if not np.array_equal(moved, table):
+            for target in (moved, table):
+                self.loader.schedule(target, [0])
+                self.loader.run_to_completion()
+
+    def pre_forward(self) -> None:
+        """Before the forward step: posts this step's weight transfers (background)."""
+        self.loader.pre_forward()
+
+    def post_forward(self) -> None:
+        """After the forward step: folds the heat, commits layers that arrived on all ranks,
+        hands a new window to the planner and picks its answer up on schedule."""
+        self.step_idx += 1
+        start = time.perf_counter()
+        window = self._heat.step()
+        gather_ms = (time.perf_counter() - start) * 1e3
+        self._finish_layers(self.loader.post_forward())
+        if window is not None:
+            self.last_window = (self.step_idx, window)
+            if self._log_heat_after:
+                self._log_heat_after = False
+                logger.debug("EPLB heat after rebalance (expert load summed over the window) %s",
+                             window.expert_load.sum(axis=0).tolist())
+            if self.config.dynamic_eplb and self._pickup_step is None and not self.loader.pending:
+                self._submit(window, gather_ms)
+        if self._pickup_step is not None and self.step_idx >= self._pickup_step:
+            self._pickup()
+
+    def close(self) -> None:
+        """Stops the worker process and the loader thread."""
+        if self.worker is not None:
+            self.worker.close()
+        self.loader.close()
+
+    def _submit(self, window: HeatWindow, gather_ms: float) -> None:
+        table = self.loader.table
+        if self.worker is not None:
+            plan = Plan.from_phy2log(table.reshape(table.shape[0], -1), self._num_experts)
+            # Slot heat re-derived under the placement in force: exact even when layers moved
+            # during the window (the recorder converted each episode with its own placement).
+            workload = slot_load_from_expert_load(plan, window.expert_load)  # [T, L, P]
+            self.worker.submit(table, workload.reshape(-1, *table.shape))
+        self._pickup_step = self.step_idx + self.config.algorithm_execution_interval
+        self._planned = (self.step_idx, window, gather_ms, table)
+
+    def _pickup(self) -> None:
+        """All ranks: rank 0 checks the worker's answer and broadcasts it (or None)."""
+        self._pickup_step = None
+        planned, self._planned = self._planned, None
+        if planned is None:
+            return
+        window_step, window, gather_ms, table = planned
+        start = time.perf_counter()
+        payload: list[tuple[IntArray, IntArray, float] | None] = [None]
+        if self.worker is not None:
+            result = self.worker.poll(timeout_s=self._plan_wait_s)
+            if result is None:
+                self.worker.cancel()
+            elif result.changed:
+                try:
+                    check_plan_result(result, table, self._num_experts)
+                    payload = [(result.layers, result.new_table, result.plan_ms)]
+                except ValueError as error:
+                    self.num_rejected_plans += 1
+                    logger.error("EPLB plan rejected, nothing applied: %s", error)
+        wait_ms = (time.perf_counter() - start) * 1e3
+        if self._group is not None:
+            dist.broadcast_object_list(payload, src=0, group=self._group)
+        if payload[0] is None:
+            return
+        layers, new_table, plan_ms = payload[0]
+        if self.config.max_layers_per_update is not None:
+            layers = layers[: self.config.max_layers_per_update]
+        if len(layers) == 0:
+            return
+        num_layers = table.shape[0]
+        load = window.expert_load
+        old_plan = Plan.from_phy2log(table.reshape(num_layers, -1), self._num_experts)
+        applied_table = table.copy()
+        applied_table[layers] = new_table[layers]
+        new_plan = Plan.from_phy2log(applied_table.reshape(num_layers, -1), self._num_experts)
+        self._current = UpdateRecord(
+            window_step, np.asarray(layers, dtype=np.int64),
+            evaluate(old_plan, load, self._num_ranks).par, evaluate(new_plan, load, self._num_ranks).par,
+            gather_ms, float(plan_ms), wait_ms,
+        )  # fmt: skip
+        logger.debug("EPLB heat before rebalance (expert load summed over the window) %s", load.sum(axis=0).tolist())
+        self.loader.schedule(new_table, [int(layer) for layer in layers])
+        if self._synchronous:
+            self._finish_layers(self.loader.run_to_completion())
+        if not self.loader.pending:
+            self._end_update()
+
+    def _finish_layers(self, results: list[LayerUpdate]) -> None:
+        record = self._current
+        if not results or record is None:
+            return
+        for update in results:
+            (record.applied if update.applied else record.abandoned).append(update.layer_idx)
+            record.num_copies += update.num_copies
+            record.global_bytes += update.global_bytes
+            record.transfer_ms += update.transfer_ms
+            record.apply_ms += update.apply_ms
+            log = logger.info if self._profile else logger.debug
+            log("EPLB layer %d %s: %d copies on this rank, %d bytes all ranks",
+                update.layer_idx, "applied" if update.applied else "abandoned",
+                update.num_copies, update.global_bytes)
+        if not self.loader.pending:
+            self._end_update()
+
+    def _end_update(self) -> None:
+        record, self._current = self._current, None
+        if record is None:
+            return
+        self.updates.append(record)
+        self._log_heat_after = True
+        self._record_placement()
+        logger.info(
+            "EPLB update (heat of step %d): PAR %.3f -> %.3f, layers %s applied%s, %d experts "
+            "moved here, %.1f MB moved; gather %.1f ms, plan %.1f ms (+%.1f ms wait), transfer "
+            "%.1f ms, apply %.1f ms",
+            record.window_step, record.par_before, record.par_after, record.applied,
+            f", {record.abandoned} abandoned" if record.abandoned else "", record.num_copies,
+            record.global_bytes / 1e6, record.gather_ms, record.plan_ms, record.wait_ms,
+            record.transfer_ms, record.apply_ms,
+        )  # fmt: skip
+
+    def _install(self, layer_idx: int, row: IntArray) -> None:
+        """The loader's commit: swap the layer's maps and weight list (weights already copied)."""
+        layer = self._layers[layer_idx]
+        layer.install(row.reshape(-1), list(layer.experts.w1), list(layer.experts.w2))
+
+    def _record_placement(self) -> None:
+        path = self.config.expert_map_record_path
+        if path is None or self._rank != 0:
+            return
+        table = self.loader.table
+        plan = Plan.from_phy2log(table.reshape(table.shape[0], -1), self._num_experts)
+        save_expert_map(plan, path, self._num_ranks, allow_duplicate_on_rank=True)
+
+
+__all__ = ["EplbUpdateManager", "UpdateRecord", "initial_plan"]

@@ -1,0 +1,192 @@
+#include "eplb_native/flashlb/flashlb.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "eplb_native/flashlb/minimal_moves.h"
+
+namespace eplb_native::flashlb {
+namespace {
+
+Topology topology(int64_t num_experts, int64_t num_ranks, int64_t num_slots) {
+    return Topology{num_experts, num_ranks * num_slots, 1, 1, num_ranks};
+}
+
+// Busiest rank's load of layer `layer` of `plan`, each expert split evenly over its replicas.
+double max_rank_load(const Plan& plan, const std::vector<double>& load, int64_t layer,
+                     int64_t num_ranks) {
+    const int64_t num_slots = plan.num_physical / num_ranks;
+    std::vector<double> rank_load(static_cast<size_t>(num_ranks), 0.0);
+    for (int64_t slot = 0; slot < plan.num_physical; ++slot) {
+        const int64_t e = plan.phy2log[static_cast<size_t>(layer * plan.num_physical + slot)];
+        const auto cnt = plan.logcnt[static_cast<size_t>(layer * plan.num_experts + e)];
+        rank_load[static_cast<size_t>(slot / num_slots)] +=
+            load[static_cast<size_t>(layer * plan.num_experts + e)] / static_cast<double>(cnt);
+    }
+    return *std::max_element(rank_load.begin(), rank_load.end());
+}
+
+std::vector<double> random_load(int64_t num_layers, int64_t num_experts, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::lognormal_distribution<double> popularity(0.0, 0.8);
+    std::vector<double> load(static_cast<size_t>(num_layers * num_experts));
+    for (double& value : load) {
+        value = std::round(1000.0 * popularity(rng));
+    }
+    return load;
+}
+
+Plan run(const std::vector<double>& load, const Topology& topo, int threads,
+         const int64_t* current = nullptr, Options options = {}) {
+    Request request;
+    request.load = LoadView{load.data(), static_cast<int64_t>(load.size()) / topo.num_experts,
+                            topo.num_experts};
+    request.current = current;
+    ThreadPool pool(threads);
+    return plan_flashlb(request, topo, options, pool);
+}
+
+std::string message_of(const std::function<void()>& fn) {
+    try {
+        fn();
+    } catch (const std::invalid_argument& error) {
+        return error.what();
+    }
+    return "no exception";
+}
+
+// Source: the FlashLB publication's example (8 ranks x 2 slots); the optimum 196.67 was
+// confirmed with the exact solver in tests/python/exact_placement.py.
+TEST(FlashLB, PublishedExampleReachesTheOptimum) {
+    const std::vector<double> load = {600, 560, 120, 120, 20, 10, 10, 10};
+    for (int threads : {1, 2, 4}) {
+        const Plan plan = run(load, topology(8, 8, 2), threads);
+        EXPECT_NEAR(max_rank_load(plan, load, 0, 8), 590.0 / 3.0, 1e-9) << "threads=" << threads;
+    }
+}
+
+TEST(FlashLB, PlansAreIdenticalForAnyThreadCount) {
+    const std::vector<double> load = random_load(6, 64, 7);
+    const Topology topo = topology(64, 8, 10);
+    const Plan one = run(load, topo, 1);
+    for (int threads : {2, 4}) {
+        EXPECT_EQ(run(load, topo, threads).phy2log, one.phy2log) << "threads=" << threads;
+    }
+}
+
+TEST(FlashLB, HungarianFindsTheMinimumOfEveryPermutation) {
+    std::mt19937 rng(3);
+    std::uniform_int_distribution<int> value(0, 9);
+    const int64_t n = 5;
+    for (int trial = 0; trial < 20; ++trial) {
+        std::vector<double> cost(static_cast<size_t>(n * n));
+        for (double& c : cost) {
+            c = value(rng);
+        }
+        std::vector<int64_t> perm(static_cast<size_t>(n));
+        std::iota(perm.begin(), perm.end(), 0);
+        double best = 1e18;
+        do {
+            double total = 0.0;
+            for (int64_t r = 0; r < n; ++r) {
+                total += cost[static_cast<size_t>(r * n + perm[static_cast<size_t>(r)])];
+            }
+            best = std::min(best, total);
+        } while (std::next_permutation(perm.begin(), perm.end()));
+        const std::vector<int64_t> got = hungarian_min_cost(cost, n);
+        double total = 0.0;
+        for (int64_t r = 0; r < n; ++r) {
+            total += cost[static_cast<size_t>(r * n + got[static_cast<size_t>(r)])];
+        }
+        EXPECT_EQ(total, best) << "trial=" << trial;
+    }
+}
+
+TEST(FlashLB, AlignmentKeepsBalanceAndNeverAddsCopies) {
+    const int64_t num_experts = 32;
+    const int64_t num_ranks = 8;
+    const Topology topo = topology(num_experts, num_ranks, 5);
+    const LayerShape shape{num_experts, num_ranks, 5};
+    const std::vector<double> old_load = random_load(3, num_experts, 11);
+    const std::vector<double> new_load = random_load(3, num_experts, 12);
+    const Plan current = run(old_load, topo, 1);
+    const Plan fresh = run(new_load, topo, 1);
+    const Plan aligned = run(new_load, topo, 1, current.phy2log.data());
+    for (int64_t layer = 0; layer < 3; ++layer) {
+        const auto row = [&](const Plan& plan) {
+            return std::vector<int64_t>(plan.phy2log.begin() + layer * plan.num_physical,
+                                        plan.phy2log.begin() + (layer + 1) * plan.num_physical);
+        };
+        EXPECT_DOUBLE_EQ(max_rank_load(aligned, new_load, layer, num_ranks),
+                         max_rank_load(fresh, new_load, layer, num_ranks));
+        EXPECT_LE(weight_copies(row(current), row(aligned), shape),
+                  weight_copies(row(current), row(fresh), shape))
+            << "layer=" << layer;
+    }
+    // Replanning the load the current plan was made for, aligned to it, moves nothing.
+    const Plan same = run(old_load, topo, 1, current.phy2log.data());
+    EXPECT_EQ(same.phy2log, current.phy2log);
+}
+
+TEST(FlashLB, IncrementalModeRespectsMaxMoves) {
+    const int64_t num_experts = 32;
+    const Topology topo = topology(num_experts, 8, 5);
+    const LayerShape shape{num_experts, 8, 5};
+    const Plan current = run(random_load(2, num_experts, 21), topo, 1);
+    const std::vector<double> new_load = random_load(2, num_experts, 22);
+    for (int64_t cap : {0, 1, 3, 6}) {
+        Options options;
+        options.incremental = true;
+        options.max_moves_per_layer = cap;
+        const Plan plan = run(new_load, topo, 1, current.phy2log.data(), options);
+        for (int64_t layer = 0; layer < 2; ++layer) {
+            const std::vector<int64_t> old_row(current.phy2log.begin() + layer * 40,
+                                               current.phy2log.begin() + (layer + 1) * 40);
+            const std::vector<int64_t> new_row(plan.phy2log.begin() + layer * 40,
+                                               plan.phy2log.begin() + (layer + 1) * 40);
+            EXPECT_LE(weight_copies(old_row, new_row, shape), cap) << "cap=" << cap;
+        }
+    }
+}
+
+TEST(FlashLB, DegenerateLoadsGiveValidPlans) {
+    // All-zero load, one expert, no redundant slot.
+    const Plan zero = run(std::vector<double>(16, 0.0), topology(16, 4, 5), 2);
+    EXPECT_EQ(std::accumulate(zero.logcnt.begin(), zero.logcnt.end(), int64_t{0}), 20);
+    const Plan single = run({5.0}, topology(1, 1, 1), 1);
+    EXPECT_EQ(single.phy2log, std::vector<int64_t>{0});
+    const Plan spread = run({5.0}, topology(1, 4, 1), 1);
+    EXPECT_EQ(spread.logcnt, std::vector<int64_t>{4});
+}
+
+TEST(FlashLB, BadInputNamesTheField) {
+    const Topology topo = topology(4, 2, 2);
+    std::vector<double> load = {1, 2, std::nan(""), 4};
+    EXPECT_NE(message_of([&] { (void)run(load, topo, 1); }).find("load"), std::string::npos);
+    load = {1, 2, -3, 4};
+    EXPECT_NE(message_of([&] { (void)run(load, topo, 1); }).find("load"), std::string::npos);
+    load = {1, 2, 3, 4};
+    Options options;
+    options.width = 0;
+    EXPECT_NE(message_of([&] { (void)run(load, topo, 1, nullptr, options); }).find("width"),
+              std::string::npos);
+    const std::vector<int64_t> current = {0, 1, 2, 7};
+    EXPECT_NE(message_of([&] { (void)run(load, topo, 1, current.data()); }).find("current"),
+              std::string::npos);
+    options = Options{};
+    options.incremental = true;
+    EXPECT_NE(message_of([&] { (void)run(load, topo, 1, nullptr, options); }).find("current"),
+              std::string::npos);
+    EXPECT_NE(message_of([&] { (void)run(load, topology(4, 2, 5), 1); }).find("num_replicas"),
+              std::string::npos);
+}
+
+}  // namespace
+}  // namespace eplb_native::flashlb

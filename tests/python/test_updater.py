@@ -1,0 +1,237 @@
+"""EplbUpdateManager end to end on 4 gloo ranks: with dynamic EPLB on, the model output stays
+bitwise equal to the same model without EPLB at every step, rebalances happen and really move
+weights (placement, slot contents and measured PAR all change), and each fault (worker killed,
+invalid plan, one rank's transfer failing) leaves serving on a consistent placement."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from dist_utils import run_on_ranks
+from eplb_native import (
+    EplbConfig,
+    MoeLayerMap,
+    Plan,
+    default_placement,
+    load_expert_map,
+    save_expert_map,
+)
+from eplb_native.runtime import HeatRecorder
+from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
+from eplb_native.runtime.worker import PolicySpec
+from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
+
+NUM_RANKS = 4
+INTERVAL = 20
+
+
+class BrokenPolicy:
+    """Returns a plan that loses expert 0 in every layer (must be rejected)."""
+
+    def rebalance(self, current_table: Any, workload: Any) -> Any:
+        table = np.asarray(current_table).copy()
+        table[table == 0] = 1
+        return True, np.arange(table.shape[0]), table
+
+
+def broken_factory() -> BrokenPolicy:
+    return BrokenPolicy()
+
+
+class SlowPolicy:
+    """swift_balancer taking 0.5 s, so that a kill right after a hand-off hits mid-request."""
+
+    def __init__(self) -> None:
+        self.inner = PolicySpec("swift_balancer")()
+
+    def rebalance(self, current_table: Any, workload: Any) -> Any:
+        time.sleep(0.5)
+        return self.inner.rebalance(current_table, workload)
+
+
+def slow_factory() -> SlowPolicy:
+    return SlowPolicy()
+
+
+def _config(tmp: str, **extra: Any) -> EplbConfig:
+    return EplbConfig.from_dict({
+        "dynamic_eplb": True,
+        "expert_heat_collection_interval": INTERVAL,
+        "algorithm_execution_interval": 3,
+        "episode_steps": 1,
+        "num_redundant_experts": 4,
+        "eplb_policy_type": "swift_balancer",
+        "max_layers_per_step": 1,
+        "expert_map_record_path": str(Path(tmp) / "placement.json"),
+        **extra,
+    })
+
+
+def _slots_hold_named_experts(model: ToyModel, weights: Any, table: np.ndarray, rank: int) -> bool:
+    for layer_idx, block in enumerate(model.moe):
+        experts = block.experts
+        if not np.array_equal(experts.phy2log, table[layer_idx].reshape(-1)):
+            return False
+        for slot, expert in enumerate(table[layer_idx, rank].tolist()):
+            if not (torch.equal(experts.w1[slot], weights.w1[layer_idx][expert])
+                    and torch.equal(experts.w2[slot], weights.w2[layer_idx][expert])):
+                return False
+    return True
+
+
+def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) -> None:
+    shape = ToyShape()
+    weights = toy_weights(shape)
+    policy_factory: Any = None
+    extra: dict[str, Any] = {}
+    if scenario == "invalid":
+        policy_factory = broken_factory
+    if scenario == "faults":
+        policy_factory = slow_factory
+    if scenario in ("ok", "faults"):
+        extra["expert_map_path"] = str(Path(tmp) / "initial.json")
+    config = _config(tmp, **extra)
+    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
+    layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
+    heat = HeatRecorder.from_config(config, plan, layer_map=layer_map)
+    model = ToyModel(shape, weights, plan, heat)
+    reference = reference_model(shape, weights, rank, world_size)
+    manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=policy_factory,
+                                transfer_timeout_s=2.0 if scenario == "faults" else 30.0, plan_wait_s=30.0)
+    manager.warm_up()
+    if scenario == "faults" and rank == 2:
+        exchange = manager.loader._exchange_layer
+        failed: list[int] = []
+
+        def fail_once(position: int, transfers: Any, tag: int, deadline: float) -> None:
+            if not failed:
+                failed.append(transfers.layer_idx)
+                msg = "injected link failure"
+                raise RuntimeError(msg)
+            exchange(position, transfers, tag, deadline)
+
+        manager.loader._exchange_layer = fail_once  # type: ignore[method-assign]
+    initial_table = manager.table
+    staging = [t.data_ptr() for t in manager.loader.staging_buffers()]
+    heat_buffers = [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)]
+    mismatched_steps = []
+    windows = []
+    tables = []
+    for step in range(num_steps):
+        phase = 0 if step < num_steps // 2 else 1
+        x = toy_inputs(shape, weights, step, rank, phase)
+        manager.pre_forward()
+        out = model(x)
+        manager.post_forward()
+        if not torch.equal(out, reference(x)):
+            mismatched_steps.append(step)
+        if manager.last_window is not None and manager.last_window[0] == manager.step_idx:
+            windows.append((manager.step_idx, rank_par(manager.last_window[1].slot_load, world_size)))
+        tables.append(manager.table)
+        if scenario == "faults" and rank == 0 and manager.step_idx == 2 * INTERVAL:
+            assert manager.worker is not None
+            assert manager.worker.pid is not None
+            os.kill(manager.worker.pid, signal.SIGKILL)
+    result = {
+        "mismatched_steps": mismatched_steps,
+        "initial_table": initial_table,
+        "table": manager.table,
+        "tables": np.stack(tables),
+        "windows": windows,
+        "updates": [(u.window_step, u.layers.tolist(), u.applied, u.abandoned, u.par_before, u.par_after)
+                    for u in manager.updates],
+        "slots_ok": _slots_hold_named_experts(model, weights, manager.table, rank),
+        "same_buffers": staging == [t.data_ptr() for t in manager.loader.staging_buffers()]
+        and heat_buffers == [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)],
+        "num_rejected": manager.num_rejected_plans,
+        "restarts": manager.worker.num_restarts if manager.worker is not None else 0,
+    }
+    manager.close()
+    torch.save(result, Path(tmp) / f"rank{rank}.pt")
+
+
+def _run(tmp_path: Path, scenario: str, num_steps: int) -> list[dict[str, Any]]:
+    run_on_ranks(_serve, NUM_RANKS, str(tmp_path), scenario, num_steps)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(NUM_RANKS)]
+    for rank, result in enumerate(results):
+        assert result["mismatched_steps"] == [], f"{rank=}: output differs from the model without EPLB"
+        assert result["slots_ok"], f"{rank=}: a slot holds weights other than the expert its map names"
+        assert result["same_buffers"], f"{rank=}: staging or heat buffers were reallocated"
+        assert np.array_equal(result["tables"], results[0]["tables"]), f"{rank=}: ranks disagree on placement"
+        assert result["updates"] == results[0]["updates"]
+    recorded = load_expert_map(tmp_path / "placement.json", allow_duplicate_on_rank=True)
+    assert np.array_equal(recorded.table(NUM_RANKS), results[0]["table"]), "recorded placement is stale"
+    return results
+
+
+def _write_rotated_start(tmp_path: Path) -> np.ndarray:
+    """A non-default initial placement (the default layout rotated by one rank) saved as an
+    ``expert_map_path`` file; returns it as phy2log int64 [L, P]."""
+    shape = ToyShape()
+    base = default_placement(shape.num_moe_layers, shape.num_experts, NUM_RANKS, 4).table(NUM_RANKS)
+    rotated = np.roll(base, 1, axis=1).reshape(shape.num_moe_layers, -1)
+    save_expert_map(Plan.from_phy2log(rotated, shape.num_experts), tmp_path / "initial.json", NUM_RANKS)
+    return rotated
+
+
+def test_rebalancing_moves_weights_keeps_outputs_bitwise_and_lowers_par(tmp_path: Path) -> None:
+    rotated = _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "ok", num_steps=200)
+    result = results[0]
+    assert np.array_equal(result["initial_table"].reshape(rotated.shape), rotated), "expert_map_path ignored"
+    updates = result["updates"]
+    assert len(updates) >= 2, f"expected a rebalance per routing phase, got {updates}"
+    first_step, first_layers, applied, abandoned, par_before, par_after = updates[0]
+    assert applied == first_layers
+    assert not abandoned
+    assert par_after < par_before
+    # The placement in force changed exactly where the plan said.
+    start, end = result["initial_table"], result["tables"][first_step + INTERVAL - 1]
+    changed = [layer for layer in range(start.shape[0]) if not np.array_equal(start[layer], end[layer])]
+    assert sorted(changed) == sorted(first_layers)
+    # Measured (recorded) PAR: the window planned from vs the later windows of the same phase.
+    pars = dict(result["windows"])
+    after = [par for step, par in pars.items() if first_step < step <= 100]
+    assert np.mean(after) < 0.9 * pars[first_step], pars
+
+
+def test_failed_transfer_and_killed_worker_leave_serving_consistent(tmp_path: Path) -> None:
+    _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "faults", num_steps=75)
+    updates = results[0]["updates"]
+    # Rank 2's first transfer failed: that layer was abandoned on every rank, the rest applied.
+    first_step, layers, applied, abandoned, _, _ = updates[0]
+    assert abandoned == [layers[0]], updates[0]
+    assert applied == layers[1:], updates[0]
+    tables = results[0]["tables"]
+    assert np.array_equal(tables[first_step + INTERVAL - 1, layers[0]], results[0]["initial_table"][layers[0]])
+    # The worker was killed while planning the window of step 40: no plan from
+    # that window; it restarted and a later window was planned and applied.
+    assert results[0]["restarts"] >= 1
+    assert all(u[0] != 2 * INTERVAL for u in updates), updates
+    assert any(u[0] > 2 * INTERVAL and u[2] for u in updates), updates
+
+
+def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
+    results = _run(tmp_path, "invalid", num_steps=2 * INTERVAL + 5)
+    assert results[0]["num_rejected"] == 2
+    for result in results:
+        assert result["updates"] == []
+        assert (result["tables"] == result["initial_table"]).all()
+    data = json.loads((tmp_path / "placement.json").read_text())
+    assert data["moe_layer_count"] == ToyShape().num_moe_layers
+
+
+def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:
+    plan = default_placement(2, 4, 1)
+    heat = HeatRecorder(plan, collection_interval=2)
+    with pytest.raises(ValueError, match=r"^moe_layers:"):
+        EplbUpdateManager(EplbConfig(), [], heat, policy_factory=PolicySpec("default_eplb"))
