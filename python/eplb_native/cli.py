@@ -1,0 +1,476 @@
+"""The ``eplb-native`` command line (also ``python -m eplb_native``); the only module that prints.
+
+Commands:
+    simulate  replay a trace, re-planning with each policy, and print the balance table
+    plan      a static plan from a whole trace, written as a vllm-ascend expert_map_path JSON
+    inspect   the balance of an existing expert_map_path JSON on a trace
+
+Exit codes: 0 success, 2 bad input (bad option, malformed trace or map), printed without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eplb_native.config import POLICY_NAMES
+from eplb_native.expert_map import load_expert_map_with_ranks, save_expert_map
+from eplb_native.plan import Plan, default_placement, evaluate
+from eplb_native.sim.replay import STATIC, ReplayResult, ReplaySettings, replay
+from eplb_native.sim.traces import (
+    SHIPPED_TRACE,
+    TRACE_EXTENSIONS,
+    SyntheticSeries,
+    Trace,
+    as_time_series,
+    load_trace,
+    shipped_trace_path,
+)
+
+logger = logging.getLogger(__name__)
+
+_TRACE_HELP = (
+    f"expert-load trace ({', '.join(TRACE_EXTENSIONS)}); default: the shipped {SHIPPED_TRACE} "
+    "(Qwen3-30B-A3B decode, MIT). Formats: .npz with 'load' [T,L,N] or [L,N]; .npy; CSV "
+    "'step,layer,expert,count' (long) or 'step,layer,<N expert columns>' (wide); SGLang "
+    "expert_distribution_recorder .pt dumps ('logical_count', or per-pass 'records'); a .pt dict "
+    "with vLLM's 'expert_load_window' + 'physical_to_logical_map' (vLLM writes no load file: save "
+    "those EplbModelState fields yourself); JSON with 'logical_count' or 'load'"
+)
+_SYNTHETIC_HELP = (
+    "A trace with a single aggregate step (like the shipped one) is replayed as a SYNTHETIC "
+    "series built from it: each step draws tokens-per-step x top-k expert selections per layer "
+    "(multinomial) from the aggregate expert shares, drifted by a mean-reverting log-normal "
+    "random walk on each expert's popularity; --seed fixes it."
+)
+
+
+class _UsageError(ValueError):
+    """A bad combination of options, reported like argparse's own errors."""
+
+
+def available_policies() -> tuple[str, ...]:
+    """Policies registered in this build, in ``POLICY_NAMES`` order."""
+    from eplb_native.policies import POLICIES
+
+    return tuple(name for name in POLICY_NAMES if name in POLICIES)
+
+
+def default_policies() -> tuple[str, ...]:
+    """What ``simulate`` compares by default: every registered policy except ``random``."""
+    return tuple(name for name in available_policies() if name != "random")
+
+
+def policy_options(policies: Sequence[str], episode: int) -> dict[str, Any]:
+    """The ``options=`` object of each policy that takes one from the command line:
+    FlashLB's ``episode_steps`` from ``--episode``."""
+    if "flashlb" not in policies:
+        return {}
+    from eplb_native.flashlb import FlashLBOptions
+
+    return {"flashlb": FlashLBOptions(episode_steps=episode)}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        msg = f"expected a positive integer, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        msg = f"expected an integer >= 0, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _add_shape_options(parser: argparse.ArgumentParser, default_ranks: int | None) -> None:
+    parser.add_argument(
+        "--ranks",
+        type=_positive,
+        default=default_ranks,
+        required=default_ranks is None,
+        help="D, expert-parallel ranks" + (f" (default {default_ranks})" if default_ranks else ""),
+    )
+    slots = parser.add_mutually_exclusive_group()
+    slots.add_argument("--slots", type=_positive, help="S, expert slots per rank (P = D * S)")
+    slots.add_argument(
+        "--redundant",
+        type=_non_negative,
+        help="R, redundant slots beyond the N experts (P = N + R); default: one per rank",
+    )
+    parser.add_argument(
+        "--threads", type=_non_negative, default=0, help="planner threads (0: all cores)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative,
+        default=0,
+        help="seed of the policies and the synthetic series",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eplb-native",
+        description="Expert Parallelism Load Balancer: replay traces, compare policies, write expert maps.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log one line per rebalance")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="replay a trace with each policy and print the balance table",
+        description=(
+            "Replays a trace as a server would: the default placement first, then every "
+            "--interval steps each policy re-plans from the window just seen (its per-step heat "
+            "is the history, which FlashLB folds into episodes of --episode steps) and is scored "
+            "on the steps that follow (out of sample). "
+            "Columns: per-step PAR (max/mean rank load, layer mean) mean and p99; PAR of each "
+            "window's summed load; gap of its max rank load to the lower bound; weight copies per "
+            "rebalance; layers updated (all rebalances); planning ms per call. 'static' keeps the "
+            "default placement. " + _SYNTHETIC_HELP
+        ),
+    )
+    simulate.add_argument("--trace", type=Path, help=_TRACE_HELP)
+    simulate.add_argument(
+        "--policies",
+        nargs="+",
+        metavar="POLICY",
+        help=f"policies to compare (space or comma separated; of: {', '.join(POLICY_NAMES)}); "
+        "default: every registered policy except random",
+    )
+    _add_shape_options(simulate, default_ranks=8)
+    simulate.add_argument(
+        "--interval", type=_positive, default=50, help="steps between re-plans (default 50)"
+    )
+    simulate.add_argument(
+        "--episode", type=_positive, default=10, help="FlashLB: steps per heat episode (default 10)"
+    )
+    synthetic = simulate.add_argument_group("synthetic series (single-step traces only)")
+    synthetic.add_argument(
+        "--steps", type=_positive, default=300, help="steps to generate (default 300)"
+    )
+    synthetic.add_argument(
+        "--tokens-per-step", type=_positive, default=256, help="tokens per step (default 256)"
+    )
+    synthetic.add_argument(
+        "--top-k", type=_positive, help="experts per token (default: the trace's top_k, else 8)"
+    )
+    synthetic.add_argument(
+        "--drift", type=float, default=0.05, help="per-step std of log popularity (default 0.05)"
+    )
+    simulate.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    simulate.add_argument(
+        "--plot",
+        type=Path,
+        metavar="OUT.png",
+        help="write PAR over time and rank-load heatmaps (needs matplotlib)",
+    )
+    simulate.add_argument(
+        "--layer", type=_non_negative, default=0, help="layer of the heatmaps (default 0)"
+    )
+
+    plan = commands.add_parser(
+        "plan",
+        help="write a static plan for a whole trace as a vllm-ascend expert_map_path JSON",
+        description="Plans once from the whole trace (load: its sum; history: its per-step heat, "
+        "FlashLB episodes of --episode steps; current: the default placement) and writes the "
+        "expert_map_path JSON.",
+    )
+    plan.add_argument("--trace", type=Path, help=_TRACE_HELP)
+    plan.add_argument(
+        "--policy",
+        default="swift_balancer",
+        help=f"one of {', '.join(POLICY_NAMES)} (default swift_balancer, vllm-ascend's default)",
+    )
+    _add_shape_options(plan, default_ranks=None)
+    plan.add_argument(
+        "--episode", type=_positive, default=10, help="FlashLB: steps per heat episode (default 10)"
+    )
+    plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="balance of an existing expert_map_path JSON on a trace",
+        description="Evaluates the map on the trace: per-step PAR, PAR of the summed load, gap "
+        "to the lower bound per layer, next to the default placement.",
+    )
+    inspect.add_argument("expert_map", type=Path, help="expert_map_path JSON (vllm-ascend format)")
+    inspect.add_argument("--trace", type=Path, help=_TRACE_HELP)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "simulate":
+            _simulate(args)
+        elif args.command == "plan":
+            _plan(args)
+        else:
+            _inspect(args)
+    except _UsageError as error:
+        parser.error(str(error))
+    except (ValueError, ImportError) as error:
+        print(f"eplb-native {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
+
+
+def _trace_label(trace: Trace) -> str:
+    path = Path(trace.source)
+    return f"{SHIPPED_TRACE} (shipped)" if path == shipped_trace_path() else str(path)
+
+
+def _num_redundant(args: argparse.Namespace, num_experts: int) -> int:
+    """R from --slots or --redundant (default: one redundant slot per rank)."""
+    if args.slots is not None:
+        num_physical = int(args.ranks) * int(args.slots)
+        if num_physical < num_experts:
+            msg = f"--slots: {args.ranks} ranks x {args.slots} slots = {num_physical} < {num_experts} experts"
+            raise _UsageError(msg)
+        return num_physical - num_experts
+    return int(args.ranks if args.redundant is None else args.redundant)
+
+
+def _chosen_policies(requested: Sequence[str] | None) -> list[str]:
+    valid = available_policies()
+    if not requested:
+        return list(default_policies())
+    names = [name for item in requested for name in item.split(",") if name]
+    for name in names:
+        if name not in valid:
+            msg = f"--policies: unknown or unregistered policy {name!r}; available: {', '.join(valid)}"
+            raise _UsageError(msg)
+    return list(dict.fromkeys(names))
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    policies = _chosen_policies(args.policies)
+    probe = load_trace(shipped_trace_path() if args.trace is None else args.trace)
+    trace_top_k = probe.metadata.get("top_k", "")
+    top_k = args.top_k or (int(trace_top_k) if trace_top_k.isdigit() else 8)
+    series = SyntheticSeries(
+        num_steps=args.steps,
+        tokens_per_step=args.tokens_per_step,
+        top_k=top_k,
+        drift=args.drift,
+        seed=args.seed,
+    )
+    trace = as_time_series(probe, series)
+    if args.plot is not None and args.layer >= trace.num_layers:
+        msg = f"--layer: the trace has layers 0..{trace.num_layers - 1}, got {args.layer}"
+        raise _UsageError(msg)
+    settings = ReplaySettings(
+        num_ranks=args.ranks,
+        num_redundant_experts=_num_redundant(args, trace.num_experts),
+        interval=args.interval,
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    num_windows = len(range(settings.interval, trace.num_steps, settings.interval))
+    bar = _progress_bar(len(policies) * num_windows)
+    try:
+        result = replay(
+            trace.load,
+            policies,
+            settings,
+            options=policy_options(policies, args.episode),
+            on_rebalance=None if bar is None else (lambda _name, _idx: bar.update(1)),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_header(trace, result, args.episode if "flashlb" in policies else None)
+    _print_table(result)
+    if args.json is not None:
+        payload: dict[str, Any] = {
+            "trace": trace.source,
+            "ranks": settings.num_ranks,
+            "slots": result.num_slots,
+            "policies": result.summary(),
+            "synthetic": trace.synthetic,
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        from eplb_native.sim.plots import plot_replay
+
+        title = (
+            f"{_trace_label(trace)}{' (synthetic series)' if trace.synthetic else ''}: per-step PAR"
+        )
+        plot_replay(result, args.plot, layer=args.layer, title=title)
+        print(f"wrote {args.plot}")
+
+
+def _progress_bar(total: int) -> Any:
+    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal; else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="rebalances", unit="plan", leave=False)
+
+
+def _print_header(trace: Trace, result: ReplayResult, episode: int | None) -> None:
+    settings = result.settings
+    model = trace.metadata.get("model")
+    print(
+        f"trace: {_trace_label(trace)}{f', {model}' if model else ''}: "
+        f"{_steps(trace.num_steps)} x {trace.num_layers} layers x {trace.num_experts} experts"
+    )
+    if trace.synthetic is not None:
+        syn = trace.synthetic
+        print(
+            f"SYNTHETIC series built from the trace's single aggregate step: {syn['num_steps']} steps, "
+            f"each {syn['tokens_per_step']} tokens x top-{syn['top_k']} selections per layer drawn "
+            f"multinomially from the aggregate shares, popularity drifting as a mean-reverting "
+            f"log-normal random walk (drift {syn['drift']}, reversion {syn['reversion']}, seed {syn['seed']})"
+        )
+    print(
+        f"replay: {settings.num_ranks} ranks x {result.num_slots} slots "
+        f"({settings.num_redundant_experts} redundant); re-plan every {settings.interval} steps "
+        f"from the last {settings.interval}"
+        f"{'' if episode is None else f' (FlashLB episodes of {episode})'}; scored out of sample "
+        f"on steps {result.first_step}..{trace.num_steps - 1}"
+    )
+
+
+_COLUMNS = (
+    ("policy", "{:<18}", None),
+    ("par_mean", "{:>9.4f}", "par_mean"),
+    ("par_p99", "{:>9.4f}", "par_p99"),
+    ("par_aggr", "{:>9.4f}", "par_aggregate"),
+    ("gap_lb", "{:>8.4f}", "gap_to_lower_bound"),
+    ("copies/reb", "{:>11.1f}", "weight_copies_per_rebalance"),
+    ("layers_upd", "{:>11d}", "layers_updated"),
+    ("plan_ms", "{:>9.2f}", "plan_ms"),
+)
+
+
+def _print_table(result: ReplayResult) -> None:
+    widths = [len(fmt.format("x" if key is None else 0)) for _, fmt, key in _COLUMNS]
+    print(
+        " ".join(
+            title.ljust(w) if key is None else title.rjust(w)
+            for (title, _, key), w in zip(_COLUMNS, widths, strict=True)
+        )
+    )
+    for name, row in result.summary().items():
+        label = f"{name} (no rebal.)" if name == STATIC else name
+        cells = [fmt.format(label if key is None else row[key]) for _, fmt, key in _COLUMNS]
+        print(" ".join(cells))
+
+
+def _plan(args: argparse.Namespace) -> None:
+    valid = available_policies()
+    if args.policy not in valid:
+        msg = f"--policy: unknown or unregistered policy {args.policy!r}; available: {', '.join(valid)}"
+        raise _UsageError(msg)
+    from eplb_native.policies import rebalance_experts
+
+    trace = load_trace(shipped_trace_path() if args.trace is None else args.trace)
+    num_redundant = _num_redundant(args, trace.num_experts)
+    initial = default_placement(trace.num_layers, trace.num_experts, args.ranks, num_redundant)
+    plan = rebalance_experts(
+        trace.load.sum(axis=0),
+        num_replicas=initial.num_physical,
+        num_groups=1,
+        num_nodes=1,
+        num_ranks=args.ranks,
+        policy=args.policy,
+        current=initial.phy2log,
+        history=trace.load,
+        options=policy_options([args.policy], args.episode).get(args.policy),
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    try:
+        save_expert_map(plan, args.output, args.ranks)
+    except ValueError as error:
+        msg = (
+            f"--policy {args.policy}: the plan cannot be written as a vllm-ascend expert map "
+            f"({error}); vllm-ascend holds at most one replica of an expert per rank: try "
+            "--policy swift_balancer"
+        )
+        raise ValueError(msg) from error
+    before = evaluate(initial, trace.load, args.ranks)
+    after = evaluate(plan, trace.load, args.ranks)
+    print(
+        f"trace: {_trace_label(trace)}: {_steps(trace.num_steps)} x {trace.num_layers} layers x "
+        f"{trace.num_experts} experts; {args.ranks} ranks x {initial.slots_per_rank(args.ranks)} slots "
+        f"({num_redundant} redundant); policy {args.policy} (in sample: planned and scored on the whole trace)"
+    )
+    print(
+        f"PAR before (default placement): {before.par:.4f}  (summed load: {before.par_aggregate:.4f})"
+    )
+    print(
+        f"PAR after  ({args.policy}): {after.par:.4f}  (summed load: {after.par_aggregate:.4f}, "
+        f"gap to lower bound {float(after.gap.mean()):.4f})"
+    )
+    print(f"wrote {args.output}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    plan, num_ranks = load_expert_map_with_ranks(args.expert_map)
+    trace = load_trace(shipped_trace_path() if args.trace is None else args.trace)
+    if (trace.num_layers, trace.num_experts) != (plan.num_layers, plan.num_experts):
+        msg = (
+            f"expert_map {args.expert_map}: places {plan.num_experts} experts in {plan.num_layers} layers, "
+            f"but trace {trace.source} has {trace.num_experts} experts in {trace.num_layers} layers"
+        )
+        raise ValueError(msg)
+    num_redundant = plan.num_physical - plan.num_experts
+    print(
+        f"map: {args.expert_map}: {plan.num_layers} layers, {num_ranks} ranks x "
+        f"{plan.slots_per_rank(num_ranks)} slots ({num_redundant} redundant)"
+    )
+    print(f"trace: {_trace_label(trace)}: {_steps(trace.num_steps)}")
+    reference = default_placement(plan.num_layers, plan.num_experts, num_ranks, num_redundant)
+    rows: list[tuple[str, Plan]] = [("this map", plan), ("default placement", reference)]
+    print(
+        f"{'':<18} {'par_step':>9} {'par_aggr':>9} {'gap_mean':>9} {'gap_max':>9} {'worst layer':>12}"
+    )
+    for label, candidate in rows:
+        stats = evaluate(candidate, trace.load, num_ranks)
+        worst = int(np.argmax(stats.gap))
+        print(
+            f"{label:<18} {stats.par:>9.4f} {stats.par_aggregate:>9.4f} {float(stats.gap.mean()):>9.4f} "
+            f"{float(stats.gap.max()):>9.4f} {worst:>12d}"
+        )
+    stats = evaluate(plan, trace.load, num_ranks)
+    quartiles = np.percentile(stats.gap, [0, 25, 50, 75, 100])
+    print(
+        "gap to lower bound per layer (this map): "
+        + ", ".join(
+            f"{name} {value:.4f}"
+            for name, value in zip(("min", "p25", "median", "p75", "max"), quartiles, strict=True)
+        )
+    )
+
+
+__all__ = ["available_policies", "build_parser", "default_policies", "main"]
