@@ -44,8 +44,11 @@ def npu_available() -> bool:
     then torch_npu) only when called; False without torch."""
     if importlib.util.find_spec("torch") is None:
         return False
-    from eplb_native import ops
-
+    try:
+        from eplb_native import ops
+    except RuntimeError:
+        # torch itself fails to import when a torch_npu without CANN auto-registers its backend.
+        return False
     return ops.npu_available()
 
 

@@ -404,7 +404,8 @@ def npu_available() -> bool:
     else:
         try:
             importlib.import_module("torch_npu")
-        except (ImportError, OSError) as exc:
+        # RuntimeError: torch_npu installed without the CANN runtime fails while registering.
+        except (ImportError, OSError, RuntimeError) as exc:
             reason = f"import torch_npu failed: {exc}"
     if not reason and not libraries:
         reason = f"no _npu_ops*.so beside {Path(__file__).parent} (built without CANN)"

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from eplb_native import _core
+from eplb_native.layers import MoeLayerMap
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +142,31 @@ def rank_log2phy(plan: Plan, num_ranks: int) -> IntArray:
 
 
 def default_placement(
-    num_layers: int, num_experts: int, num_ranks: int, num_redundant_experts: int = 0
+    num_layers: int | MoeLayerMap,
+    num_experts: int,
+    num_ranks: int,
+    num_redundant_experts: int = 0,
 ) -> Plan:
     """vLLM's initial layout: all logical experts in order, then copies of experts 0..R-1.
 
-    Returns a Plan with ``P = N + R`` physical slots per layer. Raises ValueError when
-    ``(N + R) % D != 0`` (ranks would hold different slot counts) or ``R > N * (D - 1)``.
+    Args:
+        num_layers: MoE layers L, or the model's MoeLayerMap (its dense layers have no
+            placement: they are skipped and reported in the log).
+        num_experts: N logical experts per MoE layer.
+        num_ranks: D.
+        num_redundant_experts: R extra physical slots per layer.
+
+    Returns a Plan with ``P = N + R`` physical slots per MoE layer. Raises ValueError when
+    ``(N + R) % D != 0`` (ranks would hold different slot counts).
     """
+    if isinstance(num_layers, MoeLayerMap):
+        if num_layers.dense_layer_ids:
+            logger.info(
+                "default placement: %d MoE layers; dense layers skipped: %s",
+                num_layers.num_moe_layers,
+                list(num_layers.dense_layer_ids),
+            )
+        num_layers = num_layers.num_moe_layers
     for value, field in (
         (num_layers, "num_layers"),
         (num_experts, "num_experts"),

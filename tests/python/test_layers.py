@@ -38,3 +38,13 @@ def test_bad_layer_maps(build, message):
     with pytest.raises(ValueError) as info:
         build()
     assert message in str(info.value)
+
+
+def test_default_placement_covers_moe_layers_only_and_reports_dense_ones(caplog):
+    import eplb_native
+
+    layers = MoeLayerMap.from_first_k_dense(6, first_k_dense=2)
+    with caplog.at_level(logging.INFO, logger="eplb_native.plan"):
+        plan = eplb_native.default_placement(layers, 8, 2, 2)
+    assert plan.num_layers == 4
+    assert "dense layers skipped: [0, 1]" in caplog.text
