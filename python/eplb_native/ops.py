@@ -18,6 +18,7 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -250,7 +251,7 @@ def _fused_moe_decode_cpu(
 
 def _scale_kwargs(
     w1_scale: list[torch.Tensor] | None, w2_scale: list[torch.Tensor] | None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """W8A8 scale arguments of ``_core.fused_moe_decode_ref`` (empty when not W8A8)."""
     if w1_scale is None or w2_scale is None:
         return {}

@@ -221,19 +221,19 @@ def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArr
     if slots.shape[-2:] != plan.phy2log.shape:
         msg = f"slot_load: expected [..., L, P] = [..., {plan.num_layers}, {plan.num_physical}], got {slots.shape}"
         raise ValueError(msg)
-    lead = slots.shape[:-2]
-    flat = slots.reshape(-1, plan.num_layers, plan.num_physical)
-    out = np.zeros((flat.shape[0], plan.num_layers, plan.num_experts), dtype=np.float64)
-    for layer_idx in range(plan.num_layers):
-        np.add.at(out[:, layer_idx, :], (slice(None), plan.phy2log[layer_idx]), flat[:, layer_idx, :])
-    return out.reshape(*lead, plan.num_layers, plan.num_experts)
+    # owner[l, p, e] = 1 where slot p of layer l holds expert e: summing replicas is a product.
+    owner = np.zeros((plan.num_layers, plan.num_physical, plan.num_experts), dtype=np.float64)
+    layer_idx, slot_idx = np.indices(plan.phy2log.shape)
+    owner[layer_idx, slot_idx, plan.phy2log] = 1.0
+    return np.asarray(np.einsum("...lp,lpn->...ln", slots, owner), dtype=np.float64)
 
 
 def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
     """Tokens per rank, float64 [..., L, D], each expert's tokens split evenly among replicas."""
     slot_load = slot_load_from_expert_load(plan, load)
     num_slots = plan.slots_per_rank(num_ranks)
-    return slot_load.reshape(*slot_load.shape[:-1], num_ranks, num_slots).sum(axis=-1)
+    per_rank = slot_load.reshape(*slot_load.shape[:-1], num_ranks, num_slots).sum(axis=-1)
+    return np.asarray(per_rank, dtype=np.float64)
 
 
 def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:
@@ -255,7 +255,7 @@ def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int)
     max_replicas = num_ranks
     for row_idx, row in enumerate(flat):
         replica_bound[row_idx] = _min_max_per_replica(row, num_physical, max_replicas)
-    return np.maximum(mean_bound, replica_bound.reshape(mean_bound.shape))
+    return np.asarray(np.maximum(mean_bound, replica_bound.reshape(mean_bound.shape)), dtype=np.float64)
 
 
 def _min_max_per_replica(row: FloatArray, num_physical: int, max_replicas: int) -> float:
@@ -309,7 +309,7 @@ def _par(rank_load: FloatArray) -> FloatArray:
     """max / mean over the last axis; 1.0 where there is no load."""
     mean = rank_load.mean(axis=-1)
     peak = rank_load.max(axis=-1)
-    return np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0)
+    return np.asarray(np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0), dtype=np.float64)
 
 
 def evaluate(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> PlanStats:
@@ -377,7 +377,8 @@ def weight_copies_per_layer(
     new_ranks = new_table.reshape(num_layers, num_ranks, num_slots)
     # present[l, r, s] = new expert of slot s already somewhere on rank r in old.
     present = (new_ranks[:, :, :, None] == old_ranks[:, :, None, :]).any(axis=-1)
-    return (~present).sum(axis=(1, 2)).astype(np.int64)
+    copies: IntArray = (~present).sum(axis=(1, 2)).astype(np.int64)
+    return copies
 
 
 def check_load(load: npt.ArrayLike, field: str, *, allow_steps: bool = False) -> FloatArray:

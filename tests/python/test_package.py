@@ -39,3 +39,18 @@ def test_npu_available_is_false_without_cann_and_never_imports_torch_npu_eagerly
         """
     )
     assert out == "False False False"
+
+
+def test_core_stubs_name_every_compiled_function():
+    import ast
+    from pathlib import Path
+
+    from eplb_native import _core
+
+    stub = Path(_core.__file__).with_name("_core.pyi")
+    if not stub.exists():  # an installed wheel carries it; a bare build dir may not
+        stub = Path(__file__).parents[2] / "python" / "eplb_native" / "_core.pyi"
+    tree = ast.parse(stub.read_text())
+    stubbed = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    compiled = {name for name in dir(_core) if not name.startswith("_") and callable(getattr(_core, name))}
+    assert stubbed == compiled, f"regenerate python/eplb_native/_core.pyi: {stubbed ^ compiled}"

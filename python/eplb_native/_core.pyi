@@ -1,0 +1,43 @@
+# Stubs of the compiled module, written with pybind11-stubgen from the bindings' signatures;
+# tests/python/test_package.py checks that they name every public _core function.
+"""
+eplb_native C++ core: placement plans, policies and the fused-operator reference
+"""
+from __future__ import annotations
+import numpy
+import numpy.typing
+import typing
+__all__: list[str] = ['fused_moe_decode_ref', 'fused_moe_route', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
+def fused_moe_decode_ref(x: typing.Any, dtype: str, expert_ids: typing.Any, expert_scales: typing.Any, w1: list[typing.Any], w2: list[typing.Any], x_active_mask: typing.Any, out: typing.Any, expert_token_nums: typing.Any, moe_load: typing.Any = None, load_counter: typing.Any = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, w1_scale: typing.Any = None, w2_scale: typing.Any = None, w1_scale_dtype: str = 'float32', w2_scale_dtype: str = 'float32') -> None:
+    """
+    Fused decode MoE CPU reference, in place. dtype 'bfloat16' | 'float16' | 'float32'; x [BS, H] (16-bit raw bits or float32), expert_ids int32 [BS, K], expert_scales float32 [BS, K], w1 list of E [H, 2I], w2 list of E [I, H] (empty for unused experts), x_active_mask bool [BS] or None; writes out [BS, H] and expert_token_nums int64 [E]; moe_load int64 [E] or int32 [T, E] with load_counter int32 [] updated. W8A8: int8 w1/w2 plus w1_scale (E arrays [2I]) and w2_scale (E arrays [H]) tagged w1_scale_dtype / w2_scale_dtype ('float32' | 'float16' | 'bfloat16').
+    """
+def fused_moe_route(expert_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], num_experts: typing.SupportsInt | typing.SupportsIndex, x_active_mask: typing.Any = None) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+    """
+    Routing phase only: (counts int64 [E], offsets int64 [E + 1], row_of int64 [BS, K], -1 for skipped pairs). Row order: by expert, then (token, k).
+    """
+def plan_flashlb(load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, history: typing.Annotated[numpy.typing.ArrayLike, numpy.float64] | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 16, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+    """
+    FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).
+    """
+def plan_from_phy2log(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+    """
+    (phy2log int64 [L, P], N) -> (phy2log, log2phy int64 [L, N, max_replicas] -1 padded, logcnt int64 [L, N]).
+    """
+def rank_expert_maps(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    int64 [D, L, N]: local slot of expert e on rank r, -1 if absent.
+    """
+def rank_log2phy(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    int64 [D, L, N]: physical slot that rank r routes expert e's tokens to.
+    """
+def rebalance_experts(policy: str, load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = 32) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+    """
+    (policy, load float64 [L, N], P, G, H, D, current int64 [L, P] | None, num_threads, seed, max_moves_per_layer) -> (phy2log [L, P], log2phy [L, N, max_replicas], logcnt [L, N]) for policy in default_eplb, swift_balancer, random.
+    """
+def validate_plan(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], log2phy: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], logcnt: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
+    """
+    Raise ValueError naming the field unless the three maps form a valid placement.
+    """
+__version__: str
