@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from eplb_native import sim
+
 FloatArray = npt.NDArray[np.float64]
 
 # ../shared/traces next to the repository (a worktree sits one level deeper).
@@ -59,9 +61,9 @@ def deepseek_v3_like(
 
 
 def load_trace(name: str) -> FloatArray:
-    """The ``load`` array [T, L, N] of ../shared/traces/<name>.npz as float64."""
-    with np.load(TRACE_DIR / f"{name}.npz") as data:
-        return np.asarray(data["load"], dtype=np.float64)
+    """The ``load`` array [T, L, N] of ../shared/traces/<name>.npz as float64 (read and checked
+    by ``eplb_native.sim.load_trace``)."""
+    return sim.load_trace(TRACE_DIR / f"{name}.npz").load
 
 
 def trace_names() -> list[str]:

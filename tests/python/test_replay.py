@@ -1,5 +1,6 @@
-"""Replay semantics: plans come from the past window only, are scored on the steps that follow,
-and the reported moves, layers and PAR agree with the plans made."""
+"""Replay semantics: each policy object re-plans from the per-slot heat of the past window only,
+its tables are scored on the steps that follow, and the reported moves, layers and PAR agree
+with the tables it returned."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from eplb_native.plan import Plan, count_weight_copies, default_placement, evaluate
-from eplb_native.policies import rebalance_experts
-from eplb_native.sim.replay import STATIC, ReplaySettings, replay
+from eplb_native.flashlb import FlashLBOptions
+from eplb_native.plan import (
+    Plan,
+    count_weight_copies,
+    default_placement,
+    evaluate,
+    expert_load_from_slot_load,
+    slot_load_from_expert_load,
+)
+from eplb_native.policies import EplbPolicy, SwiftBalancerOptions, make_policy
+from eplb_native.sim.replay import STATIC, PolicySpec, ReplaySettings, replay
 
 SETTINGS = ReplaySettings(num_ranks=2, num_redundant_experts=2, interval=4, num_threads=1)
 
@@ -24,44 +33,80 @@ def trace() -> np.ndarray:
     return rng.poisson(base, size=(13, 2, 6)).astype(np.float64)
 
 
-class Spy:
-    """Calls the real planner and remembers what it was given and what it returned."""
+class SpyFactory:
+    """Builds the real policies and records every object made and every rebalance call."""
 
     def __init__(self) -> None:
+        self.made: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, load: np.ndarray, **kwargs: Any) -> Plan:
-        plan = rebalance_experts(load, **kwargs)
-        self.calls.append({"load": load, **kwargs, "plan": plan})
-        return plan
+    def __call__(self, name: str, **kwargs: Any) -> EplbPolicy:
+        policy = make_policy(name, **kwargs)
+        self.made.append({"name": name, **kwargs, "policy": policy})
+        real = policy.rebalance
+
+        def rebalance(table: np.ndarray, workload: np.ndarray) -> Any:
+            answer = real(table, workload)
+            self.calls.append(
+                {"policy": policy, "table": table.copy(), "workload": workload, "new": answer[2]}
+            )
+            return answer
+
+        policy.rebalance = rebalance  # type: ignore[method-assign, assignment]
+        return policy
+
+    def plans(self) -> list[Plan]:
+        """The placements in force: the default one, then each rebalance's new table."""
+        tables = [default_placement(2, 6, 2, 2).phy2log]
+        tables += [call["new"].reshape(2, 8) for call in self.calls]
+        return [Plan.from_phy2log(table, 6) for table in tables]
 
 
-def test_each_plan_sees_only_the_window_before_it(trace: np.ndarray) -> None:
-    spy = Spy()
-    replay(trace, ["default_eplb"], SETTINGS, planner=spy)
+def test_each_rebalance_sees_only_the_slot_heat_of_the_window_before_it(
+    trace: np.ndarray,
+) -> None:
+    spy = SpyFactory()
+    replay(trace, ["default_eplb"], SETTINGS, make=spy)
     assert len(spy.calls) == 3  # re-plans at steps 4, 8, 12
-    previous = default_placement(2, 6, 2, 2).phy2log
-    for call, start in zip(spy.calls, (4, 8, 12), strict=True):
-        window = trace[start - 4 : start]
-        np.testing.assert_array_equal(call["load"], window.sum(axis=0))
-        np.testing.assert_array_equal(call["history"], window)
-        np.testing.assert_array_equal(call["current"], previous)
-        assert call["policy"] == "default_eplb"
-        assert call["num_ranks"] == 2
-        assert call["num_replicas"] == 8
-        previous = call["plan"].phy2log
+    plans = spy.plans()
+    for call, start, previous in zip(spy.calls, (4, 8, 12), plans, strict=False):
+        window = trace[start - 4 : start]  # [4, L, N]
+        np.testing.assert_array_equal(call["table"], previous.table(2))
+        assert call["workload"].shape == (4, 2, 2, 4)  # [interval, L, D, S]
+        want = slot_load_from_expert_load(previous, window).reshape(4, 2, 2, 4)
+        np.testing.assert_allclose(call["workload"], want)
+        # the slot heat carries exactly the window's tokens, expert by expert
+        np.testing.assert_allclose(
+            expert_load_from_slot_load(previous, call["workload"].reshape(4, 2, 8)), window
+        )
+
+
+def test_one_policy_object_per_replay_gets_the_settings(trace: np.ndarray) -> None:
+    spy = SpyFactory()
+    options = FlashLBOptions(episode_steps=2)
+    replay(trace, ["default_eplb", "flashlb"], SETTINGS, options={"flashlb": options}, make=spy)
+    assert [made["name"] for made in spy.made] == ["default_eplb", "flashlb"]
+    flashlb = spy.made[1]
+    assert flashlb["options"] is options
+    assert (flashlb["num_threads"], flashlb["seed"], flashlb["num_groups"]) == (1, 0, 1)
+    flashlb_calls = [call for call in spy.calls if call["policy"] is flashlb["policy"]]
+    assert len(flashlb_calls) == 3  # the same object (and its per-layer memory) every window
+    assert flashlb["policy"].planned is not None
 
 
 def test_scores_are_out_of_sample_per_step_par(trace: np.ndarray) -> None:
-    spy = Spy()
-    result = replay(trace, ["default_eplb"], SETTINGS, planner=spy)
+    spy = SpyFactory()
+    result = replay(trace, ["default_eplb"], SETTINGS, make=spy)
     run = result.policies["default_eplb"]
     assert run.par_steps.shape == (13 - 4,)
-    plans = [call["plan"] for call in spy.calls]
+    plans = spy.plans()[1:]
     for offset, step in enumerate(range(4, 13)):
         plan = plans[(step - 4) // 4]
         want = evaluate(plan, trace[step], 2).par
         assert run.par_steps[offset] == pytest.approx(want), f"{step=}"
+    np.testing.assert_allclose(
+        run.par_windows, [run.par_steps[0:4].mean(), run.par_steps[4:8].mean(), run.par_steps[8]]
+    )
     window_stats = [
         evaluate(plan, trace[s : s + 4], 2) for plan, s in zip(plans, (4, 8, 12), strict=True)
     ]
@@ -88,11 +133,11 @@ def test_static_row_keeps_the_default_placement(trace: np.ndarray) -> None:
     assert list(result.policies) == [STATIC, "default_eplb"]
 
 
-def test_moves_and_layers_updated_match_the_plans(trace: np.ndarray) -> None:
-    spy = Spy()
-    result = replay(trace, ["swift_balancer"], SETTINGS, planner=spy)
+def test_moves_and_layers_updated_match_the_tables(trace: np.ndarray) -> None:
+    spy = SpyFactory()
+    result = replay(trace, ["swift_balancer"], SETTINGS, make=spy)
     run = result.policies["swift_balancer"]
-    plans = [default_placement(2, 6, 2, 2)] + [call["plan"] for call in spy.calls]
+    plans = spy.plans()
     want_copies = [count_weight_copies(old, new, 2) for old, new in pairwise(plans)]
     want_layers = [
         int(np.any(old.phy2log != new.phy2log, axis=1).sum()) for old, new in pairwise(plans)
@@ -103,6 +148,23 @@ def test_moves_and_layers_updated_match_the_plans(trace: np.ndarray) -> None:
     assert run.summary()["layers_updated"] == sum(want_layers)
     assert run.plan_ms.shape == (3,)
     assert np.all(run.plan_ms >= 0)
+    np.testing.assert_array_equal(run.final_plan.phy2log, plans[-1].phy2log)
+
+
+def test_variants_of_one_policy_get_their_own_options_and_rows(trace: np.ndarray) -> None:
+    frozen = PolicySpec("swift frozen", "swift_balancer", SwiftBalancerOptions(0))
+    result = replay(trace, ["swift_balancer", frozen], SETTINGS)
+    assert list(result.policies) == [STATIC, "swift_balancer", "swift frozen"]
+    free, capped = result.policies["swift_balancer"], result.policies["swift frozen"]
+    assert free.weight_copies.sum() > 0
+    np.testing.assert_array_equal(capped.weight_copies, [0, 0, 0])
+    np.testing.assert_allclose(capped.par_steps, result.policies[STATIC].par_steps)
+
+
+@pytest.mark.parametrize("label", [STATIC, "swift_balancer"])
+def test_duplicate_or_static_labels_are_rejected(trace: np.ndarray, label: str) -> None:
+    with pytest.raises(ValueError, match="policies: labels"):
+        replay(trace, ["swift_balancer", PolicySpec(label, "default_eplb")], SETTINGS)
 
 
 def test_rebalancing_beats_the_static_placement_on_a_skewed_trace(trace: np.ndarray) -> None:

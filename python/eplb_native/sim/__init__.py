@@ -7,7 +7,14 @@ follow (see ``eplb_native.sim.replay``); ``plot_replay`` (matplotlib) draws the 
 
 from __future__ import annotations
 
-from eplb_native.sim.replay import STATIC, PolicyReplay, ReplayResult, ReplaySettings, replay
+from eplb_native.sim.replay import (
+    STATIC,
+    PolicyReplay,
+    PolicySpec,
+    ReplayResult,
+    ReplaySettings,
+    replay,
+)
 from eplb_native.sim.traces import (
     SyntheticSeries,
     Trace,
@@ -20,6 +27,7 @@ from eplb_native.sim.traces import (
 __all__ = [
     "STATIC",
     "PolicyReplay",
+    "PolicySpec",
     "ReplayResult",
     "ReplaySettings",
     "SyntheticSeries",

@@ -3,12 +3,19 @@
 Semantics (one run per policy, all from the same trace ``load`` float64 [T, L, N]):
 
 - the default placement (``default_placement``) is in force for steps ``0 .. interval - 1``;
-- at every step ``t = interval, 2 * interval, ...`` (``t < T``) the policy plans from the window
-  just seen, ``window = load[t - interval : t]``: ``load = window.sum(0)`` [L, N], ``history`` =
-  the window's per-step heat [interval, L, N] (policies with episodes, FlashLB, fold it
-  themselves: its ``options.episode_steps``), ``current`` = the placement in force [L, P];
-- the new plan is then scored on the steps it serves, ``t .. t + interval - 1`` (out of sample:
-  the plan never saw them).
+- each policy is one stateful object (``eplb_native.policies.make_policy``) kept for the whole
+  replay, so FlashLB remembers each layer's balance across windows;
+- at every step ``t = interval, 2 * interval, ...`` (``t < T``) the policy re-plans the way a
+  server does, from per-slot heat only: the window just seen, ``load[t - interval : t]``
+  [interval, L, N], becomes the tokens each physical slot handled under the placement in force
+  (``slot_load_from_expert_load``: every replica carries ``load / logcnt``), workload float64
+  [interval, L, D, S], and the policy gets ``rebalance(current_table [L, D, S], workload)``.
+  The workload stays per step: policies without episodes sum it, FlashLB folds it into
+  episodes of its own ``FlashLBOptions.episode_steps`` (the CLI's ``--episode``). The policy
+  applies only the layers it selects (their busiest rank gets lighter; FlashLB: only layers
+  whose balance fell below its thresholds), the others keep their row;
+- the table in force is then scored on the steps it serves, ``t .. t + interval - 1`` (out of
+  sample: the policy never saw them).
 
 Scores cover the served steps ``interval .. T - 1`` only (before the first re-plan every policy
 runs the same default placement). A "static" row keeps the default placement throughout.
@@ -20,7 +27,8 @@ runs the same default placement). A "static" row keeps the default placement thr
   (``evaluate``), averaged over layers and windows;
 - ``weight_copies_per_rebalance``: mean of ``count_weight_copies(old, new)``;
   ``layers_updated``: layers whose table changed, summed over all rebalances;
-  ``plan_ms``: mean wall time of one planning call (``time.perf_counter``).
+  ``plan_ms``: mean wall time of one ``rebalance`` call (``time.perf_counter``; the slot-heat
+  conversion is not counted).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,14 +50,34 @@ from eplb_native.plan import (
     default_placement,
     evaluate,
     rank_loads,
+    slot_load_from_expert_load,
 )
+
+if TYPE_CHECKING:
+    from eplb_native.policies import EplbPolicy
 
 logger = logging.getLogger(__name__)
 
 STATIC = "static"
 """Name of the baseline row that keeps the default placement (no rebalancing)."""
 
-Planner = Callable[..., Plan]
+PolicyFactory = Callable[..., "EplbPolicy"]
+"""``make_policy``-compatible: ``(name, num_groups, num_nodes, options, num_threads, seed)``."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One replayed policy: a registered policy name, its options, and the row's label.
+
+    Attributes:
+        label: the row's name in the results (unique within a replay).
+        policy: a name in ``config.POLICY_NAMES``.
+        options: the policy's options dataclass (e.g. ``FlashLBOptions``), or None.
+    """
+
+    label: str
+    policy: str
+    options: Any = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +123,7 @@ class PolicyReplay:
     Attributes:
         name: the policy (or ``STATIC``).
         par_steps: float64 [T - interval], per-step PAR (layer mean) of the served steps.
+        par_windows: float64 [W], per window: mean of its steps' ``par_steps``.
         rank_load: float64 [T - interval, L, D], tokens per rank at each served step.
         par_aggregate_windows: float64 [W], per window: PAR of the summed load, layer mean.
         gap_windows: float64 [W], per window: gap to the lower bound, layer mean.
@@ -106,6 +135,7 @@ class PolicyReplay:
 
     name: str
     par_steps: FloatArray
+    par_windows: FloatArray
     rank_load: FloatArray
     par_aggregate_windows: FloatArray
     gap_windows: FloatArray
@@ -158,27 +188,28 @@ def _step_par(rank_load: FloatArray) -> FloatArray:
 
 def replay(
     load: npt.ArrayLike,
-    policies: Sequence[str],
+    policies: Sequence[str | PolicySpec],
     settings: ReplaySettings,
     *,
-    planner: Planner | None = None,
     options: dict[str, Any] | None = None,
+    make: PolicyFactory | None = None,
     on_rebalance: Callable[[str, int], None] | None = None,
 ) -> ReplayResult:
     """Replays ``load`` with each policy (see the module docstring for the semantics).
 
     Args:
         load: float [T, L, N], tokens per (step, layer, logical expert); T > interval.
-        policies: policy names for ``planner`` (``STATIC`` is always added first).
+        policies: policy names, or PolicySpecs for variants of one policy (other options, own
+            label); ``STATIC`` is always added first.
         settings: ranks, redundancy, interval, threads, seed.
-        planner: ``rebalance_experts``-compatible callable; default
-            ``eplb_native.policies.rebalance_experts``.
-        options: per-policy ``options=`` objects, by policy name.
-        on_rebalance: called after each planning call with (policy, window index), e.g. to
-            advance a progress bar.
+        options: ``options=`` objects of the policies given by name, by name.
+        make: builds each policy object once per replay; default
+            ``eplb_native.policies.make_policy``.
+        on_rebalance: called after each rebalance with (label, window index), e.g. to advance a
+            progress bar.
 
     Returns:
-        ReplayResult with one PolicyReplay per policy.
+        ReplayResult with one PolicyReplay per label.
     """
     trace = check_load(load, "load", allow_steps=True)
     if trace.ndim != 3:
@@ -191,19 +222,35 @@ def replay(
             f"{settings.interval} (the first interval runs the default placement)"
         )
         raise ValueError(msg)
-    if planner is None:
-        from eplb_native.policies import rebalance_experts
+    if make is None:
+        from eplb_native.policies import make_policy
 
-        planner = rebalance_experts
+        make = make_policy
+    specs = [
+        spec if isinstance(spec, PolicySpec) else PolicySpec(spec, spec, (options or {}).get(spec))
+        for spec in policies
+    ]
+    labels = [spec.label for spec in specs]
+    if STATIC in labels or len(set(labels)) != len(labels):
+        msg = f"policies: labels must be unique and not {STATIC!r}, got {labels}"
+        raise ValueError(msg)
     initial = default_placement(
         num_layers, num_experts, settings.num_ranks, settings.num_redundant_experts
     )
     num_slots = initial.slots_per_rank(settings.num_ranks)
     result = ReplayResult(settings=settings, num_slots=num_slots, first_step=settings.interval)
-    names = [STATIC, *[name for name in policies if name != STATIC]]
-    for name in names:
-        result.policies[name] = _replay_one(
-            trace, name, initial, settings, planner, (options or {}).get(name), on_rebalance
+    result.policies[STATIC] = _replay_one(trace, STATIC, None, initial, settings, on_rebalance)
+    for spec in specs:
+        policy = make(
+            spec.policy,
+            num_groups=settings.num_groups,
+            num_nodes=settings.num_nodes,
+            options=spec.options,
+            num_threads=settings.num_threads,
+            seed=settings.seed,
+        )
+        result.policies[spec.label] = _replay_one(
+            trace, spec.label, policy, initial, settings, on_rebalance
         )
     return result
 
@@ -211,35 +258,31 @@ def replay(
 def _replay_one(
     trace: FloatArray,
     name: str,
+    policy: EplbPolicy | None,
     initial: Plan,
     settings: ReplaySettings,
-    planner: Planner,
-    policy_options: Any,
     on_rebalance: Callable[[str, int], None] | None,
 ) -> PolicyReplay:
+    """One policy's replay (``policy`` None: the static row)."""
     num_steps = trace.shape[0]
+    num_ranks = settings.num_ranks
     starts = list(range(settings.interval, num_steps, settings.interval))
     plan = initial
     rank_load_parts, aggregate_par, gaps, copies, changed, plan_ms = [], [], [], [], [], []
     for window_idx, start in enumerate(starts):
-        if name != STATIC:
+        if policy is not None:
             window = trace[start - settings.interval : start]  # [interval, L, N]
+            table = plan.table(num_ranks)  # [L, D, S]
+            workload = slot_load_from_expert_load(plan, window).reshape(
+                window.shape[0], *table.shape
+            )  # [interval, L, D, S] tokens per slot
             begin = time.perf_counter()
-            new_plan = planner(
-                window.sum(axis=0),
-                num_replicas=initial.num_physical,
-                num_groups=settings.num_groups,
-                num_nodes=settings.num_nodes,
-                num_ranks=settings.num_ranks,
-                policy=name,
-                current=plan.phy2log,
-                history=window,
-                num_threads=settings.num_threads,
-                seed=settings.seed,
-                options=policy_options,
-            )
+            _, _, new_table = policy.rebalance(table, workload)
             plan_ms.append((time.perf_counter() - begin) * 1e3)
-            copies.append(count_weight_copies(plan, new_plan, settings.num_ranks))
+            new_plan = Plan.from_phy2log(
+                new_table.reshape(plan.num_layers, plan.num_physical), plan.num_experts
+            )
+            copies.append(count_weight_copies(plan, new_plan, num_ranks))
             changed.append(int(np.any(plan.phy2log != new_plan.phy2log, axis=1).sum()))
             plan = new_plan
             if on_rebalance is not None:
@@ -251,9 +294,12 @@ def _replay_one(
         gaps.append(float(stats.gap.mean()))
         logger.debug("%s window %d: par_aggregate %.4f", name, window_idx, stats.par_aggregate)
     rank_load = np.concatenate(rank_load_parts, axis=0)  # [T - interval, L, D]
+    par_steps = _step_par(rank_load)
+    window_ends = np.cumsum([part.shape[0] for part in rank_load_parts])[:-1]
     run = PolicyReplay(
         name=name,
-        par_steps=_step_par(rank_load),
+        par_steps=par_steps,
+        par_windows=np.array([part.mean() for part in np.split(par_steps, window_ends)]),
         rank_load=rank_load,
         par_aggregate_windows=np.asarray(aggregate_par, dtype=np.float64),
         gap_windows=np.asarray(gaps, dtype=np.float64),
@@ -273,4 +319,12 @@ def _replay_one(
     return run
 
 
-__all__ = ["STATIC", "PolicyReplay", "ReplayResult", "ReplaySettings", "replay"]
+__all__ = [
+    "STATIC",
+    "PolicyFactory",
+    "PolicyReplay",
+    "PolicySpec",
+    "ReplayResult",
+    "ReplaySettings",
+    "replay",
+]
