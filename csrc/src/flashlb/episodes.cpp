@@ -82,20 +82,21 @@ double episode_score(const EpisodeStats& stats, const std::vector<int64_t>& phy2
                      const std::vector<int64_t>& counts, int64_t num_ranks) {
     const auto num_episodes = static_cast<size_t>(stats.num_episodes);
     const size_t num_slots = phy2log.size() / static_cast<size_t>(num_ranks);
-    std::vector<double> rank_load(static_cast<size_t>(num_ranks) * num_episodes, 0.0);
-    for (size_t slot = 0; slot < phy2log.size(); ++slot) {
-        const auto expert = static_cast<size_t>(phy2log[slot]);
-        const double share = 1.0 / static_cast<double>(counts[expert]);
-        const double* src = stats.loads.data() + expert * num_episodes;
-        double* dst = rank_load.data() + (slot / num_slots) * num_episodes;
-        for (size_t k = 0; k < num_episodes; ++k) {
-            dst[k] += src[k] * share;
+    // One rank's episode loads at a time, folded into the per-episode peak and sum.
+    std::vector<double> scratch(3 * num_episodes, 0.0);
+    double* const row = scratch.data();
+    double* const peak = row + num_episodes;
+    double* const sum = peak + num_episodes;
+    for (size_t begin = 0; begin < phy2log.size(); begin += num_slots) {
+        std::fill(row, row + num_episodes, 0.0);
+        for (size_t slot = begin; slot < begin + num_slots; ++slot) {
+            const auto expert = static_cast<size_t>(phy2log[slot]);
+            const double share = 1.0 / static_cast<double>(counts[expert]);
+            const double* src = stats.loads.data() + expert * num_episodes;
+            for (size_t k = 0; k < num_episodes; ++k) {
+                row[k] += src[k] * share;
+            }
         }
-    }
-    std::vector<double> peak(rank_load.begin(), rank_load.begin() + static_cast<int64_t>(num_episodes));
-    std::vector<double> sum(peak);
-    for (size_t r = 1; r < static_cast<size_t>(num_ranks); ++r) {
-        const double* row = rank_load.data() + r * num_episodes;
         for (size_t k = 0; k < num_episodes; ++k) {
             peak[k] = std::max(peak[k], row[k]);
             sum[k] += row[k];

@@ -22,15 +22,22 @@ size_t idx(int64_t value) { return static_cast<size_t>(value); }
 // the replicas of one expert are adjacent.
 std::vector<std::pair<int64_t, double>> replicas_by_weight(const std::vector<double>& weight,
                                                            const std::vector<int64_t>& counts) {
-    std::vector<std::pair<int64_t, double>> items;
+    std::vector<std::pair<int64_t, double>> experts(counts.size());
+    int64_t total = 0;
     for (size_t e = 0; e < counts.size(); ++e) {
-        const double share = weight[e] / static_cast<double>(counts[e]);
-        for (int64_t c = 0; c < counts[e]; ++c) {
-            items.emplace_back(static_cast<int64_t>(e), share);
+        experts[e] = {static_cast<int64_t>(e), weight[e] / static_cast<double>(counts[e])};
+        total += counts[e];
+    }
+    std::sort(experts.begin(), experts.end(), [](const auto& a, const auto& b) {
+        return a.second > b.second || (a.second == b.second && a.first < b.first);
+    });
+    std::vector<std::pair<int64_t, double>> items;
+    items.reserve(idx(total));
+    for (const auto& item : experts) {
+        for (int64_t c = 0; c < counts[idx(item.first)]; ++c) {
+            items.push_back(item);
         }
     }
-    std::stable_sort(items.begin(), items.end(),
-                     [](const auto& a, const auto& b) { return a.second > b.second; });
     return items;
 }
 
@@ -277,7 +284,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     const int64_t num_episodes = risk_stats ? risk_stats->num_episodes : 0;
     // Per-rank summed episode loads (risk mode only), rank-major [D, K].
     std::vector<double> episode_load(idx(num_ranks * num_episodes), 0.0);
-    std::vector<int64_t> eligible;
+    std::vector<int64_t> eligible;  // positions in open_ranks
     const auto risk_after = [&](int64_t rank, int64_t expert) {
         const double* add = risk_stats->loads.data() + expert * num_episodes;
         const double* have = episode_load.data() + rank * num_episodes;
@@ -326,45 +333,52 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         }
         std::sort(open_ranks.begin(), open_ranks.end(), before);
     };
-    const auto reorder = [&](int64_t rank) {
-        open_ranks.erase(std::find(open_ranks.begin(), open_ranks.end(), rank));
-        if (placement.fill[idx(rank)] < shape.num_slots) {
-            open_ranks.insert(
-                std::upper_bound(open_ranks.begin(), open_ranks.end(), rank, before), rank);
+    // Rank open_ranks[pos] just grew: it moves right past the ranks now before it, or leaves
+    // the list when full.
+    const auto reorder = [&](size_t pos) {
+        const auto at = open_ranks.begin() + static_cast<std::ptrdiff_t>(pos);
+        if (placement.fill[idx(*at)] >= shape.num_slots) {
+            open_ranks.erase(at);
+            return;
         }
+        std::rotate(at, at + 1, std::upper_bound(at + 1, open_ranks.end(), *at, before));
     };
+    const int64_t max_eligible = risk_stats != nullptr && num_episodes > 1 ? kRiskCandidates : 1;
     for (const auto& [expert, share] : replicas_by_weight(weight, counts)) {
         // The least loaded eligible ranks (lowest index on ties), at most kRiskCandidates.
+        // (For the risk objective: the least loaded few, compared by risk.)
         eligible.clear();
         for (size_t i = 0; i < open_ranks.size() &&
-                           static_cast<int64_t>(eligible.size()) < kRiskCandidates;
+                           static_cast<int64_t>(eligible.size()) < max_eligible;
              ++i) {
             if (!placement.has(open_ranks[i], expert)) {
-                eligible.push_back(open_ranks[i]);
+                eligible.push_back(static_cast<int64_t>(i));
             }
         }
         int64_t rank = -1;
+        size_t pos = 0;
         if (eligible.empty()) {
             rank = placement.make_room(expert, share_of);
             EPLB_CHECK(rank >= 0, "no rank can take a replica of expert " << expert);
         } else {
-            rank = eligible.front();
-            if (risk_stats != nullptr && num_episodes > 1) {
+            pos = idx(eligible.front());
+            if (max_eligible > 1) {
                 double best = std::numeric_limits<double>::infinity();
-                for (const int64_t candidate : eligible) {
-                    const double risk = risk_after(candidate, expert);
+                for (const int64_t i : eligible) {
+                    const double risk = risk_after(open_ranks[idx(i)], expert);
                     if (risk < best) {
                         best = risk;
-                        rank = candidate;
+                        pos = idx(i);
                     }
                 }
             }
+            rank = open_ranks[pos];
         }
         placement.put(rank, expert, share);
         if (eligible.empty()) {
             rebuild_open_ranks();  // make_room changed two ranks
         } else {
-            reorder(rank);
+            reorder(pos);
         }
         if (risk_stats != nullptr && num_episodes > 1) {
             if (eligible.empty()) {
