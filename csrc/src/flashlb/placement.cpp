@@ -259,7 +259,9 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
     const auto lower = [](const Entry& a, const Entry& b) {
         return a.first < b.first || (a.first == b.first && a.second > b.second);
     };
-    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower);
+    std::vector<Entry> storage;
+    storage.reserve(experts.size());
+    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
     for (const int64_t e : experts) {
         if (counts[idx(e)] < max_count) {
             heap.emplace(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
