@@ -287,21 +287,6 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     // Per-rank summed episode loads (risk mode only), rank-major [D, K].
     std::vector<double> episode_load(idx(num_ranks * num_episodes), 0.0);
     std::vector<int64_t> eligible;  // positions in open_ranks
-    const auto risk_after = [&](int64_t rank, int64_t expert) {
-        const double* add = risk_stats->loads.data() + expert * num_episodes;
-        const double* have = episode_load.data() + rank * num_episodes;
-        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
-        double sum = 0.0;
-        double squares = 0.0;
-        for (int64_t k = 0; k < num_episodes; ++k) {
-            const double value = have[k] + add[k] * scale;
-            sum += value;
-            squares += value * value;
-        }
-        const double mean = sum / static_cast<double>(num_episodes);
-        const double variance = std::max(0.0, squares / static_cast<double>(num_episodes) - mean * mean);
-        return mean + z_score * std::sqrt(variance);
-    };
     const auto add_episode_load = [&](int64_t rank, int64_t expert) {
         const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
         const double* add = risk_stats->loads.data() + expert * num_episodes;
@@ -345,6 +330,35 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         }
         std::rotate(at, at + 1, std::upper_bound(at + 1, open_ranks.end(), *at, before));
     };
+    // Risk after adding `expert` to each of the ranks open_ranks[eligible[c]], into risk[c]. All
+    // kRiskCandidates sums run side by side (unused ones repeat the first rank), each in
+    // episode order, so the arithmetic per rank is that of a lone loop.
+    std::vector<double> risk(idx(kRiskCandidates));
+    const auto risks_after = [&](const std::vector<int64_t>& positions, int64_t expert) {
+        const double* add = risk_stats->loads.data() + expert * num_episodes;
+        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
+        const double* have[kRiskCandidates];
+        for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
+            const int64_t rank = open_ranks[idx(positions[c < positions.size() ? c : 0])];
+            have[c] = episode_load.data() + rank * num_episodes;
+        }
+        double sum[kRiskCandidates] = {};
+        double squares[kRiskCandidates] = {};
+        for (int64_t k = 0; k < num_episodes; ++k) {
+            const double extra = add[k] * scale;
+            for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
+                const double value = have[c][k] + extra;
+                sum[c] += value;
+                squares[c] += value * value;
+            }
+        }
+        for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
+            const double mean = sum[c] / static_cast<double>(num_episodes);
+            const double variance =
+                std::max(0.0, squares[c] / static_cast<double>(num_episodes) - mean * mean);
+            risk[c] = mean + z_score * std::sqrt(variance);
+        }
+    };
     const int64_t max_eligible = risk_stats != nullptr && num_episodes > 1 ? kRiskCandidates : 1;
     for (const auto& [expert, share] : replicas_by_weight(weight, counts)) {
         // The least loaded eligible ranks (lowest index on ties), at most kRiskCandidates.
@@ -365,12 +379,12 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         } else {
             pos = idx(eligible.front());
             if (max_eligible > 1) {
+                risks_after(eligible, expert);
                 double best = std::numeric_limits<double>::infinity();
-                for (const int64_t i : eligible) {
-                    const double risk = risk_after(open_ranks[idx(i)], expert);
-                    if (risk < best) {
-                        best = risk;
-                        pos = idx(i);
+                for (size_t c = 0; c < eligible.size(); ++c) {
+                    if (risk[c] < best) {
+                        best = risk[c];
+                        pos = idx(eligible[c]);
                     }
                 }
             }
