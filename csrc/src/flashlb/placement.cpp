@@ -58,16 +58,21 @@ struct PartialPlacement {
           phy2log(idx(shape.num_physical()), -1),
           fill(idx(shape.num_ranks), 0),
           load(idx(shape.num_ranks), 0.0),
-          holds(idx(shape.num_ranks * shape.num_experts), 0) {}
+          words_(idx((shape.num_ranks + 63) / 64)),
+          holds(idx(shape.num_experts) * words_, 0) {}
 
     bool has(int64_t rank, int64_t expert) const {
-        return holds[idx(rank * shape_.num_experts + expert)] != 0;
+        return (holds[word(rank, expert)] >> bit(rank) & 1U) != 0;
     }
+    [[nodiscard]] size_t word(int64_t rank, int64_t expert) const {
+        return idx(expert) * words_ + idx(rank / 64);
+    }
+    static uint64_t bit(int64_t rank) { return static_cast<uint64_t>(rank % 64); }
     bool eligible(int64_t rank, int64_t expert) const {
         return fill[idx(rank)] < shape_.num_slots && !has(rank, expert);
     }
     void put(int64_t rank, int64_t expert, double share) {
-        holds[idx(rank * shape_.num_experts + expert)] = 1;
+        holds[word(rank, expert)] |= uint64_t{1} << bit(rank);
         phy2log[idx(rank * shape_.num_slots + fill[idx(rank)])] = expert;
         ++fill[idx(rank)];
         load[idx(rank)] += share;
@@ -98,7 +103,7 @@ struct PartialPlacement {
                     phy2log[idx(last)] = -1;
                     --fill[idx(r2)];
                     load[idx(r2)] -= share_of[idx(moved)];
-                    holds[idx(r2 * shape_.num_experts + moved)] = 0;
+                    holds[word(r2, moved)] &= ~(uint64_t{1} << bit(r2));
                     return r2;
                 }
             }
@@ -110,7 +115,8 @@ struct PartialPlacement {
     std::vector<int64_t> phy2log;
     std::vector<int64_t> fill;
     std::vector<double> load;
-    std::vector<char> holds;  // [D, N] rank r holds expert e
+    size_t words_;                // 64-bit words per expert in `holds`
+    std::vector<uint64_t> holds;  // [N, words_] bit r: rank r holds expert e
 };
 
 std::vector<double> shares_of(const std::vector<double>& weight,
@@ -328,7 +334,10 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             open_ranks.erase(at);
             return;
         }
-        std::rotate(at, at + 1, std::upper_bound(at + 1, open_ranks.end(), *at, before));
+        const int64_t rank = *at;
+        const auto dest = std::upper_bound(at + 1, open_ranks.end(), rank, before);
+        std::move(at + 1, dest, at);
+        *(dest - 1) = rank;
     };
     // Risk after adding `expert` to each of the ranks open_ranks[eligible[c]], into risk[c]. All
     // kRiskCandidates sums run side by side (unused ones repeat the first rank), each in
