@@ -82,23 +82,41 @@ double episode_score(const EpisodeStats& stats, const std::vector<int64_t>& phy2
                      const std::vector<int64_t>& counts, int64_t num_ranks) {
     const auto num_episodes = static_cast<size_t>(stats.num_episodes);
     const size_t num_slots = phy2log.size() / static_cast<size_t>(num_ranks);
-    std::vector<double> rank_load(static_cast<size_t>(num_ranks) * num_episodes, 0.0);
+    // One rank's episode loads at a time, kBlock episodes at once (kept in registers while the
+    // rank's slots are added in order), folded into the per-episode peak and sum.
+    constexpr size_t kBlock = 8;
+    std::vector<double> peak(num_episodes, 0.0);
+    std::vector<double> sum(num_episodes, 0.0);
+    std::vector<double> share(phy2log.size());
+    std::vector<const double*> src(phy2log.size());
     for (size_t slot = 0; slot < phy2log.size(); ++slot) {
         const auto expert = static_cast<size_t>(phy2log[slot]);
-        const double share = 1.0 / static_cast<double>(counts[expert]);
-        const double* src = stats.loads.data() + expert * num_episodes;
-        double* dst = rank_load.data() + (slot / num_slots) * num_episodes;
-        for (size_t k = 0; k < num_episodes; ++k) {
-            dst[k] += src[k] * share;
-        }
+        share[slot] = 1.0 / static_cast<double>(counts[expert]);
+        src[slot] = stats.loads.data() + expert * num_episodes;
     }
-    std::vector<double> peak(rank_load.begin(), rank_load.begin() + static_cast<int64_t>(num_episodes));
-    std::vector<double> sum(peak);
-    for (size_t r = 1; r < static_cast<size_t>(num_ranks); ++r) {
-        const double* row = rank_load.data() + r * num_episodes;
-        for (size_t k = 0; k < num_episodes; ++k) {
-            peak[k] = std::max(peak[k], row[k]);
-            sum[k] += row[k];
+    for (size_t begin = 0; begin < phy2log.size(); begin += num_slots) {
+        for (size_t k0 = 0; k0 < num_episodes; k0 += kBlock) {
+            const size_t width = std::min(kBlock, num_episodes - k0);
+            double row[kBlock] = {};
+            if (width == kBlock) {
+                for (size_t slot = begin; slot < begin + num_slots; ++slot) {
+                    const double* load = src[slot] + k0;
+                    for (size_t k = 0; k < kBlock; ++k) {
+                        row[k] += load[k] * share[slot];
+                    }
+                }
+            } else {
+                for (size_t slot = begin; slot < begin + num_slots; ++slot) {
+                    const double* load = src[slot] + k0;
+                    for (size_t k = 0; k < width; ++k) {
+                        row[k] += load[k] * share[slot];
+                    }
+                }
+            }
+            for (size_t k = 0; k < width; ++k) {
+                peak[k0 + k] = std::max(peak[k0 + k], row[k]);
+                sum[k0 + k] += row[k];
+            }
         }
     }
     double total_score = 0.0;

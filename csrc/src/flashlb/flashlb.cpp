@@ -356,7 +356,7 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
     const int64_t num_ranks = shape.num_ranks;
     const std::vector<double>& weight = stats.risk;
     Candidate searched = search_allotment(stats, shape, options, pool);
-    std::vector<std::vector<int64_t>> placements = {searched.phy2log};
+    std::vector<std::vector<int64_t>> placements;
     if (stats.num_episodes > 1) {
         placements.push_back(place_lpt(weight, searched.counts, shape, &stats, options.z_score));
     }
@@ -369,8 +369,9 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
     if (!packed.empty()) {
         placements.push_back(std::move(packed));
     }
-    // The lowest episode score wins (earlier on ties); swap refinement then polishes it.
-    Candidate best;
+    // The lowest episode score wins (the searched plan first, then the others in order, each
+    // replacing it only when clearly better); swap refinement then polishes it.
+    Candidate best = std::move(searched);
     for (std::vector<int64_t>& phy2log : placements) {
         std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
         const double score = episode_score(stats, phy2log, counts, num_ranks);

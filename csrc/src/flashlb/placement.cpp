@@ -22,15 +22,22 @@ size_t idx(int64_t value) { return static_cast<size_t>(value); }
 // the replicas of one expert are adjacent.
 std::vector<std::pair<int64_t, double>> replicas_by_weight(const std::vector<double>& weight,
                                                            const std::vector<int64_t>& counts) {
-    std::vector<std::pair<int64_t, double>> items;
+    std::vector<std::pair<int64_t, double>> experts(counts.size());
+    int64_t total = 0;
     for (size_t e = 0; e < counts.size(); ++e) {
-        const double share = weight[e] / static_cast<double>(counts[e]);
-        for (int64_t c = 0; c < counts[e]; ++c) {
-            items.emplace_back(static_cast<int64_t>(e), share);
+        experts[e] = {static_cast<int64_t>(e), weight[e] / static_cast<double>(counts[e])};
+        total += counts[e];
+    }
+    std::sort(experts.begin(), experts.end(), [](const auto& a, const auto& b) {
+        return a.second > b.second || (a.second == b.second && a.first < b.first);
+    });
+    std::vector<std::pair<int64_t, double>> items;
+    items.reserve(idx(total));
+    for (const auto& item : experts) {
+        for (int64_t c = 0; c < counts[idx(item.first)]; ++c) {
+            items.push_back(item);
         }
     }
-    std::stable_sort(items.begin(), items.end(),
-                     [](const auto& a, const auto& b) { return a.second > b.second; });
     return items;
 }
 
@@ -51,16 +58,21 @@ struct PartialPlacement {
           phy2log(idx(shape.num_physical()), -1),
           fill(idx(shape.num_ranks), 0),
           load(idx(shape.num_ranks), 0.0),
-          holds(idx(shape.num_ranks * shape.num_experts), 0) {}
+          words_(idx((shape.num_ranks + 63) / 64)),
+          holds(idx(shape.num_experts) * words_, 0) {}
 
     bool has(int64_t rank, int64_t expert) const {
-        return holds[idx(rank * shape_.num_experts + expert)] != 0;
+        return (holds[word(rank, expert)] >> bit(rank) & 1U) != 0;
     }
+    [[nodiscard]] size_t word(int64_t rank, int64_t expert) const {
+        return idx(expert) * words_ + idx(rank / 64);
+    }
+    static uint64_t bit(int64_t rank) { return static_cast<uint64_t>(rank % 64); }
     bool eligible(int64_t rank, int64_t expert) const {
         return fill[idx(rank)] < shape_.num_slots && !has(rank, expert);
     }
     void put(int64_t rank, int64_t expert, double share) {
-        holds[idx(rank * shape_.num_experts + expert)] = 1;
+        holds[word(rank, expert)] |= uint64_t{1} << bit(rank);
         phy2log[idx(rank * shape_.num_slots + fill[idx(rank)])] = expert;
         ++fill[idx(rank)];
         load[idx(rank)] += share;
@@ -91,7 +103,7 @@ struct PartialPlacement {
                     phy2log[idx(last)] = -1;
                     --fill[idx(r2)];
                     load[idx(r2)] -= share_of[idx(moved)];
-                    holds[idx(r2 * shape_.num_experts + moved)] = 0;
+                    holds[word(r2, moved)] &= ~(uint64_t{1} << bit(r2));
                     return r2;
                 }
             }
@@ -103,7 +115,8 @@ struct PartialPlacement {
     std::vector<int64_t> phy2log;
     std::vector<int64_t> fill;
     std::vector<double> load;
-    std::vector<char> holds;  // [D, N] rank r holds expert e
+    size_t words_;                // 64-bit words per expert in `holds`
+    std::vector<uint64_t> holds;  // [N, words_] bit r: rank r holds expert e
 };
 
 std::vector<double> shares_of(const std::vector<double>& weight,
@@ -252,7 +265,9 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
     const auto lower = [](const Entry& a, const Entry& b) {
         return a.first < b.first || (a.first == b.first && a.second > b.second);
     };
-    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower);
+    std::vector<Entry> storage;
+    storage.reserve(experts.size());
+    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
     for (const int64_t e : experts) {
         if (counts[idx(e)] < max_count) {
             heap.emplace(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
@@ -277,22 +292,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     const int64_t num_episodes = risk_stats ? risk_stats->num_episodes : 0;
     // Per-rank summed episode loads (risk mode only), rank-major [D, K].
     std::vector<double> episode_load(idx(num_ranks * num_episodes), 0.0);
-    std::vector<int64_t> eligible;
-    const auto risk_after = [&](int64_t rank, int64_t expert) {
-        const double* add = risk_stats->loads.data() + expert * num_episodes;
-        const double* have = episode_load.data() + rank * num_episodes;
-        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
-        double sum = 0.0;
-        double squares = 0.0;
-        for (int64_t k = 0; k < num_episodes; ++k) {
-            const double value = have[k] + add[k] * scale;
-            sum += value;
-            squares += value * value;
-        }
-        const double mean = sum / static_cast<double>(num_episodes);
-        const double variance = std::max(0.0, squares / static_cast<double>(num_episodes) - mean * mean);
-        return mean + z_score * std::sqrt(variance);
-    };
+    std::vector<int64_t> eligible;  // positions in open_ranks
     const auto add_episode_load = [&](int64_t rank, int64_t expert) {
         const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
         const double* add = risk_stats->loads.data() + expert * num_episodes;
@@ -326,45 +326,84 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         }
         std::sort(open_ranks.begin(), open_ranks.end(), before);
     };
-    const auto reorder = [&](int64_t rank) {
-        open_ranks.erase(std::find(open_ranks.begin(), open_ranks.end(), rank));
-        if (placement.fill[idx(rank)] < shape.num_slots) {
-            open_ranks.insert(
-                std::upper_bound(open_ranks.begin(), open_ranks.end(), rank, before), rank);
+    // Rank open_ranks[pos] just grew: it moves right past the ranks now before it, or leaves
+    // the list when full.
+    const auto reorder = [&](size_t pos) {
+        const auto at = open_ranks.begin() + static_cast<std::ptrdiff_t>(pos);
+        if (placement.fill[idx(*at)] >= shape.num_slots) {
+            open_ranks.erase(at);
+            return;
+        }
+        const int64_t rank = *at;
+        const auto dest = std::upper_bound(at + 1, open_ranks.end(), rank, before);
+        std::move(at + 1, dest, at);
+        *(dest - 1) = rank;
+    };
+    // Risk after adding `expert` to each of the ranks open_ranks[eligible[c]], into risk[c]. All
+    // kRiskCandidates sums run side by side (unused ones repeat the first rank), each in
+    // episode order, so the arithmetic per rank is that of a lone loop.
+    std::vector<double> risk(idx(kRiskCandidates));
+    const auto risks_after = [&](const std::vector<int64_t>& positions, int64_t expert) {
+        const double* add = risk_stats->loads.data() + expert * num_episodes;
+        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
+        const double* have[kRiskCandidates];
+        for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
+            const int64_t rank = open_ranks[idx(positions[c < positions.size() ? c : 0])];
+            have[c] = episode_load.data() + rank * num_episodes;
+        }
+        double sum[kRiskCandidates] = {};
+        double squares[kRiskCandidates] = {};
+        for (int64_t k = 0; k < num_episodes; ++k) {
+            const double extra = add[k] * scale;
+            for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
+                const double value = have[c][k] + extra;
+                sum[c] += value;
+                squares[c] += value * value;
+            }
+        }
+        for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
+            const double mean = sum[c] / static_cast<double>(num_episodes);
+            const double variance =
+                std::max(0.0, squares[c] / static_cast<double>(num_episodes) - mean * mean);
+            risk[c] = mean + z_score * std::sqrt(variance);
         }
     };
+    const int64_t max_eligible = risk_stats != nullptr && num_episodes > 1 ? kRiskCandidates : 1;
     for (const auto& [expert, share] : replicas_by_weight(weight, counts)) {
         // The least loaded eligible ranks (lowest index on ties), at most kRiskCandidates.
+        // (For the risk objective: the least loaded few, compared by risk.)
         eligible.clear();
         for (size_t i = 0; i < open_ranks.size() &&
-                           static_cast<int64_t>(eligible.size()) < kRiskCandidates;
+                           static_cast<int64_t>(eligible.size()) < max_eligible;
              ++i) {
             if (!placement.has(open_ranks[i], expert)) {
-                eligible.push_back(open_ranks[i]);
+                eligible.push_back(static_cast<int64_t>(i));
             }
         }
         int64_t rank = -1;
+        size_t pos = 0;
         if (eligible.empty()) {
             rank = placement.make_room(expert, share_of);
             EPLB_CHECK(rank >= 0, "no rank can take a replica of expert " << expert);
         } else {
-            rank = eligible.front();
-            if (risk_stats != nullptr && num_episodes > 1) {
+            pos = idx(eligible.front());
+            if (max_eligible > 1) {
+                risks_after(eligible, expert);
                 double best = std::numeric_limits<double>::infinity();
-                for (const int64_t candidate : eligible) {
-                    const double risk = risk_after(candidate, expert);
-                    if (risk < best) {
-                        best = risk;
-                        rank = candidate;
+                for (size_t c = 0; c < eligible.size(); ++c) {
+                    if (risk[c] < best) {
+                        best = risk[c];
+                        pos = idx(eligible[c]);
                     }
                 }
             }
+            rank = open_ranks[pos];
         }
         placement.put(rank, expert, share);
         if (eligible.empty()) {
             rebuild_open_ranks();  // make_room changed two ranks
         } else {
-            reorder(rank);
+            reorder(pos);
         }
         if (risk_stats != nullptr && num_episodes > 1) {
             if (eligible.empty()) {
