@@ -30,10 +30,11 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
 
 from dist_utils import run_on_ranks
+from toy_moe_model import ToyModel, ToyShape, reference_model, toy_inputs, toy_weights
+
 from eplb_native import EplbConfig
 from eplb_native.runtime import HeatRecorder
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
-from toy_moe_model import ToyModel, ToyShape, reference_model, toy_inputs, toy_weights
 
 
 def parse_args() -> argparse.Namespace:

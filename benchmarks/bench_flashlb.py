@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from workloads import deepseek_v3_like, load_trace, trace_names
+
 from eplb_native import Plan, evaluate
 from eplb_native.flashlb import FlashLBOptions, plan_flashlb
-from workloads import deepseek_v3_like, load_trace, trace_names
 
 PUBLISHED_LOAD = [600, 560, 120, 120, 20, 10, 10, 10]  # FlashLB publication, 8 ranks x 2 slots
 PUBLISHED_OPTIMUM = 590 / 3

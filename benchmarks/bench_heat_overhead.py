@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from eplb_native import ops
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

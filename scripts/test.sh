@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the tests need, then runs every test: the C++ tests (gtest, via ctest) and
-# the Python tests (pytest, against the installed package). Fails if any test fails or none ran.
+# Installs everything the tests need, then runs every test: the C++ tests (gtest, via ctest), the
+# lint and type checks (ruff, mypy) and the Python tests (pytest, against the installed package).
+# Fails if any test fails or none ran.
 #
 #   bash scripts/test.sh            # uses python3 from PATH (a venv if one is active)
 #   PYTHON=/path/to/python bash scripts/test.sh
@@ -28,6 +29,10 @@ echo "== C++ tests (ctest)"
 cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DEPLB_BUILD_TESTS=ON -DEPLB_WERROR=ON
 cmake --build build/ctest -j "$(nproc)"
 ctest --test-dir build/ctest --output-on-failure --no-tests=error -j "$(nproc)"
+
+echo "== lint (ruff) and types (mypy --strict on the package)"
+"$python" -m ruff check python tests benchmarks
+"$python" -m mypy
 
 echo "== Python tests (pytest)"
 # python/ is not on sys.path here, so the installed package is what the tests import.

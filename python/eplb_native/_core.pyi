@@ -3,10 +3,11 @@
 """
 eplb_native C++ core: placement plans, policies and the fused-operator reference
 """
-from __future__ import annotations
+import typing
+
 import numpy
 import numpy.typing
-import typing
+
 __all__: list[str] = ['fused_moe_decode_ref', 'fused_moe_route', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
 def fused_moe_decode_ref(x: typing.Any, dtype: str, expert_ids: typing.Any, expert_scales: typing.Any, w1: list[typing.Any], w2: list[typing.Any], x_active_mask: typing.Any, out: typing.Any, expert_token_nums: typing.Any, moe_load: typing.Any = None, load_counter: typing.Any = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, w1_scale: typing.Any = None, w2_scale: typing.Any = None, w1_scale_dtype: str = 'float32', w2_scale_dtype: str = 'float32') -> None:
     """

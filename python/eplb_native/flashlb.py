@@ -152,7 +152,8 @@ def plan_flashlb(
     expert_load = check_load(load, "load")
     history_array = None
     if history is not None:
-        history_array = check_load(history, "history", allow_steps=True)
+        # Values (NaN, inf, negative) are scanned by the C++ core, which names "history" too.
+        history_array = check_load(history, "history", allow_steps=True, check_values=False)
         if history_array.ndim != 3 or history_array.shape[1:] != expert_load.shape:
             msg = (
                 f"history: expected [steps, {expert_load.shape[0]}, {expert_load.shape[1]}], "

@@ -225,7 +225,9 @@ def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArr
     owner = np.zeros((plan.num_layers, plan.num_physical, plan.num_experts), dtype=np.float64)
     layer_idx, slot_idx = np.indices(plan.phy2log.shape)
     owner[layer_idx, slot_idx, plan.phy2log] = 1.0
-    return np.asarray(np.einsum("...lp,lpn->...ln", slots, owner), dtype=np.float64)
+    flat = slots.reshape(-1, plan.num_layers, plan.num_physical).transpose(1, 0, 2)  # [L, B, P]
+    summed = np.matmul(flat, owner).transpose(1, 0, 2)  # [B, L, N]
+    return np.asarray(summed.reshape(*slots.shape[:-1], plan.num_experts), dtype=np.float64)
 
 
 def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
@@ -381,9 +383,14 @@ def weight_copies_per_layer(
     return copies
 
 
-def check_load(load: npt.ArrayLike, field: str, *, allow_steps: bool = False) -> FloatArray:
+def check_load(
+    load: npt.ArrayLike, field: str, *, allow_steps: bool = False, check_values: bool = True
+) -> FloatArray:
     """Converts a load array once to float64 and checks it: [L, N] (or [T, L, N] when
-    ``allow_steps``), non-empty, finite and >= 0. Raises ValueError naming ``field``."""
+    ``allow_steps``), non-empty, finite and >= 0. Raises ValueError naming ``field``.
+
+    ``check_values=False`` skips the finite / >= 0 scan, for arrays handed to a C++ core that
+    scans them itself (a long history is 100+ MB: one scan, not two)."""
     array = np.asarray(load)
     if array.dtype.kind not in "biuf":
         msg = f"{field}: expected a numeric array, got dtype {array.dtype}"
@@ -394,6 +401,8 @@ def check_load(load: npt.ArrayLike, field: str, *, allow_steps: bool = False) ->
         dims = "[layers, experts] or [steps, layers, experts]" if allow_steps else "[layers, experts]"
         msg = f"{field}: expected a non-empty array {dims}, got shape {array.shape}"
         raise ValueError(msg)
+    if not check_values:
+        return array
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array))[0]
         kind = "NaN" if np.isnan(array[tuple(bad)]) else "inf"

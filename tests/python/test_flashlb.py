@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from exact_placement import exact_min_max_load
+
+import eplb_native
 from eplb_native import _core, count_weight_copies, evaluate, rank_loads, validate_plan
 from eplb_native.flashlb import (
     FlashLBOptions,
@@ -16,18 +19,10 @@ from eplb_native.flashlb import (
     plan_flashlb,
     select_layers,
 )
-from exact_placement import exact_min_max_load
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "flashlb_published_example.json"
-# ../shared/traces next to the repository (a worktree sits one level deeper).
-MBOLT = next(
-    (
-        root / "shared" / "traces" / "mbolt_qwen3_30b_a3b.npz"
-        for root in Path(__file__).resolve().parents[3:5]
-        if (root / "shared" / "traces" / "mbolt_qwen3_30b_a3b.npz").exists()
-    ),
-    Path("../shared/traces/mbolt_qwen3_30b_a3b.npz"),
-)
+# The MIT trace that ships inside the package (python/eplb_native/data/SOURCE.md).
+MBOLT = Path(eplb_native.__file__).with_name("data") / "qwen3_30b_a3b_decode.npz"
 
 
 def _lognormal_load(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -75,9 +70,7 @@ def test_flashlb_plans_are_valid_with_and_without_history() -> None:
 
 
 def test_flashlb_is_within_one_percent_of_the_bound_on_a_real_aggregate() -> None:
-    # Source: mbolt Qwen3-30B-A3B decode aggregate (MIT, ../shared/traces/raw/mbolt/SOURCE.md).
-    if not MBOLT.exists():
-        pytest.skip(f"trace not found: {MBOLT}")
+    # Source: mbolt Qwen3-30B-A3B decode aggregate (MIT), shipped as the package's trace.
     with np.load(MBOLT) as data:
         load = np.asarray(data["load"], dtype=np.float64)[0]  # [48, 128]
     for num_ranks, num_slots in ((16, 9), (32, 5)):
@@ -289,8 +282,6 @@ def test_plans_are_valid_on_random_shapes_loads_and_modes() -> None:
 
 
 def test_flashlb_is_reachable_by_name_and_through_the_stateful_interface() -> None:
-    import eplb_native
-
     load = np.array([[600, 560, 120, 120, 20, 10, 10, 10]], dtype=float)
     plan = eplb_native.rebalance_experts(load, 16, 1, 1, 8, policy="flashlb")
     assert rank_loads(plan, load, 8).max() == pytest.approx(590 / 3)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from dist_utils import run_on_ranks
+
 from eplb_native.runtime.loader import WeightLoader
 
 NUM_RANKS = 4

@@ -9,10 +9,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eplb_native import (
-    _core,
-    ops,
-)
 from fused_moe_numpy import (
     ACT_DTYPES,
     GoldenResult,
@@ -20,6 +16,11 @@ from fused_moe_numpy import (
     f32_to_bf16_bits,
     fused_moe_decode_golden,
     round_act,
+)
+
+from eplb_native import (
+    _core,
+    ops,
 )
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

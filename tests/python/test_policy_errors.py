@@ -6,11 +6,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from eplb_native import _core
 from eplb_native.plan import Plan, validate_plan
 from eplb_native.policies import SwiftBalancerOptions, make_policy, rebalance_experts
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 GOOD = np.arange(1, 9, dtype=np.float64).reshape(1, 8)
 GOOD_CURRENT = np.tile(np.arange(8) % 8, (1, 1)).astype(np.int64)

@@ -3,12 +3,13 @@ expert the new table names, with the fewest network copies and sender/receiver a
 
 from __future__ import annotations
 
-import eplb_native
 import numpy as np
 import pytest
-from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import eplb_native
+from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 
 
 def _random_table(rng: np.random.Generator, num_layers: int, num_experts: int, num_ranks: int,

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from dist_utils import run_on_ranks
+from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
+
 from eplb_native import (
     EplbConfig,
     MoeLayerMap,
@@ -27,7 +29,6 @@ from eplb_native import (
 from eplb_native.runtime import HeatRecorder
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
 from eplb_native.runtime.worker import PolicySpec
-from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
 
 NUM_RANKS = 4
 INTERVAL = 20

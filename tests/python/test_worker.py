@@ -9,9 +9,10 @@ import signal
 import time
 from typing import Any
 
-import eplb_native
 import numpy as np
 import pytest
+
+import eplb_native
 from eplb_native.runtime.worker import PlannerWorker, PlanResult, PolicySpec, check_plan_result
 
 NUM_LAYERS, NUM_EXPERTS, NUM_RANKS, NUM_REDUNDANT = 2, 8, 4, 4

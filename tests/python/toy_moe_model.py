@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
 from eplb_native import MoeLayerMap, Plan, default_placement
 from eplb_native.runtime import EplbMoE, HeatRecorder
-from torch import nn
 
 
 @dataclass(frozen=True)
