@@ -10,13 +10,19 @@ namespace {
 
 std::string at_layer(int64_t layer_idx) { return "layer " + std::to_string(layer_idx); }
 
-void require_positive(int64_t value, const std::string& field) {
-    if (value <= 0) {
-        throw_invalid(field, "expected a positive size, got " + std::to_string(value));
-    }
-}
-
 }  // namespace
+
+PlanArrays view_of(const Plan& plan) {
+    PlanArrays arrays;
+    arrays.phy2log = plan.phy2log.data();
+    arrays.log2phy = plan.log2phy.data();
+    arrays.logcnt = plan.logcnt.data();
+    arrays.num_layers = plan.num_layers;
+    arrays.num_physical = plan.num_physical;
+    arrays.num_experts = plan.num_experts;
+    arrays.max_replicas = plan.max_replicas;
+    return arrays;
+}
 
 void validate_load_values(const double* data, int64_t size, int64_t num_experts,
                           const std::string& field) {

@@ -7,16 +7,11 @@
 namespace eplb_native {
 
 void validate_topology(const Topology& topo) {
-    const auto positive = [](int64_t value, const char* field) {
-        if (value <= 0) {
-            throw_invalid(field, "expected a positive integer, got " + std::to_string(value));
-        }
-    };
-    positive(topo.num_experts, "num_experts");
-    positive(topo.num_replicas, "num_replicas");
-    positive(topo.num_groups, "num_groups");
-    positive(topo.num_nodes, "num_nodes");
-    positive(topo.num_ranks, "num_ranks");
+    require_positive(topo.num_experts, "num_experts");
+    require_positive(topo.num_replicas, "num_replicas");
+    require_positive(topo.num_groups, "num_groups");
+    require_positive(topo.num_nodes, "num_nodes");
+    require_positive(topo.num_ranks, "num_ranks");
     if (topo.num_replicas < topo.num_experts) {
         throw_invalid("num_replicas", std::to_string(topo.num_replicas) +
                                           " physical slots cannot hold " +

@@ -14,17 +14,6 @@ namespace {
 // vllm-ascend's fixture layout: 2 devices x 5 slots, experts 0..7, 7 and 2 replicated.
 const std::vector<int64_t> kFixture = {7, 2, 0, 3, 5, 6, 1, 4, 7, 2};
 
-PlanArrays arrays_of(const Plan& plan) {
-    PlanArrays arrays;
-    arrays.phy2log = plan.phy2log.data();
-    arrays.log2phy = plan.log2phy.data();
-    arrays.logcnt = plan.logcnt.data();
-    arrays.num_layers = plan.num_layers;
-    arrays.num_physical = plan.num_physical;
-    arrays.num_experts = plan.num_experts;
-    arrays.max_replicas = plan.max_replicas;
-    return arrays;
-}
 
 std::string message_of(const std::function<void()>& fn) {
     try {
@@ -45,7 +34,7 @@ TEST(Plan, DerivesLog2PhyAndLogcntFromPhy2Log) {
     EXPECT_EQ(plan.log2phy[2 * 2], 1);
     EXPECT_EQ(plan.log2phy[2 * 2 + 1], 9);
     EXPECT_EQ(plan.log2phy[0 * 2 + 1], -1);
-    EXPECT_NO_THROW(validate_plan(arrays_of(plan), 2, false));
+    EXPECT_NO_THROW(validate_plan(view_of(plan), 2, false));
 }
 
 TEST(Plan, RejectsMissingExpertAndOutOfRangeIdsNamingTheField) {
@@ -64,21 +53,21 @@ TEST(Plan, RejectsMissingExpertAndOutOfRangeIdsNamingTheField) {
 TEST(Plan, ValidateRejectsDuplicatesOnOneRankUnlessAllowed) {
     const std::vector<int64_t> duplicate = {7, 7, 0, 3, 5, 6, 1, 4, 2, 2};
     const Plan plan = plan_from_phy2log(duplicate.data(), 1, 10, 8);
-    EXPECT_NE(message_of([&] { validate_plan(arrays_of(plan), 2, false); })
+    EXPECT_NE(message_of([&] { validate_plan(view_of(plan), 2, false); })
                   .find("rank 0 holds expert 7 twice"),
               std::string::npos);
-    EXPECT_NO_THROW(validate_plan(arrays_of(plan), 2, true));
+    EXPECT_NO_THROW(validate_plan(view_of(plan), 2, true));
 }
 
 TEST(Plan, ValidateRejectsInconsistentMaps) {
     Plan plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
     plan.logcnt[3] = 2;
-    EXPECT_EQ(message_of([&] { validate_plan(arrays_of(plan), 2, false); }).rfind("logcnt:", 0), 0u);
+    EXPECT_EQ(message_of([&] { validate_plan(view_of(plan), 2, false); }).rfind("logcnt:", 0), 0u);
     plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
     plan.log2phy[7 * 2 + 1] = 3;  // slot 3 holds expert 3, not 7
-    EXPECT_EQ(message_of([&] { validate_plan(arrays_of(plan), 2, false); }).rfind("log2phy:", 0), 0u);
+    EXPECT_EQ(message_of([&] { validate_plan(view_of(plan), 2, false); }).rfind("log2phy:", 0), 0u);
     plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
-    EXPECT_EQ(message_of([&] { validate_plan(arrays_of(plan), 3, false); }).rfind("num_ranks:", 0), 0u);
+    EXPECT_EQ(message_of([&] { validate_plan(view_of(plan), 3, false); }).rfind("num_ranks:", 0), 0u);
 }
 
 TEST(Plan, RankExpertMapsGiveLocalSlotsOrMinusOne) {

@@ -27,15 +27,7 @@ Topology make_topo(int64_t n, int64_t p, int64_t g, int64_t h, int64_t d) {
 }
 
 void expect_valid(const Plan& plan, int64_t num_ranks, bool allow_duplicate) {
-    PlanArrays arrays;
-    arrays.phy2log = plan.phy2log.data();
-    arrays.log2phy = plan.log2phy.data();
-    arrays.logcnt = plan.logcnt.data();
-    arrays.num_layers = plan.num_layers;
-    arrays.num_physical = plan.num_physical;
-    arrays.num_experts = plan.num_experts;
-    arrays.max_replicas = plan.max_replicas;
-    EXPECT_NO_THROW(validate_plan(arrays, num_ranks, allow_duplicate));
+    EXPECT_NO_THROW(validate_plan(view_of(plan), num_ranks, allow_duplicate));
 }
 
 // Max rank load of one layer with each expert's load split evenly over its replicas.

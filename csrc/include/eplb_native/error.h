@@ -15,6 +15,13 @@ namespace eplb_native {
     throw std::invalid_argument(field + ": " + message);
 }
 
+// Throws std::invalid_argument "<field>: expected a positive integer, got <value>" unless value > 0.
+inline void require_positive(int64_t value, const std::string& field) {
+    if (value <= 0) {
+        throw_invalid(field, "expected a positive integer, got " + std::to_string(value));
+    }
+}
+
 // "(3, 4, 5)" for a shape, as numpy prints it.
 [[nodiscard]] inline std::string shape_str(const std::vector<int64_t>& shape) {
     std::ostringstream out;

@@ -55,6 +55,9 @@ struct PlanArrays {
     int64_t max_replicas = 0;
 };
 
+// A read-only view of an owned Plan's arrays (valid while `plan` lives).
+[[nodiscard]] PlanArrays view_of(const Plan& plan);
+
 // Checks that the three maps describe one valid placement on `num_ranks` ranks: every expert
 // has >= 1 replica, ids are in range, P is a multiple of num_ranks, logcnt counts phy2log,
 // log2phy lists exactly the slots of each expert (any order, -1 padded after them), and, unless

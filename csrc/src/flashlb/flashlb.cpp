@@ -340,15 +340,10 @@ void validate_options(const Options& options) {
         throw_invalid("z_score", "expected a finite value >= 0, got " +
                                      std::to_string(options.z_score));
     }
-    const auto positive = [](int64_t value, const char* field) {
-        if (value <= 0) {
-            throw_invalid(field, "expected a positive integer, got " + std::to_string(value));
-        }
-    };
-    positive(options.max_depth, "max_depth");
-    positive(options.width, "width");
-    positive(options.episode_steps, "episode_steps");
-    positive(options.max_episodes, "max_episodes");
+    require_positive(options.max_depth, "max_depth");
+    require_positive(options.width, "width");
+    require_positive(options.episode_steps, "episode_steps");
+    require_positive(options.max_episodes, "max_episodes");
 }
 
 std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
