@@ -8,6 +8,7 @@
 
 #include "eplb_native/error.h"
 #include "eplb_native/flashlb/minimal_moves.h"
+#include "eplb_native/policies/building_blocks.h"
 
 namespace eplb_native::flashlb {
 namespace {
@@ -149,39 +150,6 @@ Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
         }
     }
     return best;
-}
-
-void validate_current(const int64_t* current, int64_t num_layers, const LayerShape& shape,
-                      bool strict) {
-    const int64_t num_physical = shape.num_physical();
-    std::vector<int64_t> seen(idx(shape.num_experts));
-    for (int64_t layer = 0; layer < num_layers; ++layer) {
-        std::fill(seen.begin(), seen.end(), -1);
-        std::vector<char> present(idx(shape.num_experts), 0);
-        for (int64_t slot = 0; slot < num_physical; ++slot) {
-            const int64_t e = current[layer * num_physical + slot];
-            const std::string where =
-                "layer " + std::to_string(layer) + " slot " + std::to_string(slot);
-            if (e < 0 || e >= shape.num_experts) {
-                throw_invalid("current", where + " holds expert " + std::to_string(e) +
-                                             ", expected 0.." +
-                                             std::to_string(shape.num_experts - 1));
-            }
-            present[idx(e)] = 1;
-            const int64_t rank = slot / shape.num_slots;
-            if (strict && seen[idx(e)] == rank) {
-                throw_invalid("current", where + ": rank " + std::to_string(rank) +
-                                             " holds expert " + std::to_string(e) + " twice");
-            }
-            seen[idx(e)] = rank;
-        }
-        const auto missing = std::find(present.begin(), present.end(), 0);
-        if (strict && missing != present.end()) {
-            throw_invalid("current", "layer " + std::to_string(layer) + ": expert " +
-                                         std::to_string(missing - present.begin()) +
-                                         " has no replica");
-        }
-    }
 }
 
 // Lower bound on the busiest rank's share of `weight` [N]: the mean rank load, and the largest
@@ -421,7 +389,10 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
         throw_invalid("current", "incremental mode needs the current table");
     }
     if (request.current != nullptr) {
-        validate_current(request.current, num_layers, shape, options.incremental);
+        // Alignment only needs ids in range; incremental mode edits the table, so it must be a
+        // complete placement with no expert twice on a rank.
+        policies::validate_current(request.current, num_layers, topo, "current",
+                                   {options.incremental, options.incremental});
     }
     std::vector<int64_t> phy2log(idx(num_layers * num_physical));
     pool.parallel_for(num_layers, [&](int64_t layer) {

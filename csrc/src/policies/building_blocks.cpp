@@ -127,13 +127,14 @@ void validate_problem(const LoadView& load, const Topology& topo) {
 }
 
 void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology& topo,
-                      const char* field) {
+                      const char* field, CurrentChecks checks) {
     if (phy2log == nullptr) {
         throw_invalid(field, "required by this policy (the placement to start from)");
     }
-    std::vector<char> seen(static_cast<size_t>(topo.num_experts));
+    const int64_t num_slots = topo.slots_per_rank();
+    std::vector<int64_t> last_rank(static_cast<size_t>(topo.num_experts));
     for (int64_t l = 0; l < num_layers; ++l) {
-        std::fill(seen.begin(), seen.end(), 0);
+        std::fill(last_rank.begin(), last_rank.end(), -1);
         const int64_t* row = phy2log + l * topo.num_replicas;
         for (int64_t p = 0; p < topo.num_replicas; ++p) {
             if (row[p] < 0 || row[p] >= topo.num_experts) {
@@ -141,10 +142,18 @@ void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology
                                          ": expert id " + std::to_string(row[p]) +
                                          " outside [0, " + std::to_string(topo.num_experts) + ")");
             }
-            seen[static_cast<size_t>(row[p])] = 1;
+            // Slots are scanned in order, so a repeat on one rank shows as the same last rank.
+            int64_t& seen_on = last_rank[static_cast<size_t>(row[p])];
+            const int64_t rank = p / num_slots;
+            if (checks.no_duplicate_on_rank && seen_on == rank) {
+                throw_invalid(field, "layer " + std::to_string(l) + ": rank " +
+                                         std::to_string(rank) + " holds expert " +
+                                         std::to_string(row[p]) + " twice");
+            }
+            seen_on = rank;
         }
-        for (int64_t e = 0; e < topo.num_experts; ++e) {
-            if (!seen[static_cast<size_t>(e)]) {
+        for (int64_t e = 0; checks.every_expert && e < topo.num_experts; ++e) {
+            if (last_rank[static_cast<size_t>(e)] < 0) {
                 throw_invalid(field, "layer " + std::to_string(l) + ": expert " +
                                          std::to_string(e) + " has no replica");
             }

@@ -53,10 +53,16 @@ struct Packing {
 // one layer, and its values (finite, >= 0). Throws std::invalid_argument naming the field.
 void validate_problem(const LoadView& load, const Topology& topo);
 
-// Checks a current placement phy2log [L, P] against the topology: ids in [0, N), every expert
-// present in every layer. Throws std::invalid_argument naming `field`.
+// Which rules validate_current enforces beyond ids in [0, N).
+struct CurrentChecks {
+    bool every_expert = true;           // every expert has a replica in every layer
+    bool no_duplicate_on_rank = false;  // no rank holds two replicas of one expert
+};
+
+// Checks a current placement phy2log [L, P] against the topology: ids in [0, N), plus `checks`.
+// Throws std::invalid_argument naming `field`.
 void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology& topo,
-                      const char* field);
+                      const char* field, CurrentChecks checks = {});
 
 // A fixed 64-bit seed for (seed, layer_idx): the same layer gets the same stream whatever
 // thread plans it (splitmix64 finaliser).
