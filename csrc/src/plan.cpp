@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "eplb_native/error.h"
 
@@ -26,6 +27,15 @@ PlanArrays view_of(const Plan& plan) {
 
 void validate_load_values(const double* data, int64_t size, int64_t num_experts,
                           const std::string& field) {
+    // Fast pass without branches (NaN fails both comparisons, inf the second); the slow pass
+    // below only runs to name the first bad value.
+    bool all_valid = true;
+    for (int64_t i = 0; i < size; ++i) {
+        all_valid &= (data[i] >= 0.0) & (data[i] <= std::numeric_limits<double>::max());
+    }
+    if (all_valid) {
+        return;
+    }
     for (int64_t i = 0; i < size; ++i) {
         const double value = data[i];
         if (std::isnan(value) || std::isinf(value) || value < 0.0) {

@@ -71,21 +71,16 @@ struct ScoreBound {
 
 // The tree search over how many redundant replicas each group of hot experts takes; returns
 // the best candidate (LPT placement on risk-adjusted loads).
-Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
-                           const Options& options, ThreadPool& pool) {
+Candidate search_allotment(const EpisodeStats& stats, const std::vector<int64_t>& order,
+                           const LayerShape& shape, const Options& options, ThreadPool& pool) {
     const int64_t num_experts = shape.num_experts;
     const int64_t num_ranks = shape.num_ranks;
     const int64_t redundant = shape.num_physical() - num_experts;
     const std::vector<double>& weight = stats.risk;
-    std::vector<int64_t> order(idx(num_experts));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
-
     Candidate best;
     best.counts.assign(idx(num_experts), 1);
     allot_min_max(weight, order, redundant, num_ranks, best.counts);
-    best.phy2log = place_lpt(weight, best.counts, shape, nullptr, 0.0);
+    best.phy2log = place_lpt(weight, order, best.counts, shape, nullptr, 0.0);
     best.score = episode_score(stats, best.phy2log, best.counts, num_ranks);
     if (redundant == 0) {
         return best;
@@ -137,7 +132,7 @@ Candidate search_allotment(const EpisodeStats& stats, const LayerShape& shape,
                 score_bound(cand.counts) >= incumbent) {
                 return;  // infeasible split, or pruned: cannot beat the incumbent
             }
-            cand.phy2log = place_lpt(weight, cand.counts, shape, nullptr, 0.0);
+            cand.phy2log = place_lpt(weight, order, cand.counts, shape, nullptr, 0.0);
             cand.score = episode_score(stats, cand.phy2log, cand.counts, num_ranks);
         });
         for (Candidate& cand : candidates) {
@@ -180,17 +175,18 @@ constexpr int64_t kPolishMaxShift = 3;  // replicas moved at once from one exper
 constexpr int64_t kRefineRounds = 4;  // swap refinement: at most 4 * D swaps
 constexpr double kPolishSkipGap = 1e-3;  // skip polishing within 0.1% of the lower bound
 
-Candidate place_counts(const EpisodeStats& stats, const LayerShape& shape,
-                           std::vector<int64_t> counts) {
+Candidate place_counts(const EpisodeStats& stats, const std::vector<int64_t>& by_risk,
+                       const LayerShape& shape, std::vector<int64_t> counts) {
     Candidate cand;
-    cand.phy2log = place_lpt(stats.risk, counts, shape, nullptr, 0.0);
+    cand.phy2log = place_lpt(stats.risk, by_risk, counts, shape, nullptr, 0.0);
     cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
     cand.counts = std::move(counts);
     return cand;
 }
 
-void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double lower_bound,
-                      ThreadPool& pool, Candidate& best) {
+void polish_allotment(const EpisodeStats& stats, const std::vector<int64_t>& by_risk,
+                      const LayerShape& shape, double lower_bound, ThreadPool& pool,
+                      Candidate& best) {
     if (stats.num_episodes > 1) {
         return;  // with episodes the bound says little about the score: too costly to search
     }
@@ -198,12 +194,8 @@ void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double
     if (*std::max_element(load.begin(), load.end()) <= lower_bound * (1.0 + kPolishSkipGap)) {
         return;  // already at the bound: no move can help
     }
-    std::vector<int64_t> order(idx(shape.num_experts));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return stats.risk[idx(a)] > stats.risk[idx(b)];
-    });
-    order.resize(idx(std::min(kPolishExperts, shape.num_experts)));
+    const std::vector<int64_t> order(
+        by_risk.begin(), by_risk.begin() + std::min(kPolishExperts, shape.num_experts));
     const auto num_top = static_cast<int64_t>(order.size());
     for (int round = 0; round < kPolishRounds; ++round) {
         // Move index = (donor, receiver, shift - 1): `shift` replicas go from donor to receiver.
@@ -220,7 +212,7 @@ void polish_allotment(const EpisodeStats& stats, const LayerShape& shape, double
             std::vector<int64_t> counts = best.counts;
             counts[idx(donor)] -= shift;
             counts[idx(receiver)] += shift;
-            moved[idx(move)] = place_counts(stats, shape, std::move(counts));
+            moved[idx(move)] = place_counts(stats, by_risk, shape, std::move(counts));
         });
         bool improved = false;
         for (Candidate& cand : moved) {
@@ -264,7 +256,8 @@ int64_t count_allotments(const LayerShape& shape, int64_t cap) {
 // placed (LPT + swap refinement) and the best replaces `best` when it scores lower.
 constexpr int64_t kExhaustiveAllotments = 2048;
 
-void search_all_allotments(const EpisodeStats& stats, const LayerShape& shape, Candidate& best) {
+void search_all_allotments(const EpisodeStats& stats, const std::vector<int64_t>& by_risk,
+                           const LayerShape& shape, Candidate& best) {
     if (stats.num_episodes > 1 || count_allotments(shape, kExhaustiveAllotments) >
                                       kExhaustiveAllotments) {
         return;
@@ -277,7 +270,7 @@ void search_all_allotments(const EpisodeStats& stats, const LayerShape& shape, C
         const int64_t rest = extra;
         if (rest + 1 <= shape.num_ranks) {
             counts[idx(last)] = rest + 1;
-            Candidate cand = place_counts(stats, shape, counts);
+            Candidate cand = place_counts(stats, by_risk, shape, counts);
             refine_swaps(stats.risk, cand.counts, shape, kRefineRounds * shape.num_ranks,
                          cand.phy2log);
             cand.score = episode_score(stats, cand.phy2log, cand.counts, shape.num_ranks);
@@ -318,17 +311,19 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
                                 const Options& options, ThreadPool& pool) {
     const int64_t num_ranks = shape.num_ranks;
     const std::vector<double>& weight = stats.risk;
-    Candidate searched = search_allotment(stats, shape, options, pool);
+    const std::vector<int64_t> by_risk = order_by_weight(weight);
+    Candidate searched = search_allotment(stats, by_risk, shape, options, pool);
     std::vector<std::vector<int64_t>> placements;
     if (stats.num_episodes > 1) {
-        placements.push_back(place_lpt(weight, searched.counts, shape, &stats, options.z_score));
+        placements.push_back(
+            place_lpt(weight, by_risk, searched.counts, shape, &stats, options.z_score));
     }
     // Target packing between the allotment bound and the searched plan's busiest rank.
     const std::vector<double> searched_load =
         rank_weights(weight, searched.counts, searched.phy2log, shape);
     const double upper = *std::max_element(searched_load.begin(), searched_load.end());
     std::vector<int64_t> packed =
-        pack_to_target(weight, shape, mean_lower_bound(weight, shape), upper);
+        pack_to_target(weight, by_risk, shape, mean_lower_bound(weight, shape), upper);
     if (!packed.empty()) {
         placements.push_back(std::move(packed));
     }
@@ -349,8 +344,8 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
         best.phy2log = std::move(refined);
         best.score = refined_score;
     }
-    search_all_allotments(stats, shape, best);
-    polish_allotment(stats, shape, mean_lower_bound(stats.mean, shape), pool, best);
+    search_all_allotments(stats, by_risk, shape, best);
+    polish_allotment(stats, by_risk, shape, mean_lower_bound(stats.mean, shape), pool, best);
     return best.phy2log;
 }
 

@@ -19,21 +19,32 @@ constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
 size_t idx(int64_t value) { return static_cast<size_t>(value); }
 
 // The replicas of `counts` as (expert, per-replica weight), heaviest first, lowest id on ties;
-// the replicas of one expert are adjacent.
+// the replicas of one expert are adjacent. Experts with one replica keep their place in
+// `by_weight`; only the replicated ones are sorted again, and the two runs are merged.
 std::vector<std::pair<int64_t, double>> replicas_by_weight(const std::vector<double>& weight,
-                                                           const std::vector<int64_t>& counts) {
-    std::vector<std::pair<int64_t, double>> experts(counts.size());
-    int64_t total = 0;
-    for (size_t e = 0; e < counts.size(); ++e) {
-        experts[e] = {static_cast<int64_t>(e), weight[e] / static_cast<double>(counts[e])};
-        total += counts[e];
-    }
-    std::sort(experts.begin(), experts.end(), [](const auto& a, const auto& b) {
+                                                           const std::vector<int64_t>& counts,
+                                                           const std::vector<int64_t>& by_weight) {
+    using Item = std::pair<int64_t, double>;
+    const auto heavier = [](const Item& a, const Item& b) {
         return a.second > b.second || (a.second == b.second && a.first < b.first);
-    });
-    std::vector<std::pair<int64_t, double>> items;
+    };
+    std::vector<Item> single;
+    std::vector<Item> split;
+    single.reserve(by_weight.size());
+    int64_t total = 0;
+    for (const int64_t e : by_weight) {
+        const int64_t count = counts[idx(e)];
+        (count == 1 ? single : split).emplace_back(e, weight[idx(e)] / static_cast<double>(count));
+        total += count;
+    }
+    std::sort(split.begin(), split.end(), heavier);
+    std::vector<Item> items;
     items.reserve(idx(total));
-    for (const auto& item : experts) {
+    auto a = split.begin();
+    auto b = single.begin();
+    while (a != split.end() || b != single.end()) {
+        const bool take_split = b == single.end() || (a != split.end() && heavier(*a, *b));
+        const Item item = take_split ? *a++ : *b++;
         for (int64_t c = 0; c < counts[idx(item.first)]; ++c) {
             items.push_back(item);
         }
@@ -65,9 +76,9 @@ struct PartialPlacement {
         return (holds[word(rank, expert)] >> bit(rank) & 1U) != 0;
     }
     [[nodiscard]] size_t word(int64_t rank, int64_t expert) const {
-        return idx(expert) * words_ + idx(rank / 64);
+        return idx(expert) * words_ + (idx(rank) >> 6U);
     }
-    static uint64_t bit(int64_t rank) { return static_cast<uint64_t>(rank % 64); }
+    static uint64_t bit(int64_t rank) { return static_cast<uint64_t>(rank) & 63U; }
     bool eligible(int64_t rank, int64_t expert) const {
         return fill[idx(rank)] < shape_.num_slots && !has(rank, expert);
     }
@@ -283,7 +294,16 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
     }
 }
 
+std::vector<int64_t> order_by_weight(const std::vector<double>& weight) {
+    std::vector<int64_t> order(weight.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
+    return order;
+}
+
 std::vector<int64_t> place_lpt(const std::vector<double>& weight,
+                               const std::vector<int64_t>& by_weight,
                                const std::vector<int64_t>& counts, const LayerShape& shape,
                                const EpisodeStats* risk_stats, double z_score) {
     PartialPlacement placement(shape);
@@ -334,8 +354,21 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             open_ranks.erase(at);
             return;
         }
+        // Binary search for the first rank after it that it is not before, written so the
+        // compiler can use conditional moves (the comparisons are unpredictable).
         const int64_t rank = *at;
-        const auto dest = std::upper_bound(at + 1, open_ranks.end(), rank, before);
+        const double load = placement.load[idx(rank)];
+        size_t first = pos + 1;
+        size_t count = open_ranks.size() - first;
+        while (count > 0) {
+            const size_t half = count / 2;
+            const int64_t other = open_ranks[first + half];
+            const double other_load = placement.load[idx(other)];
+            const bool passes = (other_load < load) | ((other_load == load) & (other < rank));
+            first = passes ? first + half + 1 : first;
+            count = passes ? count - half - 1 : half;
+        }
+        const auto dest = open_ranks.begin() + static_cast<std::ptrdiff_t>(first);
         std::move(at + 1, dest, at);
         *(dest - 1) = rank;
     };
@@ -369,7 +402,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         }
     };
     const int64_t max_eligible = risk_stats != nullptr && num_episodes > 1 ? kRiskCandidates : 1;
-    for (const auto& [expert, share] : replicas_by_weight(weight, counts)) {
+    for (const auto& [expert, share] : replicas_by_weight(weight, counts, by_weight)) {
         // The least loaded eligible ranks (lowest index on ties), at most kRiskCandidates.
         // (For the risk objective: the least loaded few, compared by risk.)
         eligible.clear();
@@ -416,12 +449,9 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     return placement.phy2log;
 }
 
-std::vector<int64_t> pack_to_target(const std::vector<double>& weight, const LayerShape& shape,
+std::vector<int64_t> pack_to_target(const std::vector<double>& weight,
+                                    const std::vector<int64_t>& order, const LayerShape& shape,
                                     double lower, double upper) {
-    std::vector<int64_t> order(weight.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
     std::vector<int64_t> counts;
     std::vector<int64_t> best_counts;
     std::vector<int64_t> best = try_pack(weight, order, shape, upper, best_counts);
@@ -469,6 +499,10 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
     const int64_t num_slots = shape.num_slots;
     const std::vector<double> share = shares_of(weight, counts);
     std::vector<double> load = rank_weights(weight, counts, phy2log, shape);
+    std::vector<double> slot_share(phy2log.size());  // share of the replica in each slot
+    for (size_t slot = 0; slot < phy2log.size(); ++slot) {
+        slot_share[slot] = share[idx(phy2log[slot])];
+    }
     for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
         const auto busiest = static_cast<int64_t>(
             std::max_element(load.begin(), load.end()) - load.begin());
@@ -477,35 +511,36 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
         int64_t best_from = -1;
         int64_t best_to = -1;
         for (int64_t r = 0; r < shape.num_ranks; ++r) {
-            if (r == busiest || load[idx(r)] >= best_peak) {
+            const double rank_load = load[idx(r)];
+            if (r == busiest || rank_load >= best_peak) {
                 continue;  // any swap would leave rank r at or above the best peak so far
             }
+            const double* in_share = slot_share.data() + r * num_slots;
             for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
-                const int64_t out = phy2log[idx(a)];
-                for (int64_t b = r * num_slots; b < (r + 1) * num_slots; ++b) {
-                    const int64_t in = phy2log[idx(b)];
-                    const double delta = share[idx(out)] - share[idx(in)];
-                    if (delta <= 0.0) {
-                        continue;
-                    }
-                    const double new_peak =
-                        std::max(peak - delta, load[idx(r)] + delta);
-                    if (new_peak >= best_peak ||
-                        rank_holds(phy2log, r, num_slots, num_slots, out) ||
-                        rank_holds(phy2log, busiest, num_slots, num_slots, in)) {
+                const double out_share = slot_share[idx(a)];
+                for (int64_t b = 0; b < num_slots; ++b) {
+                    const double delta = out_share - in_share[b];
+                    const double new_peak = std::max(peak - delta, rank_load + delta);
+                    // One rarely taken branch (not two unpredictable ones) in the hot loop.
+                    const bool improves = (delta > 0.0) & (new_peak < best_peak);
+                    if (!improves ||
+                        rank_holds(phy2log, r, num_slots, num_slots, phy2log[idx(a)]) ||
+                        rank_holds(phy2log, busiest, num_slots, num_slots,
+                                   phy2log[idx(r * num_slots + b)])) {
                         continue;
                     }
                     best_peak = new_peak;
                     best_from = a;
-                    best_to = b;
+                    best_to = r * num_slots + b;
                 }
             }
         }
         if (best_from < 0) {
             return;
         }
-        const double delta = share[idx(phy2log[idx(best_from)])] - share[idx(phy2log[idx(best_to)])];
+        const double delta = slot_share[idx(best_from)] - slot_share[idx(best_to)];
         std::swap(phy2log[idx(best_from)], phy2log[idx(best_to)]);
+        std::swap(slot_share[idx(best_from)], slot_share[idx(best_to)]);
         load[idx(busiest)] -= delta;
         load[idx(best_to / num_slots)] += delta;
     }

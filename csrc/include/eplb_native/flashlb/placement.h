@@ -24,12 +24,17 @@ struct LayerShape {
 void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
                    int64_t budget, int64_t max_count, std::vector<int64_t>& counts);
 
+// Experts by decreasing weight, lowest id on ties: the `by_weight` argument of the functions
+// below (computed once per layer).
+[[nodiscard]] std::vector<int64_t> order_by_weight(const std::vector<double>& weight);
+
 // Longest-processing-time placement of the replicas of `counts` (sum = P): replicas in order
 // of decreasing weight[e] / counts[e] each go to the least loaded rank with a free slot that
 // does not hold the expert yet. When `risk_stats` is given (episode loads), the rank is the
 // one with the smallest resulting risk mean + z * stddev of its summed episode loads (this uses
 // the full covariance of the experts on the rank), among the least loaded few.
 [[nodiscard]] std::vector<int64_t> place_lpt(const std::vector<double>& weight,
+                                             const std::vector<int64_t>& by_weight,
                                              const std::vector<int64_t>& counts,
                                              const LayerShape& shape,
                                              const EpisodeStats* risk_stats, double z_score);
@@ -40,6 +45,7 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
 // spare slots then take extra replicas of the heaviest per-replica experts. Returns an empty
 // vector when no target in the range packs.
 [[nodiscard]] std::vector<int64_t> pack_to_target(const std::vector<double>& weight,
+                                                  const std::vector<int64_t>& by_weight,
                                                   const LayerShape& shape, double lower,
                                                   double upper);
 
