@@ -57,7 +57,10 @@ class HeatRecorder:
     episode, ``T = ceil(collection_interval / episode_steps)``) and, every
     ``collection_interval`` steps, gathers all ranks' windows with one all-gather and returns
     them as a ``HeatWindow``. Every rank must call ``step()`` at the same steps (it is a
-    collective then). Works without torch.distributed (one rank).
+    collective then). With ``step(defer_gather=True)`` the window's all-gather runs in the
+    background instead and the window is returned by the next ``step()``, one step later, so
+    no step waits on a collective posted in that same step. Works without torch.distributed
+    (one rank).
 
     NOTE: an episode's slot counts are converted to logical loads with the placement in force
     when the episode closes; apply placement changes (``set_layer_placement``) at episode
@@ -121,6 +124,10 @@ class HeatRecorder:
         self._gathered = torch.zeros(
             (self._num_ranks * num_episodes, *shape), dtype=torch.int64, device=device
         )
+        # A deferred gather sends this copy while the window fills again, [T, L, S].
+        self._outgoing = torch.zeros_like(self._window)
+        # (work or None, episodes filled, their placements [T', L, P], steps): a deferred gather.
+        self._deferred: tuple[dist.Work | None, int, npt.NDArray[np.int64], int] | None = None
         self._episode_phy2log = np.repeat(self._phy2log[None], num_episodes, axis=0)  # [T, L, P]
         self._episode_idx = 0
         self._steps_in_episode = 0
@@ -205,12 +212,22 @@ class HeatRecorder:
         validate_plan(row, self._num_ranks, allow_duplicate_on_rank=True)
         self._phy2log[layer_idx] = row.phy2log[0]
 
-    def step(self) -> HeatWindow | None:
+    def step(self, *, defer_gather: bool = False) -> HeatWindow | None:
         """Ends one forward step: folds its counts into the current episode and clears them.
 
         Returns the gathered window every ``collection_interval`` steps (then starts a new
-        window), else None. A collective on those steps.
+        window), else None. A collective on those steps. With ``defer_gather`` the gather is
+        only posted on that step and its window is returned by the next call instead (which
+        waits for it: normally done during the forward step in between).
         """
+        deferred = None
+        if self._deferred is not None:
+            # The previous window's gather, posted one step ago: wait (normally done) and convert.
+            work, num_filled, episode_phy2log, num_steps = self._deferred
+            self._deferred = None
+            if work is not None:
+                work.wait()
+            deferred = self._window_from_gathered(num_filled, episode_phy2log, num_steps)
         self._window[self._episode_idx] += self._step_counts
         self._step_counts.zero_()
         self._steps_in_episode += 1
@@ -221,12 +238,23 @@ class HeatRecorder:
             self._episode_idx += 1
             self._steps_in_episode = 0
         if not window_done:
-            return None
-        result = self.gather()
+            return deferred
+        result = None
+        if defer_gather:
+            self._outgoing.copy_(self._window)
+            num_filled = self._episode_idx
+            work = None
+            if self._num_ranks == 1:
+                self._gathered.copy_(self._outgoing)
+            else:
+                work = all_gather_into_tensor(self._gathered, self._outgoing, self._group, async_op=True)
+            self._deferred = (work, num_filled, self._episode_phy2log[:num_filled].copy(), self._steps_in_window)
+        else:
+            result = self.gather()
         self._window.zero_()
         self._episode_idx = 0
         self._steps_in_window = 0
-        return result
+        return deferred if result is None else result
 
     def gather(self) -> HeatWindow:
         """Gathers every rank's window so far (closed episodes, then the open one if it has
@@ -239,6 +267,13 @@ class HeatRecorder:
         episode_phy2log = self._episode_phy2log[:num_filled].copy()
         if self._steps_in_episode:
             episode_phy2log[-1] = self._phy2log  # the open episode: the placement in force now
+        return self._window_from_gathered(num_filled, episode_phy2log, self._steps_in_window)
+
+    def _window_from_gathered(
+        self, num_filled: int, episode_phy2log: npt.NDArray[np.int64], num_steps: int
+    ) -> HeatWindow:
+        """The HeatWindow of the gathered buffer's first ``num_filled`` episodes, converted with
+        their placements ``episode_phy2log`` int64 [num_filled, L, P]."""
         # [D, T, L, S] -> [T, L, D * S]: rank r's slot s is physical slot r * S + s.
         gathered = self._gathered.view(self._num_ranks, *self._window.shape)[:, :num_filled]
         gathered = gathered.permute(1, 2, 0, 3)
@@ -251,7 +286,5 @@ class HeatRecorder:
         for episode_idx in range(num_filled):
             plan = Plan.from_phy2log(episode_phy2log[episode_idx], self._num_experts)
             expert_load[episode_idx] = expert_load_from_slot_load(plan, slot_load[episode_idx])
-        logger.debug("gathered heat of %d steps, %d episodes", self._steps_in_window, num_filled)
-        return HeatWindow(
-            slot_load=slot_load, expert_load=expert_load, num_steps=self._steps_in_window
-        )
+        logger.debug("gathered heat of %d steps, %d episodes", num_steps, num_filled)
+        return HeatWindow(slot_load=slot_load, expert_load=expert_load, num_steps=num_steps)

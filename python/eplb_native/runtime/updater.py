@@ -3,15 +3,16 @@ layer by layer while serving continues), called around every forward step.
 
 Schedule (identical on every rank, so every collective lines up): every
 ``expert_heat_collection_interval`` steps the heat window is gathered and, when no update is in
-progress, each planning leader (rank 0, or with ``planner_placement="per_node"`` the first rank
+progress, on the next step each planning leader (rank 0, or with ``planner_placement="per_node"`` the first rank
 of every node) hands it to its planner worker; ``algorithm_execution_interval`` steps later the
 leaders pick the answer up (waiting at most ``plan_wait_s``), check it and start broadcasting it
 (``PlanExchange``); the next step every rank starts comparing the plan's checksum across all
 ranks, and the step after that the plan is scheduled only if all ranks hold the same one. The
 loader then moves the changed layers, ``max_layers_per_step`` per step, in the policy's
-priority order, each layer's transfers and commit vote overlapping a forward step. No step
-waits on a collective that was not posted at least one forward step earlier, except the heat
-gather of a window step (which EPLB does with or without rebalancing).
+priority order, each layer's transfers and commit vote overlapping a forward step. The heat
+window's gather also runs in the background (``HeatRecorder.step(defer_gather=True)``): the
+window reaches the manager one step after it closed. So no step waits on a collective posted
+in that same step; a wait normally finds the collective done during the forward in between.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class UpdateRecord:
         window_step: the step whose heat window was planned from.
         layers: int64 [k], the layers the plan changes, in priority order.
         par_before, par_after: PAR of the window's expert load under the old and new placement.
-        gather_ms: gathering the window (collective), ms.
+        gather_ms: waiting for the window's gather (posted a step earlier) and converting it, ms.
         plan_ms: the policy's time in the worker, ms.
         wait_ms: time the pick-up step waited for the worker, ms (0 when it was ready).
         transfer_ms, apply_ms: summed over the update's steps, ms.
@@ -232,7 +233,7 @@ class EplbUpdateManager:
         hands a new window to the planner and advances the plan hand-over by one stage."""
         self.step_idx += 1
         start = time.perf_counter()
-        window = self._heat.step()
+        window = self._heat.step(defer_gather=True)  # the window of the step before, if any
         gather_ms = (time.perf_counter() - start) * 1e3
         self._finish_layers(self.loader.post_forward())
         if window is not None:
