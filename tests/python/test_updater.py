@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,32 @@ def slow_factory() -> SlowPolicy:
     return SlowPolicy()
 
 
+class RotatedPolicy:
+    """swift_balancer, with the changed layers' new rows rotated by one rank when ``rotate``:
+    a valid plan, different from the unrotated one."""
+
+    def __init__(self, rotate: bool) -> None:
+        self.inner = PolicySpec("swift_balancer")()
+        self.rotate = rotate
+
+    def rebalance(self, current_table: Any, workload: Any) -> Any:
+        changed, layers, new_table = self.inner.rebalance(current_table, workload)
+        new_table = np.asarray(new_table).copy()
+        if self.rotate:
+            new_table[layers] = np.roll(new_table[layers], 1, axis=1)
+        return changed, layers, new_table
+
+
+@dataclass(frozen=True)
+class RotatedFactory:
+    """Picklable factory of RotatedPolicy (one node rotates, the other does not)."""
+
+    rotate: bool
+
+    def __call__(self) -> RotatedPolicy:
+        return RotatedPolicy(self.rotate)
+
+
 def _config(tmp: str, **extra: Any) -> EplbConfig:
     return EplbConfig.from_dict({
         "dynamic_eplb": True,
@@ -97,8 +124,15 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         policy_factory = broken_factory
     if scenario == "faults":
         policy_factory = slow_factory
-    if scenario in ("ok", "faults"):
+    if scenario in ("ok", "faults", "per_node", "mismatch", "sync"):
         extra["expert_map_path"] = str(Path(tmp) / "initial.json")
+    ranks_per_node = None
+    if scenario in ("per_node", "mismatch"):
+        # Two "nodes" of two ranks, each planning on its first rank; on the mismatch scenario
+        # node 1's policy proposes a different (valid) plan.
+        extra["planner_placement"] = "per_node"
+        ranks_per_node = 2
+        policy_factory = RotatedFactory(rotate=scenario == "mismatch" and rank >= 2)
     config = _config(tmp, **extra)
     plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
     layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
@@ -106,6 +140,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     model = ToyModel(shape, weights, plan, heat)
     reference = reference_model(shape, weights, rank, world_size)
     manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=policy_factory,
+                                ranks_per_node=ranks_per_node, synchronous=scenario == "sync",
                                 transfer_timeout_s=2.0 if scenario == "faults" else 30.0, plan_wait_s=30.0)
     manager.warm_up()
     if scenario == "faults" and rank == 2:
@@ -126,6 +161,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     mismatched_steps = []
     windows = []
     tables = []
+    phases = []
     for step in range(num_steps):
         phase = 0 if step < num_steps // 2 else 1
         x = toy_inputs(shape, weights, step, rank, phase)
@@ -137,6 +173,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         if manager.last_window is not None and manager.last_window[0] == manager.step_idx:
             windows.append((manager.step_idx, rank_par(manager.last_window[1].slot_load, world_size)))
         tables.append(manager.table)
+        phases.append(manager.step_phases)
         if scenario == "faults" and rank == 0 and manager.step_idx == 2 * INTERVAL:
             assert manager.worker is not None
             assert manager.worker.pid is not None
@@ -153,6 +190,9 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         "same_buffers": staging == [t.data_ptr() for t in manager.loader.staging_buffers()]
         and heat_buffers == [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)],
         "num_rejected": manager.num_rejected_plans,
+        "num_mismatches": manager.exchange.num_mismatches,
+        "phases": phases,
+        "has_worker": manager.worker is not None,
         "restarts": manager.worker.num_restarts if manager.worker is not None else 0,
     }
     manager.close()
@@ -229,6 +269,45 @@ def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
         assert (result["tables"] == result["initial_table"]).all()
     data = json.loads((tmp_path / "placement.json").read_text())
     assert data["moe_layer_count"] == ToyShape().num_moe_layers
+
+
+def test_per_node_planners_agree_and_apply_one_plan(tmp_path: Path) -> None:
+    _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "per_node", num_steps=INTERVAL + 12)
+    assert [r["has_worker"] for r in results] == [True, False, True, False], "one planner per node"
+    updates = results[0]["updates"]
+    assert len(updates) == 1 and updates[0][2] and updates[0][2] == updates[0][1], updates
+    assert all(r["num_mismatches"] == 0 for r in results)
+    changed = np.any(results[0]["table"] != results[0]["initial_table"], axis=(1, 2))
+    assert sorted(np.flatnonzero(changed).tolist()) == sorted(updates[0][1])
+
+
+def test_per_node_plans_that_differ_are_not_applied(tmp_path: Path) -> None:
+    _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "mismatch", num_steps=INTERVAL + 12)
+    for rank, result in enumerate(results):
+        assert result["num_mismatches"] == 1, f"{rank=}: the checksum comparison did not refuse the plan"
+        assert result["num_rejected"] == 0, f"{rank=}: each node's plan is valid on its own"
+        assert result["updates"] == []
+        assert (result["tables"] == result["initial_table"]).all(), f"{rank=}: a differing plan was applied"
+        # The refusal happened at the checksum stage, on the same step on every rank.
+        assert result["phases"] == results[0]["phases"]
+        assert ["schedule"] in result["phases"]
+
+
+def test_synchronous_update_applies_every_layer_at_the_pickup_step(tmp_path: Path) -> None:
+    _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "sync", num_steps=INTERVAL + 6)
+    window_step, layers, applied, abandoned, par_before, par_after = results[0]["updates"][0]
+    assert applied == layers and not abandoned and par_after < par_before
+    pickup = window_step + 3  # algorithm_execution_interval steps after the window reached the manager
+    for rank, result in enumerate(results):
+        tables, initial = result["tables"], result["initial_table"]
+        assert result["phases"][pickup - 1] == ["pickup", "verify", "schedule", "commit"], f"{rank=}"
+        assert (tables[: pickup - 1] == initial).all(), f"{rank=}: changed before the pick-up step"
+        changed = np.any(tables[pickup - 1] != initial, axis=(1, 2))
+        assert sorted(np.flatnonzero(changed).tolist()) == sorted(layers), f"{rank=}"
+        assert (tables[pickup - 1 :] == tables[pickup - 1]).all(), f"{rank=}: moved after the pick-up step"
 
 
 def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:
