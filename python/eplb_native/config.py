@@ -61,7 +61,8 @@ class EplbConfig:
         num_redundant_experts: extra physical slots R beyond the N logical experts (>= 0).
         expert_map_path: an existing ``expert_map_path`` JSON defining the initial placement.
         expert_map_record_path: a ``.json`` path where the placement in force is written.
-        eplb_heat_collection_stage: which forward passes count as heat: all, prefill or decode.
+        eplb_heat_collection_stage: which forward passes count as heat: all, prefill or decode
+            (the caller names each step's stage: ``EplbUpdateManager.post_forward(stage=...)``).
         eplb_policy_type: the policy, by name or vllm-ascend id (0 random, 1 default_eplb,
             2 swift_balancer, 3 flashlb); stored as the name. Upstream's default is 2.
         episode_steps: steps folded into one heat episode for multi-episode policies (> 0).

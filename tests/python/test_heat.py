@@ -195,6 +195,24 @@ def test_bad_input_raises_naming_the_field(call, error, field) -> None:
         call()
 
 
+def test_collection_stage_keeps_only_that_stages_counts() -> None:
+    plan = eplb_native.default_placement(num_layers=1, num_experts=2, num_ranks=1)
+    heat = HeatRecorder.from_config(
+        EplbConfig.from_dict({"expert_heat_collection_interval": 3, "episode_steps": 3,
+                              "eplb_heat_collection_stage": "decode"}), plan)
+    assert heat.collection_stage == "decode"
+    heat.record(0, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"^stage: expected 'prefill' or 'decode'"):
+        heat.step()
+    assert heat.step(stage="prefill") is None  # the prefill counts [2, 0] are dropped
+    heat.record(0, torch.tensor([1]))
+    assert heat.step(stage="decode") is None
+    heat.record(0, torch.tensor([0, 1, 1]))
+    window = heat.step(stage="decode")  # the window still closes after 3 steps
+    assert window is not None and window.num_steps == 3
+    assert window.slot_load.tolist() == [[[1, 3]]]
+
+
 def _gather_two_ranks(rank: int, world_size: int, defer: bool) -> None:
     # N = 3 experts on P = 4 slots: rank 0 holds [0, 1], rank 1 holds [2, 0].
     plan = Plan.from_phy2log([[0, 1, 2, 0], [2, 1, 0, 1]], 3)

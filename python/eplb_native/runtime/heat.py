@@ -12,7 +12,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
-from eplb_native.config import EplbConfig
+from eplb_native.config import HEAT_STAGES, EplbConfig, HeatStage
 from eplb_native.layers import MoeLayerMap
 from eplb_native.plan import Plan, expert_load_from_slot_load, validate_plan
 from eplb_native.runtime._dist import all_gather_into_tensor, group_rank_and_size
@@ -77,6 +77,7 @@ class HeatRecorder:
         layer_map: MoeLayerMap | None = None,
         group: dist.ProcessGroup | None = None,
         device: torch.device | str = "cpu",
+        collection_stage: HeatStage = "all",
     ) -> None:
         """
         Args:
@@ -89,6 +90,9 @@ class HeatRecorder:
             group: the expert-parallel process group (None: the default group, or a single
                 process when torch.distributed is not initialised).
             device: where the counters live (the device the MoE kernels run on).
+            collection_stage: which forward passes count (config
+                ``eplb_heat_collection_stage``): ``all``, or only ``prefill`` / ``decode``
+                ones; the others' counts are dropped (``step(stage=...)`` says which it was).
         """
         for value, field in (
             (collection_interval, "collection_interval"),
@@ -97,6 +101,10 @@ class HeatRecorder:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 msg = f"{field}: expected a positive integer, got {value!r}"
                 raise ValueError(msg)
+        if collection_stage not in HEAT_STAGES:
+            msg = f"collection_stage: expected one of {', '.join(HEAT_STAGES)}, got {collection_stage!r}"
+            raise ValueError(msg)
+        self.collection_stage = collection_stage
         self._rank, self._num_ranks = group_rank_and_size(group)
         # Two replicas on one rank are legal here (a policy choice, not a runtime limit).
         validate_plan(plan, self._num_ranks, allow_duplicate_on_rank=True)
@@ -135,11 +143,13 @@ class HeatRecorder:
 
     @classmethod
     def from_config(cls, config: EplbConfig, plan: Plan, **kwargs: object) -> HeatRecorder:
-        """Window and episode lengths from ``config``; other arguments as the constructor."""
+        """Window and episode lengths and the collection stage from ``config``; other
+        arguments as the constructor."""
         return cls(
             plan,
             collection_interval=config.expert_heat_collection_interval,
             episode_steps=config.episode_steps,
+            collection_stage=config.eplb_heat_collection_stage,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -212,14 +222,25 @@ class HeatRecorder:
         validate_plan(row, self._num_ranks, allow_duplicate_on_rank=True)
         self._phy2log[layer_idx] = row.phy2log[0]
 
-    def step(self, *, defer_gather: bool = False) -> HeatWindow | None:
+    def step(self, *, defer_gather: bool = False, stage: str | None = None) -> HeatWindow | None:
         """Ends one forward step: folds its counts into the current episode and clears them.
 
         Returns the gathered window every ``collection_interval`` steps (then starts a new
         window), else None. A collective on those steps. With ``defer_gather`` the gather is
         only posted on that step and its window is returned by the next call instead (which
         waits for it: normally done during the forward step in between).
+
+        ``stage`` (``"prefill"`` or ``"decode"``) says what the step was; required unless
+        ``collection_stage`` is ``all``. A step of the other stage still counts as a step of
+        the window (every rank gathers at the same steps) but its counts are dropped.
         """
+        if self.collection_stage != "all":
+            if stage not in ("prefill", "decode"):
+                msg = (f"stage: expected 'prefill' or 'decode' (heat is collected on "
+                       f"{self.collection_stage} steps only), got {stage!r}")
+                raise ValueError(msg)
+            if stage != self.collection_stage:
+                self._step_counts.zero_()
         deferred = None
         if self._deferred is not None:
             # The previous window's gather, posted one step ago: wait (normally done) and convert.

@@ -228,12 +228,14 @@ class EplbUpdateManager:
         if self.loader.pending:
             self.step_phases.append("transfer")
 
-    def post_forward(self) -> None:
+    def post_forward(self, stage: str | None = None) -> None:
         """After the forward step: folds the heat, commits layers that arrived on all ranks,
-        hands a new window to the planner and advances the plan hand-over by one stage."""
+        hands a new window to the planner and advances the plan hand-over by one stage.
+        ``stage`` (``"prefill"`` / ``"decode"``): what the step was, required when
+        ``eplb_heat_collection_stage`` is not ``all`` (``HeatRecorder.step``)."""
         self.step_idx += 1
         start = time.perf_counter()
-        window = self._heat.step(defer_gather=True)  # the window of the step before, if any
+        window = self._heat.step(defer_gather=True, stage=stage)  # the window of the step before, if any
         gather_ms = (time.perf_counter() - start) * 1e3
         self._finish_layers(self.loader.post_forward())
         if window is not None:
