@@ -7,8 +7,9 @@ layers with skewed routing whose hot experts change every ``--phase-steps`` step
 synchronous one (``synchronous=True``: every layer of an update moved at its pick-up step).
 Each step's time is the slowest rank's wall time of pre_forward + forward + post_forward.
 A step is a "rebalance" step when any rank's manager did update work in it
-(``EplbUpdateManager.step_phases`` not empty: heat handed to the planner, plan picked up,
-broadcast or checksum stage, plan scheduled, weights in flight, layers committed), in both
+(``EplbUpdateManager.step_phases`` not empty: heat handed to the planner, planner computing,
+plan picked up, broadcast or checksum stage, plan scheduled, weights in flight, layers
+committed), in both
 modes; the others are "steady" (they still record heat and, every
 ``--interval`` steps when no plan is requested, gather it). Every step's output is checked
 bitwise against the same model without EPLB (outside the timed region). Target: rebalance p50

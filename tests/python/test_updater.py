@@ -334,7 +334,7 @@ def test_synchronous_update_applies_every_layer_at_the_pickup_step(tmp_path: Pat
     pickup = window_step + 3  # algorithm_execution_interval steps after the window reached the manager
     for rank, result in enumerate(results):
         tables, initial = result["tables"], result["initial_table"]
-        assert result["phases"][pickup - 1] == ["pickup", "verify", "schedule", "commit"], f"{rank=}"
+        assert result["phases"][pickup - 1] == ["planning", "pickup", "verify", "schedule", "commit"], f"{rank=}"
         assert (tables[: pickup - 1] == initial).all(), f"{rank=}: changed before the pick-up step"
         changed = np.any(tables[pickup - 1] != initial, axis=(1, 2))
         assert sorted(np.flatnonzero(changed).tolist()) == sorted(layers), f"{rank=}"

@@ -304,8 +304,13 @@ class HeatRecorder:
             .numpy()
         )
         expert_load = np.zeros((num_filled, self.num_layers, self._num_experts), dtype=np.float64)
-        for episode_idx in range(num_filled):
-            plan = Plan.from_phy2log(episode_phy2log[episode_idx], self._num_experts)
-            expert_load[episode_idx] = expert_load_from_slot_load(plan, slot_load[episode_idx])
+        start = 0
+        while start < num_filled:  # one conversion per run of episodes with the same placement
+            end = start + 1
+            while end < num_filled and np.array_equal(episode_phy2log[end], episode_phy2log[start]):
+                end += 1
+            plan = Plan.from_phy2log(episode_phy2log[start], self._num_experts)
+            expert_load[start:end] = expert_load_from_slot_load(plan, slot_load[start:end])
+            start = end
         logger.debug("gathered heat of %d steps, %d episodes", num_steps, num_filled)
         return HeatWindow(slot_load=slot_load, expert_load=expert_load, num_steps=num_steps)

@@ -118,8 +118,9 @@ class EplbUpdateManager:
             step, stopping the world (the baseline the asynchronous path is measured against).
 
     Attributes:
-        step_phases: the update work the last step did, in order: ``"transfer"`` (weights in
-            flight during its forward), ``"commit"`` (layers applied or abandoned),
+        step_phases: the update work the last step did, in order: ``"planning"`` (a planner
+            worker is computing during its forward), ``"transfer"`` (weights in flight during
+            its forward), ``"commit"`` (layers applied or abandoned),
             ``"submit"`` (heat handed to the planner), ``"pickup"`` (plan picked up, broadcast
             posted), ``"verify"`` (checksum comparison posted), ``"schedule"`` (plan accepted or
             refused). Empty on steady steps (recording heat and gathering a window that is not
@@ -224,6 +225,8 @@ class EplbUpdateManager:
     def pre_forward(self) -> None:
         """Before the forward step: posts this step's weight transfers (background)."""
         self.step_phases = []
+        if self._pickup_step is not None:
+            self.step_phases.append("planning")
         self.loader.pre_forward()
         if self.loader.pending:
             self.step_phases.append("transfer")
