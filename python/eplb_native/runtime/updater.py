@@ -245,8 +245,9 @@ class EplbUpdateManager:
             self.last_window = (self.step_idx, window)
             if self._log_heat_after:
                 self._log_heat_after = False
-                logger.debug("EPLB heat after rebalance (expert load summed over the window) %s",
-                             window.expert_load.sum(axis=0).tolist())
+                if logger.isEnabledFor(logging.DEBUG):  # the sum is only worth computing then
+                    logger.debug("EPLB heat after rebalance (expert load summed over the window) %s",
+                                 window.expert_load.sum(axis=0).tolist())
             idle = self._pickup_step is None and self.exchange.stage == "idle" and not self.loader.pending
             if self.config.dynamic_eplb and idle:
                 self._submit(window, gather_ms)
@@ -333,7 +334,9 @@ class EplbUpdateManager:
             evaluate(old_plan, load, self._num_ranks).par, evaluate(new_plan, load, self._num_ranks).par,
             gather_ms, shared.plan_ms, self._wait_ms,
         )  # fmt: skip
-        logger.debug("EPLB heat before rebalance (expert load summed over the window) %s", load.sum(axis=0).tolist())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("EPLB heat before rebalance (expert load summed over the window) %s",
+                         load.sum(axis=0).tolist())
         self.loader.schedule(shared.new_table, [int(layer) for layer in layers])
         if self._synchronous:
             self._finish_layers(self.loader.run_to_completion())
