@@ -308,7 +308,7 @@ def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
 
 def test_per_node_planners_apply_a_plan_they_agree_on_and_refuse_one_they_do_not(tmp_path: Path) -> None:
     _write_rotated_start(tmp_path)
-    results = _run(tmp_path, "per_node", num_steps=2 * INTERVAL + 12)
+    results = _run(tmp_path, "per_node", num_steps=2 * INTERVAL + 8)
     assert [r["has_worker"] for r in results] == [True, False, True, False], "one planner per node"
     # First window: both nodes planned the same; applied everywhere.
     updates = results[0]["updates"]
