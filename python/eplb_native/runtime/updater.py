@@ -4,15 +4,16 @@ layer by layer while serving continues), called around every forward step.
 Schedule (identical on every rank, so every collective lines up): every
 ``expert_heat_collection_interval`` steps the heat window is gathered and, when no update is in
 progress, on the next step each planning leader (rank 0, or with
-``planner_placement="per_node"`` the first rank of every node) hands it to its planner worker; ``algorithm_execution_interval`` steps later the
-leaders pick the answer up (waiting at most ``plan_wait_s``), check it and start broadcasting it
-(``PlanExchange``); the next step every rank starts comparing the plan's checksum across all
-ranks, and the step after that the plan is scheduled only if all ranks hold the same one. The
-loader then moves the changed layers, ``max_layers_per_step`` per step, in the policy's
-priority order, each layer's transfers and commit vote overlapping a forward step. The heat
-window's gather also runs in the background (``HeatRecorder.step(defer_gather=True)``): the
-window reaches the manager one step after it closed. So no step waits on a collective posted
-in that same step; a wait normally finds the collective done during the forward in between.
+``planner_placement="per_node"`` the first rank of every node) hands it to its planner worker;
+``algorithm_execution_interval`` steps later the leaders pick the answer up (waiting at most
+``plan_wait_s``), check it and start broadcasting it (``PlanExchange``); the next step every
+rank starts comparing the plan's checksum across all ranks, and the step after that the plan
+is scheduled only if all ranks hold the same one. The loader then moves the changed layers,
+``max_layers_per_step`` per step, in the policy's priority order, each layer's transfers and
+commit vote overlapping a forward step. The heat window's gather also runs in the background
+(``HeatRecorder.step(defer_gather=True)``): the window reaches the manager one step after it
+closed. So no step waits on a collective posted in that same step; a wait normally finds the
+collective done during the forward in between.
 """
 
 from __future__ import annotations
