@@ -210,15 +210,17 @@ class WeightLoader:
         self._in_flight = None
         try:
             agreed = batch.future.result()
+            voted = True
         except Exception:
             # Only the vote itself can raise here (a broken control group): no agreement exists,
             # so nothing is applied on this rank.
             logger.exception("EPLB commit vote raised; abandoning layers %s",
                              [t.layer_idx for t in batch.transfers])
-            agreed = [False] * len(batch.transfers)
+            agreed, voted = [False] * len(batch.transfers), False
         transfer_ms = (time.perf_counter() - batch.started) * 1e3
         start = time.perf_counter()
-        if not all(agreed) and self._distributed:
+        if voted and not all(agreed) and self._distributed:
+            # Every rank saw the same failed vote, so every rank takes part in this collective.
             self._replace_transfer_group()
         updates = []
         for position, (transfers, row) in enumerate(zip(batch.transfers, batch.rows, strict=True)):
