@@ -6,9 +6,14 @@ layers with skewed routing whose hot experts change every ``--phase-steps`` step
 (``EplbUpdateManager``: transfers posted before forward, committed after it) and with the
 synchronous one (``synchronous=True``: every layer of an update moved at its pick-up step).
 Each step's time is the slowest rank's wall time of pre_forward + forward + post_forward.
-Steps with weights in flight (async) or an update applied (sync) are "rebalance" steps, the
-others "steady". Every step's output is checked bitwise against the same model without EPLB
-(outside the timed region). Target: rebalance p50 and p99 within 5% of steady.
+A step is a "rebalance" step when any rank's manager did update work in it
+(``EplbUpdateManager.step_phases`` not empty: heat handed to the planner, planner computing,
+plan picked up, broadcast or checksum stage, plan scheduled, weights in flight, layers
+committed), in both
+modes; the others are "steady" (they still record heat and, every
+``--interval`` steps when no plan is requested, gather it). Every step's output is checked
+bitwise against the same model without EPLB (outside the timed region). Target: rebalance p50
+and p99 within 5% of steady.
 
     python benchmarks/bench_async_update.py --steps 400 --json results.json
 """
@@ -73,23 +78,22 @@ def _run_mode(rank: int, world_size: int, args: argparse.Namespace, synchronous:
     for step in range(args.warmup_steps + args.steps):
         phase = (step // args.phase_steps) % shape.num_phases
         x = toy_inputs(shape, weights, step, rank, phase)
-        num_updates = len(manager.updates)
         start = time.perf_counter()
         manager.pre_forward()
-        in_flight = manager.loader.pending > 0
         out = model(x)
         manager.post_forward()
         elapsed = (time.perf_counter() - start) * 1e3
         equal = equal and torch.equal(out, reference(x))
         if step >= args.warmup_steps:
             step_ms.append(elapsed)
-            moving.append(in_flight or len(manager.updates) != num_updates)
+            moving.append(bool(manager.step_phases))
     times = torch.tensor(step_ms, dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX)  # the slowest rank sets the step time
-    flags = torch.tensor([float(m) for m in moving] + [float(equal)], dtype=torch.float64)
-    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    # A step is a rebalance step when any rank did update work in it; all ranks agree on it.
+    flags = torch.tensor([float(m) for m in moving] + [float(not equal)], dtype=torch.float64)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     if rank == 0:
-        torch.save({"step_ms": times.numpy(), "moving": np.asarray(moving), "equal": bool(flags[-1]),
+        torch.save({"step_ms": times.numpy(), "moving": flags[:-1].numpy() > 0, "equal": not bool(flags[-1]),
                     "num_updates": len(manager.updates)}, result_path)
     manager.close()
 

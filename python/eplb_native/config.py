@@ -17,6 +17,9 @@ POLICY_IDS: dict[int, str] = dict(enumerate(POLICY_NAMES))
 HeatStage = Literal["all", "prefill", "decode"]
 HEAT_STAGES: tuple[str, ...] = get_args(HeatStage)
 
+PlannerPlacement = Literal["rank0", "per_node"]
+PLANNER_PLACEMENTS: tuple[str, ...] = get_args(PlannerPlacement)
+
 
 def policy_name(value: object, key: str = "eplb_policy_type") -> str:
     """The registry name of a policy given by name or vllm-ascend id; ValueError otherwise."""
@@ -58,7 +61,8 @@ class EplbConfig:
         num_redundant_experts: extra physical slots R beyond the N logical experts (>= 0).
         expert_map_path: an existing ``expert_map_path`` JSON defining the initial placement.
         expert_map_record_path: a ``.json`` path where the placement in force is written.
-        eplb_heat_collection_stage: which forward passes count as heat: all, prefill or decode.
+        eplb_heat_collection_stage: which forward passes count as heat: all, prefill or decode
+            (the caller names each step's stage: ``EplbUpdateManager.post_forward(stage=...)``).
         eplb_policy_type: the policy, by name or vllm-ascend id (0 random, 1 default_eplb,
             2 swift_balancer, 3 flashlb); stored as the name. Upstream's default is 2.
         episode_steps: steps folded into one heat episode for multi-episode policies (> 0).
@@ -69,6 +73,10 @@ class EplbConfig:
         max_layers_per_update: cap on the layers changed per update; None: no cap.
         max_layers_per_step: layers whose weights move in one forward step (> 0).
         num_planner_threads: threads of the planning worker (0: all cores).
+        planner_placement: where planner worker processes run: ``rank0`` (one worker, its plan
+            broadcast to all ranks) or ``per_node`` (one worker on the first rank of every node,
+            all planning from the identical gathered heat; ranks apply a plan only when its
+            checksum agrees on every rank).
     """
 
     dynamic_eplb: bool = False
@@ -85,6 +93,7 @@ class EplbConfig:
     max_layers_per_update: int | None = None
     max_layers_per_step: int = 1
     num_planner_threads: int = 0
+    planner_placement: PlannerPlacement = "rank0"
     # Filled from expert_map_path when given: (num_experts N, num_ranks D) the file implies.
     expert_map_shape: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
@@ -124,11 +133,8 @@ class EplbConfig:
         values["max_layers_per_update"] = _optional_int(data, "max_layers_per_update", 1)
         values["update_threshold_ratio"] = _optional_fraction(data, "update_threshold_ratio")
         values["update_threshold_value"] = _optional_fraction(data, "update_threshold_value")
-        stage = data.get("eplb_heat_collection_stage", "all")
-        if stage not in HEAT_STAGES:
-            msg = f"eplb_heat_collection_stage: expected one of {', '.join(HEAT_STAGES)}, got {stage!r}"
-            raise ValueError(msg)
-        values["eplb_heat_collection_stage"] = stage
+        values["eplb_heat_collection_stage"] = _choice(data, "eplb_heat_collection_stage", "all", HEAT_STAGES)
+        values["planner_placement"] = _choice(data, "planner_placement", "rank0", PLANNER_PLACEMENTS)
         values["eplb_policy_type"] = policy_name(data.get("eplb_policy_type", "swift_balancer"))
         values["expert_map_record_path"] = _record_path(data.get("expert_map_record_path"))
 
@@ -221,6 +227,17 @@ def _int(data: dict[str, Any], key: str, default: int, minimum: int) -> int:
     return value
 
 
+def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = data.get(key, default)
+    if value in choices:
+        return str(value)
+    msg = f"{key}: expected one of {', '.join(choices)}, got {value!r}"
+    close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+    if close:
+        msg += f" (did you mean {close[0]!r}?)"
+    raise ValueError(msg)
+
+
 def _optional_int(data: dict[str, Any], key: str, minimum: int) -> int | None:
     if data.get(key) is None:
         return None
@@ -252,4 +269,5 @@ def _record_path(value: object) -> str | None:
     return str(value)
 
 
-__all__ = ["HEAT_STAGES", "POLICY_IDS", "POLICY_NAMES", "EplbConfig", "PolicyName", "policy_name"]
+__all__ = ["HEAT_STAGES", "PLANNER_PLACEMENTS", "POLICY_IDS", "POLICY_NAMES", "EplbConfig", "PlannerPlacement",
+           "PolicyName", "policy_name"]

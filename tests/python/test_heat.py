@@ -195,7 +195,25 @@ def test_bad_input_raises_naming_the_field(call, error, field) -> None:
         call()
 
 
-def _gather_two_ranks(rank: int, world_size: int) -> None:
+def test_collection_stage_keeps_only_that_stages_counts() -> None:
+    plan = eplb_native.default_placement(num_layers=1, num_experts=2, num_ranks=1)
+    heat = HeatRecorder.from_config(
+        EplbConfig.from_dict({"expert_heat_collection_interval": 3, "episode_steps": 3,
+                              "eplb_heat_collection_stage": "decode"}), plan)
+    assert heat.collection_stage == "decode"
+    heat.record(0, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"^stage: expected 'prefill' or 'decode'"):
+        heat.step()
+    assert heat.step(stage="prefill") is None  # the prefill counts [2, 0] are dropped
+    heat.record(0, torch.tensor([1]))
+    assert heat.step(stage="decode") is None
+    heat.record(0, torch.tensor([0, 1, 1]))
+    window = heat.step(stage="decode")  # the window still closes after 3 steps
+    assert window is not None and window.num_steps == 3
+    assert window.slot_load.tolist() == [[[1, 3]]]
+
+
+def _gather_two_ranks(rank: int, world_size: int, defer: bool) -> None:
     # N = 3 experts on P = 4 slots: rank 0 holds [0, 1], rank 1 holds [2, 0].
     plan = Plan.from_phy2log([[0, 1, 2, 0], [2, 1, 0, 1]], 3)
     heat = HeatRecorder(plan, collection_interval=2)
@@ -203,8 +221,16 @@ def _gather_two_ranks(rank: int, world_size: int) -> None:
     for step in range(2):
         heat.buffer(0).copy_(torch.tensor([10 * rank + step, 1]))
         heat.buffer(1).copy_(torch.tensor([rank, 100 + step]))
-        window = heat.step()
+        window = heat.step(defer_gather=defer)
+    if defer:
+        # Posted in the background: the window arrives with the next step, unchanged by that
+        # step's counts and by a placement change after it closed.
+        assert window is None
+        heat.set_layer_placement(0, [1, 0, 2, 0])
+        heat.buffer(0).copy_(torch.tensor([1000, 1000]))
+        window = heat.step(defer_gather=defer)
     assert window is not None
+    assert window.num_steps == 2
     assert heat._gathered.data_ptr() == pointer
     want_slots = [[[0, 1, 10, 1], [0, 100, 1, 100]], [[1, 1, 11, 1], [0, 101, 1, 101]]]
     assert window.slot_load.tolist() == want_slots, f"{rank=}"
@@ -212,8 +238,9 @@ def _gather_two_ranks(rank: int, world_size: int) -> None:
     assert window.expert_load.tolist() == want_experts, f"{rank=}"
 
 
-def test_two_ranks_gather_every_slot_count() -> None:
-    run_on_ranks(_gather_two_ranks, 2)
+@pytest.mark.parametrize("defer", [False, True], ids=["blocking", "deferred"])
+def test_two_ranks_gather_every_slot_count(defer: bool) -> None:
+    run_on_ranks(_gather_two_ranks, 2, defer)
 
 
 def test_runtime_without_torch_says_how_to_install_it() -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,67 @@ def slow_factory() -> SlowPolicy:
     return SlowPolicy()
 
 
+class RotatedPolicy:
+    """swift_balancer; from its ``rotate_from``-th call on (0: the warm-up's), the changed
+    layers' new rows are rotated by one rank: a valid plan, different from the unrotated one."""
+
+    def __init__(self, rotate_from: int | None) -> None:
+        self.inner = PolicySpec("swift_balancer")()
+        self.rotate_from = rotate_from
+        self.num_calls = 0
+
+    def rebalance(self, current_table: Any, workload: Any) -> Any:
+        changed, layers, new_table = self.inner.rebalance(current_table, workload)
+        new_table = np.asarray(new_table).copy()
+        if self.rotate_from is not None and self.num_calls >= self.rotate_from:
+            new_table[layers] = np.roll(new_table[layers], 1, axis=1)
+        self.num_calls += 1
+        return changed, layers, new_table
+
+
+@dataclass(frozen=True)
+class RotatedFactory:
+    """Picklable factory of RotatedPolicy."""
+
+    rotate_from: int | None
+
+    def __call__(self) -> RotatedPolicy:
+        return RotatedPolicy(self.rotate_from)
+
+
+class HotReplicaPolicy:
+    """For one rank: the redundant slots hold the hottest experts (one extra copy each), every
+    expert once in slot order before them; changes the layers whose row differs."""
+
+    def __init__(self, num_experts: int) -> None:
+        self.num_experts = num_experts
+
+    def rebalance(self, current_table: Any, workload: Any) -> Any:
+        table = np.asarray(current_table, dtype=np.int64)  # [L, 1, P]
+        slot_load = np.asarray(workload, dtype=np.float64).reshape(-1, *table.shape).sum(axis=0)
+        new_table = table.copy()
+        layers = []
+        for layer_idx in range(table.shape[0]):
+            row = table[layer_idx].reshape(-1)
+            expert_load = np.bincount(row, weights=slot_load[layer_idx].reshape(-1), minlength=self.num_experts)
+            hot = np.argsort(-expert_load, kind="stable")[: row.size - self.num_experts]
+            new_row = np.concatenate([np.arange(self.num_experts), np.sort(hot)])
+            if not np.array_equal(new_row, row):
+                new_table[layer_idx] = new_row.reshape(table.shape[1:])
+                layers.append(layer_idx)
+        return bool(layers), np.asarray(layers, dtype=np.int64), new_table
+
+
+@dataclass(frozen=True)
+class HotReplicaFactory:
+    """Picklable factory of HotReplicaPolicy."""
+
+    num_experts: int
+
+    def __call__(self) -> HotReplicaPolicy:
+        return HotReplicaPolicy(self.num_experts)
+
+
 def _config(tmp: str, **extra: Any) -> EplbConfig:
     return EplbConfig.from_dict({
         "dynamic_eplb": True,
@@ -97,8 +159,15 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         policy_factory = broken_factory
     if scenario == "faults":
         policy_factory = slow_factory
-    if scenario in ("ok", "faults"):
+    if scenario in ("ok", "faults", "per_node", "sync"):
         extra["expert_map_path"] = str(Path(tmp) / "initial.json")
+    ranks_per_node = None
+    if scenario == "per_node":
+        # Two "nodes" of two ranks, each planning on its first rank from the same heat; for the
+        # second window node 1's policy proposes a different (valid) plan.
+        extra["planner_placement"] = "per_node"
+        ranks_per_node = 2
+        policy_factory = RotatedFactory(rotate_from=2 if rank >= 2 else None)
     config = _config(tmp, **extra)
     plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
     layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
@@ -106,6 +175,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     model = ToyModel(shape, weights, plan, heat)
     reference = reference_model(shape, weights, rank, world_size)
     manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=policy_factory,
+                                ranks_per_node=ranks_per_node, synchronous=scenario == "sync",
                                 transfer_timeout_s=2.0 if scenario == "faults" else 30.0, plan_wait_s=30.0)
     manager.warm_up()
     if scenario == "faults" and rank == 2:
@@ -126,6 +196,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     mismatched_steps = []
     windows = []
     tables = []
+    phases = []
     for step in range(num_steps):
         phase = 0 if step < num_steps // 2 else 1
         x = toy_inputs(shape, weights, step, rank, phase)
@@ -137,6 +208,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         if manager.last_window is not None and manager.last_window[0] == manager.step_idx:
             windows.append((manager.step_idx, rank_par(manager.last_window[1].slot_load, world_size)))
         tables.append(manager.table)
+        phases.append(manager.step_phases)
         if scenario == "faults" and rank == 0 and manager.step_idx == 2 * INTERVAL:
             assert manager.worker is not None
             assert manager.worker.pid is not None
@@ -153,6 +225,9 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         "same_buffers": staging == [t.data_ptr() for t in manager.loader.staging_buffers()]
         and heat_buffers == [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)],
         "num_rejected": manager.num_rejected_plans,
+        "num_mismatches": manager.exchange.num_mismatches,
+        "phases": phases,
+        "has_worker": manager.worker is not None,
         "restarts": manager.worker.num_restarts if manager.worker is not None else 0,
     }
     manager.close()
@@ -229,6 +304,77 @@ def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
         assert (result["tables"] == result["initial_table"]).all()
     data = json.loads((tmp_path / "placement.json").read_text())
     assert data["moe_layer_count"] == ToyShape().num_moe_layers
+
+
+def test_per_node_planners_apply_a_plan_they_agree_on_and_refuse_one_they_do_not(tmp_path: Path) -> None:
+    _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "per_node", num_steps=2 * INTERVAL + 8)
+    assert [r["has_worker"] for r in results] == [True, False, True, False], "one planner per node"
+    # First window: both nodes planned the same; applied everywhere.
+    updates = results[0]["updates"]
+    assert len(updates) == 1, updates
+    window_step, layers, applied, _, _, _ = updates[0]
+    assert window_step == INTERVAL + 1 and applied == layers and layers, updates
+    after_first = results[0]["tables"][2 * INTERVAL - 1]
+    changed = np.any(after_first != results[0]["initial_table"], axis=(1, 2))
+    assert sorted(np.flatnonzero(changed).tolist()) == sorted(layers)
+    # Second window: node 1 proposed another plan; the checksums differ and nothing changes.
+    for rank, result in enumerate(results):
+        assert result["num_mismatches"] == 1, f"{rank=}: the checksum comparison did not refuse the plan"
+        assert result["num_rejected"] == 0, f"{rank=}: each node's plan is valid on its own"
+        assert (result["tables"][2 * INTERVAL - 1 :] == after_first).all(), f"{rank=}: a differing plan was applied"
+        assert result["phases"] == results[0]["phases"], "ranks did the update stages at different steps"
+
+
+def test_synchronous_update_applies_every_layer_at_the_pickup_step(tmp_path: Path) -> None:
+    _write_rotated_start(tmp_path)
+    results = _run(tmp_path, "sync", num_steps=INTERVAL + 6)
+    window_step, layers, applied, abandoned, par_before, par_after = results[0]["updates"][0]
+    assert applied == layers and not abandoned and par_after < par_before
+    pickup = window_step + 3  # algorithm_execution_interval steps after the window reached the manager
+    for rank, result in enumerate(results):
+        tables, initial = result["tables"], result["initial_table"]
+        assert result["phases"][pickup - 1] == ["planning", "pickup", "verify", "schedule", "commit"], f"{rank=}"
+        assert (tables[: pickup - 1] == initial).all(), f"{rank=}: changed before the pick-up step"
+        changed = np.any(tables[pickup - 1] != initial, axis=(1, 2))
+        assert sorted(np.flatnonzero(changed).tolist()) == sorted(layers), f"{rank=}"
+        assert (tables[pickup - 1 :] == tables[pickup - 1]).all(), f"{rank=}: moved after the pick-up step"
+
+
+def test_single_process_manager_moves_by_local_copies(tmp_path: Path) -> None:
+    # No torch.distributed: one rank holds every slot. Rank-level PAR is always 1 then, and a
+    # rank sends all tokens of an expert to one replica (rank_log2phy), so no load measure can
+    # drop: this checks the mechanics (moves applied, all by local copy, outputs bitwise equal,
+    # maps and slot weights consistent). The plan gives the redundant slots to the hottest experts.
+    shape = ToyShape()
+    weights = toy_weights(shape)
+    config = _config(str(tmp_path))
+    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, 1)
+    heat = HeatRecorder.from_config(config, plan)
+    model = ToyModel(shape, weights, plan, heat)
+    reference = ToyModel(shape, weights, default_placement(shape.num_moe_layers, shape.num_experts, 1), None)
+    manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=HotReplicaFactory(shape.num_experts))
+    try:
+        manager.warm_up()
+        initial_table = manager.table
+        for step in range(INTERVAL + 8):
+            x = toy_inputs(shape, weights, step, 0, phase=0)
+            manager.pre_forward()
+            out = model(x)
+            manager.post_forward()
+            assert torch.equal(out, reference(x)), f"{step=}: output differs from the model without EPLB"
+    finally:
+        manager.close()
+    record = manager.updates[0]
+    assert record.window_step == INTERVAL + 1
+    assert record.applied == record.layers.tolist() and record.layers.size > 0
+    # Every move was a slot-to-slot copy: nothing received (num_copies counts received
+    # experts), nothing sent, and yet every slot holds the expert its map names.
+    assert all(update.num_copies == 0 and update.global_bytes == 0 for update in manager.updates)
+    changed = np.any(manager.table != initial_table, axis=(1, 2))
+    assert set(np.flatnonzero(changed).tolist()) >= set(record.layers.tolist())
+    assert _slots_hold_named_experts(model, weights, manager.table, 0)
+    assert np.array_equal(heat.phy2log, manager.table.reshape(shape.num_moe_layers, -1)), "heat converts with stale maps"
 
 
 def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:

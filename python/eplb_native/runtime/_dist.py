@@ -18,12 +18,14 @@ def group_rank_and_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
 
 
 def all_gather_into_tensor(
-    output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup | None
-) -> None:
-    """One all-gather of every rank's ``tensor`` into the preallocated ``output`` (rank-major).
+    output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup | None, *, async_op: bool = False
+) -> dist.Work | None:
+    """One all-gather of every rank's ``tensor`` into the preallocated ``output`` (rank-major);
+    with ``async_op`` it runs in the background and the returned work handle waits for it.
 
     torch 2.13 renamed ``all_gather_into_tensor`` to ``all_gather_single`` (the old name warns
     FutureWarning); both are the same single collective and both run on gloo.
     """
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(output, tensor, group=group)
+    work: dist.Work | None = gather(output, tensor, group=group, async_op=async_op)
+    return work

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
-from eplb_native.config import EplbConfig
+from eplb_native.config import HEAT_STAGES, EplbConfig, HeatStage
 from eplb_native.layers import MoeLayerMap
 from eplb_native.plan import Plan, expert_load_from_slot_load, validate_plan
 from eplb_native.runtime._dist import all_gather_into_tensor, group_rank_and_size
@@ -57,7 +57,10 @@ class HeatRecorder:
     episode, ``T = ceil(collection_interval / episode_steps)``) and, every
     ``collection_interval`` steps, gathers all ranks' windows with one all-gather and returns
     them as a ``HeatWindow``. Every rank must call ``step()`` at the same steps (it is a
-    collective then). Works without torch.distributed (one rank).
+    collective then). With ``step(defer_gather=True)`` the window's all-gather runs in the
+    background instead and the window is returned by the next ``step()``, one step later, so
+    no step waits on a collective posted in that same step. Works without torch.distributed
+    (one rank).
 
     NOTE: an episode's slot counts are converted to logical loads with the placement in force
     when the episode closes; apply placement changes (``set_layer_placement``) at episode
@@ -74,6 +77,7 @@ class HeatRecorder:
         layer_map: MoeLayerMap | None = None,
         group: dist.ProcessGroup | None = None,
         device: torch.device | str = "cpu",
+        collection_stage: HeatStage = "all",
     ) -> None:
         """
         Args:
@@ -86,6 +90,9 @@ class HeatRecorder:
             group: the expert-parallel process group (None: the default group, or a single
                 process when torch.distributed is not initialised).
             device: where the counters live (the device the MoE kernels run on).
+            collection_stage: which forward passes count (config
+                ``eplb_heat_collection_stage``): ``all``, or only ``prefill`` / ``decode``
+                ones; the others' counts are dropped (``step(stage=...)`` says which it was).
         """
         for value, field in (
             (collection_interval, "collection_interval"),
@@ -94,6 +101,10 @@ class HeatRecorder:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 msg = f"{field}: expected a positive integer, got {value!r}"
                 raise ValueError(msg)
+        if collection_stage not in HEAT_STAGES:
+            msg = f"collection_stage: expected one of {', '.join(HEAT_STAGES)}, got {collection_stage!r}"
+            raise ValueError(msg)
+        self.collection_stage = collection_stage
         self._rank, self._num_ranks = group_rank_and_size(group)
         # Two replicas on one rank are legal here (a policy choice, not a runtime limit).
         validate_plan(plan, self._num_ranks, allow_duplicate_on_rank=True)
@@ -121,6 +132,10 @@ class HeatRecorder:
         self._gathered = torch.zeros(
             (self._num_ranks * num_episodes, *shape), dtype=torch.int64, device=device
         )
+        # A deferred gather sends this copy while the window fills again, [T, L, S].
+        self._outgoing = torch.zeros_like(self._window)
+        # (work or None, episodes filled, their placements [T', L, P], steps): a deferred gather.
+        self._deferred: tuple[dist.Work | None, int, npt.NDArray[np.int64], int] | None = None
         self._episode_phy2log = np.repeat(self._phy2log[None], num_episodes, axis=0)  # [T, L, P]
         self._episode_idx = 0
         self._steps_in_episode = 0
@@ -128,11 +143,13 @@ class HeatRecorder:
 
     @classmethod
     def from_config(cls, config: EplbConfig, plan: Plan, **kwargs: object) -> HeatRecorder:
-        """Window and episode lengths from ``config``; other arguments as the constructor."""
+        """Window and episode lengths and the collection stage from ``config``; other
+        arguments as the constructor."""
         return cls(
             plan,
             collection_interval=config.expert_heat_collection_interval,
             episode_steps=config.episode_steps,
+            collection_stage=config.eplb_heat_collection_stage,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -205,12 +222,33 @@ class HeatRecorder:
         validate_plan(row, self._num_ranks, allow_duplicate_on_rank=True)
         self._phy2log[layer_idx] = row.phy2log[0]
 
-    def step(self) -> HeatWindow | None:
+    def step(self, *, defer_gather: bool = False, stage: str | None = None) -> HeatWindow | None:
         """Ends one forward step: folds its counts into the current episode and clears them.
 
         Returns the gathered window every ``collection_interval`` steps (then starts a new
-        window), else None. A collective on those steps.
+        window), else None. A collective on those steps. With ``defer_gather`` the gather is
+        only posted on that step and its window is returned by the next call instead (which
+        waits for it: normally done during the forward step in between).
+
+        ``stage`` (``"prefill"`` or ``"decode"``) says what the step was; required unless
+        ``collection_stage`` is ``all``. A step of the other stage still counts as a step of
+        the window (every rank gathers at the same steps) but its counts are dropped.
         """
+        if self.collection_stage != "all":
+            if stage not in ("prefill", "decode"):
+                msg = (f"stage: expected 'prefill' or 'decode' (heat is collected on "
+                       f"{self.collection_stage} steps only), got {stage!r}")
+                raise ValueError(msg)
+            if stage != self.collection_stage:
+                self._step_counts.zero_()
+        deferred = None
+        if self._deferred is not None:
+            # The previous window's gather, posted one step ago: wait (normally done) and convert.
+            work, num_filled, episode_phy2log, num_steps = self._deferred
+            self._deferred = None
+            if work is not None:
+                work.wait()
+            deferred = self._window_from_gathered(num_filled, episode_phy2log, num_steps)
         self._window[self._episode_idx] += self._step_counts
         self._step_counts.zero_()
         self._steps_in_episode += 1
@@ -221,12 +259,23 @@ class HeatRecorder:
             self._episode_idx += 1
             self._steps_in_episode = 0
         if not window_done:
-            return None
-        result = self.gather()
+            return deferred
+        result = None
+        if defer_gather:
+            self._outgoing.copy_(self._window)
+            num_filled = self._episode_idx
+            work = None
+            if self._num_ranks == 1:
+                self._gathered.copy_(self._outgoing)
+            else:
+                work = all_gather_into_tensor(self._gathered, self._outgoing, self._group, async_op=True)
+            self._deferred = (work, num_filled, self._episode_phy2log[:num_filled].copy(), self._steps_in_window)
+        else:
+            result = self.gather()
         self._window.zero_()
         self._episode_idx = 0
         self._steps_in_window = 0
-        return result
+        return deferred if result is None else result
 
     def gather(self) -> HeatWindow:
         """Gathers every rank's window so far (closed episodes, then the open one if it has
@@ -239,6 +288,13 @@ class HeatRecorder:
         episode_phy2log = self._episode_phy2log[:num_filled].copy()
         if self._steps_in_episode:
             episode_phy2log[-1] = self._phy2log  # the open episode: the placement in force now
+        return self._window_from_gathered(num_filled, episode_phy2log, self._steps_in_window)
+
+    def _window_from_gathered(
+        self, num_filled: int, episode_phy2log: npt.NDArray[np.int64], num_steps: int
+    ) -> HeatWindow:
+        """The HeatWindow of the gathered buffer's first ``num_filled`` episodes, converted with
+        their placements ``episode_phy2log`` int64 [num_filled, L, P]."""
         # [D, T, L, S] -> [T, L, D * S]: rank r's slot s is physical slot r * S + s.
         gathered = self._gathered.view(self._num_ranks, *self._window.shape)[:, :num_filled]
         gathered = gathered.permute(1, 2, 0, 3)
@@ -248,10 +304,13 @@ class HeatRecorder:
             .numpy()
         )
         expert_load = np.zeros((num_filled, self.num_layers, self._num_experts), dtype=np.float64)
-        for episode_idx in range(num_filled):
-            plan = Plan.from_phy2log(episode_phy2log[episode_idx], self._num_experts)
-            expert_load[episode_idx] = expert_load_from_slot_load(plan, slot_load[episode_idx])
-        logger.debug("gathered heat of %d steps, %d episodes", self._steps_in_window, num_filled)
-        return HeatWindow(
-            slot_load=slot_load, expert_load=expert_load, num_steps=self._steps_in_window
-        )
+        start = 0
+        while start < num_filled:  # one conversion per run of episodes with the same placement
+            end = start + 1
+            while end < num_filled and np.array_equal(episode_phy2log[end], episode_phy2log[start]):
+                end += 1
+            plan = Plan.from_phy2log(episode_phy2log[start], self._num_experts)
+            expert_load[start:end] = expert_load_from_slot_load(plan, slot_load[start:end])
+            start = end
+        logger.debug("gathered heat of %d steps, %d episodes", num_steps, num_filled)
+        return HeatWindow(slot_load=slot_load, expert_load=expert_load, num_steps=num_steps)

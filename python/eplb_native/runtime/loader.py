@@ -1,11 +1,14 @@
 """WeightLoader: moves expert weights layer by layer while serving continues, and commits a layer
 only when every rank has all of its weights.
 
-Per step: ``pre_forward()`` posts the next layers' point-to-point transfers
-(``torch.distributed.batch_isend_irecv``) into preallocated staging buffers from a background
-thread; ``post_forward()`` waits, agrees across ranks on which layers arrived everywhere, copies
-those layers' staging buffers into the expert slots and installs the new placement row. A layer
-that failed or timed out on any rank is abandoned on all ranks with its old weights and maps.
+Per step: ``pre_forward()`` hands the next layers to a background thread, which posts their
+point-to-point transfers (``torch.distributed.batch_isend_irecv``) into preallocated staging
+buffers, waits for them and then agrees with every rank on which layers arrived everywhere (one
+small all-reduce on a group only that thread uses), all while the forward step runs;
+``post_forward()`` waits for that thread's answer (normally ready already), copies the agreed
+layers' staging buffers into the expert slots and installs the new placement rows. A layer that
+failed or timed out on any rank is abandoned on all ranks with its old weights and maps. Every
+rank commits a batch in the ``post_forward`` of the step whose ``pre_forward`` posted it.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class LayerUpdate:
 
 @dataclass
 class _Batch:
-    """Layers in flight: their transfers, new rows and the background thread's future."""
+    """Layers in flight: their transfers, new rows and the background thread's future (one
+    flag per layer: its weights arrived on every rank)."""
 
     transfers: list[LayerTransfers]
     rows: list[IntArray]
@@ -118,9 +122,9 @@ class WeightLoader:
         self._max_layers_per_step = max_layers_per_step
         self._timeout_s = timeout_s
         # NOTE: transfers run on their own group (a gloo timeout closes its pairs, so a failed
-        # group is replaced) and the commit vote on another, so neither mixes with the model's
-        # collectives on the default group. Creating groups is collective: all ranks build the
-        # loader at the same point.
+        # group is replaced) and the commit vote on another, both used only by the background
+        # thread, so neither mixes with the model's collectives on the default group. Creating
+        # groups is collective: all ranks build the loader at the same point.
         self._distributed = dist.is_available() and dist.is_initialized()
         self._control_group = dist.new_group(backend="gloo") if self._distributed else None
         self._transfer_group = dist.new_group(backend="gloo") if self._distributed else None
@@ -197,26 +201,26 @@ class WeightLoader:
         self._in_flight = _Batch(transfers, [row for _, row in picked], future, time.perf_counter())
 
     def post_forward(self) -> list[LayerUpdate]:
-        """Waits for the layers in flight, agrees with all ranks, applies those that arrived
-        everywhere; returns one LayerUpdate per layer of the batch (empty when idle)."""
+        """Waits for the background thread's verdict on the layers in flight (all ranks agreed on
+        it) and applies those that arrived everywhere; returns one LayerUpdate per layer of the
+        batch (empty when idle)."""
         batch = self._in_flight
         if batch is None:
             return []
         self._in_flight = None
         try:
-            arrived = batch.future.result()
+            agreed = batch.future.result()
+            voted = True
         except Exception:
-            logger.exception("weight transfer raised; abandoning layers %s",
+            # Only the vote itself can raise here (a broken control group): no agreement exists,
+            # so nothing is applied on this rank.
+            logger.exception("EPLB commit vote raised; abandoning layers %s",
                              [t.layer_idx for t in batch.transfers])
-            arrived = [False] * len(batch.transfers)
+            agreed, voted = [False] * len(batch.transfers), False
         transfer_ms = (time.perf_counter() - batch.started) * 1e3
         start = time.perf_counter()
-        votes = self._votes[: len(arrived)]
-        votes.copy_(torch.tensor(arrived, dtype=torch.int32))
-        if self._distributed:
-            dist.all_reduce(votes, op=dist.ReduceOp.MIN, group=self._control_group)
-        agreed = [bool(v) for v in votes.tolist()]
-        if not all(agreed) and self._distributed:
+        if voted and not all(agreed) and self._distributed:
+            # Every rank saw the same failed vote, so every rank takes part in this collective.
             self._replace_transfer_group()
         updates = []
         for position, (transfers, row) in enumerate(zip(batch.transfers, batch.rows, strict=True)):
@@ -248,8 +252,9 @@ class WeightLoader:
         self._executor.shutdown(wait=True)
 
     def _exchange(self, batch: list[LayerTransfers], tag: int) -> list[bool]:
-        """Background thread: posts and waits for each layer's transfers, then fills the
-        staging buffers of local copies. One flag per layer: all its weights are staged."""
+        """Background thread: posts and waits for each layer's transfers, fills the staging
+        buffers of local copies, then votes. One flag per layer: its weights are staged on every
+        rank (the vote's minimum, identical on all ranks)."""
         deadline = time.monotonic() + self._timeout_s
         arrived = []
         for position, transfers in enumerate(batch):
@@ -260,7 +265,14 @@ class WeightLoader:
                 logger.warning("EPLB layer %d: transfer failed on rank %d: %s",
                                transfers.layer_idx, self._rank, error)
                 arrived.append(False)
-        return arrived
+        if not self._distributed:
+            return arrived
+        # Every rank reaches this vote once per batch (failures were caught above), on a group
+        # no other thread uses, so the all-reduces of successive batches pair up.
+        votes = self._votes[: len(arrived)]
+        votes.copy_(torch.tensor(arrived, dtype=torch.int32))
+        dist.all_reduce(votes, op=dist.ReduceOp.MIN, group=self._control_group)
+        return [bool(v) for v in votes.tolist()]
 
     def _exchange_layer(
         self, position: int, transfers: LayerTransfers, tag: int, deadline: float

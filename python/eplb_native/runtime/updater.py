@@ -3,10 +3,17 @@ layer by layer while serving continues), called around every forward step.
 
 Schedule (identical on every rank, so every collective lines up): every
 ``expert_heat_collection_interval`` steps the heat window is gathered and, when no update is in
-progress, rank 0 hands it to its planner worker; ``algorithm_execution_interval`` steps later
-rank 0 picks the answer up (waiting at most ``plan_wait_s``), checks it and broadcasts it, so
-all ranks apply one plan; the loader then moves the changed layers, ``max_layers_per_step`` per
-step, in the policy's priority order.
+progress, on the next step each planning leader (rank 0, or with
+``planner_placement="per_node"`` the first rank of every node) hands it to its planner worker;
+``algorithm_execution_interval`` steps later the leaders pick the answer up (waiting at most
+``plan_wait_s``), check it and start broadcasting it (``PlanExchange``); the next step every
+rank starts comparing the plan's checksum across all ranks, and the step after that the plan
+is scheduled only if all ranks hold the same one. The loader then moves the changed layers,
+``max_layers_per_step`` per step, in the policy's priority order, each layer's transfers and
+commit vote overlapping a forward step. The heat window's gather also runs in the background
+(``HeatRecorder.step(defer_gather=True)``): the window reaches the manager one step after it
+closed. So no step waits on a collective posted in that same step; a wait normally finds the
+collective done during the forward in between.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from eplb_native.runtime._dist import group_rank_and_size
 from eplb_native.runtime.heat import HeatRecorder, HeatWindow
 from eplb_native.runtime.loader import LayerUpdate, WeightLoader
 from eplb_native.runtime.moe import EplbMoE
+from eplb_native.runtime.plan_exchange import PlanExchange, SharedPlan
 from eplb_native.runtime.worker import PlannerWorker, PolicyFactory, PolicySpec, check_plan_result
 
 logger = logging.getLogger(__name__)
@@ -56,7 +64,7 @@ class UpdateRecord:
         window_step: the step whose heat window was planned from.
         layers: int64 [k], the layers the plan changes, in priority order.
         par_before, par_after: PAR of the window's expert load under the old and new placement.
-        gather_ms: gathering the window (collective), ms.
+        gather_ms: waiting for the window's gather (posted a step earlier) and converting it, ms.
         plan_ms: the policy's time in the worker, ms.
         wait_ms: time the pick-up step waited for the worker, ms (0 when it was ready).
         transfer_ms, apply_ms: summed over the update's steps, ms.
@@ -101,12 +109,23 @@ class EplbUpdateManager:
             not in it; see ``MoeLayerMap``).
         heat: the recorder the blocks accumulate into.
         policy_factory: builds the policy in the worker (default: ``config``'s policy).
-        ranks_per_node: ranks per node, for same-node transfer sources (None: one node).
+        ranks_per_node: ranks per node, for same-node transfer sources and, with
+            ``config.planner_placement == "per_node"``, one planner worker per node (None: one
+            node). Must divide the number of ranks.
         transfer_timeout_s: seconds a layer's transfer may take before it is abandoned.
         plan_wait_s: longest wait for the worker at the pick-up step, s.
         profile: log each update's per-layer detail at INFO (else DEBUG).
-        synchronous: move all layers of an update at its pick-up step, stopping the world (the
-            baseline the asynchronous path is measured against).
+        synchronous: run the plan hand-over and move all layers of an update at its pick-up
+            step, stopping the world (the baseline the asynchronous path is measured against).
+
+    Attributes:
+        step_phases: the update work the last step did, in order: ``"planning"`` (a planner
+            worker is computing during its forward), ``"transfer"`` (weights in flight during
+            its forward), ``"commit"`` (layers applied or abandoned),
+            ``"submit"`` (heat handed to the planner), ``"pickup"`` (plan picked up, broadcast
+            posted), ``"verify"`` (checksum comparison posted), ``"schedule"`` (plan accepted or
+            refused). Empty on steady steps (recording heat and gathering a window that is not
+            planned from are not update work).
     """
 
     def __init__(
@@ -143,16 +162,37 @@ class EplbUpdateManager:
             timeout_s=transfer_timeout_s,
         )  # fmt: skip
         self._group = dist.new_group(backend="gloo") if self._num_ranks > 1 else None
+        leader, source_group = self._planning_leader(config, ranks_per_node)
+        self.exchange = PlanExchange(table.shape, leader=leader, source_group=source_group, check_group=self._group)
         factory = policy_factory or PolicySpec(config.policy, num_threads=config.num_planner_threads)
-        self.worker = PlannerWorker(factory) if config.dynamic_eplb and self._rank == 0 else None
+        self.worker = PlannerWorker(factory) if config.dynamic_eplb and self._rank == leader else None
         self.step_idx = 0
+        self.step_phases: list[str] = []
         self.updates: list[UpdateRecord] = []  # finished updates, oldest first
         self.last_window: tuple[int, HeatWindow] | None = None  # (step, heat) of the last window
         self.num_rejected_plans = 0
         self._pickup_step: int | None = None
         self._planned: tuple[int, HeatWindow, float, IntArray] | None = None
+        self._wait_ms = 0.0
         self._current: UpdateRecord | None = None
         self._record_placement()
+
+    def _planning_leader(
+        self, config: EplbConfig, ranks_per_node: int | None
+    ) -> tuple[int, dist.ProcessGroup | None]:
+        """(global rank planning for this rank, the group it broadcasts the plan to). Building
+        the node groups is collective: every rank builds all of them."""
+        if self._group is None:
+            return 0, None
+        if config.planner_placement == "rank0" or ranks_per_node is None or ranks_per_node == self._num_ranks:
+            return 0, self._group
+        if ranks_per_node <= 0 or self._num_ranks % ranks_per_node:
+            msg = f"ranks_per_node: expected a positive divisor of {self._num_ranks} ranks, got {ranks_per_node}"
+            raise ValueError(msg)
+        nodes = [list(range(start, start + ranks_per_node)) for start in range(0, self._num_ranks, ranks_per_node)]
+        groups = [dist.new_group(ranks, backend="gloo") for ranks in nodes]
+        node = self._rank // ranks_per_node
+        return nodes[node][0], groups[node]
 
     @property
     def table(self) -> IntArray:
@@ -172,7 +212,7 @@ class EplbUpdateManager:
                 self.worker.poll(timeout_s=wait_s)
         self.loader.allocate()
         if self._group is not None:
-            # Rank 0 waited for its worker; transfer timeouts count from here, on every rank.
+            # The leaders waited for their workers; transfer timeouts count from here, on every rank.
             dist.barrier(group=self._group)
         moved = table.copy()
         flat = moved[0].reshape(-1)  # [P]: rotate the first slot of every rank (or swap two)
@@ -185,26 +225,34 @@ class EplbUpdateManager:
 
     def pre_forward(self) -> None:
         """Before the forward step: posts this step's weight transfers (background)."""
+        self.step_phases = []
+        if self._pickup_step is not None:
+            self.step_phases.append("planning")
         self.loader.pre_forward()
+        if self.loader.pending:
+            self.step_phases.append("transfer")
 
-    def post_forward(self) -> None:
+    def post_forward(self, stage: str | None = None) -> None:
         """After the forward step: folds the heat, commits layers that arrived on all ranks,
-        hands a new window to the planner and picks its answer up on schedule."""
+        hands a new window to the planner and advances the plan hand-over by one stage.
+        ``stage`` (``"prefill"`` / ``"decode"``): what the step was, required when
+        ``eplb_heat_collection_stage`` is not ``all`` (``HeatRecorder.step``)."""
         self.step_idx += 1
         start = time.perf_counter()
-        window = self._heat.step()
+        window = self._heat.step(defer_gather=True, stage=stage)  # the window of the step before, if any
         gather_ms = (time.perf_counter() - start) * 1e3
         self._finish_layers(self.loader.post_forward())
         if window is not None:
             self.last_window = (self.step_idx, window)
             if self._log_heat_after:
                 self._log_heat_after = False
-                logger.debug("EPLB heat after rebalance (expert load summed over the window) %s",
-                             window.expert_load.sum(axis=0).tolist())
-            if self.config.dynamic_eplb and self._pickup_step is None and not self.loader.pending:
+                if logger.isEnabledFor(logging.DEBUG):  # the sum is only worth computing then
+                    logger.debug("EPLB heat after rebalance (expert load summed over the window) %s",
+                                 window.expert_load.sum(axis=0).tolist())
+            idle = self._pickup_step is None and self.exchange.stage == "idle" and not self.loader.pending
+            if self.config.dynamic_eplb and idle:
                 self._submit(window, gather_ms)
-        if self._pickup_step is not None and self.step_idx >= self._pickup_step:
-            self._pickup()
+        self._advance_plan()
 
     def close(self) -> None:
         """Stops the worker process and the loader thread."""
@@ -213,6 +261,7 @@ class EplbUpdateManager:
         self.loader.close()
 
     def _submit(self, window: HeatWindow, gather_ms: float) -> None:
+        self.step_phases.append("submit")
         table = self.loader.table
         if self.worker is not None:
             plan = Plan.from_phy2log(table.reshape(table.shape[0], -1), self._num_experts)
@@ -223,32 +272,54 @@ class EplbUpdateManager:
         self._pickup_step = self.step_idx + self.config.algorithm_execution_interval
         self._planned = (self.step_idx, window, gather_ms, table)
 
-    def _pickup(self) -> None:
-        """All ranks: rank 0 checks the worker's answer and broadcasts it (or None)."""
-        self._pickup_step = None
-        planned, self._planned = self._planned, None
-        if planned is None:
-            return
-        window_step, window, gather_ms, table = planned
+    def _advance_plan(self) -> None:
+        """One stage of the plan hand-over per step: pick-up (broadcast posted), verify
+        (checksum comparison posted), schedule. All stages at once when synchronous or in a
+        single process (nothing to overlap)."""
+        all_at_once = self._synchronous or self._group is None
+        while True:
+            if self.exchange.stage == "idle":
+                if self._pickup_step is None or self.step_idx < self._pickup_step:
+                    return
+                self.step_phases.append("pickup")
+                self._pickup_step = None
+                self.exchange.post(self._pickup())
+            elif self.exchange.stage == "broadcast":
+                self.step_phases.append("verify")
+                self.exchange.verify()
+            else:
+                self.step_phases.append("schedule")
+                self._schedule(self.exchange.result())
+                return
+            if not all_at_once:
+                return
+
+    def _pickup(self) -> SharedPlan | None:
+        """Planning leaders: the worker's answer if it came within ``plan_wait_s`` and is valid
+        (else None); other ranks: None (they receive the leader's)."""
         start = time.perf_counter()
-        payload: list[tuple[IntArray, IntArray, float] | None] = [None]
-        if self.worker is not None:
+        shared = None
+        if self.worker is not None and self._planned is not None:
             result = self.worker.poll(timeout_s=self._plan_wait_s)
             if result is None:
                 self.worker.cancel()
             elif result.changed:
                 try:
-                    check_plan_result(result, table, self._num_experts)
-                    payload = [(result.layers, result.new_table, result.plan_ms)]
+                    check_plan_result(result, self._planned[3], self._num_experts)
+                    shared = SharedPlan(result.layers, result.new_table, result.plan_ms)
                 except ValueError as error:
                     self.num_rejected_plans += 1
                     logger.error("EPLB plan rejected, nothing applied: %s", error)
-        wait_ms = (time.perf_counter() - start) * 1e3
-        if self._group is not None:
-            dist.broadcast_object_list(payload, src=0, group=self._group)
-        if payload[0] is None:
+        self._wait_ms = (time.perf_counter() - start) * 1e3
+        return shared
+
+    def _schedule(self, shared: SharedPlan | None) -> None:
+        """All ranks hold ``shared`` (or None): queue its layers on the loader."""
+        planned, self._planned = self._planned, None
+        if shared is None or planned is None:
             return
-        layers, new_table, plan_ms = payload[0]
+        window_step, window, gather_ms, table = planned
+        layers = shared.layers
         if self.config.max_layers_per_update is not None:
             layers = layers[: self.config.max_layers_per_update]
         if len(layers) == 0:
@@ -257,21 +328,25 @@ class EplbUpdateManager:
         load = window.expert_load
         old_plan = Plan.from_phy2log(table.reshape(num_layers, -1), self._num_experts)
         applied_table = table.copy()
-        applied_table[layers] = new_table[layers]
+        applied_table[layers] = shared.new_table[layers]
         new_plan = Plan.from_phy2log(applied_table.reshape(num_layers, -1), self._num_experts)
         self._current = UpdateRecord(
             window_step, np.asarray(layers, dtype=np.int64),
             evaluate(old_plan, load, self._num_ranks).par, evaluate(new_plan, load, self._num_ranks).par,
-            gather_ms, float(plan_ms), wait_ms,
+            gather_ms, shared.plan_ms, self._wait_ms,
         )  # fmt: skip
-        logger.debug("EPLB heat before rebalance (expert load summed over the window) %s", load.sum(axis=0).tolist())
-        self.loader.schedule(new_table, [int(layer) for layer in layers])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("EPLB heat before rebalance (expert load summed over the window) %s",
+                         load.sum(axis=0).tolist())
+        self.loader.schedule(shared.new_table, [int(layer) for layer in layers])
         if self._synchronous:
             self._finish_layers(self.loader.run_to_completion())
         if not self.loader.pending:
             self._end_update()
 
     def _finish_layers(self, results: list[LayerUpdate]) -> None:
+        if results:
+            self.step_phases.append("commit")
         record = self._current
         if not results or record is None:
             return

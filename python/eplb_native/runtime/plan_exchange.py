@@ -1,0 +1,149 @@
+"""PlanExchange: hands one update plan to every rank in non-blocking stages, one per step.
+
+The plan comes from a planning leader (rank 0, or the first rank of every node when each node
+plans from the identical gathered heat). ``post`` starts an asynchronous broadcast of a fixed-size
+int64 encoding from the leader to its group; ``verify`` (a later step) waits for it and starts
+an asynchronous all-reduce of the encoding's checksum over all ranks; ``result`` (a later step)
+waits for that and returns the plan only when every rank holds the same one. A rank never
+applies a plan another rank does not hold; a mismatch is logged and nothing is applied.
+Without torch.distributed (one process) every stage is local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+Stage = Literal["idle", "broadcast", "verify"]
+
+_HEADER = 3  # valid flag, number of layers k, plan time in microseconds
+_CHECKSUM_BITS = 62  # so that -checksum fits int64 (one MAX all-reduce gives max and min)
+
+
+@dataclass(frozen=True)
+class SharedPlan:
+    """The plan every rank applies.
+
+    Attributes:
+        layers: int64 [k], the layers to move, highest priority first.
+        new_table: int64 [L, D, S], the proposed placement.
+        plan_ms: the leader's policy time, ms (not part of the checksum: timings differ by node).
+    """
+
+    layers: IntArray
+    new_table: IntArray
+    plan_ms: float
+
+
+class PlanExchange:
+    """Non-blocking hand-over of one plan from the planning leaders to every rank.
+
+    Example (every rank, one stage per step)::
+
+        exchange = PlanExchange((L, D, S), leader=0, source_group=group, check_group=group)
+        exchange.post(plan if rank == 0 else None)   # step t: broadcast posted
+        exchange.verify()                            # step t + 1: checksum all-reduce posted
+        shared = exchange.result()                   # step t + 2: the plan, or None
+
+    Args:
+        shape: (L, D, S) of the placement table.
+        leader: global rank that plans for this rank's source group.
+        source_group: the group the leader broadcasts to (None: no broadcast, one process).
+        check_group: the group of all ranks the checksum is compared over (None: one process).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        *,
+        leader: int,
+        source_group: dist.ProcessGroup | None,
+        check_group: dist.ProcessGroup | None,
+    ) -> None:
+        self._shape = shape
+        num_layers = shape[0]
+        self._leader = leader
+        self._source_group = source_group
+        self._check_group = check_group
+        size = _HEADER + num_layers + int(np.prod(shape))
+        self._buffer = torch.zeros(size, dtype=torch.int64)  # the encoding, preallocated
+        self._check = torch.zeros(2, dtype=torch.int64)  # [checksum, -checksum]
+        self._work: dist.Work | None = None
+        self._decoded: SharedPlan | None = None
+        self.stage: Stage = "idle"
+        self.num_mismatches = 0
+
+    def post(self, plan: SharedPlan | None) -> None:
+        """Stage 1 (every rank): the leader encodes its plan (None: no plan), the others
+        receive it; the broadcast runs in the background."""
+        self._expect("idle")
+        values = self._buffer.numpy()
+        values[:] = 0
+        if plan is not None:
+            num_layers = self._shape[0]
+            layers = np.asarray(plan.layers, dtype=np.int64).reshape(-1)
+            values[:_HEADER] = (1, layers.size, round(plan.plan_ms * 1e3))
+            values[_HEADER : _HEADER + layers.size] = layers
+            values[_HEADER + num_layers :] = np.asarray(plan.new_table, dtype=np.int64).reshape(-1)
+        if self._source_group is not None:
+            self._work = dist.broadcast(self._buffer, src=self._leader, group=self._source_group, async_op=True)
+        self.stage = "broadcast"
+
+    def verify(self) -> None:
+        """Stage 2: waits for the broadcast (normally done), decodes it and starts comparing its
+        checksum across all ranks in the background."""
+        self._expect("broadcast")
+        self._wait()
+        values = self._buffer.numpy()
+        self._decoded = None
+        if values[0]:
+            num_layers = self._shape[0]
+            self._decoded = SharedPlan(
+                values[_HEADER : _HEADER + int(values[1])].copy(),
+                values[_HEADER + num_layers :].reshape(self._shape).copy(),
+                float(values[2]) / 1e3,
+            )
+        digest = hashlib.blake2b(values[:2].tobytes() + values[_HEADER:].tobytes(), digest_size=8).digest()
+        checksum = int.from_bytes(digest, "little") >> (64 - _CHECKSUM_BITS)
+        self._check[0], self._check[1] = checksum, -checksum
+        if self._check_group is not None:
+            self._work = dist.all_reduce(self._check, op=dist.ReduceOp.MAX, group=self._check_group, async_op=True)
+        self.stage = "verify"
+
+    def result(self) -> SharedPlan | None:
+        """Stage 3: waits for the checksum comparison; the plan when every rank holds the same
+        one (None when there is no plan, or after logging an error when the ranks differ)."""
+        self._expect("verify")
+        self._wait()
+        self.stage = "idle"
+        decoded, self._decoded = self._decoded, None
+        highest, lowest = int(self._check[0]), -int(self._check[1])
+        if highest != lowest:
+            self.num_mismatches += 1
+            logger.error("EPLB plans differ across ranks (checksums %#x .. %#x); nothing applied",
+                         lowest, highest)
+            return None
+        return decoded
+
+    def _wait(self) -> None:
+        work, self._work = self._work, None
+        if work is not None:
+            work.wait()
+
+    def _expect(self, stage: Stage) -> None:
+        if self.stage != stage:
+            msg = f"stage: PlanExchange is in stage {self.stage!r}, this call needs {stage!r}"
+            raise RuntimeError(msg)
+
+
+__all__ = ["PlanExchange", "SharedPlan"]
