@@ -99,23 +99,12 @@ double episode_score(const EpisodeStats& stats, const std::vector<int64_t>& phy2
             const size_t width = std::min(kBlock, num_episodes - k0);
             double row[kBlock] = {};
             if (width == kBlock) {
-                // Named accumulators stay in registers (an array here is kept in memory).
-                double r0 = 0.0, r1 = 0.0, r2 = 0.0, r3 = 0.0, r4 = 0.0, r5 = 0.0, r6 = 0.0,
-                       r7 = 0.0;
                 for (size_t slot = begin; slot < begin + num_slots; ++slot) {
                     const double* load = src[slot] + k0;
-                    const double scale = share[slot];
-                    r0 += load[0] * scale;
-                    r1 += load[1] * scale;
-                    r2 += load[2] * scale;
-                    r3 += load[3] * scale;
-                    r4 += load[4] * scale;
-                    r5 += load[5] * scale;
-                    r6 += load[6] * scale;
-                    r7 += load[7] * scale;
+                    for (size_t k = 0; k < kBlock; ++k) {
+                        row[k] += load[k] * share[slot];
+                    }
                 }
-                row[0] = r0, row[1] = r1, row[2] = r2, row[3] = r3;
-                row[4] = r4, row[5] = r5, row[6] = r6, row[7] = r7;
             } else {
                 for (size_t slot = begin; slot < begin + num_slots; ++slot) {
                     const double* load = src[slot] + k0;

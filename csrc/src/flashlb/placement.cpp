@@ -354,21 +354,8 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             open_ranks.erase(at);
             return;
         }
-        // Binary search for the first rank after it that it is not before, written so the
-        // compiler can use conditional moves (the comparisons are unpredictable).
         const int64_t rank = *at;
-        const double load = placement.load[idx(rank)];
-        size_t first = pos + 1;
-        size_t count = open_ranks.size() - first;
-        while (count > 0) {
-            const size_t half = count / 2;
-            const int64_t other = open_ranks[first + half];
-            const double other_load = placement.load[idx(other)];
-            const bool passes = (other_load < load) | ((other_load == load) & (other < rank));
-            first = passes ? first + half + 1 : first;
-            count = passes ? count - half - 1 : half;
-        }
-        const auto dest = open_ranks.begin() + static_cast<std::ptrdiff_t>(first);
+        const auto dest = std::upper_bound(at + 1, open_ranks.end(), rank, before);
         std::move(at + 1, dest, at);
         *(dest - 1) = rank;
     };
@@ -499,10 +486,6 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
     const int64_t num_slots = shape.num_slots;
     const std::vector<double> share = shares_of(weight, counts);
     std::vector<double> load = rank_weights(weight, counts, phy2log, shape);
-    std::vector<double> slot_share(phy2log.size());  // share of the replica in each slot
-    for (size_t slot = 0; slot < phy2log.size(); ++slot) {
-        slot_share[slot] = share[idx(phy2log[slot])];
-    }
     for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
         const auto busiest = static_cast<int64_t>(
             std::max_element(load.begin(), load.end()) - load.begin());
@@ -511,36 +494,35 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
         int64_t best_from = -1;
         int64_t best_to = -1;
         for (int64_t r = 0; r < shape.num_ranks; ++r) {
-            const double rank_load = load[idx(r)];
-            if (r == busiest || rank_load >= best_peak) {
+            if (r == busiest || load[idx(r)] >= best_peak) {
                 continue;  // any swap would leave rank r at or above the best peak so far
             }
-            const double* in_share = slot_share.data() + r * num_slots;
             for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
-                const double out_share = slot_share[idx(a)];
-                for (int64_t b = 0; b < num_slots; ++b) {
-                    const double delta = out_share - in_share[b];
-                    const double new_peak = std::max(peak - delta, rank_load + delta);
-                    // One rarely taken branch (not two unpredictable ones) in the hot loop.
-                    const bool improves = (delta > 0.0) & (new_peak < best_peak);
-                    if (!improves ||
-                        rank_holds(phy2log, r, num_slots, num_slots, phy2log[idx(a)]) ||
-                        rank_holds(phy2log, busiest, num_slots, num_slots,
-                                   phy2log[idx(r * num_slots + b)])) {
+                const int64_t out = phy2log[idx(a)];
+                for (int64_t b = r * num_slots; b < (r + 1) * num_slots; ++b) {
+                    const int64_t in = phy2log[idx(b)];
+                    const double delta = share[idx(out)] - share[idx(in)];
+                    if (delta <= 0.0) {
+                        continue;
+                    }
+                    const double new_peak =
+                        std::max(peak - delta, load[idx(r)] + delta);
+                    if (new_peak >= best_peak ||
+                        rank_holds(phy2log, r, num_slots, num_slots, out) ||
+                        rank_holds(phy2log, busiest, num_slots, num_slots, in)) {
                         continue;
                     }
                     best_peak = new_peak;
                     best_from = a;
-                    best_to = r * num_slots + b;
+                    best_to = b;
                 }
             }
         }
         if (best_from < 0) {
             return;
         }
-        const double delta = slot_share[idx(best_from)] - slot_share[idx(best_to)];
+        const double delta = share[idx(phy2log[idx(best_from)])] - share[idx(phy2log[idx(best_to)])];
         std::swap(phy2log[idx(best_from)], phy2log[idx(best_to)]);
-        std::swap(slot_share[idx(best_from)], slot_share[idx(best_to)]);
         load[idx(busiest)] -= delta;
         load[idx(best_to / num_slots)] += delta;
     }
