@@ -200,8 +200,9 @@ class EplbUpdateManager:
         return self.loader.table
 
     def warm_up(self, wait_s: float = 60.0) -> None:
-        """One full cycle during memory profiling: a heat gather, a plan from the worker, and the
-        transfer and apply of one layer (moved away and back, so the placement is unchanged). Allocates the
+        """One full cycle during memory profiling: a heat gather, a plan from the worker, the plan
+        hand-over, and the transfer and apply of one layer (moved away and back, so the placement
+        is unchanged). Allocates the
         staging buffers now (the heat recorder allocates its gather buffer when built);
         afterwards no step allocates device memory."""
         table = self.loader.table
@@ -218,6 +219,11 @@ class EplbUpdateManager:
         flat = moved[0].reshape(-1)  # [P]: rotate the first slot of every rank (or swap two)
         positions = np.arange(self._num_ranks) * table.shape[2] if self._num_ranks > 1 else np.arange(min(2, flat.size))
         flat[positions] = np.roll(flat[positions], 1)
+        # The plan hand-over once (broadcast, then checksum all-reduce), as an update does it.
+        warm_plan = SharedPlan(np.zeros(1, dtype=np.int64), moved, 0.0) if self.worker is not None else None
+        self.exchange.post(warm_plan)
+        self.exchange.verify()
+        self.exchange.result()
         if not np.array_equal(moved, table):
             for target in (moved, table):
                 self.loader.schedule(target, [0])
