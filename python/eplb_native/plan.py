@@ -314,6 +314,21 @@ def _par(rank_load: FloatArray) -> FloatArray:
     return np.asarray(np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0), dtype=np.float64)
 
 
+def _plan_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
+    """``load`` checked as float [L, N] or [T, L, N] for ``plan``'s L layers and N experts."""
+    expert_load = check_load(load, "load", allow_steps=True)
+    if expert_load.shape[-2:] != plan.logcnt.shape:
+        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
+        raise ValueError(msg)
+    return expert_load
+
+
+def mean_par(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> float:
+    """``evaluate(plan, load, num_ranks).par`` alone (no lower bound; cheap enough for a serving
+    step): PAR (max / mean rank load) averaged over layers and, for [T, L, N], over steps."""
+    return float(_par(rank_loads(plan, _plan_load(plan, load), num_ranks)).mean())
+
+
 def evaluate(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> PlanStats:
     """Balance of ``plan`` on ``load`` over ``num_ranks`` ranks.
 
@@ -325,10 +340,7 @@ def evaluate(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> PlanStats:
     Returns:
         PlanStats; ``par`` is the mean over steps when ``load`` is [T, L, N].
     """
-    expert_load = check_load(load, "load", allow_steps=True)
-    if expert_load.shape[-2:] != plan.logcnt.shape:
-        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
-        raise ValueError(msg)
+    expert_load = _plan_load(plan, load)
     per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
     par_steps = _par(per_rank)  # [(T,) L]
     par_per_layer = par_steps.mean(axis=0) if expert_load.ndim == 3 else par_steps

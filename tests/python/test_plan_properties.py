@@ -148,3 +148,16 @@ def test_evaluate_time_series_par_is_mean_of_step_pars():
     stats = eplb_native.evaluate(plan, skewed, 2)
     assert stats.par == pytest.approx(2.0)  # each step all load on one rank
     assert stats.par_aggregate == pytest.approx(1.0)  # aggregated: [20, 20]
+
+
+def test_mean_par_is_evaluates_par():
+    rng = np.random.default_rng(3)
+    plan = eplb_native.default_placement(3, 16, 4, 4)
+    for load in (rng.poisson(30, size=(7, 3, 16)).astype(float), rng.exponential(9, size=(3, 16))):
+        assert eplb_native.mean_par(plan, load, 4) == pytest.approx(eplb_native.evaluate(plan, load, 4).par)
+    single = int(np.flatnonzero(plan.logcnt[0] == 1)[0])
+    skewed = np.zeros((3, 16))
+    skewed[:, single] = 8.0  # all load on the one rank holding `single`: PAR = D
+    assert eplb_native.mean_par(plan, skewed, 4) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="load"):
+        eplb_native.mean_par(plan, np.ones((3, 15)), 4)

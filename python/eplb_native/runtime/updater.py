@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from eplb_native.config import EplbConfig
 from eplb_native.expert_map import load_expert_map, save_expert_map
-from eplb_native.plan import Plan, default_placement, evaluate, slot_load_from_expert_load
+from eplb_native.plan import Plan, default_placement, mean_par, slot_load_from_expert_load
 from eplb_native.runtime._dist import group_rank_and_size
 from eplb_native.runtime.heat import HeatRecorder, HeatWindow
 from eplb_native.runtime.loader import LayerUpdate, WeightLoader
@@ -338,7 +338,7 @@ class EplbUpdateManager:
         new_plan = Plan.from_phy2log(applied_table.reshape(num_layers, -1), self._num_experts)
         self._current = UpdateRecord(
             window_step, np.asarray(layers, dtype=np.int64),
-            evaluate(old_plan, load, self._num_ranks).par, evaluate(new_plan, load, self._num_ranks).par,
+            mean_par(old_plan, load, self._num_ranks), mean_par(new_plan, load, self._num_ranks),
             gather_ms, shared.plan_ms, self._wait_ms,
         )  # fmt: skip
         if logger.isEnabledFor(logging.DEBUG):
