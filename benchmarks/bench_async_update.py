@@ -74,7 +74,7 @@ def _run_mode(rank: int, world_size: int, args: argparse.Namespace, synchronous:
     reference = reference_model(shape, weights, rank, world_size)
     manager = EplbUpdateManager(config, list(model.moe), heat, synchronous=synchronous, plan_wait_s=60.0)
     manager.warm_up()
-    step_ms, moving, equal = [], [], True
+    step_ms, moving, phases, equal = [], [], [], True
     for step in range(args.warmup_steps + args.steps):
         phase = (step // args.phase_steps) % shape.num_phases
         x = toy_inputs(shape, weights, step, rank, phase)
@@ -87,6 +87,7 @@ def _run_mode(rank: int, world_size: int, args: argparse.Namespace, synchronous:
         if step >= args.warmup_steps:
             step_ms.append(elapsed)
             moving.append(bool(manager.step_phases))
+            phases.append(",".join(manager.step_phases))
     times = torch.tensor(step_ms, dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX)  # the slowest rank sets the step time
     # A step is a rebalance step when any rank did update work in it; all ranks agree on it.
@@ -94,7 +95,7 @@ def _run_mode(rank: int, world_size: int, args: argparse.Namespace, synchronous:
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     if rank == 0:
         torch.save({"step_ms": times.numpy(), "moving": flags[:-1].numpy() > 0, "equal": not bool(flags[-1]),
-                    "num_updates": len(manager.updates)}, result_path)
+                    "num_updates": len(manager.updates), "phases": phases}, result_path)
     manager.close()
 
 
@@ -102,6 +103,16 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
     if values.size == 0:
         return float("nan"), float("nan")
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def _by_phase(run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Step count and p50 ms of the async run's steps grouped by rank 0's update work
+    ("steady": none on rank 0; "other rank": none on rank 0 but some on another rank)."""
+    groups: dict[str, list[float]] = {}
+    for ms, work, moving in zip(run["step_ms"], run["phases"], run["moving"], strict=True):
+        groups.setdefault(work or ("other rank" if moving else "steady"), []).append(float(ms))
+    return {work: {"count": len(values), "p50_ms": float(np.percentile(values, 50))}
+            for work, values in sorted(groups.items())}
 
 
 def main() -> None:
@@ -127,6 +138,7 @@ def main() -> None:
         "num_rebalance_steps": int(rebalance.size), "num_steady_steps": int(steady.size),
         "sync_num_rebalances": int(runs["sync"]["num_updates"]),
         "bitwise_equal": bool(runs["async"]["equal"] and runs["sync"]["equal"]),
+        "async_by_phase": _by_phase(runs["async"]),
         "config": vars(args),
     }  # fmt: skip
     print(f"{'steps':<22}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}")
@@ -136,6 +148,8 @@ def main() -> None:
         print(f"{label:<22}{values.size:>7}{p50:>10.2f}{p99:>10.2f}")
     print(f"async/steady: p50 {rebalance_p50 / steady_p50:.3f}, p99 {rebalance_p99 / steady_p99:.3f}; "
           f"rebalances {result['num_rebalances']}; bitwise equal: {result['bitwise_equal']}")
+    print("async run by rank 0's update work in the step: " + ", ".join(
+        f"{work} {v['count']} x {v['p50_ms']:.1f} ms" for work, v in result["async_by_phase"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
