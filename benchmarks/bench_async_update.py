@@ -15,7 +15,7 @@ modes; the others are "steady" (they still record heat and, every
 bitwise against the same model without EPLB (outside the timed region). Target: rebalance p50
 and p99 within 5% of steady.
 
-    python benchmarks/bench_async_update.py --steps 400 --json results.json
+    python benchmarks/bench_async_update.py --steps 1200 --json results.json
 """
 
 from __future__ import annotations
