@@ -17,7 +17,7 @@ POLICY_IDS: dict[int, str] = dict(enumerate(POLICY_NAMES))
 HeatStage = Literal["all", "prefill", "decode"]
 HEAT_STAGES: tuple[str, ...] = get_args(HeatStage)
 
-PlannerPlacement = Literal["rank0", "per_node"]
+PlannerPlacement = Literal["rank0", "per_node", "per_rank"]
 PLANNER_PLACEMENTS: tuple[str, ...] = get_args(PlannerPlacement)
 
 
@@ -74,9 +74,10 @@ class EplbConfig:
         max_layers_per_step: layers whose weights move in one forward step (> 0).
         num_planner_threads: threads of the planning worker (0: all cores).
         planner_placement: where planner worker processes run: ``rank0`` (one worker, its plan
-            broadcast to all ranks) or ``per_node`` (one worker on the first rank of every node,
-            all planning from the identical gathered heat; ranks apply a plan only when its
-            checksum agrees on every rank).
+            broadcast to all ranks), ``per_node`` (one worker on the first rank of every node)
+            or ``per_rank`` (one worker on every rank, nothing broadcast). With several
+            workers all plan from the identical gathered heat, and ranks apply a plan only when
+            its checksum agrees on every rank.
     """
 
     dynamic_eplb: bool = False

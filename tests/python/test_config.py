@@ -40,8 +40,8 @@ BAD = [
     ({"expert_map_record_path": "/tmp/record.txt"}, "expert_map_record_path: expected a path ending in .json"),
     ({"update_threshold_ratio": 1.5}, "update_threshold_ratio: must be in (0, 1]"),
     ({"max_layers_per_update": 0}, "max_layers_per_update: must be >= 1"),
-    ({"planner_placement": "per-node"}, "planner_placement: expected one of rank0, per_node, got 'per-node' (did you mean 'per_node'?)"),
-    ({"planner_placement": 0}, "planner_placement: expected one of rank0, per_node, got 0"),
+    ({"planner_placement": "per-node"}, "planner_placement: expected one of rank0, per_node, per_rank, got 'per-node' (did you mean 'per_node'?)"),
+    ({"planner_placement": 0}, "planner_placement: expected one of rank0, per_node, per_rank, got 0"),
 ]
 
 

@@ -159,7 +159,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         policy_factory = broken_factory
     if scenario == "faults":
         policy_factory = slow_factory
-    if scenario in ("ok", "faults", "per_node", "sync"):
+    if scenario in ("ok", "faults", "per_node", "per_rank", "sync"):
         extra["expert_map_path"] = str(Path(tmp) / "initial.json")
     ranks_per_node = None
     if scenario == "per_node":
@@ -168,6 +168,10 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         extra["planner_placement"] = "per_node"
         ranks_per_node = 2
         policy_factory = RotatedFactory(rotate_from=2 if rank >= 2 else None)
+    if scenario == "per_rank":
+        # Every rank plans; for the second window rank 3's policy proposes a different plan.
+        extra["planner_placement"] = "per_rank"
+        policy_factory = RotatedFactory(rotate_from=2 if rank == 3 else None)
     config = _config(tmp, **extra)
     plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
     layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
@@ -306,10 +310,14 @@ def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
     assert data["moe_layer_count"] == ToyShape().num_moe_layers
 
 
-def test_per_node_planners_apply_a_plan_they_agree_on_and_refuse_one_they_do_not(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("placement", "workers"), [("per_node", [True, False, True, False]),
+                                                    ("per_rank", [True, True, True, True])])
+def test_several_planners_apply_a_plan_they_agree_on_and_refuse_one_they_do_not(
+    tmp_path: Path, placement: str, workers: list[bool]
+) -> None:
     _write_rotated_start(tmp_path)
-    results = _run(tmp_path, "per_node", num_steps=2 * INTERVAL + 8)
-    assert [r["has_worker"] for r in results] == [True, False, True, False], "one planner per node"
+    results = _run(tmp_path, placement, num_steps=2 * INTERVAL + 8)
+    assert [r["has_worker"] for r in results] == workers, f"planners of {placement}"
     # First window: both nodes planned the same; applied everywhere.
     updates = results[0]["updates"]
     assert len(updates) == 1, updates
@@ -318,7 +326,7 @@ def test_per_node_planners_apply_a_plan_they_agree_on_and_refuse_one_they_do_not
     after_first = results[0]["tables"][2 * INTERVAL - 1]
     changed = np.any(after_first != results[0]["initial_table"], axis=(1, 2))
     assert sorted(np.flatnonzero(changed).tolist()) == sorted(layers)
-    # Second window: node 1 proposed another plan; the checksums differ and nothing changes.
+    # Second window: one planner proposed another plan; the checksums differ, nothing changes.
     for rank, result in enumerate(results):
         assert result["num_mismatches"] == 1, f"{rank=}: the checksum comparison did not refuse the plan"
         assert result["num_rejected"] == 0, f"{rank=}: each node's plan is valid on its own"

@@ -184,6 +184,8 @@ class EplbUpdateManager:
         the node groups is collective: every rank builds all of them."""
         if self._group is None:
             return 0, None
+        if config.planner_placement == "per_rank":
+            return self._rank, None  # every rank plans for itself; only the checksum is shared
         if config.planner_placement == "rank0" or ranks_per_node is None or ranks_per_node == self._num_ranks:
             return 0, self._group
         if ranks_per_node <= 0 or self._num_ranks % ranks_per_node:
