@@ -49,15 +49,16 @@ class FailingLoader(WeightLoader):
         super().__init__(*args, **kwargs)
         self.fail_rank, self.fail_layer = fail_rank, fail_layer
 
-    def _exchange_layer(self, position: int, transfers: Any, tag: int, deadline: float) -> None:
+    def _post_layer(self, position: int, transfers: Any, tag: int) -> Any:
         if self._rank == self.fail_rank and transfers.layer_idx == self.fail_layer:
             self.fail_rank = -1
             msg = "injected link failure"
             raise RuntimeError(msg)
-        super()._exchange_layer(position, transfers, tag, deadline)
+        return super()._post_layer(position, transfers, tag)
 
 
 def _worker(rank: int, world_size: int, scenario: str, out_dir: str) -> None:
+    scenario, mode = scenario.split("/")
     old, new = random_table(1), random_table(2)
     slot_weights = [
         [[expert_weight(layer_idx, int(old[layer_idx, rank, s]), kind).clone() for s in range(NUM_SLOTS)]
@@ -69,7 +70,8 @@ def _worker(rank: int, world_size: int, scenario: str, out_dir: str) -> None:
     def install(layer_idx: int, row: np.ndarray) -> None:
         installed.append((layer_idx, row[rank].tolist()))
 
-    kwargs: dict[str, Any] = {"max_layers_per_step": 2, "timeout_s": 1.0, "ranks_per_node": 2}
+    kwargs: dict[str, Any] = {"max_layers_per_step": 2, "timeout_s": 1.0, "ranks_per_node": 2,
+                              "side_stream": mode == "stream"}
     if scenario == "fail":
         loader: WeightLoader = FailingLoader(slot_weights, install, old, rank, fail_rank=2, fail_layer=1, **kwargs)
     else:
@@ -107,8 +109,14 @@ def _run(scenario: str, tmp_path: Any) -> list[dict[str, Any]]:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(NUM_RANKS)]
 
 
-def test_layers_move_in_priority_order_and_slots_hold_the_named_experts(tmp_path: Any) -> None:
-    outs = _run("ok", tmp_path)
+# "thread": the CPU mode (background thread); "stream": the GPU/NPU mode (side stream, posted
+# from the calling thread), run here on torch's CPU stream stand-ins.
+MODES = ["thread", "stream"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_layers_move_in_priority_order_and_slots_hold_the_named_experts(tmp_path: Any, mode: str) -> None:
+    outs = _run(f"ok/{mode}", tmp_path)
     old, new = random_table(1), random_table(2)
     for rank, out in enumerate(outs):
         assert np.array_equal(out["table"], new), f"{rank=}"
@@ -125,8 +133,9 @@ def test_layers_move_in_priority_order_and_slots_hold_the_named_experts(tmp_path
         assert copies == want, f"{layer_idx=}"
 
 
-def test_failed_transfer_on_one_rank_abandons_the_layer_everywhere(tmp_path: Any) -> None:
-    outs = _run("fail", tmp_path)
+@pytest.mark.parametrize("mode", MODES)
+def test_failed_transfer_on_one_rank_abandons_the_layer_everywhere(tmp_path: Any, mode: str) -> None:
+    outs = _run(f"fail/{mode}", tmp_path)
     new = random_table(2)
     for rank, out in enumerate(outs):
         first_round = out["results"][:3]

@@ -159,7 +159,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         policy_factory = broken_factory
     if scenario == "faults":
         policy_factory = slow_factory
-    if scenario in ("ok", "faults", "per_node", "per_rank", "sync"):
+    if scenario in ("ok", "ok_stream", "faults", "per_node", "per_rank", "sync"):
         extra["expert_map_path"] = str(Path(tmp) / "initial.json")
     ranks_per_node = None
     if scenario == "per_node":
@@ -180,20 +180,21 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     reference = reference_model(shape, weights, rank, world_size)
     manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=policy_factory,
                                 ranks_per_node=ranks_per_node, synchronous=scenario == "sync",
+                                side_stream=True if scenario == "ok_stream" else None,
                                 transfer_timeout_s=2.0 if scenario == "faults" else 30.0, plan_wait_s=30.0)
     manager.warm_up()
     if scenario == "faults" and rank == 2:
-        exchange = manager.loader._exchange_layer
+        post = manager.loader._post_layer
         failed: list[int] = []
 
-        def fail_once(position: int, transfers: Any, tag: int, deadline: float) -> None:
+        def fail_once(position: int, transfers: Any, tag: int) -> Any:
             if not failed:
                 failed.append(transfers.layer_idx)
                 msg = "injected link failure"
                 raise RuntimeError(msg)
-            exchange(position, transfers, tag, deadline)
+            return post(position, transfers, tag)
 
-        manager.loader._exchange_layer = fail_once  # type: ignore[method-assign]
+        manager.loader._post_layer = fail_once  # type: ignore[method-assign]
     initial_table = manager.table
     staging = [t.data_ptr() for t in manager.loader.staging_buffers()]
     heat_buffers = [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)]
@@ -262,9 +263,12 @@ def _write_rotated_start(tmp_path: Path) -> np.ndarray:
     return rotated
 
 
-def test_rebalancing_moves_weights_keeps_outputs_bitwise_and_lowers_par(tmp_path: Path) -> None:
+# "ok_stream": the loader's GPU/NPU mode (side stream posted from the serving thread), run on
+# torch's CPU stream stand-ins.
+@pytest.mark.parametrize("scenario", ["ok", "ok_stream"])
+def test_rebalancing_moves_weights_keeps_outputs_bitwise_and_lowers_par(tmp_path: Path, scenario: str) -> None:
     rotated = _write_rotated_start(tmp_path)
-    results = _run(tmp_path, "ok", num_steps=200)
+    results = _run(tmp_path, scenario, num_steps=200)
     result = results[0]
     assert np.array_equal(result["initial_table"].reshape(rotated.shape), rotated), "expert_map_path ignored"
     updates = result["updates"]

@@ -9,6 +9,13 @@ small all-reduce on a group only that thread uses), all while the forward step r
 layers' staging buffers into the expert slots and installs the new placement rows. A layer that
 failed or timed out on any rank is abandoned on all ranks with its old weights and maps. Every
 rank commits a batch in the ``post_forward`` of the step whose ``pre_forward`` posted it.
+
+Weights on a GPU/NPU use the side-stream mode instead of the thread: ``pre_forward()`` posts the
+transfers on a side stream of the weights' device (on the device's process-group backend, e.g.
+NCCL/HCCL), so they overlap the forward on the main stream; ``post_forward()`` waits for them,
+votes on a CPU group and copies on the main stream after the side stream. Collectives are then
+launched by one thread in the same order on every rank. NOTE: the side-stream mode has only run
+on the CPU here (``side_stream=True``, torch's CPU stream stand-ins), never on a GPU or NPU.
 """
 
 from __future__ import annotations
@@ -61,13 +68,15 @@ class LayerUpdate:
 
 @dataclass
 class _Batch:
-    """Layers in flight: their transfers, new rows and the background thread's future (one
-    flag per layer: its weights arrived on every rank)."""
+    """Layers in flight: their transfers, new rows, and either the background thread's future
+    (one flag per layer: its weights arrived on every rank) or, in side-stream mode, each
+    layer's posted works (None: posting failed)."""
 
     transfers: list[LayerTransfers]
     rows: list[IntArray]
-    future: Future[list[bool]]
+    future: Future[list[bool]] | None
     started: float
+    posted: list[list[dist.Work] | None] | None = None
 
 
 class WeightLoader:
@@ -93,6 +102,8 @@ class WeightLoader:
         ranks_per_node: ranks per node, for same-node sources (None: one node).
         max_layers_per_step: layers whose transfers are in flight during one forward step.
         timeout_s: seconds a transfer may take before its layer is abandoned.
+        side_stream: post transfers on a side stream from the calling thread instead of a
+            background thread (None: when the weights are not on the CPU).
     """
 
     def __init__(
@@ -105,6 +116,7 @@ class WeightLoader:
         ranks_per_node: int | None = None,
         max_layers_per_step: int = 1,
         timeout_s: float = 30.0,
+        side_stream: bool | None = None,
     ) -> None:
         self._table = np.array(table, dtype=np.int64)
         if self._table.ndim != 3:
@@ -126,8 +138,14 @@ class WeightLoader:
         # thread, so neither mixes with the model's collectives on the default group. Creating
         # groups is collective: all ranks build the loader at the same point.
         self._distributed = dist.is_available() and dist.is_initialized()
+        device = self._kind_specs[0][2]
+        # Device weights move on the device's backend (the default group's, e.g. NCCL / HCCL).
+        self._transfer_backend = "gloo" if device.type == "cpu" else None
         self._control_group = dist.new_group(backend="gloo") if self._distributed else None
-        self._transfer_group = dist.new_group(backend="gloo") if self._distributed else None
+        self._transfer_group = dist.new_group(backend=self._transfer_backend) if self._distributed else None
+        self._device_module = torch.get_device_module(device)
+        use_stream = device.type != "cpu" if side_stream is None else side_stream
+        self._stream = self._device_module.Stream() if use_stream else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eplb-loader")
         self._queue: deque[tuple[int, IntArray]] = deque()
         self._in_flight: _Batch | None = None
@@ -197,8 +215,16 @@ class WeightLoader:
             planned = plan_transfers(old, row[None], self._rank, ranks_per_node=self._ranks_per_node)
             transfers.append(replace(planned[0], layer_idx=layer_idx))
         self._tag = (self._tag + 1) % (1 << 20)
-        future = self._executor.submit(self._exchange, transfers, self._tag)
-        self._in_flight = _Batch(transfers, [row for _, row in picked], future, time.perf_counter())
+        rows = [row for _, row in picked]
+        if self._stream is None:
+            future = self._executor.submit(self._exchange, transfers, self._tag)
+            self._in_flight = _Batch(transfers, rows, future, time.perf_counter())
+            return
+        # The staging buffers are free once the main stream's earlier commit copies ran.
+        self._stream.wait_stream(self._device_module.current_stream())
+        with self._device_module.stream(self._stream):
+            posted = [self._post_or_none(position, t, self._tag) for position, t in enumerate(transfers)]
+        self._in_flight = _Batch(transfers, rows, None, time.perf_counter(), posted)
 
     def post_forward(self) -> list[LayerUpdate]:
         """Waits for the background thread's verdict on the layers in flight (all ranks agreed on
@@ -209,7 +235,7 @@ class WeightLoader:
             return []
         self._in_flight = None
         try:
-            agreed = batch.future.result()
+            agreed = batch.future.result() if batch.future is not None else self._finish_on_stream(batch)
             voted = True
         except Exception:
             # Only the vote itself can raise here (a broken control group): no agreement exists,
@@ -259,24 +285,62 @@ class WeightLoader:
         arrived = []
         for position, transfers in enumerate(batch):
             try:
-                self._exchange_layer(position, transfers, tag, deadline)
+                works = self._post_layer(position, transfers, tag)
+                self._finish_layer(position, transfers, works, deadline)
                 arrived.append(True)
             except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
-                logger.warning("EPLB layer %d: transfer failed on rank %d: %s",
-                               transfers.layer_idx, self._rank, error)
+                self._log_failure(transfers, error)
                 arrived.append(False)
+        return self._vote(arrived)
+
+    def _finish_on_stream(self, batch: _Batch) -> list[bool]:
+        """Side-stream mode, after forward: waits for each layer's works and finishes its
+        staging on the side stream, waits for the side stream on the host, then votes."""
+        assert batch.posted is not None
+        assert self._stream is not None
+        deadline = batch.started + self._timeout_s  # perf_counter based, like ``started``
+        arrived = []
+        with self._device_module.stream(self._stream):
+            for position, (transfers, works) in enumerate(zip(batch.transfers, batch.posted, strict=True)):
+                if works is None:
+                    arrived.append(False)
+                    continue
+                try:
+                    self._finish_layer(position, transfers, works, deadline, clock=time.perf_counter)
+                    arrived.append(True)
+                except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
+                    self._log_failure(transfers, error)
+                    arrived.append(False)
+        staged = self._device_module.Event()
+        staged.record(self._stream)
+        staged.synchronize()  # the host waits: the staged weights are in memory
+        agreed = self._vote(arrived)
+        self._device_module.current_stream().wait_stream(self._stream)  # commit copies after it
+        return agreed
+
+    def _post_or_none(self, position: int, transfers: LayerTransfers, tag: int) -> list[dist.Work] | None:
+        try:
+            return self._post_layer(position, transfers, tag)
+        except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
+            self._log_failure(transfers, error)
+            return None
+
+    def _log_failure(self, transfers: LayerTransfers, error: Exception) -> None:
+        logger.warning("EPLB layer %d: transfer failed on rank %d: %s", transfers.layer_idx, self._rank, error)
+
+    def _vote(self, arrived: list[bool]) -> list[bool]:
+        """The minimum of every rank's flags, per layer (identical on all ranks)."""
         if not self._distributed:
             return arrived
-        # Every rank reaches this vote once per batch (failures were caught above), on a group
-        # no other thread uses, so the all-reduces of successive batches pair up.
+        # Every rank reaches this vote once per batch (failures were caught before), on a group
+        # only one thread uses, so the all-reduces of successive batches pair up.
         votes = self._votes[: len(arrived)]
         votes.copy_(torch.tensor(arrived, dtype=torch.int32))
         dist.all_reduce(votes, op=dist.ReduceOp.MIN, group=self._control_group)
         return [bool(v) for v in votes.tolist()]
 
-    def _exchange_layer(
-        self, position: int, transfers: LayerTransfers, tag: int, deadline: float
-    ) -> None:
+    def _post_layer(self, position: int, transfers: LayerTransfers, tag: int) -> list[dist.Work]:
+        """Posts the layer's sends and receives (into staging); returns their works."""
         weights = self._slot_weights[transfers.layer_idx]
         staging = self._staging[position]
         ops = []
@@ -288,9 +352,18 @@ class WeightLoader:
             for kind in staging:
                 ops.append(dist.P2POp(dist.irecv, kind[receive.slot], receive.src_rank,
                                       group=self._transfer_group, tag=tag))
-        works = dist.batch_isend_irecv(ops) if ops else []
+        return dist.batch_isend_irecv(ops) if ops else []
+
+    def _finish_layer(
+        self, position: int, transfers: LayerTransfers, works: list[dist.Work], deadline: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Waits for the layer's works (by ``deadline`` on ``clock``), then stages its local and
+        repeated copies."""
+        weights = self._slot_weights[transfers.layer_idx]
+        staging = self._staging[position]
         for work in works:
-            remaining = max(deadline - time.monotonic(), 0.001)
+            remaining = max(deadline - clock(), 0.001)
             work.wait(timeout=timedelta(seconds=remaining))
         # Local copies read the old weights (slots are only written at commit), so cycles of
         # slot-to-slot moves need no ordering; "received" copies read the staged arrival.
@@ -315,7 +388,7 @@ class WeightLoader:
     def _replace_transfer_group(self) -> None:
         """A timed-out gloo transfer closes its connections: every rank (they all saw the failed
         vote) builds a fresh transfer group, and any late message lands in the old one."""
-        self._transfer_group = dist.new_group(backend="gloo")
+        self._transfer_group = dist.new_group(backend=self._transfer_backend)
 
 
 def _kind_specs(

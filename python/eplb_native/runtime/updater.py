@@ -117,6 +117,8 @@ class EplbUpdateManager:
         profile: log each update's per-layer detail at INFO (else DEBUG).
         synchronous: run the plan hand-over and move all layers of an update at its pick-up
             step, stopping the world (the baseline the asynchronous path is measured against).
+        side_stream: the loader's transfer mode (``WeightLoader``): a side stream posted from
+            this thread (GPU/NPU weights) or a background thread (CPU); None: by the device.
 
     Attributes:
         step_phases: the update work the last step did, in order: ``"planning"`` (a planner
@@ -140,6 +142,7 @@ class EplbUpdateManager:
         plan_wait_s: float = 5.0,
         profile: bool = False,
         synchronous: bool = False,
+        side_stream: bool | None = None,
     ) -> None:
         if len(moe_layers) != heat.num_layers:
             msg = f"moe_layers: {len(moe_layers)} blocks, the heat recorder has {heat.num_layers} MoE layers"
@@ -159,7 +162,7 @@ class EplbUpdateManager:
             [[list(layer.experts.w1), list(layer.experts.w2)] for layer in self._layers],
             self._install, table, self._rank,
             ranks_per_node=ranks_per_node, max_layers_per_step=config.max_layers_per_step,
-            timeout_s=transfer_timeout_s,
+            timeout_s=transfer_timeout_s, side_stream=side_stream,
         )  # fmt: skip
         self._group = dist.new_group(backend="gloo") if self._num_ranks > 1 else None
         leader, source_group = self._planning_leader(config, ranks_per_node)
