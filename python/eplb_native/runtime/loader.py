@@ -203,7 +203,8 @@ class WeightLoader:
                 self._queue.append((int(layer_idx), table[layer_idx].copy()))
 
     def pre_forward(self) -> None:
-        """Posts the next layers' transfers in the background (no-op when idle or in flight)."""
+        """Posts the next layers' transfers in the background: on the loader thread, or on the
+        side stream in side-stream mode (no-op when idle or in flight)."""
         if self._in_flight is not None or not self._queue:
             return
         self.allocate()
@@ -227,9 +228,10 @@ class WeightLoader:
         self._in_flight = _Batch(transfers, rows, None, time.perf_counter(), posted)
 
     def post_forward(self) -> list[LayerUpdate]:
-        """Waits for the background thread's verdict on the layers in flight (all ranks agreed on
-        it) and applies those that arrived everywhere; returns one LayerUpdate per layer of the
-        batch (empty when idle)."""
+        """Waits for the verdict on the layers in flight (the loader thread's, or in side-stream
+        mode the vote taken here once the side stream finished; all ranks agree on it) and
+        applies those that arrived everywhere; returns one LayerUpdate per layer of the batch
+        (empty when idle)."""
         batch = self._in_flight
         if batch is None:
             return []
