@@ -311,7 +311,8 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
                                 const Options& options, ThreadPool& pool) {
     const int64_t num_ranks = shape.num_ranks;
     const std::vector<double>& weight = stats.risk;
-    const std::vector<int64_t> by_risk = order_by_weight(weight);
+    const std::vector<int64_t> by_risk =
+        policies::order_descending(weight.data(), shape.num_experts);
     Candidate searched = search_allotment(stats, by_risk, shape, options, pool);
     std::vector<std::vector<int64_t>> placements;
     if (stats.num_episodes > 1) {

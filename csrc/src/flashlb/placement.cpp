@@ -294,14 +294,6 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
     }
 }
 
-std::vector<int64_t> order_by_weight(const std::vector<double>& weight) {
-    std::vector<int64_t> order(weight.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return weight[idx(a)] > weight[idx(b)]; });
-    return order;
-}
-
 std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                                const std::vector<int64_t>& by_weight,
                                const std::vector<int64_t>& counts, const LayerShape& shape,

@@ -9,12 +9,25 @@
 
 namespace eplb_native::policies {
 
-std::vector<int64_t> order_descending(const float* values, int64_t n) {
+namespace {
+
+template <typename T>
+std::vector<int64_t> descending_order(const T* values, int64_t n) {
     std::vector<int64_t> order(static_cast<size_t>(n));
     std::iota(order.begin(), order.end(), int64_t{0});
     std::stable_sort(order.begin(), order.end(),
                      [values](int64_t a, int64_t b) { return values[a] > values[b]; });
     return order;
+}
+
+}  // namespace
+
+std::vector<int64_t> order_descending(const float* values, int64_t n) {
+    return descending_order(values, n);
+}
+
+std::vector<int64_t> order_descending(const double* values, int64_t n) {
+    return descending_order(values, n);
 }
 
 Replication replicate_min_max(const float* weight, int64_t num_experts, int64_t num_physical) {
@@ -78,11 +91,7 @@ std::vector<int64_t> lpt_place(const std::vector<int64_t>& replica_expert,
     EPLB_CHECK(replica_load.size() == replica_expert.size(), "size mismatch");
     EPLB_CHECK(num_ranks > 0 && num_replicas % num_ranks == 0, "slots do not split over ranks");
     const int64_t per_rank = num_replicas / num_ranks;
-    std::vector<int64_t> order(static_cast<size_t>(num_replicas));
-    std::iota(order.begin(), order.end(), int64_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return replica_load[static_cast<size_t>(a)] > replica_load[static_cast<size_t>(b)];
-    });
+    const std::vector<int64_t> order = order_descending(replica_load.data(), num_replicas);
     std::vector<double> rank_load(static_cast<size_t>(num_ranks), 0.0);
     std::vector<int64_t> rank_items(static_cast<size_t>(num_ranks), 0);
     std::vector<char> holds(static_cast<size_t>(num_ranks * num_experts), 0);

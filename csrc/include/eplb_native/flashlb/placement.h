@@ -24,9 +24,8 @@ struct LayerShape {
 void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
                    int64_t budget, int64_t max_count, std::vector<int64_t>& counts);
 
-// Experts by decreasing weight, lowest id on ties: the `by_weight` argument of the functions
-// below (computed once per layer).
-[[nodiscard]] std::vector<int64_t> order_by_weight(const std::vector<double>& weight);
+// `by_weight` below: the experts by decreasing weight, lowest id on ties
+// (policies::order_descending, computed once per layer).
 
 // Longest-processing-time placement of the replicas of `counts` (sum = P): replicas in order
 // of decreasing weight[e] / counts[e] each go to the least loaded rank with a free slot that

@@ -16,6 +16,7 @@ namespace eplb_native::policies {
 
 // Indices of values[0..n) ordered by descending value; equal values keep ascending index.
 [[nodiscard]] std::vector<int64_t> order_descending(const float* values, int64_t n);
+[[nodiscard]] std::vector<int64_t> order_descending(const double* values, int64_t n);
 
 // Result of replicate_min_max over `num_physical` slots.
 struct Replication {
