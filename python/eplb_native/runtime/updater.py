@@ -3,8 +3,8 @@ layer by layer while serving continues), called around every forward step.
 
 Schedule (identical on every rank, so every collective lines up): every
 ``expert_heat_collection_interval`` steps the heat window is gathered and, when no update is in
-progress, on the next step each planning leader (rank 0, or with
-``planner_placement="per_node"`` the first rank of every node) hands it to its planner worker;
+progress, on the next step each planning leader (rank 0; with ``planner_placement="per_node"``
+the first rank of every node; with ``"per_rank"`` every rank) hands it to its planner worker;
 ``algorithm_execution_interval`` steps later the leaders pick the answer up (waiting at most
 ``plan_wait_s``), check it and start broadcasting it (``PlanExchange``); the next step every
 rank starts comparing the plan's checksum across all ranks, and the step after that the plan
