@@ -4,7 +4,7 @@ Sections: the published example; planning time on the synthetic DeepSeek-V3-like
 (58 layers, 256 experts, 32 ranks x 9 slots, 64 episodes) and its scaling in layers; the gap
 of the aggregated-load max rank load to ``lower_bound_max_load`` per layer; out-of-sample
 balance (plan on window k, per-step PAR on window k + 1) on the synthetic workload and the
-traces in ../shared/traces.
+traces in ../shared/traces, and on the traces over 15 rank layouts and 4 window lengths.
 
     PYTHONPATH=python python benchmarks/bench_flashlb.py --threads 2 --out flashlb.json
 """
@@ -184,6 +184,49 @@ def out_of_sample(name: str, history: np.ndarray, window: int, num_ranks: int, n
     return row
 
 
+def layout_grid(name: str, history: np.ndarray, threads: int,
+                baseline: Callable[..., Plan]) -> dict[str, Any]:
+    """The fixed-grid measure of ``out_of_sample`` over many rank layouts and window lengths.
+
+    Layouts: D in (4, 6, 8, 12, 16) ranks with ceil(N / D) + 0, 1 or 2 slots each (from no
+    redundant slot to two per rank); windows of T / 16, T / 8, T / 4 and T / 2 steps (those of
+    at least one step). Per window length: the mean per-step PAR of each policy over every
+    (layout, window k) sample, how many layouts flashlb wins on the mean, and how many samples."""
+    num_steps, _, num_experts = history.shape
+    layouts = [(d, -(-num_experts // d) + extra) for d in (4, 6, 8, 12, 16) for extra in (0, 1, 2)]
+    rows: dict[str, Any] = {}
+    for window in sorted({num_steps // div for div in (16, 8, 4, 2) if num_steps // div >= 1}):
+        options = FlashLBOptions(episode_steps=max(1, window // 16))
+        par: dict[str, list[list[float]]] = {"flashlb": [], "default_eplb": []}
+        for num_ranks, num_slots in layouts:
+            replicas = num_ranks * num_slots
+            planners = {
+                "flashlb": lambda past, r=replicas, d=num_ranks: plan_flashlb(
+                    past.sum(axis=0), r, 1, 1, d, history=past, num_threads=threads,
+                    options=options),
+                "default_eplb": lambda past, r=replicas, d=num_ranks: baseline(
+                    past.sum(axis=0), r, d, threads),
+            }
+            for policy, planner in planners.items():
+                par[policy].append([
+                    evaluate(planner(history[k * window:(k + 1) * window]),
+                             history[(k + 1) * window:(k + 2) * window], num_ranks).par
+                    for k in range(num_steps // window - 1)
+                ])
+        ours, theirs = np.array(par["flashlb"]), np.array(par["default_eplb"])
+        rows[str(window)] = {
+            "flashlb": float(ours.mean()), "default_eplb": float(theirs.mean()),
+            "layouts_won": int(np.sum(ours.mean(axis=1) < theirs.mean(axis=1))),
+            "num_layouts": len(layouts), "samples_won": int(np.sum(ours < theirs)),
+            "num_samples": int(ours.size),
+        }
+        row = rows[str(window)]
+        print(f"  {name:<28} W={window:<4} flashlb {row['flashlb']:.4f}  default_eplb "
+              f"{row['default_eplb']:.4f}  layouts won {row['layouts_won']}/{len(layouts)}  "
+              f"samples won {row['samples_won']}/{row['num_samples']}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -212,6 +255,13 @@ def main() -> None:
         window = 20 if steps.shape[0] >= 40 else 1
         oos[trace] = out_of_sample(trace, steps, window, 8, 8, args.threads, baseline)
     results["out_of_sample_par"] = oos
+    if baseline is not None:
+        print("out-of-sample per-step PAR on a fixed grid over 15 rank layouts (plan on window k, "
+              "evaluate on k + 1; lower is better)")
+        results["out_of_sample_layouts"] = {
+            trace: layout_grid(trace, load_trace(trace), args.threads, baseline)
+            for trace in trace_names() if load_trace(trace).shape[0] >= 2
+        }
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -15,7 +15,7 @@ void bind_flashlb(py::module_& m) {
         "plan_flashlb",
         [](const CArray<double>& load, int64_t num_replicas, int64_t num_groups,
            int64_t num_nodes, int64_t num_ranks, std::optional<CArray<int64_t>> current,
-           std::optional<CArray<double>> history, int num_threads, double z_score,
+           std::optional<py::array> history, int num_threads, double z_score,
            int64_t max_depth, int64_t width, int64_t episode_steps, int64_t max_episodes,
            bool incremental, int64_t max_moves_per_layer) {
             require_ndim(load, 2, "load", "[layers, experts]");
@@ -24,16 +24,32 @@ void bind_flashlb(py::module_& m) {
             validate_topology(topo);
             std::vector<double> load_values(load.data(), load.data() + load.size());
             std::vector<int64_t> current_values;
-            int64_t num_steps = 0;
+            // Integer heat (int64 token counts) is read as is; anything else as float64.
+            std::optional<CArray<int64_t>> history_counts;
+            std::optional<CArray<double>> history_loads;
+            flashlb::HistoryView history_view;
             if (history) {
-                require_ndim(*history, 3, "history", "[steps, layers, experts]");
-                const auto h_shape = shape_of(*history);
+                std::vector<int64_t> h_shape;
+                if (history->dtype().is(py::dtype::of<int64_t>())) {
+                    history_counts = CArray<int64_t>::ensure(*history);
+                    require_ndim(*history_counts, 3, "history", "[steps, layers, experts]");
+                    h_shape = shape_of(*history_counts);
+                    history_view.counts = history_counts->data();
+                } else {
+                    history_loads = CArray<double>::ensure(*history);
+                    if (!*history_loads) {
+                        throw_invalid("history", "expected a numeric array");
+                    }
+                    require_ndim(*history_loads, 3, "history", "[steps, layers, experts]");
+                    h_shape = shape_of(*history_loads);
+                    history_view.loads = history_loads->data();
+                }
                 if (h_shape[1] != shape[0] || h_shape[2] != shape[1]) {
                     throw_invalid("history", "expected [steps, " + std::to_string(shape[0]) +
                                                  ", " + std::to_string(shape[1]) + "], got " +
                                                  shape_str(h_shape));
                 }
-                num_steps = h_shape[0];
+                history_view.num_steps = h_shape[0];
             }
             if (current) {
                 require_ndim(*current, 2, "current", "[layers, physical_slots]");
@@ -55,10 +71,10 @@ void bind_flashlb(py::module_& m) {
             options.max_moves_per_layer = max_moves_per_layer;
             flashlb::Request request;
             request.load = LoadView{load_values.data(), shape[0], shape[1]};
-            // The history ([T, L, N], often 100+ MB) is read in place, not copied: `history`
-            // holds a reference to the array for the whole call and the core only reads it.
-            request.history = history ? history->data() : nullptr;
-            request.num_steps = num_steps;
+            // The history ([T, L, N], often 100+ MB) is read in place, not copied, when it is
+            // C-contiguous int64 or float64: the arrays above hold it for the whole call and the
+            // core only reads it.
+            request.history = history_view;
             request.current = current ? current_values.data() : nullptr;
             Plan plan;
             {
@@ -77,7 +93,7 @@ void bind_flashlb(py::module_& m) {
         py::arg("width") = 8, py::arg("episode_steps") = 16, py::arg("max_episodes") = 64,
         py::arg("incremental") = false, py::arg("max_moves_per_layer") = -1,
         "FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history "
-        "float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).");
+        "int64 or float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).");
 }
 
 }  // namespace eplb_native::bindings

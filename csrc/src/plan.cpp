@@ -25,8 +25,21 @@ PlanArrays view_of(const Plan& plan) {
     return arrays;
 }
 
+namespace {
+
+[[noreturn]] void throw_bad_value(const std::string& field, const char* what,
+                                  const std::string& value, int64_t index, int64_t num_experts,
+                                  int64_t first_row) {
+    throw_invalid(field, std::string(what) + " value " + value + " at row " +
+                             std::to_string(first_row + index / num_experts) + ", expert " +
+                             std::to_string(index % num_experts) +
+                             " (loads must be finite and >= 0)");
+}
+
+}  // namespace
+
 void validate_load_values(const double* data, int64_t size, int64_t num_experts,
-                          const std::string& field) {
+                          const std::string& field, int64_t first_row) {
     // Fast pass without branches (NaN fails both comparisons, inf the second); the slow pass
     // below only runs to name the first bad value.
     bool all_valid = true;
@@ -40,10 +53,23 @@ void validate_load_values(const double* data, int64_t size, int64_t num_experts,
         const double value = data[i];
         if (std::isnan(value) || std::isinf(value) || value < 0.0) {
             const char* what = std::isnan(value) ? "NaN" : (std::isinf(value) ? "inf" : "negative");
-            throw_invalid(field, std::string(what) + " value " + std::to_string(value) +
-                                     " at row " + std::to_string(i / num_experts) + ", expert " +
-                                     std::to_string(i % num_experts) +
-                                     " (loads must be finite and >= 0)");
+            throw_bad_value(field, what, std::to_string(value), i, num_experts, first_row);
+        }
+    }
+}
+
+void validate_load_values(const int64_t* data, int64_t size, int64_t num_experts,
+                          const std::string& field, int64_t first_row) {
+    bool all_valid = true;
+    for (int64_t i = 0; i < size; ++i) {
+        all_valid &= data[i] >= 0;
+    }
+    if (all_valid) {
+        return;
+    }
+    for (int64_t i = 0; i < size; ++i) {
+        if (data[i] < 0) {
+            throw_bad_value(field, "negative", std::to_string(data[i]), i, num_experts, first_row);
         }
     }
 }

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from eplb_native import _core
 from eplb_native.config import EplbConfig
-from eplb_native.plan import FloatArray, IntArray, Plan, check_load, rank_loads
+from eplb_native.plan import FloatArray, IntArray, Plan, check_history, check_load, rank_loads
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def plan_flashlb(
         current: the placement in service (Plan, phy2log int64 [L, P] or table [L, D, S]);
             the new plan keeps experts in their slots where it can (and the incremental mode
             edits it).
-        history: float [T, L, N], tokens per expert per step; split into episodes of
+        history: int or float [T, L, N], tokens per expert per step (int64 counts are read
+            in place, other dtypes as float64); split into episodes of
             ``options.episode_steps`` steps whose mean, deviation and covariance drive the plan.
         num_threads: planner threads (0: all cores); the plan is identical for any count.
         seed: accepted for the common policy signature; FlashLB draws no random numbers.
@@ -150,16 +151,8 @@ def plan_flashlb(
         msg = f"options: expected FlashLBOptions, got {type(opts).__name__}"
         raise ValueError(msg)
     expert_load = check_load(load, "load")
-    history_array = None
-    if history is not None:
-        # Values (NaN, inf, negative) are scanned by the C++ core, which names "history" too.
-        history_array = check_load(history, "history", allow_steps=True, check_values=False)
-        if history_array.ndim != 3 or history_array.shape[1:] != expert_load.shape:
-            msg = (
-                f"history: expected [steps, {expert_load.shape[0]}, {expert_load.shape[1]}], "
-                f"got shape {history_array.shape}"
-            )
-            raise ValueError(msg)
+    # Values (NaN, inf, negative) are scanned by the C++ core, which names "history" too.
+    history_array = None if history is None else check_history(history, expert_load.shape)
     current_table = None if current is None else _table_array(current, "current")
     for value, name in (
         (num_replicas, "num_replicas"),

@@ -425,3 +425,22 @@ def check_load(
         msg = f"{field}: negative value at index {tuple(int(i) for i in bad)} (loads must be >= 0)"
         raise ValueError(msg)
     return array
+
+
+def check_history(history: npt.ArrayLike, expert_shape: tuple[int, ...]) -> IntArray | FloatArray:
+    """The per-step heat [T, L, N] for a C++ core: int64 when it holds integer token counts
+    (read in place there: no float64 copy of a long window), float64 otherwise.
+
+    Checks the dtype and that the shape is [T, *expert_shape] with T >= 1; raises ValueError
+    naming "history". Values (NaN, inf, negative) are left to the C++ core's single scan."""
+    array = np.asarray(history)
+    if array.dtype.kind in "iu" and np.can_cast(array.dtype, np.int64):
+        int_array: IntArray = np.ascontiguousarray(array, dtype=np.int64)
+        checked: IntArray | FloatArray = int_array
+    else:
+        checked = check_load(array, "history", allow_steps=True, check_values=False)
+    if checked.ndim != 3 or checked.shape[0] == 0 or checked.shape[1:] != tuple(expert_shape):
+        shape = ", ".join(str(extent) for extent in expert_shape)
+        msg = f"history: expected a non-empty array [steps, {shape}], got shape {checked.shape}"
+        raise ValueError(msg)
+    return checked

@@ -24,6 +24,7 @@ from eplb_native.plan import (
     Plan,
     _as_int_array,
     _check_positive_int,
+    check_history,
     check_load,
     count_weight_copies,
     evaluate,
@@ -59,7 +60,7 @@ class PolicyFn(Protocol):
         load: float64 [L, N], tokens per logical expert (checked by ``check_load``).
         num_replicas: P; num_groups: G; num_nodes: H; num_ranks: D (checked by the core).
         current: int64 [L, P] phy2log of the current placement, or None.
-        history: float64 [T, L, N] past loads, or None.
+        history: int64 or float64 [T, L, N] past loads (from ``check_history``), or None.
         num_threads: planner threads (0: all cores).
         seed: seed for randomised policies (>= 0).
         options: the policy's options dataclass, or None for its defaults.
@@ -77,7 +78,7 @@ class PolicyFn(Protocol):
         num_ranks: int,
         *,
         current: IntArray | None,
-        history: FloatArray | None,
+        history: IntArray | FloatArray | None,
         num_threads: int,
         seed: int,
         options: Any,
@@ -95,7 +96,7 @@ def _core_policy(name: str, options_type: type | None) -> PolicyFn:
         num_ranks: int,
         *,
         current: IntArray | None,
-        history: FloatArray | None,
+        history: IntArray | FloatArray | None,
         num_threads: int,
         seed: int,
         options: Any,
@@ -179,7 +180,7 @@ def rebalance_experts(
         num_ranks: D ranks; exactly one of ``num_ranks`` / ``num_gpus``.
         policy: a name in ``config.POLICY_NAMES``.
         current: the current placement, Plan or int phy2log [L, P]; required by swift_balancer.
-        history: float [T, L, N] past loads for policies that use them.
+        history: int or float [T, L, N] past loads for policies that use them (flashlb).
         num_threads: planner threads, 0 for all cores; the plan is the same for any value.
         seed: seed of randomised policies (0 <= seed < 2**64).
         options: the policy's options dataclass (e.g. ``SwiftBalancerOptions``), or None.
@@ -206,15 +207,8 @@ def rebalance_experts(
         current_table = _as_int_array(
             current.phy2log if isinstance(current, Plan) else _as_numpy(current), "current"
         )
-    history_array = None
-    if history is not None:
-        # Only flashlb reads the history, and its C++ core scans the values (naming "history").
-        history_array = check_load(
-            _as_numpy(history), "history", allow_steps=True, check_values=False
-        )
-        if history_array.shape[-1] != expert_load.shape[-1]:
-            msg = f"history: expected [T, L, N] with N={expert_load.shape[-1]}, got {history_array.shape}"
-            raise ValueError(msg)
+    # Only flashlb reads the history, and its C++ core scans the values (naming "history").
+    history_array = None if history is None else check_history(_as_numpy(history), expert_load.shape)
     threads = _check_nonnegative_int(num_threads, "num_threads", upper=2**31)
     seed_value = _check_nonnegative_int(seed, "seed", upper=2**64)
     start = time.perf_counter()

@@ -188,5 +188,41 @@ TEST(FlashLB, BadInputNamesTheField) {
               std::string::npos);
 }
 
+// Integer token counts are read as they are: the same plan as the same values in float64. A bad
+// value is named by its row (step * L + layer) and expert, the first one in the array even when
+// the scan runs on several threads.
+TEST(FlashLB, IntegerHistoryPlansLikeFloatHistory) {
+    const int64_t num_steps = 700;  // 1400 rows: three validation chunks
+    const std::vector<double> layer_load = random_load(num_steps * 2, 16, 3);
+    const std::vector<int64_t> counts(layer_load.begin(), layer_load.end());
+    std::vector<double> load(32, 0.0);
+    for (size_t i = 0; i < layer_load.size(); ++i) {
+        load[i % 32] += layer_load[i];
+    }
+    const Topology topo = topology(16, 4, 5);
+    const auto plan_with = [&](const HistoryView& history, int threads) {
+        Request request;
+        request.load = LoadView{load.data(), 2, 16};
+        request.history = history;
+        Options options;
+        options.episode_steps = 10;
+        ThreadPool pool(threads);
+        return plan_flashlb(request, topo, options, pool);
+    };
+    const Plan from_loads = plan_with(HistoryView{layer_load.data(), nullptr, num_steps}, 1);
+    EXPECT_EQ(plan_with(HistoryView{nullptr, counts.data(), num_steps}, 2).phy2log,
+              from_loads.phy2log);
+    std::vector<int64_t> bad = counts;
+    bad[1300 * 16 + 5] = -2;
+    bad[600 * 16 + 7] = -1;
+    for (int threads : {1, 3}) {
+        const std::string message = message_of(
+            [&] { (void)plan_with(HistoryView{nullptr, bad.data(), num_steps}, threads); });
+        EXPECT_NE(message.find("history: negative value -1 at row 600, expert 7"),
+                  std::string::npos)
+            << message;
+    }
+}
+
 }  // namespace
 }  // namespace eplb_native::flashlb

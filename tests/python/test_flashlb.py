@@ -92,6 +92,20 @@ def test_flashlb_plan_is_identical_for_any_thread_count(with_history: bool) -> N
     assert np.array_equal(plans[0], plans[2])
 
 
+def test_integer_history_plans_like_its_float_values() -> None:
+    # int64 counts are handed to the core as they are, other integer dtypes as int64.
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 500, size=(48, 3, 32))
+    expected = plan_flashlb(counts.sum(axis=0), 40, 1, 1, 4, history=counts.astype(np.float64))
+    for dtype in (np.int64, np.int32, np.uint16):
+        plan = plan_flashlb(counts.sum(axis=0), 40, 1, 1, 4, history=counts.astype(dtype))
+        assert np.array_equal(plan.phy2log, expected.phy2log), dtype
+    negative = counts.copy()
+    negative[5, 1, 3] = -7
+    with pytest.raises(ValueError, match=r"history: negative value -7 at row 16, expert 3"):
+        plan_flashlb(counts.sum(axis=0), 40, 1, 1, 4, history=negative)
+
+
 def test_alignment_never_changes_balance_nor_adds_copies() -> None:
     rng = np.random.default_rng(3)
     old_load = _lognormal_load(rng, (4, 40))

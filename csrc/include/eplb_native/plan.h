@@ -25,9 +25,13 @@ struct LoadView {
     }
 };
 
-// Throws std::invalid_argument naming `field` when any value is NaN, infinite or negative.
+// Throws std::invalid_argument naming `field` when any value is NaN, infinite or negative; the
+// message names the value's row (counted from `first_row`: `data` may be a slice) and expert.
 void validate_load_values(const double* data, int64_t size, int64_t num_experts,
-                          const std::string& field);
+                          const std::string& field, int64_t first_row = 0);
+// The same for integer token counts: throws when any value is negative.
+void validate_load_values(const int64_t* data, int64_t size, int64_t num_experts,
+                          const std::string& field, int64_t first_row = 0);
 
 struct Plan {
     int64_t num_layers = 0;

@@ -31,6 +31,20 @@ void finish_stats(EpisodeStats& stats, double z_score) {
     }
 }
 
+// Adds layer `layer_idx` of steps [begin, end) of history [T, L, N] into episode k of `stats`.
+template <typename Value>
+void add_steps(const Value* history, int64_t num_layers, int64_t layer_idx, int64_t begin,
+               int64_t end, size_t k, EpisodeStats& stats) {
+    const auto num_episodes = static_cast<size_t>(stats.num_episodes);
+    const int64_t num_experts = stats.num_experts;
+    for (int64_t step = begin; step < end; ++step) {
+        const Value* row = history + (step * num_layers + layer_idx) * num_experts;
+        for (int64_t e = 0; e < num_experts; ++e) {
+            stats.loads[static_cast<size_t>(e) * num_episodes + k] += static_cast<double>(row[e]);
+        }
+    }
+}
+
 }  // namespace
 
 std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
@@ -49,7 +63,7 @@ std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
     return bounds;
 }
 
-EpisodeStats stats_from_history(const double* history, int64_t num_layers, int64_t num_experts,
+EpisodeStats stats_from_history(const HistoryView& history, int64_t num_layers, int64_t num_experts,
                                 int64_t layer_idx, const std::vector<int64_t>& bounds,
                                 double z_score) {
     EpisodeStats stats;
@@ -58,11 +72,12 @@ EpisodeStats stats_from_history(const double* history, int64_t num_layers, int64
     const auto num_episodes = static_cast<size_t>(stats.num_episodes);
     stats.loads.assign(static_cast<size_t>(num_experts) * num_episodes, 0.0);
     for (size_t k = 0; k < num_episodes; ++k) {
-        for (int64_t step = bounds[2 * k]; step < bounds[2 * k + 1]; ++step) {
-            const double* row = history + (step * num_layers + layer_idx) * num_experts;
-            for (int64_t e = 0; e < num_experts; ++e) {
-                stats.loads[static_cast<size_t>(e) * num_episodes + k] += row[e];
-            }
+        if (history.counts != nullptr) {
+            add_steps(history.counts, num_layers, layer_idx, bounds[2 * k], bounds[2 * k + 1], k,
+                      stats);
+        } else {
+            add_steps(history.loads, num_layers, layer_idx, bounds[2 * k], bounds[2 * k + 1], k,
+                      stats);
         }
     }
     finish_stats(stats, z_score);

@@ -46,12 +46,16 @@ struct ScoreBound {
         for (size_t k = 0; k < num_episodes; ++k) {
             (total[k] > 0.0 ? busy_episodes : zero_episodes) += 1.0;
         }
+        // D / T_k, 0 for episodes without load.
+        std::vector<double> rank_share(num_episodes, 0.0);
+        for (size_t k = 0; k < num_episodes; ++k) {
+            if (total[k] > 0.0) {
+                rank_share[k] = static_cast<double>(num_ranks) / total[k];
+            }
+        }
         for (size_t e = 0; e < share_sum.size(); ++e) {
             for (size_t k = 0; k < num_episodes; ++k) {
-                if (total[k] > 0.0) {
-                    share_sum[e] += stats.loads[e * num_episodes + k] *
-                                    static_cast<double>(num_ranks) / total[k];
-                }
+                share_sum[e] += stats.loads[e * num_episodes + k] * rank_share[k];
             }
         }
     }
@@ -294,6 +298,20 @@ void search_all_allotments(const EpisodeStats& stats, const std::vector<int64_t>
     }
 }
 
+// validate_load_values over [rows, N] in parallel chunks of rows. The error of the lowest failing
+// chunk is the one raised, so the message names the first bad value, as one scan would.
+template <typename Value>
+void validate_history(const Value* data, int64_t num_rows, int64_t num_experts, ThreadPool& pool) {
+    constexpr int64_t kRowsPerChunk = 512;
+    const int64_t num_chunks = (num_rows + kRowsPerChunk - 1) / kRowsPerChunk;
+    pool.parallel_for(num_chunks, [&](int64_t chunk) {
+        const int64_t begin = chunk * kRowsPerChunk;
+        const int64_t rows = std::min(kRowsPerChunk, num_rows - begin);
+        validate_load_values(data + begin * num_experts, rows * num_experts, num_experts,
+                             "history", begin);
+    });
+}
+
 }  // namespace
 
 void validate_options(const Options& options) {
@@ -370,14 +388,19 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
     const int64_t num_experts = topo.num_experts;
     validate_load_values(load.data, num_layers * num_experts, num_experts, "load");
     std::vector<int64_t> bounds;
-    if (request.history != nullptr) {
-        if (request.num_steps <= 0) {
+    const HistoryView& history = request.history;
+    if (!history.empty()) {
+        if (history.num_steps <= 0) {
             throw_invalid("history", "expected at least one step, got " +
-                                         std::to_string(request.num_steps));
+                                         std::to_string(history.num_steps));
         }
-        validate_load_values(request.history, request.num_steps * num_layers * num_experts,
-                             num_experts, "history");
-        bounds = episode_bounds(request.num_steps, options.episode_steps, options.max_episodes);
+        const int64_t num_rows = history.num_steps * num_layers;
+        if (history.counts != nullptr) {
+            validate_history(history.counts, num_rows, num_experts, pool);
+        } else {
+            validate_history(history.loads, num_rows, num_experts, pool);
+        }
+        bounds = episode_bounds(history.num_steps, options.episode_steps, options.max_episodes);
     }
     const LayerShape shape{num_experts, topo.num_ranks, topo.slots_per_rank()};
     const int64_t num_physical = shape.num_physical();
@@ -393,8 +416,8 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
     std::vector<int64_t> phy2log(idx(num_layers * num_physical));
     pool.parallel_for(num_layers, [&](int64_t layer) {
         const EpisodeStats stats =
-            request.history != nullptr
-                ? stats_from_history(request.history, num_layers, num_experts, layer, bounds,
+            !history.empty()
+                ? stats_from_history(history, num_layers, num_experts, layer, bounds,
                                      options.z_score)
                 : stats_from_load(load.layer(layer), num_experts);
         std::vector<int64_t> row = plan_layer(stats, shape, options, pool);

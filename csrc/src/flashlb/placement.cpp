@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <queue>
+#include <tuple>
 #include <utility>
 
 #include "eplb_native/error.h"
@@ -15,6 +16,7 @@ namespace {
 constexpr int64_t kRiskCandidates = 4;       // least loaded ranks whose risk LPT compares
 constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_target
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
+constexpr double kBoundSlack = 1e-12;        // rounding slack on refine_swaps' rank bound
 
 size_t idx(int64_t value) { return static_cast<size_t>(value); }
 
@@ -278,12 +280,13 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
     };
     std::vector<Entry> storage;
     storage.reserve(experts.size());
-    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
     for (const int64_t e : experts) {
         if (counts[idx(e)] < max_count) {
-            heap.emplace(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
+            storage.emplace_back(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
         }
     }
+    // Built in O(n); the pops follow the total order above whatever the heap's layout.
+    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
     for (int64_t i = 0; i < budget && !heap.empty(); ++i) {
         const int64_t e = heap.top().second;
         heap.pop();
@@ -481,13 +484,21 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
     for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
         const auto busiest = static_cast<int64_t>(
             std::max_element(load.begin(), load.end()) - load.begin());
+        const auto lightest = static_cast<int64_t>(
+            std::min_element(load.begin(), load.end()) - load.begin());
         const double peak = load[idx(busiest)];
+        // The swap leaving the lower peak on the two ranks wins; ties go to the lowest
+        // (rank, busiest-rank slot, rank slot). The lightest rank is tried first, so that the
+        // bound below skips most other ranks.
         double best_peak = peak * (1.0 - kRelativeTolerance);
         int64_t best_from = -1;
         int64_t best_to = -1;
-        for (int64_t r = 0; r < shape.num_ranks; ++r) {
-            if (r == busiest || load[idx(r)] >= best_peak) {
-                continue;  // any swap would leave rank r at or above the best peak so far
+        const auto try_rank = [&](int64_t r) {
+            // Any swap leaves one of the two ranks at or above half their summed load (the
+            // slack covers rounding): a rank that cannot tie the best so far is skipped.
+            if (r == busiest || load[idx(r)] >= best_peak ||
+                0.5 * (peak + load[idx(r)]) * (1.0 - kBoundSlack) > best_peak) {
+                return;
             }
             for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
                 const int64_t out = phy2log[idx(a)];
@@ -497,10 +508,13 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
                     if (delta <= 0.0) {
                         continue;
                     }
-                    const double new_peak =
-                        std::max(peak - delta, load[idx(r)] + delta);
-                    if (new_peak >= best_peak ||
-                        rank_holds(phy2log, r, num_slots, num_slots, out) ||
+                    const double new_peak = std::max(peak - delta, load[idx(r)] + delta);
+                    const bool better =
+                        new_peak < best_peak ||
+                        (new_peak == best_peak && best_from >= 0 &&
+                         std::make_tuple(r, a, b) <
+                             std::make_tuple(best_to / num_slots, best_from, best_to));
+                    if (!better || rank_holds(phy2log, r, num_slots, num_slots, out) ||
                         rank_holds(phy2log, busiest, num_slots, num_slots, in)) {
                         continue;
                     }
@@ -508,6 +522,12 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
                     best_from = a;
                     best_to = b;
                 }
+            }
+        };
+        try_rank(lightest);
+        for (int64_t r = 0; r < shape.num_ranks; ++r) {
+            if (r != lightest) {
+                try_rank(r);
             }
         }
         if (best_from < 0) {

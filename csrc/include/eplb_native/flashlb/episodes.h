@@ -18,6 +18,16 @@ struct EpisodeStats {
     std::vector<double> risk;   // [N] mean + z * stddev
 };
 
+// Per-step heat [T, L, N] row-major, read in place: float64 loads or int64 token counts as
+// recorded (at most one of the two pointers is set; neither: no history).
+struct HistoryView {
+    const double* loads = nullptr;
+    const int64_t* counts = nullptr;
+    int64_t num_steps = 0;
+
+    [[nodiscard]] bool empty() const { return loads == nullptr && counts == nullptr; }
+};
+
 // Which steps of a [T, ...] history form the episodes: consecutive chunks of `episode_steps`
 // steps (the trailing partial chunk is dropped unless it is the only one), then at most
 // `max_episodes` of them, evenly spaced. Returns 2K step indices, begin/end pairs: episode k
@@ -25,9 +35,9 @@ struct EpisodeStats {
 [[nodiscard]] std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
                                                   int64_t max_episodes);
 
-// Statistics of layer `layer_idx` from history [T, L, N] (row-major) and the begin/end pairs
-// of episode_bounds(); z_score weights the deviation in `risk`.
-[[nodiscard]] EpisodeStats stats_from_history(const double* history, int64_t num_layers,
+// Statistics of layer `layer_idx` from `history` (not empty) and the begin/end pairs of
+// episode_bounds(); z_score weights the deviation in `risk`.
+[[nodiscard]] EpisodeStats stats_from_history(const HistoryView& history, int64_t num_layers,
                                               int64_t num_experts, int64_t layer_idx,
                                               const std::vector<int64_t>& bounds,
                                               double z_score);

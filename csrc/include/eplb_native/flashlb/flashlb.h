@@ -26,13 +26,12 @@ struct Options {
 // Throws std::invalid_argument naming the field when an option is out of range.
 void validate_options(const Options& options);
 
-// Inputs of plan_flashlb. `load` is [L, N]; `history`, when not null, is [T, L, N] row-major
+// Inputs of plan_flashlb. `load` is [L, N]; `history`, when not empty, is [T, L, N] row-major
 // (its episodes then give the statistics instead of `load`); `current`, when not null, is the
 // phy2log [L, P] in service (used to keep experts in place, and by the incremental mode).
 struct Request {
     LoadView load;
-    const double* history = nullptr;
-    int64_t num_steps = 0;
+    HistoryView history;
     const int64_t* current = nullptr;
 };
 
