@@ -31,16 +31,14 @@ void finish_stats(EpisodeStats& stats, double z_score) {
     }
 }
 
-// Adds layer `layer_idx` of steps [begin, end) of history [T, L, N] into episode k of `stats`.
+// Sums layer `layer_idx` of steps [begin, end) of history [T, L, N] into `episode` [N].
 template <typename Value>
-void add_steps(const Value* history, int64_t num_layers, int64_t layer_idx, int64_t begin,
-               int64_t end, size_t k, EpisodeStats& stats) {
-    const auto num_episodes = static_cast<size_t>(stats.num_episodes);
-    const int64_t num_experts = stats.num_experts;
+void add_steps(const Value* history, int64_t num_layers, int64_t num_experts, int64_t layer_idx,
+               int64_t begin, int64_t end, double* episode) {
     for (int64_t step = begin; step < end; ++step) {
         const Value* row = history + (step * num_layers + layer_idx) * num_experts;
         for (int64_t e = 0; e < num_experts; ++e) {
-            stats.loads[static_cast<size_t>(e) * num_episodes + k] += static_cast<double>(row[e]);
+            episode[e] += static_cast<double>(row[e]);
         }
     }
 }
@@ -70,14 +68,29 @@ EpisodeStats stats_from_history(const HistoryView& history, int64_t num_layers, 
     stats.num_episodes = static_cast<int64_t>(bounds.size() / 2);
     stats.num_experts = num_experts;
     const auto num_episodes = static_cast<size_t>(stats.num_episodes);
-    stats.loads.assign(static_cast<size_t>(num_experts) * num_episodes, 0.0);
-    for (size_t k = 0; k < num_episodes; ++k) {
-        if (history.counts != nullptr) {
-            add_steps(history.counts, num_layers, layer_idx, bounds[2 * k], bounds[2 * k + 1], k,
-                      stats);
-        } else {
-            add_steps(history.loads, num_layers, layer_idx, bounds[2 * k], bounds[2 * k + 1], k,
-                      stats);
+    const auto n = static_cast<size_t>(num_experts);
+    stats.loads.assign(n * num_episodes, 0.0);
+    // kBlock episodes are summed as rows of `block` [kBlock, N], then written expert-major one
+    // cache line per expert (the transposition of a whole layer would scatter every value).
+    constexpr size_t kBlock = 8;
+    std::vector<double> block(kBlock * n);
+    for (size_t k0 = 0; k0 < num_episodes; k0 += kBlock) {
+        const size_t width = std::min(kBlock, num_episodes - k0);
+        std::fill(block.begin(), block.end(), 0.0);
+        for (size_t j = 0; j < width; ++j) {
+            const int64_t begin = bounds[2 * (k0 + j)];
+            const int64_t end = bounds[2 * (k0 + j) + 1];
+            double* episode = block.data() + j * n;
+            if (history.counts != nullptr) {
+                add_steps(history.counts, num_layers, num_experts, layer_idx, begin, end, episode);
+            } else {
+                add_steps(history.loads, num_layers, num_experts, layer_idx, begin, end, episode);
+            }
+        }
+        for (size_t e = 0; e < n; ++e) {
+            for (size_t j = 0; j < width; ++j) {
+                stats.loads[e * num_episodes + k0 + j] = block[j * n + e];
+            }
         }
     }
     finish_stats(stats, z_score);
@@ -116,8 +129,14 @@ double episode_score(const EpisodeStats& stats, const std::vector<int64_t>& phy2
             if (width == kBlock) {
                 for (size_t slot = begin; slot < begin + num_slots; ++slot) {
                     const double* load = src[slot] + k0;
-                    for (size_t k = 0; k < kBlock; ++k) {
-                        row[k] += load[k] * share[slot];
+                    if (share[slot] == 1.0) {  // x * 1.0 == x: the same sums, no product
+                        for (size_t k = 0; k < kBlock; ++k) {
+                            row[k] += load[k];
+                        }
+                    } else {
+                        for (size_t k = 0; k < kBlock; ++k) {
+                            row[k] += load[k] * share[slot];
+                        }
                     }
                 }
             } else {

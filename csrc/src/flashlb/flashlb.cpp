@@ -114,19 +114,31 @@ Candidate search_allotment(const EpisodeStats& stats, const std::vector<int64_t>
         const int64_t hi = std::min(cap, std::max<int64_t>(0, estimate - options.width / 2) +
                                              options.width - 1);
         const int64_t lo = std::max<int64_t>(0, hi - options.width + 1);
+        // Candidate c gives the group lo + c extra replicas and the undecided experts the rest
+        // of the budget, each by min-max allotment: prefixes of one order per set.
+        std::vector<int64_t> base = best.counts;
+        for (const int64_t e : group) {
+            base[idx(e)] = 1;
+        }
+        for (const int64_t e : undecided) {
+            base[idx(e)] = 1;
+        }
+        const std::vector<int64_t> group_order = min_max_order(weight, group, base, hi, num_ranks);
+        const std::vector<int64_t> rest_order =
+            min_max_order(weight, undecided, base, budget - lo, num_ranks);
         std::vector<Candidate> candidates(idx(hi - lo + 1));
         const double incumbent = best.score;
         pool.parallel_for(hi - lo + 1, [&](int64_t c) {
             Candidate& cand = candidates[idx(c)];
-            cand.counts = best.counts;
-            for (const int64_t e : group) {
-                cand.counts[idx(e)] = 1;
-            }
-            for (const int64_t e : undecided) {
-                cand.counts[idx(e)] = 1;
-            }
-            allot_min_max(weight, group, lo + c, num_ranks, cand.counts);
-            allot_min_max(weight, undecided, budget - (lo + c), num_ranks, cand.counts);
+            cand.counts = base;
+            const auto add = [&cand](const std::vector<int64_t>& handed, int64_t extras) {
+                const auto taken = std::min(handed.size(), idx(extras));
+                for (size_t i = 0; i < taken; ++i) {
+                    ++cand.counts[idx(handed[i])];
+                }
+            };
+            add(group_order, lo + c);
+            add(rest_order, budget - (lo + c));
             if (cand.counts == best.counts) {
                 return;  // the incumbent itself, already scored
             }

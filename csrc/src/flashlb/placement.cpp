@@ -271,29 +271,47 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
 
 }  // namespace
 
-void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
-                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts) {
-    // Max-heap on (weight / count, -id).
-    using Entry = std::pair<double, int64_t>;
+std::vector<int64_t> min_max_order(const std::vector<double>& weight,
+                                   const std::vector<int64_t>& experts,
+                                   const std::vector<int64_t>& counts, int64_t budget,
+                                   int64_t max_count) {
+    // Max-heap on (weight / count, -id), with each listed expert's count as it grows.
+    struct Entry {
+        double share;
+        int64_t expert;
+        int64_t count;
+    };
     const auto lower = [](const Entry& a, const Entry& b) {
-        return a.first < b.first || (a.first == b.first && a.second > b.second);
+        return a.share < b.share || (a.share == b.share && a.expert > b.expert);
     };
     std::vector<Entry> storage;
     storage.reserve(experts.size());
     for (const int64_t e : experts) {
         if (counts[idx(e)] < max_count) {
-            storage.emplace_back(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
+            storage.push_back({weight[idx(e)] / static_cast<double>(counts[idx(e)]), e,
+                               counts[idx(e)]});
         }
     }
     // Built in O(n); the pops follow the total order above whatever the heap's layout.
     std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
+    std::vector<int64_t> order;
+    order.reserve(idx(std::max<int64_t>(0, budget)));
     for (int64_t i = 0; i < budget && !heap.empty(); ++i) {
-        const int64_t e = heap.top().second;
+        Entry top = heap.top();
         heap.pop();
-        ++counts[idx(e)];
-        if (counts[idx(e)] < max_count) {
-            heap.emplace(weight[idx(e)] / static_cast<double>(counts[idx(e)]), e);
+        order.push_back(top.expert);
+        if (++top.count < max_count) {
+            top.share = weight[idx(top.expert)] / static_cast<double>(top.count);
+            heap.push(top);
         }
+    }
+    return order;
+}
+
+void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
+                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts) {
+    for (const int64_t e : min_max_order(weight, experts, counts, budget, max_count)) {
+        ++counts[idx(e)];
     }
 }
 

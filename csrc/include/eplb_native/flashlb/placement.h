@@ -18,9 +18,16 @@ struct LayerShape {
     [[nodiscard]] int64_t num_physical() const { return num_ranks * num_slots; }
 };
 
-// Adds `budget` replicas to `counts` (in place), one at a time, each to the expert among
-// `experts` with the largest weight[e] / counts[e] that still has fewer than max_count replicas
-// (lowest id on ties). Stops early when every listed expert is at max_count.
+// The order in which min-max-per-replica allotment hands out `budget` extra replicas from
+// `counts`: each goes to the expert among `experts` with the largest weight[e] / count that
+// still has fewer than max_count replicas (lowest id on ties). Shorter than `budget` when every
+// listed expert reaches max_count. A smaller budget's allotment is a prefix of this order.
+[[nodiscard]] std::vector<int64_t> min_max_order(const std::vector<double>& weight,
+                                                 const std::vector<int64_t>& experts,
+                                                 const std::vector<int64_t>& counts,
+                                                 int64_t budget, int64_t max_count);
+
+// Adds the first `budget` replicas of min_max_order to `counts` (in place).
 void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
                    int64_t budget, int64_t max_count, std::vector<int64_t>& counts);
 
