@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -184,6 +185,14 @@ def out_of_sample(name: str, history: np.ndarray, window: int, num_ranks: int, n
     return row
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided sign test: the probability of a split at least this uneven between ``wins``
+    and ``losses`` if each were a fair coin flip."""
+    trials = wins + losses
+    tail = sum(math.comb(trials, k) for k in range(min(wins, losses) + 1)) / 2.0**trials
+    return min(1.0, 2.0 * tail)
+
+
 def layout_grid(name: str, history: np.ndarray, threads: int,
                 baseline: Callable[..., Plan]) -> dict[str, Any]:
     """The fixed-grid measure of ``out_of_sample`` over many rank layouts and window lengths.
@@ -191,25 +200,28 @@ def layout_grid(name: str, history: np.ndarray, threads: int,
     Layouts: D in (4, 6, 8, 12, 16) ranks with ceil(N / D) + 0, 1 or 2 slots each (from no
     redundant slot to two per rank); windows of T / 16, T / 8, T / 4 and T / 2 steps (those of
     at least one step). Per window length: the mean per-step PAR of each policy over every
-    (layout, window k) sample, how many layouts flashlb wins on the mean, and how many samples."""
+    (layout, window k) sample, how many layouts flashlb wins on the mean, how many samples, and
+    the two-sided sign test's p-value for those samples (ties dropped; no difference at p ~ 1)."""
     num_steps, _, num_experts = history.shape
     layouts = [(d, -(-num_experts // d) + extra) for d in (4, 6, 8, 12, 16) for extra in (0, 1, 2)]
     rows: dict[str, Any] = {}
     for window in sorted({num_steps // div for div in (16, 8, 4, 2) if num_steps // div >= 1}):
         options = FlashLBOptions(episode_steps=max(1, window // 16))
         par: dict[str, list[list[float]]] = {"flashlb": [], "default_eplb": []}
-        for num_ranks, num_slots in layouts:
+
+        def plan(policy: str, past: np.ndarray, num_ranks: int, num_slots: int,
+                 options: FlashLBOptions = options) -> Plan:
             replicas = num_ranks * num_slots
-            planners = {
-                "flashlb": lambda past, r=replicas, d=num_ranks: plan_flashlb(
-                    past.sum(axis=0), r, 1, 1, d, history=past, num_threads=threads,
-                    options=options),
-                "default_eplb": lambda past, r=replicas, d=num_ranks: baseline(
-                    past.sum(axis=0), r, d, threads),
-            }
-            for policy, planner in planners.items():
-                par[policy].append([
-                    evaluate(planner(history[k * window:(k + 1) * window]),
+            if policy == "flashlb":
+                return plan_flashlb(past.sum(axis=0), replicas, 1, 1, num_ranks, history=past,
+                                    num_threads=threads, options=options)
+            return baseline(past.sum(axis=0), replicas, num_ranks, threads)
+
+        for num_ranks, num_slots in layouts:
+            for policy, samples in par.items():
+                samples.append([
+                    evaluate(plan(policy, history[k * window:(k + 1) * window], num_ranks,
+                                  num_slots),
                              history[(k + 1) * window:(k + 2) * window], num_ranks).par
                     for k in range(num_steps // window - 1)
                 ])
@@ -219,11 +231,13 @@ def layout_grid(name: str, history: np.ndarray, threads: int,
             "layouts_won": int(np.sum(ours.mean(axis=1) < theirs.mean(axis=1))),
             "num_layouts": len(layouts), "samples_won": int(np.sum(ours < theirs)),
             "num_samples": int(ours.size),
+            "sign_test_p": sign_test_p(int(np.sum(ours < theirs)), int(np.sum(ours > theirs))),
         }
         row = rows[str(window)]
         print(f"  {name:<28} W={window:<4} flashlb {row['flashlb']:.4f}  default_eplb "
               f"{row['default_eplb']:.4f}  layouts won {row['layouts_won']}/{len(layouts)}  "
-              f"samples won {row['samples_won']}/{row['num_samples']}")
+              f"samples won {row['samples_won']}/{row['num_samples']} (sign test p "
+              f"{row['sign_test_p']:.2g})")
     return rows
 
 
