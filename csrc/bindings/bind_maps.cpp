@@ -16,6 +16,19 @@ Plan plan_from_array(const CArray<int64_t>& phy2log, int64_t num_experts) {
     return plan_from_phy2log(values.data(), shape[0], shape[1], num_experts);
 }
 
+// Rows of a [rows, L, width] load array for `plan`; throws naming `field` unless its last two
+// extents are the plan's L and `width`.
+int64_t load_rows(const CArray<double>& load, const Plan& plan, int64_t width,
+                  const std::string& field) {
+    require_ndim(load, 3, field, "[rows, layers, " + std::to_string(width) + "]");
+    const auto shape = shape_of(load);
+    if (shape[1] != plan.num_layers || shape[2] != width) {
+        throw_invalid(field, "expected [rows, " + std::to_string(plan.num_layers) + ", " +
+                                 std::to_string(width) + "], got " + shape_str(shape));
+    }
+    return shape[0];
+}
+
 py::tuple plan_to_tuple(const Plan& plan) {
     return py::make_tuple(
         to_numpy(plan.phy2log, {plan.num_layers, plan.num_physical}),
@@ -97,6 +110,44 @@ void bind_maps(py::module_& m) {
         },
         py::arg("phy2log"), py::arg("num_experts"), py::arg("num_ranks"),
         "int64 [D, L, N]: physical slot that rank r routes expert e's tokens to.");
+
+    // The two load conversions read the load array in place (often [steps, L, P], tens of MB)
+    // and write a new numpy array without the GIL: the arguments hold both for the call.
+    m.def(
+        "expert_load_from_slot_load",
+        [](const CArray<int64_t>& phy2log, int64_t num_experts, const CArray<double>& slot_load) {
+            const Plan plan = plan_from_array(phy2log, num_experts);
+            const int64_t rows = load_rows(slot_load, plan, plan.num_physical, "slot_load");
+            py::array_t<double> out({rows, plan.num_layers, plan.num_experts});
+            double* values = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                expert_load_from_slot_load(plan, slot_load.data(), rows, values);
+            }
+            return out;
+        },
+        py::arg("phy2log"), py::arg("num_experts"), py::arg("slot_load"),
+        "float64 [rows, L, N]: tokens per expert, its slots' tokens (slot_load [rows, L, P]) "
+        "summed.");
+
+    m.def(
+        "rank_loads",
+        [](const CArray<int64_t>& phy2log, int64_t num_experts, const CArray<double>& load,
+           int64_t num_ranks) {
+            const Plan plan = plan_from_array(phy2log, num_experts);
+            const int64_t rows = load_rows(load, plan, plan.num_experts, "load");
+            require_positive(num_ranks, "num_ranks");
+            py::array_t<double> out({rows, plan.num_layers, num_ranks});
+            double* values = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                rank_loads(plan, load.data(), rows, num_ranks, values);
+            }
+            return out;
+        },
+        py::arg("phy2log"), py::arg("num_experts"), py::arg("load"), py::arg("num_ranks"),
+        "float64 [rows, L, D]: tokens per rank, each expert's tokens (load [rows, L, N]) split "
+        "evenly among its replicas.");
 }
 
 }  // namespace eplb_native::bindings

@@ -11,6 +11,18 @@ namespace {
 
 std::string at_layer(int64_t layer_idx) { return "layer " + std::to_string(layer_idx); }
 
+// S, the slots of each of `num_ranks` ranks; throws naming num_ranks unless they split the
+// `num_physical` slots evenly.
+int64_t slots_per_rank(int64_t num_physical, int64_t num_ranks) {
+    require_positive(num_ranks, "num_ranks");
+    if (num_physical % num_ranks != 0) {
+        throw_invalid("num_ranks", std::to_string(num_physical) +
+                                       " physical slots cannot be split evenly over " +
+                                       std::to_string(num_ranks) + " ranks");
+    }
+    return num_physical / num_ranks;
+}
+
 }  // namespace
 
 PlanArrays view_of(const Plan& plan) {
@@ -129,12 +141,7 @@ void validate_plan(const PlanArrays& plan, int64_t num_ranks, bool allow_duplica
     require_positive(P, "phy2log");
     require_positive(N, "logcnt");
     require_positive(R, "log2phy");
-    require_positive(num_ranks, "num_ranks");
-    if (P % num_ranks != 0) {
-        throw_invalid("num_ranks", std::to_string(P) + " physical slots cannot be split evenly over " +
-                                       std::to_string(num_ranks) + " ranks");
-    }
-    const int64_t S = P / num_ranks;
+    const int64_t S = slots_per_rank(P, num_ranks);
     std::vector<int64_t> counted(static_cast<size_t>(N));
     std::vector<int64_t> last_rank(static_cast<size_t>(N));
     for (int64_t l = 0; l < L; ++l) {
@@ -206,11 +213,7 @@ std::vector<int64_t> rank_expert_maps(const Plan& plan, int64_t num_ranks) {
     const int64_t L = plan.num_layers;
     const int64_t N = plan.num_experts;
     const int64_t P = plan.num_physical;
-    if (P % num_ranks != 0) {
-        throw_invalid("num_ranks", std::to_string(P) + " physical slots cannot be split evenly over " +
-                                       std::to_string(num_ranks) + " ranks");
-    }
-    const int64_t S = P / num_ranks;
+    const int64_t S = slots_per_rank(P, num_ranks);
     std::vector<int64_t> maps(static_cast<size_t>(num_ranks * L * N), -1);
     for (int64_t l = 0; l < L; ++l) {
         // Descending slots so that the first (lowest) local slot of an expert wins.
@@ -229,11 +232,7 @@ std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks) {
     const int64_t N = plan.num_experts;
     const int64_t P = plan.num_physical;
     const int64_t R = plan.max_replicas;
-    if (P % num_ranks != 0) {
-        throw_invalid("num_ranks", std::to_string(P) + " physical slots cannot be split evenly over " +
-                                       std::to_string(num_ranks) + " ranks");
-    }
-    const int64_t S = P / num_ranks;
+    const int64_t S = slots_per_rank(P, num_ranks);
     std::vector<int64_t> routes(static_cast<size_t>(num_ranks * L * N), -1);
     std::vector<int64_t> holder_slot(static_cast<size_t>(num_ranks));
     std::vector<int64_t> ranks_served;
@@ -265,6 +264,48 @@ std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks) {
         }
     }
     return routes;
+}
+
+void expert_load_from_slot_load(const Plan& plan, const double* slot_load, int64_t rows,
+                                double* out) {
+    const auto L = static_cast<size_t>(plan.num_layers);
+    const auto N = static_cast<size_t>(plan.num_experts);
+    const auto P = static_cast<size_t>(plan.num_physical);
+    std::fill(out, out + static_cast<size_t>(rows) * L * N, 0.0);
+    for (size_t row = 0; row < static_cast<size_t>(rows) * L; ++row) {
+        const int64_t* experts = plan.phy2log.data() + (row % L) * P;
+        const double* slots = slot_load + row * P;
+        double* expert_load = out + row * N;
+        for (size_t p = 0; p < P; ++p) {
+            expert_load[static_cast<size_t>(experts[p])] += slots[p];
+        }
+    }
+}
+
+void rank_loads(const Plan& plan, const double* load, int64_t rows, int64_t num_ranks,
+                double* out) {
+    const auto S = static_cast<size_t>(slots_per_rank(plan.num_physical, num_ranks));
+    const auto L = static_cast<size_t>(plan.num_layers);
+    const auto N = static_cast<size_t>(plan.num_experts);
+    const auto P = static_cast<size_t>(plan.num_physical);
+    const auto D = static_cast<size_t>(num_ranks);
+    std::fill(out, out + static_cast<size_t>(rows) * L * D, 0.0);
+    std::vector<double> share(N);
+    for (size_t row = 0; row < static_cast<size_t>(rows) * L; ++row) {
+        const size_t layer = row % L;
+        const int64_t* experts = plan.phy2log.data() + layer * P;
+        const int64_t* counts = plan.logcnt.data() + layer * N;
+        const double* expert_load = load + row * N;
+        for (size_t e = 0; e < N; ++e) {
+            // x / 1 == x: most experts have one replica and skip the division.
+            share[e] = counts[e] == 1 ? expert_load[e]
+                                      : expert_load[e] / static_cast<double>(counts[e]);
+        }
+        double* rank_load = out + row * D;
+        for (size_t slot = 0; slot < P; ++slot) {
+            rank_load[slot / S] += share[static_cast<size_t>(experts[slot])];
+        }
+    }
 }
 
 }  // namespace eplb_native

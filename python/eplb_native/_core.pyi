@@ -8,7 +8,11 @@ import typing
 import numpy
 import numpy.typing
 
-__all__: list[str] = ['fused_moe_decode_ref', 'fused_moe_route', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
+__all__: list[str] = ['expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_route', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
+def expert_load_from_slot_load(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, slot_load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    float64 [rows, L, N]: tokens per expert, its slots' tokens (slot_load [rows, L, P]) summed.
+    """
 def fused_moe_decode_ref(x: typing.Any, dtype: str, expert_ids: typing.Any, expert_scales: typing.Any, w1: list[typing.Any], w2: list[typing.Any], x_active_mask: typing.Any, out: typing.Any, expert_token_nums: typing.Any, moe_load: typing.Any = None, load_counter: typing.Any = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, w1_scale: typing.Any = None, w2_scale: typing.Any = None, w1_scale_dtype: str = 'float32', w2_scale_dtype: str = 'float32') -> None:
     """
     Fused decode MoE CPU reference, in place. dtype 'bfloat16' | 'float16' | 'float32'; x [BS, H] (16-bit raw bits or float32), expert_ids int32 [BS, K], expert_scales float32 [BS, K], w1 list of E [H, 2I], w2 list of E [I, H] (empty for unused experts), x_active_mask bool [BS] or None; writes out [BS, H] and expert_token_nums int64 [E]; moe_load int64 [E] or int32 [T, E] with load_counter int32 [] updated. W8A8: int8 w1/w2 plus w1_scale (E arrays [2I]) and w2_scale (E arrays [H]) tagged w1_scale_dtype / w2_scale_dtype ('float32' | 'float16' | 'bfloat16').
@@ -17,9 +21,9 @@ def fused_moe_route(expert_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.i
     """
     Routing phase only: (counts int64 [E], offsets int64 [E + 1], row_of int64 [BS, K], -1 for skipped pairs). Row order: by expert, then (token, k).
     """
-def plan_flashlb(load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, history: typing.Annotated[numpy.typing.ArrayLike, numpy.float64] | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 16, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def plan_flashlb(load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, history: numpy.ndarray | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 16, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
-    FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).
+    FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history int64 or float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).
     """
 def plan_from_phy2log(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
@@ -28,6 +32,10 @@ def plan_from_phy2log(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.in
 def rank_expert_maps(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """
     int64 [D, L, N]: local slot of expert e on rank r, -1 if absent.
+    """
+def rank_loads(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    float64 [rows, L, D]: tokens per rank, each expert's tokens (load [rows, L, N]) split evenly among its replicas.
     """
 def rank_log2phy(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """

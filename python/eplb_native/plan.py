@@ -204,7 +204,7 @@ def slot_load_from_expert_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
     expert_load = np.asarray(load, dtype=np.float64)
     per_replica = expert_load / plan.logcnt  # [..., L, N]
     layer_idx = np.arange(plan.num_layers)[:, None]
-    return per_replica[..., layer_idx, plan.phy2log]
+    return np.ascontiguousarray(per_replica[..., layer_idx, plan.phy2log])
 
 
 def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArray:
@@ -218,24 +218,33 @@ def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArr
         float64 [..., L, N], the tokens of all replicas of each expert summed.
     """
     slots = np.asarray(slot_load, dtype=np.float64)
-    if slots.shape[-2:] != plan.phy2log.shape:
+    if slots.ndim < 2 or slots.shape[-2:] != plan.phy2log.shape:
         msg = f"slot_load: expected [..., L, P] = [..., {plan.num_layers}, {plan.num_physical}], got {slots.shape}"
         raise ValueError(msg)
-    # owner[l, p, e] = 1 where slot p of layer l holds expert e: summing replicas is a product.
-    owner = np.zeros((plan.num_layers, plan.num_physical, plan.num_experts), dtype=np.float64)
-    layer_idx, slot_idx = np.indices(plan.phy2log.shape)
-    owner[layer_idx, slot_idx, plan.phy2log] = 1.0
-    flat = slots.reshape(-1, plan.num_layers, plan.num_physical).transpose(1, 0, 2)  # [L, B, P]
-    summed = np.matmul(flat, owner).transpose(1, 0, 2)  # [B, L, N]
-    return np.asarray(summed.reshape(*slots.shape[:-1], plan.num_experts), dtype=np.float64)
+    lead = slots.shape[:-2]
+    if slots.size == 0:
+        return np.zeros((*lead, plan.num_layers, plan.num_experts))
+    rows = slots.reshape(-1, plan.num_layers, plan.num_physical)
+    summed = _core.expert_load_from_slot_load(plan.phy2log, plan.num_experts, rows)
+    return np.asarray(summed, dtype=np.float64).reshape(*lead, plan.num_layers, plan.num_experts)
 
 
 def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
-    """Tokens per rank, float64 [..., L, D], each expert's tokens split evenly among replicas."""
-    slot_load = slot_load_from_expert_load(plan, load)
-    num_slots = plan.slots_per_rank(num_ranks)
-    per_rank = slot_load.reshape(*slot_load.shape[:-1], num_ranks, num_slots).sum(axis=-1)
-    return np.asarray(per_rank, dtype=np.float64)
+    """Tokens per rank, float64 [..., L, D], each expert's tokens split evenly among replicas.
+
+    ``load`` is float [..., L, N]; each rank adds load / logcnt of its slots' experts in slot
+    order (``slot_load_from_expert_load`` summed over each rank's slots)."""
+    expert_load = np.asarray(load, dtype=np.float64)
+    if expert_load.ndim < 2 or expert_load.shape[-2:] != plan.logcnt.shape:
+        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
+        raise ValueError(msg)
+    plan.slots_per_rank(num_ranks)  # ValueError unless the ranks split the slots evenly
+    lead = expert_load.shape[:-2]
+    if expert_load.size == 0:
+        return np.zeros((*lead, plan.num_layers, num_ranks))
+    rows = expert_load.reshape(-1, plan.num_layers, plan.num_experts)
+    per_rank = _core.rank_loads(plan.phy2log, plan.num_experts, rows, num_ranks)
+    return np.asarray(per_rank, dtype=np.float64).reshape(*lead, plan.num_layers, num_ranks)
 
 
 def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:

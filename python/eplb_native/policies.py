@@ -291,7 +291,7 @@ class EplbPolicy:
             )
             raise ValueError(msg)
         num_layers, num_ranks, num_slots = table.shape
-        slots = np.asarray(_as_numpy(workload), dtype=np.float64)
+        slots = np.ascontiguousarray(_as_numpy(workload), dtype=np.float64)  # reshapes: views
         if slots.ndim not in (3, 4) or slots.shape[-3:] != table.shape:
             msg = f"workload: expected [L, D, S] or [T, L, D, S] with [L, D, S] = {table.shape}, got {slots.shape}"
             raise ValueError(msg)

@@ -116,5 +116,24 @@ TEST(Plan, ValidateLoadValuesNamesTheProblem) {
               std::string::npos);
 }
 
+// The fixture by hand: rank 0 holds slots 0-4 (experts 7, 2, 0, 3, 5), rank 1 slots 5-9
+// (6, 1, 4, 7, 2); experts 7 and 2 have two replicas each.
+TEST(Plan, LoadConversionsFollowTheSlots) {
+    const Plan plan = plan_from_phy2log(kFixture.data(), 1, 10, 8);
+    const std::vector<double> load = {1, 2, 4, 8, 16, 32, 64, 128,  // row 0: expert e has 2^e
+                                      0, 0, 6, 0, 0, 0, 0, 10};     // row 1
+    std::vector<double> per_rank(4, -1.0);
+    rank_loads(plan, load.data(), 2, 2, per_rank.data());
+    EXPECT_EQ(per_rank, (std::vector<double>{64 + 2 + 1 + 8 + 32, 64 + 2 + 16 + 64 + 2,  //
+                                             5 + 3 + 0, 0 + 0 + 0 + 5 + 3}));
+    const std::vector<double> slots = {3, 1, 1, 1, 1, 1, 1, 1, 5, 2};
+    std::vector<double> per_expert(8, -1.0);
+    expert_load_from_slot_load(plan, slots.data(), 1, per_expert.data());
+    EXPECT_EQ(per_expert, (std::vector<double>{1, 1, 3, 1, 1, 1, 1, 8}));
+    EXPECT_NE(message_of([&] { rank_loads(plan, load.data(), 2, 3, per_rank.data()); })
+                  .find("num_ranks: 10 physical slots cannot be split evenly over 3 ranks"),
+              std::string::npos);
+}
+
 }  // namespace
 }  // namespace eplb_native

@@ -87,6 +87,14 @@ def test_slot_and_expert_load_conversions_invert(case):
     assert np.allclose(eplb_native.expert_load_from_slot_load(plan, slot_load), load)
     per_rank = eplb_native.rank_loads(plan, load, num_ranks)
     assert np.allclose(per_rank.sum(axis=-1), load.sum(axis=-1))
+    by_slots = slot_load.reshape(4, plan.num_layers, num_ranks, -1).sum(axis=-1)
+    assert np.allclose(per_rank, by_slots)
+    # Any leading dimensions, none, or an empty one.
+    layers, experts = plan.num_layers, plan.num_experts
+    assert np.array_equal(eplb_native.rank_loads(plan, load[1], num_ranks), per_rank[1])
+    assert eplb_native.rank_loads(plan, load[:0], num_ranks).shape == (0, layers, num_ranks)
+    empty = eplb_native.expert_load_from_slot_load(plan, slot_load[None, :0])
+    assert empty.shape == (1, 0, layers, experts)
 
 
 @settings(max_examples=40, deadline=None)

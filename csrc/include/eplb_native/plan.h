@@ -79,4 +79,15 @@ void validate_plan(const PlanArrays& plan, int64_t num_ranks, bool allow_duplica
 // replicas' shares of the D ranks differ by at most one.
 [[nodiscard]] std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks);
 
+// Tokens per logical expert from tokens per physical slot: `slot_load` [rows, L, P] in,
+// `out` [rows, L, N] overwritten, each expert's slots summed in slot order.
+void expert_load_from_slot_load(const Plan& plan, const double* slot_load, int64_t rows,
+                                double* out);
+
+// Tokens per rank, each expert's tokens split evenly among its replicas: `load` [rows, L, N]
+// in, `out` [rows, L, D] overwritten; rank d adds load / logcnt of its slots' experts in slot
+// order. Throws naming num_ranks unless the ranks split the slots evenly.
+void rank_loads(const Plan& plan, const double* load, int64_t rows, int64_t num_ranks,
+                double* out);
+
 }  // namespace eplb_native
