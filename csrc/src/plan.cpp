@@ -302,8 +302,10 @@ void rank_loads(const Plan& plan, const double* load, int64_t rows, int64_t num_
                                       : expert_load[e] / static_cast<double>(counts[e]);
         }
         double* rank_load = out + row * D;
-        for (size_t slot = 0; slot < P; ++slot) {
-            rank_load[slot / S] += share[static_cast<size_t>(experts[slot])];
+        for (size_t rank = 0; rank < D; ++rank) {
+            for (size_t slot = rank * S; slot < (rank + 1) * S; ++slot) {
+                rank_load[rank] += share[static_cast<size_t>(experts[slot])];
+            }
         }
     }
 }
