@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <type_traits>
 
 #include "bindings.h"
 #include "eplb_native/flashlb/flashlb.h"
@@ -28,22 +29,22 @@ void bind_flashlb(py::module_& m) {
             std::optional<CArray<int64_t>> history_counts;
             std::optional<CArray<double>> history_loads;
             flashlb::HistoryView history_view;
-            if (history) {
-                std::vector<int64_t> h_shape;
-                if (history->dtype().is(py::dtype::of<int64_t>())) {
-                    history_counts = CArray<int64_t>::ensure(*history);
-                    require_ndim(*history_counts, 3, "history", "[steps, layers, experts]");
-                    h_shape = shape_of(*history_counts);
-                    history_view.counts = history_counts->data();
-                } else {
-                    history_loads = CArray<double>::ensure(*history);
-                    if (!*history_loads) {
-                        throw_invalid("history", "expected a numeric array");
-                    }
-                    require_ndim(*history_loads, 3, "history", "[steps, layers, experts]");
-                    h_shape = shape_of(*history_loads);
-                    history_view.loads = history_loads->data();
+            // Holds `history` as an array of its value type; the view points into it.
+            const auto hold = [&history](auto& held, const auto*& values) {
+                using Array = typename std::decay_t<decltype(held)>::value_type;
+                held = Array::ensure(*history);
+                if (!*held) {
+                    throw_invalid("history", "expected a numeric array");
                 }
+                require_ndim(*held, 3, "history", "[steps, layers, experts]");
+                values = held->data();
+                return shape_of(*held);
+            };
+            if (history) {
+                const std::vector<int64_t> h_shape =
+                    history->dtype().is(py::dtype::of<int64_t>())
+                        ? hold(history_counts, history_view.counts)
+                        : hold(history_loads, history_view.loads);
                 if (h_shape[1] != shape[0] || h_shape[2] != shape[1]) {
                     throw_invalid("history", "expected [steps, " + std::to_string(shape[0]) +
                                                  ", " + std::to_string(shape[1]) + "], got " +

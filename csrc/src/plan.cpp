@@ -23,6 +23,15 @@ int64_t slots_per_rank(int64_t num_physical, int64_t num_ranks) {
     return num_physical / num_ranks;
 }
 
+[[noreturn]] void throw_bad_value(const std::string& field, const char* what,
+                                  const std::string& value, int64_t index, int64_t num_experts,
+                                  int64_t first_row) {
+    throw_invalid(field, std::string(what) + " value " + value + " at row " +
+                             std::to_string(first_row + index / num_experts) + ", expert " +
+                             std::to_string(index % num_experts) +
+                             " (loads must be finite and >= 0)");
+}
+
 }  // namespace
 
 PlanArrays view_of(const Plan& plan) {
@@ -36,19 +45,6 @@ PlanArrays view_of(const Plan& plan) {
     arrays.max_replicas = plan.max_replicas;
     return arrays;
 }
-
-namespace {
-
-[[noreturn]] void throw_bad_value(const std::string& field, const char* what,
-                                  const std::string& value, int64_t index, int64_t num_experts,
-                                  int64_t first_row) {
-    throw_invalid(field, std::string(what) + " value " + value + " at row " +
-                             std::to_string(first_row + index / num_experts) + ", expert " +
-                             std::to_string(index % num_experts) +
-                             " (loads must be finite and >= 0)");
-}
-
-}  // namespace
 
 void validate_load_values(const double* data, int64_t size, int64_t num_experts,
                           const std::string& field, int64_t first_row) {

@@ -81,11 +81,9 @@ EpisodeStats stats_from_history(const HistoryView& history, int64_t num_layers, 
             const int64_t begin = bounds[2 * (k0 + j)];
             const int64_t end = bounds[2 * (k0 + j) + 1];
             double* episode = block.data() + j * n;
-            if (history.counts != nullptr) {
-                add_steps(history.counts, num_layers, num_experts, layer_idx, begin, end, episode);
-            } else {
-                add_steps(history.loads, num_layers, num_experts, layer_idx, begin, end, episode);
-            }
+            history.visit([&](const auto* values) {
+                add_steps(values, num_layers, num_experts, layer_idx, begin, end, episode);
+            });
         }
         for (size_t e = 0; e < n; ++e) {
             for (size_t j = 0; j < width; ++j) {

@@ -406,12 +406,9 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
             throw_invalid("history", "expected at least one step, got " +
                                          std::to_string(history.num_steps));
         }
-        const int64_t num_rows = history.num_steps * num_layers;
-        if (history.counts != nullptr) {
-            validate_history(history.counts, num_rows, num_experts, pool);
-        } else {
-            validate_history(history.loads, num_rows, num_experts, pool);
-        }
+        history.visit([&](const auto* values) {
+            validate_history(values, history.num_steps * num_layers, num_experts, pool);
+        });
         bounds = episode_bounds(history.num_steps, options.episode_steps, options.max_episodes);
     }
     const LayerShape shape{num_experts, topo.num_ranks, topo.slots_per_rank()};

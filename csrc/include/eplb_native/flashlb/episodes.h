@@ -26,6 +26,12 @@ struct HistoryView {
     int64_t num_steps = 0;
 
     [[nodiscard]] bool empty() const { return loads == nullptr && counts == nullptr; }
+
+    // fn(pointer) with whichever of the two pointers is set (not empty).
+    template <typename Fn>
+    decltype(auto) visit(Fn&& fn) const {
+        return counts != nullptr ? fn(counts) : fn(loads);
+    }
 };
 
 // Which steps of a [T, ...] history form the episodes: consecutive chunks of `episode_steps`
