@@ -194,6 +194,11 @@ def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: i
         float64 [L] in (0, 1]; 1.0 for a step with no load.
     """
     expert_load = check_load(load, "load", allow_steps=True)
+    return _balance(table, expert_load, num_ranks)
+
+
+def _balance(table: Plan | npt.ArrayLike, expert_load: FloatArray, num_ranks: int) -> FloatArray:
+    """``layer_balance`` of a load already checked by ``check_load``."""
     plan = Plan.from_phy2log(_table_array(table, "table"), expert_load.shape[-1])
     per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
     peak = per_rank.max(axis=-1)
@@ -262,8 +267,9 @@ def select_layers(
     Returns:
         (layers int64 [k], new balance float64 [k] of those layers, to ``planned.record``).
     """
-    current_balance = layer_balance(current_table, window_load, num_ranks)
-    new_balance = layer_balance(new_table, window_load, num_ranks)
+    expert_load = check_load(window_load, "load", allow_steps=True)  # checked once for both
+    current_balance = _balance(current_table, expert_load, num_ranks)
+    new_balance = _balance(new_table, expert_load, num_ranks)
     if planned.balance.shape != current_balance.shape:
         msg = f"planned: expected {current_balance.shape[0]} layers, got {planned.balance.shape}"
         raise ValueError(msg)

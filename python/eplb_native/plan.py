@@ -7,6 +7,7 @@ physical slots. Rank ``r`` owns physical slots ``r * S .. r * S + S - 1``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -221,12 +222,8 @@ def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArr
     if slots.ndim < 2 or slots.shape[-2:] != plan.phy2log.shape:
         msg = f"slot_load: expected [..., L, P] = [..., {plan.num_layers}, {plan.num_physical}], got {slots.shape}"
         raise ValueError(msg)
-    lead = slots.shape[:-2]
-    if slots.size == 0:
-        return np.zeros((*lead, plan.num_layers, plan.num_experts))
-    rows = slots.reshape(-1, plan.num_layers, plan.num_physical)
-    summed = _core.expert_load_from_slot_load(plan.phy2log, plan.num_experts, rows)
-    return np.asarray(summed, dtype=np.float64).reshape(*lead, plan.num_layers, plan.num_experts)
+    return _per_row(slots, plan.num_experts,
+                    lambda rows: _core.expert_load_from_slot_load(plan.phy2log, plan.num_experts, rows))
 
 
 def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
@@ -239,12 +236,20 @@ def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
         msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
         raise ValueError(msg)
     plan.slots_per_rank(num_ranks)  # ValueError unless the ranks split the slots evenly
-    lead = expert_load.shape[:-2]
-    if expert_load.size == 0:
-        return np.zeros((*lead, plan.num_layers, num_ranks))
-    rows = expert_load.reshape(-1, plan.num_layers, plan.num_experts)
-    per_rank = _core.rank_loads(plan.phy2log, plan.num_experts, rows, num_ranks)
-    return np.asarray(per_rank, dtype=np.float64).reshape(*lead, plan.num_layers, num_ranks)
+    return _per_row(expert_load, num_ranks,
+                    lambda rows: _core.rank_loads(plan.phy2log, plan.num_experts, rows, num_ranks))
+
+
+def _per_row(
+    values: FloatArray, width: int, convert: Callable[[FloatArray], npt.ArrayLike]
+) -> FloatArray:
+    """A core conversion of float64 [rows, L, X] into [rows, L, width], applied to ``values``
+    [..., L, X] with any leading dimensions (none converted when empty)."""
+    lead, num_layers = values.shape[:-2], values.shape[-2]
+    if values.size == 0:
+        return np.zeros((*lead, num_layers, width))
+    converted = convert(values.reshape(-1, *values.shape[-2:]))
+    return np.asarray(converted, dtype=np.float64).reshape(*lead, num_layers, width)
 
 
 def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:
@@ -443,9 +448,9 @@ def check_history(history: npt.ArrayLike, expert_shape: tuple[int, ...]) -> IntA
     Checks the dtype and that the shape is [T, *expert_shape] with T >= 1; raises ValueError
     naming "history". Values (NaN, inf, negative) are left to the C++ core's single scan."""
     array = np.asarray(history)
+    checked: IntArray | FloatArray
     if array.dtype.kind in "iu" and np.can_cast(array.dtype, np.int64):
-        int_array: IntArray = np.ascontiguousarray(array, dtype=np.int64)
-        checked: IntArray | FloatArray = int_array
+        checked = np.ascontiguousarray(array, dtype=np.int64)
     else:
         checked = check_load(array, "history", allow_steps=True, check_values=False)
     if checked.ndim != 3 or checked.shape[0] == 0 or checked.shape[1:] != tuple(expert_shape):
