@@ -205,23 +205,23 @@ def layout_grid(name: str, history: np.ndarray, threads: int,
     num_steps, _, num_experts = history.shape
     layouts = [(d, -(-num_experts // d) + extra) for d in (4, 6, 8, 12, 16) for extra in (0, 1, 2)]
     rows: dict[str, Any] = {}
+
+    def plan(policy: str, past: np.ndarray, num_ranks: int, num_slots: int,
+             options: FlashLBOptions) -> Plan:
+        replicas = num_ranks * num_slots
+        if policy == "flashlb":
+            return plan_flashlb(past.sum(axis=0), replicas, 1, 1, num_ranks, history=past,
+                                num_threads=threads, options=options)
+        return baseline(past.sum(axis=0), replicas, num_ranks, threads)
+
     for window in sorted({num_steps // div for div in (16, 8, 4, 2) if num_steps // div >= 1}):
         options = FlashLBOptions(episode_steps=max(1, window // 16))
         par: dict[str, list[list[float]]] = {"flashlb": [], "default_eplb": []}
-
-        def plan(policy: str, past: np.ndarray, num_ranks: int, num_slots: int,
-                 options: FlashLBOptions = options) -> Plan:
-            replicas = num_ranks * num_slots
-            if policy == "flashlb":
-                return plan_flashlb(past.sum(axis=0), replicas, 1, 1, num_ranks, history=past,
-                                    num_threads=threads, options=options)
-            return baseline(past.sum(axis=0), replicas, num_ranks, threads)
-
         for num_ranks, num_slots in layouts:
             for policy, samples in par.items():
                 samples.append([
                     evaluate(plan(policy, history[k * window:(k + 1) * window], num_ranks,
-                                  num_slots),
+                                  num_slots, options),
                              history[(k + 1) * window:(k + 2) * window], num_ranks).par
                     for k in range(num_steps // window - 1)
                 ])
@@ -272,9 +272,10 @@ def main() -> None:
     if baseline is not None:
         print("out-of-sample per-step PAR on a fixed grid over 15 rank layouts (plan on window k, "
               "evaluate on k + 1; lower is better)")
+        traces = {trace: load_trace(trace) for trace in trace_names()}
         results["out_of_sample_layouts"] = {
-            trace: layout_grid(trace, load_trace(trace), args.threads, baseline)
-            for trace in trace_names() if load_trace(trace).shape[0] >= 2
+            trace: layout_grid(trace, steps, args.threads, baseline)
+            for trace, steps in traces.items() if steps.shape[0] >= 2
         }
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
