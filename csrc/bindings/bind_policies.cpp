@@ -64,10 +64,11 @@ py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64
         // More threads than layers would only idle: cap the pool at the layer count.
         ThreadPool pool(static_cast<int>(num_threads == 0 ? 0 : std::min(num_threads, shape[0])));
         LoadView view{load_values.data(), shape[0], shape[1]};
+        const int64_t* in_force = current.has_value() ? current_values.data() : nullptr;
         if (policy == "default_eplb") {
-            plan = policies::plan_default_eplb(view, topo, pool);
+            plan = policies::plan_default_eplb(view, topo, pool, in_force);
         } else if (policy == "random") {
-            plan = policies::plan_random(shape[0], topo, seed, pool);
+            plan = policies::plan_random(shape[0], topo, seed, pool, in_force);
         } else {
             policies::SwiftBalancerOptions options;
             options.max_moves_per_layer = max_moves_per_layer;

@@ -409,6 +409,57 @@ def weight_copies_per_layer(
     return copies
 
 
+def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike) -> list[str]:
+    """The rules a new placement table must keep against the table in force, as vllm-ascend's
+    ``EplbWorker.check_expert_placement`` enforces them (it reverts any layer that breaks one):
+
+    1. every expert of the table in force still has a replica in the layer;
+    2. no rank holds two replicas of one expert;
+    3. an expert that stays on a rank keeps its slot.
+
+    Args:
+        current_table: int [L, D, S], the logical expert in each slot now (-1: empty slot).
+        new_table: int [L, D, S], the proposed table.
+
+    Returns:
+        One message per broken rule and layer (the first rank that breaks it); empty when the
+        new table keeps all three.
+    """
+    old = _as_int_array(current_table, "current_table")
+    new = _as_int_array(new_table, "new_table")
+    if old.ndim != 3 or new.shape != old.shape:
+        msg = f"new_table: expected the shape of current_table [L, D, S] {old.shape}, got {new.shape}"
+        raise ValueError(msg)
+    num_layers = old.shape[0]
+    size = int(max(old.max(initial=0), new.max(initial=0))) + 1
+    present_old = np.zeros((num_layers, size + 1), dtype=bool)  # column `size`: empty slots
+    present_new = np.zeros((num_layers, size + 1), dtype=bool)
+    layer_rows = np.arange(num_layers)[:, None]
+    present_old[layer_rows, np.where(old < 0, size, old).reshape(num_layers, -1)] = True
+    present_new[layer_rows, np.where(new < 0, size, new).reshape(num_layers, -1)] = True
+    missing = present_old[:, :size] & ~present_new[:, :size]  # [L, size]
+    same = new[..., :, None] == new[..., None, :]  # [L, D, S, S]
+    other_slot = ~np.eye(old.shape[2], dtype=bool)
+    twice = (same & other_slot & (new >= 0)[..., :, None]).any(axis=(-1, -2))  # [L, D]
+    stays = (new[..., :, None] == old[..., None, :]).any(axis=-1) & (new >= 0)  # [L, D, S]
+    moved = (stays & (new != old)).any(axis=-1)  # [L, D]
+    violations = []
+    for layer in range(num_layers):
+        if missing[layer].any():
+            expert = int(np.flatnonzero(missing[layer])[0])
+            violations.append(f"layer {layer}: expert {expert} has no replica left")
+        if twice[layer].any():
+            rank = int(np.flatnonzero(twice[layer])[0])
+            violations.append(f"layer {layer}: rank {rank} holds an expert twice: {new[layer, rank].tolist()}")
+        if moved[layer].any():
+            rank = int(np.flatnonzero(moved[layer])[0])
+            violations.append(
+                f"layer {layer}: an expert that stays on rank {rank} changes slot: "
+                f"{old[layer, rank].tolist()} -> {new[layer, rank].tolist()}"
+            )
+    return violations
+
+
 def check_load(
     load: npt.ArrayLike, field: str, *, allow_steps: bool = False, check_values: bool = True
 ) -> FloatArray:

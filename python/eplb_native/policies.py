@@ -7,6 +7,7 @@ physical slots, ``T`` steps or episodes.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from eplb_native.plan import (
     count_weight_copies,
     evaluate,
     expert_load_from_slot_load,
+    placement_violations,
     rank_loads,
 )
 
@@ -127,11 +129,21 @@ POLICIES: dict[str, PolicyFn] = {
 assert set(POLICIES) == set(POLICY_NAMES), "registry keys must equal config.POLICY_NAMES"
 
 
+def _is_tensor(values: Any) -> bool:
+    """Whether ``values`` is a torch tensor (duck-typed: torch is never imported here)."""
+    return hasattr(values, "detach") and hasattr(values, "cpu")
+
+
 def _as_numpy(values: Any) -> Any:
-    """numpy view of a torch tensor (duck-typed: torch is never imported), else unchanged."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        return values.detach().cpu().numpy()
-    return values
+    """numpy view of a torch tensor, else unchanged."""
+    return values.detach().cpu().numpy() if _is_tensor(values) else values
+
+
+def _as_torch(plan: Plan) -> Plan:
+    """The plan with torch.int64 CPU tensors in place of its arrays (sharing their memory);
+    called only when the caller passed a tensor, so torch is already imported."""
+    torch = importlib.import_module("torch")
+    return Plan(*(torch.from_numpy(array) for array in plan))
 
 
 def _policy_fn(policy: str) -> PolicyFn:
@@ -170,7 +182,14 @@ def rebalance_experts(
 
     ``phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups,
     num_nodes, num_gpus)`` works unchanged (the fifth positional is ``num_ranks``;
-    ``num_gpus=`` is its alias).
+    ``num_gpus=`` is its alias). Given a torch tensor, it returns torch.int64 CPU tensors, as
+    DeepSeek EPLB does; given anything else, numpy arrays.
+
+    Two modes. Without ``current``, ``default_eplb`` is DeepSeek EPLB's algorithm with its
+    output (DeepSeek parity: a rank may hold two replicas of one expert). Given ``current``
+    (the table in force), every policy plans slot-stable: no rank holds two replicas of one
+    expert, and each expert that stays on a rank keeps its slot (the rules vllm-ascend's worker
+    checks before applying a table).
 
     Args:
         load: float [L, N] tokens per logical expert (numpy array, array-like or torch tensor).
@@ -179,7 +198,9 @@ def rebalance_experts(
         num_nodes: H nodes (divides D).
         num_ranks: D ranks; exactly one of ``num_ranks`` / ``num_gpus``.
         policy: a name in ``config.POLICY_NAMES``.
-        current: the current placement, Plan or int phy2log [L, P]; required by swift_balancer.
+        current: the table in force, Plan or int phy2log [L, P]; required by swift_balancer.
+            -1 marks an empty slot (vLLM's elastic expert parallelism) for the policies that
+            only align to it: default_eplb, random, and flashlb without incremental mode.
         history: int or float [T, L, N] past loads for policies that use them (flashlb).
         num_threads: planner threads, 0 for all cores; the plan is the same for any value.
         seed: seed of randomised policies (0 <= seed < 2**64).
@@ -187,7 +208,7 @@ def rebalance_experts(
 
     Returns:
         Plan: phy2log int64 [L, P], log2phy int64 [L, N, max_replicas] (-1 padded),
-        logcnt int64 [L, N].
+        logcnt int64 [L, N] (torch tensors when ``load`` is one).
     """
     if (num_ranks is None) == (num_gpus is None):
         msg = "num_ranks: give exactly one of num_ranks and num_gpus (its alias)"
@@ -220,7 +241,7 @@ def rebalance_experts(
     elapsed_ms = 1e3 * (time.perf_counter() - start)
     if logger.isEnabledFor(logging.INFO):
         _log_rebalance(policy, plan, expert_load, current_table, int(ranks), elapsed_ms)  # type: ignore[arg-type]
-    return plan
+    return _as_torch(plan) if _is_tensor(load) else plan
 
 
 def _log_rebalance(
@@ -235,9 +256,12 @@ def _log_rebalance(
     after = evaluate(plan, load, num_ranks)
     line = f"{policy}: {plan.num_layers} layers, PAR {after.par:.4f}, gap {float(after.gap.mean()):.4f}"
     if current is not None:
-        before = evaluate(Plan.from_phy2log(current, plan.num_experts), load, num_ranks)
         copies = count_weight_copies(current, plan, num_ranks)
-        line = f"{policy}: {plan.num_layers} layers, PAR {before.par:.4f} -> {after.par:.4f}, gap {float(after.gap.mean()):.4f}, {copies} weight copies"
+        before = "-"  # no PAR for a table with empty slots or missing experts
+        if all(np.unique(row[row >= 0]).size == plan.num_experts for row in current):
+            old_plan = Plan.from_phy2log(current, plan.num_experts)
+            before = f"{evaluate(old_plan, load, num_ranks).par:.4f}"
+        line = f"{policy}: {plan.num_layers} layers, PAR {before} -> {after.par:.4f}, gap {float(after.gap.mean()):.4f}, {copies} weight copies"
     logger.info("%s, %.2f ms", line, elapsed_ms)
 
 
@@ -283,6 +307,8 @@ class EplbPolicy:
         Returns:
             (changed, layers_by_priority int64 [k], new_table int64 [L, D, S]): the layers whose
             busiest rank gets lighter, largest improvement first; other layers keep their row.
+            The new table keeps ``placement_violations``' rules against ``current_table``
+            (checked: a break raises RuntimeError, a bug in the policy).
         """
         table = _as_int_array(_as_numpy(current_table), "current_table")
         if table.ndim != 3 or table.size == 0:
@@ -313,6 +339,10 @@ class EplbPolicy:
         layers = self.select_layers(current, proposal, expert_load, num_ranks)
         new_table = table.copy()
         new_table[layers] = proposal.table(num_ranks)[layers]
+        broken = placement_violations(table, new_table)
+        if broken:
+            msg = f"{self.name}: the new table breaks the placement rules: {'; '.join(broken[:3])}"
+            raise RuntimeError(msg)
         return bool(layers.size > 0), layers, new_table
 
     def select_layers(

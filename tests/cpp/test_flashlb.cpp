@@ -81,34 +81,6 @@ TEST(FlashLB, PlansAreIdenticalForAnyThreadCount) {
     }
 }
 
-TEST(FlashLB, HungarianFindsTheMinimumOfEveryPermutation) {
-    std::mt19937 rng(3);
-    std::uniform_int_distribution<int> value(0, 9);
-    const int64_t n = 5;
-    for (int trial = 0; trial < 20; ++trial) {
-        std::vector<double> cost(static_cast<size_t>(n * n));
-        for (double& c : cost) {
-            c = value(rng);
-        }
-        std::vector<int64_t> perm(static_cast<size_t>(n));
-        std::iota(perm.begin(), perm.end(), 0);
-        double best = 1e18;
-        do {
-            double total = 0.0;
-            for (int64_t r = 0; r < n; ++r) {
-                total += cost[static_cast<size_t>(r * n + perm[static_cast<size_t>(r)])];
-            }
-            best = std::min(best, total);
-        } while (std::next_permutation(perm.begin(), perm.end()));
-        const std::vector<int64_t> got = hungarian_min_cost(cost, n);
-        double total = 0.0;
-        for (int64_t r = 0; r < n; ++r) {
-            total += cost[static_cast<size_t>(r * n + got[static_cast<size_t>(r)])];
-        }
-        EXPECT_EQ(total, best) << "trial=" << trial;
-    }
-}
-
 TEST(FlashLB, AlignmentKeepsBalanceAndNeverAddsCopies) {
     const int64_t num_experts = 32;
     const int64_t num_ranks = 8;

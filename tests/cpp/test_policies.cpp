@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <vector>
 
@@ -49,6 +51,46 @@ std::vector<double> synthetic_load(int64_t layers, int64_t experts, uint64_t see
         load[i] = static_cast<double>(z % 1000) * static_cast<double>(1 + (z >> 60));
     }
     return load;
+}
+
+// The placement rules vllm-ascend's EplbWorker.check_expert_placement enforces, one layer:
+// no rank holds an expert twice, and an expert that was on a rank and still is keeps its slot.
+void expect_slot_stable(const int64_t* before, const int64_t* after, int64_t num_ranks,
+                        int64_t num_slots) {
+    for (int64_t r = 0; r < num_ranks; ++r) {
+        const int64_t* old_row = before + r * num_slots;
+        const int64_t* new_row = after + r * num_slots;
+        for (int64_t s = 0; s < num_slots; ++s) {
+            EXPECT_EQ(std::count(new_row, new_row + num_slots, new_row[s]), 1)
+                << "rank " << r << " holds expert " << new_row[s] << " twice";
+            if (std::find(old_row, old_row + num_slots, new_row[s]) != old_row + num_slots) {
+                EXPECT_EQ(old_row[s], new_row[s]) << "rank " << r << " slot " << s;
+            }
+        }
+    }
+}
+
+// Sorted experts of each rank of one row: the multiset per rank, in rank order.
+std::vector<std::vector<int64_t>> rank_sets(const std::vector<int64_t>& row, int64_t num_ranks) {
+    const auto num_slots = static_cast<int64_t>(row.size()) / num_ranks;
+    std::vector<std::vector<int64_t>> sets;
+    for (int64_t r = 0; r < num_ranks; ++r) {
+        sets.emplace_back(row.begin() + r * num_slots, row.begin() + (r + 1) * num_slots);
+        std::sort(sets.back().begin(), sets.back().end());
+    }
+    return sets;
+}
+
+// Slots whose expert was not on that rank in `before` (count_weight_copies' rule).
+int64_t copies(const std::vector<int64_t>& before, const std::vector<int64_t>& after,
+               int64_t num_ranks) {
+    const auto num_slots = static_cast<int64_t>(before.size()) / num_ranks;
+    int64_t total = 0;
+    for (size_t p = 0; p < after.size(); ++p) {
+        const auto first = before.begin() + static_cast<int64_t>(p) / num_slots * num_slots;
+        total += std::find(first, first + num_slots, after[p]) == first + num_slots;
+    }
+    return total;
 }
 
 // Source: deepseek-ai/EPLB README.md (usage example and its printed phy2log).
@@ -147,6 +189,221 @@ TEST(Policies, BadInputThrowsInvalidArgument) {
     EXPECT_THROW((void)plan_swift_balancer({load.data(), 1, 4}, make_topo(4, 4, 1, 1, 2), nullptr,
                                            {}, pool),
                  std::invalid_argument);
+}
+
+TEST(BuildingBlocks, HungarianFindsTheMinimumOfEveryPermutation) {
+    std::mt19937 rng(3);
+    std::uniform_int_distribution<int> value(0, 9);
+    const int64_t n = 5;
+    for (int trial = 0; trial < 20; ++trial) {
+        std::vector<double> cost(static_cast<size_t>(n * n));
+        for (double& c : cost) {
+            c = value(rng);
+        }
+        std::vector<int64_t> perm(static_cast<size_t>(n));
+        std::iota(perm.begin(), perm.end(), 0);
+        double best = 1e18;
+        do {
+            double total = 0.0;
+            for (int64_t r = 0; r < n; ++r) {
+                total += cost[static_cast<size_t>(r * n + perm[static_cast<size_t>(r)])];
+            }
+            best = std::min(best, total);
+        } while (std::next_permutation(perm.begin(), perm.end()));
+        const std::vector<int64_t> got = hungarian_min_cost(cost, n);
+        double total = 0.0;
+        for (int64_t r = 0; r < n; ++r) {
+            total += cost[static_cast<size_t>(r * n + got[static_cast<size_t>(r)])];
+        }
+        EXPECT_EQ(total, best) << "trial=" << trial;
+    }
+}
+
+TEST(BuildingBlocks, AlignmentMovesWholeRanksWithTheFewestCopies) {
+    // 4 ranks x 3 slots: every relabelling of the proposal's ranks is tried by brute force.
+    std::mt19937_64 rng(5);
+    const int64_t num_ranks = 4;
+    for (int trial = 0; trial < 30; ++trial) {
+        std::vector<int64_t> current(12);
+        std::vector<int64_t> proposed(12);
+        std::iota(current.begin(), current.end(), 0);
+        std::iota(proposed.begin(), proposed.end(), 0);
+        std::shuffle(current.begin(), current.end(), rng);
+        std::shuffle(proposed.begin(), proposed.end(), rng);
+        if (trial % 3 == 0) {
+            current[static_cast<size_t>(trial % 12)] = -1;  // an empty slot
+        }
+        const std::vector<int64_t> aligned = align_to_current(proposed, current.data(), num_ranks);
+        expect_slot_stable(current.data(), aligned.data(), num_ranks, 3);
+        std::vector<int64_t> perm = {0, 1, 2, 3};
+        int64_t fewest = 12;
+        bool same_ranks = false;  // aligned's ranks are some relabelling of proposed's
+        do {
+            std::vector<int64_t> relabelled(12);
+            for (int64_t r = 0; r < num_ranks; ++r) {
+                std::copy(proposed.begin() + r * 3, proposed.begin() + r * 3 + 3,
+                          relabelled.begin() + perm[static_cast<size_t>(r)] * 3);
+            }
+            fewest = std::min(fewest, copies(current, relabelled, num_ranks));
+            same_ranks |= rank_sets(relabelled, num_ranks) == rank_sets(aligned, num_ranks);
+        } while (std::next_permutation(perm.begin(), perm.end()));
+        EXPECT_TRUE(same_ranks) << "trial=" << trial;
+        EXPECT_EQ(copies(current, aligned, num_ranks), fewest) << "trial=" << trial;
+    }
+    // An unchanged table stays as it is, whatever order its ranks' experts come in.
+    const std::vector<int64_t> table = {4, 0, 7, 1, 5, 2, 3, 6};
+    const std::vector<int64_t> shuffled = {2, 5, 0, 4, 6, 3, 1, 7};
+    EXPECT_EQ(align_to_current(shuffled, table.data(), 4), table);
+}
+
+TEST(BuildingBlocks, AlignmentKeepsRanksInsideTheirNode) {
+    // 2 nodes x 2 ranks x 2 slots. Node 0 of the proposal shares most with node 1 of the table;
+    // a rank-by-rank match would split node 0's ranks over both nodes.
+    const std::vector<int64_t> current = {0, 1, 2, 3, 4, 5, 6, 7};
+    const std::vector<int64_t> proposed = {4, 5, 0, 7, 2, 3, 6, 1};
+    const std::vector<int64_t> aligned = align_to_current(proposed, current.data(), 4, 2);
+    const auto sets = rank_sets(aligned, 4);
+    const auto proposed_sets = rank_sets(proposed, 4);
+    // Proposal ranks {0, 1} (node 0) land together on ranks {2, 3} or {0, 1}.
+    const auto where = [&](int64_t r) {
+        return std::find(sets.begin(), sets.end(), proposed_sets[static_cast<size_t>(r)]) -
+               sets.begin();
+    };
+    EXPECT_EQ(where(0) / 2, where(1) / 2);
+    EXPECT_EQ(where(2) / 2, where(3) / 2);
+    expect_slot_stable(current.data(), aligned.data(), 4, 2);
+}
+
+TEST(BuildingBlocks, DistinctPackingAvoidsDuplicatesAndOtherwiseMatches) {
+    std::mt19937_64 rng(9);
+    std::uniform_real_distribution<float> draw(1.0f, 100.0f);
+    int clashes = 0;
+    for (int trial = 0; trial < 200; ++trial) {
+        const int64_t num_packs = 2 + trial % 5;
+        const int64_t per_pack = 2 + trial % 3;
+        const int64_t num_items = num_packs * per_pack;
+        // Replicas as DeepSeek's step 2 makes them: each label at most num_packs times, each
+        // replica carrying its label's load divided by its replica count.
+        const int64_t num_labels = num_items - (trial % num_packs) - 1;
+        std::vector<int64_t> count(static_cast<size_t>(num_labels), 1);
+        std::vector<int64_t> label(static_cast<size_t>(num_items));
+        std::iota(label.begin(), label.begin() + num_labels, 0);
+        for (int64_t i = num_labels; i < num_items; ++i) {
+            int64_t pick = static_cast<int64_t>(rng() % static_cast<uint64_t>(num_labels));
+            while (count[static_cast<size_t>(pick)] == num_packs) {
+                pick = (pick + 1) % num_labels;
+            }
+            label[static_cast<size_t>(i)] = pick;
+            ++count[static_cast<size_t>(pick)];
+        }
+        std::vector<float> base(static_cast<size_t>(num_labels));
+        for (float& value : base) {
+            value = draw(rng);
+        }
+        std::vector<float> weight(static_cast<size_t>(num_items));
+        for (int64_t i = 0; i < num_items; ++i) {
+            const auto e = static_cast<size_t>(label[static_cast<size_t>(i)]);
+            weight[static_cast<size_t>(i)] = base[e] / static_cast<float>(count[e]);
+        }
+        const Packing plain = balanced_packing(weight.data(), num_items, num_packs);
+        const Packing distinct =
+            balanced_packing_distinct(weight.data(), label.data(), num_items, num_packs);
+        bool plain_clash = false;
+        for (int64_t a = 0; a < num_items; ++a) {
+            for (int64_t b = a + 1; b < num_items; ++b) {
+                const auto ai = static_cast<size_t>(a);
+                const auto bi = static_cast<size_t>(b);
+                if (label[ai] != label[bi]) {
+                    continue;
+                }
+                EXPECT_NE(distinct.pack_index[ai], distinct.pack_index[bi]) << "trial=" << trial;
+                plain_clash |= plain.pack_index[ai] == plain.pack_index[bi];
+            }
+        }
+        for (int64_t p = 0; p < num_packs; ++p) {
+            EXPECT_EQ(std::count(distinct.pack_index.begin(), distinct.pack_index.end(), p), per_pack);
+        }
+        if (!plain_clash) {
+            EXPECT_EQ(distinct.pack_index, plain.pack_index) << "trial=" << trial;
+            EXPECT_EQ(distinct.rank_in_pack, plain.rank_in_pack) << "trial=" << trial;
+        }
+        clashes += plain_clash;
+    }
+    EXPECT_GT(clashes, 0);  // the trials do exercise the swap
+}
+
+TEST(DefaultEplb, GivenTheTableInForceItIsSlotStable) {
+    const Topology global = make_topo(64, 96, 1, 1, 16);
+    const Topology hierarchical = make_topo(64, 96, 8, 4, 16);
+    ThreadPool pool(2);
+    int layers_equal_to_parity = 0;
+    for (const Topology& topo : {global, hierarchical}) {
+        const std::vector<double> new_load = synthetic_load(6, 64, 2);
+        const Plan current = plan_random(6, topo, 3, pool);
+        const Plan parity = plan_default_eplb({new_load.data(), 6, 64}, topo, pool);
+        const Plan stable =
+            plan_default_eplb({new_load.data(), 6, 64}, topo, pool, current.phy2log.data());
+        expect_valid(stable, 16, false);
+        for (int64_t l = 0; l < 6; ++l) {
+            const auto row = [&](const Plan& plan) {
+                return std::vector<int64_t>(plan.phy2log.begin() + l * 96,
+                                            plan.phy2log.begin() + (l + 1) * 96);
+            };
+            expect_slot_stable(current.phy2log.data() + l * 96, stable.phy2log.data() + l * 96,
+                               16, 6);
+            // Without a duplicate in DeepSeek's plan, the slot-stable plan is that plan relabelled.
+            const std::vector<int64_t> parity_row = row(parity);
+            const auto parity_sets = rank_sets(parity_row, 16);
+            bool parity_has_duplicate = false;
+            for (const auto& set : parity_sets) {
+                parity_has_duplicate |= std::adjacent_find(set.begin(), set.end()) != set.end();
+            }
+            if (!parity_has_duplicate) {
+                EXPECT_EQ(row(stable),
+                          align_to_current(parity_row, current.phy2log.data() + l * 96, 16,
+                                           topo.hierarchical() ? topo.num_nodes : 1));
+                ++layers_equal_to_parity;
+            }
+            // Measured: within 0.3% of DeepSeek's max rank load on these layers.
+            EXPECT_LE(max_rank_load(stable.phy2log.data() + l * 96, new_load.data() + l * 64, topo),
+                      1.01 * max_rank_load(parity.phy2log.data() + l * 96, new_load.data() + l * 64, topo));
+        }
+    }
+    EXPECT_GT(layers_equal_to_parity, 0);
+}
+
+// FlashLB's published example: DeepSeek's packing puts both replicas of expert 1 on the last
+// rank (max rank load 232); the slot-stable mode spreads them and stays at most that.
+TEST(DefaultEplb, SlotStableModeSplitsTheFlashLbExampleDuplicate) {
+    const std::vector<double> load = {600, 560, 120, 120, 20, 10, 10, 10};
+    const Topology topo = make_topo(8, 16, 1, 1, 8);
+    ThreadPool pool(1);
+    const Plan current = plan_random(1, topo, 0, pool);
+    const Plan plan = plan_default_eplb({load.data(), 1, 8}, topo, pool, current.phy2log.data());
+    expect_valid(plan, 8, false);
+    expect_slot_stable(current.phy2log.data(), plan.phy2log.data(), 8, 2);
+    EXPECT_LE(max_rank_load(plan.phy2log.data(), load.data(), topo), 232.0);
+}
+
+TEST(Policies, SwiftAndRandomAreSlotStable) {
+    ThreadPool pool(2);
+    for (uint64_t seed = 0; seed < 10; ++seed) {
+        const int64_t d = 3 + static_cast<int64_t>(seed % 4);
+        const int64_t s = 2 + static_cast<int64_t>(seed % 3);
+        const int64_t n = d * s - 1 - static_cast<int64_t>(seed % 2);
+        const Topology topo = make_topo(n, d * s, 1, 1, d);
+        const std::vector<double> load = synthetic_load(4, n, seed);
+        const Plan current = plan_random(4, topo, seed, pool);
+        const Plan swift = plan_swift_balancer({load.data(), 4, n}, topo, current.phy2log.data(),
+                                               {}, pool);
+        const Plan random = plan_random(4, topo, seed + 100, pool, current.phy2log.data());
+        for (int64_t l = 0; l < 4; ++l) {
+            expect_slot_stable(current.phy2log.data() + l * d * s, swift.phy2log.data() + l * d * s,
+                               d, s);
+            expect_slot_stable(current.phy2log.data() + l * d * s,
+                               random.phy2log.data() + l * d * s, d, s);
+        }
+    }
 }
 
 TEST(BuildingBlocks, LptAvoidsDuplicatesAndBalances) {

@@ -417,10 +417,11 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
         throw_invalid("current", "incremental mode needs the current table");
     }
     if (request.current != nullptr) {
-        // Alignment only needs ids in range; incremental mode edits the table, so it must be a
-        // complete placement with no expert twice on a rank.
+        // Alignment only needs ids in range (or -1, an empty slot); incremental mode edits the
+        // table, so it must be a complete placement with no expert twice on a rank.
+        const bool edits = options.incremental;
         policies::validate_current(request.current, num_layers, topo, "current",
-                                   {options.incremental, options.incremental});
+                                   {edits, edits, !edits});
     }
     std::vector<int64_t> phy2log(idx(num_layers * num_physical));
     pool.parallel_for(num_layers, [&](int64_t layer) {
@@ -431,12 +432,14 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
                 : stats_from_load(load.layer(layer), num_experts);
         std::vector<int64_t> row = plan_layer(stats, shape, options, pool);
         if (request.current != nullptr) {
-            const std::vector<int64_t> current(request.current + layer * num_physical,
-                                               request.current + (layer + 1) * num_physical);
-            row = options.incremental
-                      ? incremental_update(stats.mean, counts_of(row, num_experts), current,
-                                           shape, options.max_moves_per_layer)
-                      : align_to_current(row, current, shape);
+            const int64_t* current_row = request.current + layer * num_physical;
+            if (options.incremental) {
+                // Its swaps can move an expert back onto its rank in another slot.
+                row = incremental_update(stats.mean, counts_of(row, num_experts),
+                                         {current_row, current_row + num_physical}, shape,
+                                         options.max_moves_per_layer);
+            }
+            row = policies::align_to_current(row, current_row, shape.num_ranks);
         }
         std::copy(row.begin(), row.end(), phy2log.begin() + layer * num_physical);
     });

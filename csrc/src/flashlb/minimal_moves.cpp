@@ -20,23 +20,6 @@ bool row_holds(const std::vector<int64_t>& phy2log, int64_t rank, int64_t num_sl
     return false;
 }
 
-// Number of experts of `row_a` matched by distinct equal entries of `row_b` (multiset overlap).
-int64_t overlap(const int64_t* row_a, const int64_t* row_b, int64_t num_slots,
-                std::vector<char>& used) {
-    std::fill(used.begin(), used.end(), 0);
-    int64_t matched = 0;
-    for (int64_t a = 0; a < num_slots; ++a) {
-        for (int64_t b = 0; b < num_slots; ++b) {
-            if (!used[idx(b)] && row_a[a] == row_b[b]) {
-                used[idx(b)] = 1;
-                ++matched;
-                break;
-            }
-        }
-    }
-    return matched;
-}
-
 // 1 when slot `slot` of `table` holds an expert absent from the same rank of `current`.
 int64_t slot_copy(const std::vector<int64_t>& table, const std::vector<int64_t>& current,
                   int64_t slot, int64_t num_slots) {
@@ -44,108 +27,6 @@ int64_t slot_copy(const std::vector<int64_t>& table, const std::vector<int64_t>&
 }
 
 }  // namespace
-
-std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n) {
-    // Shortest augmenting paths with row/column potentials; 1-based with a virtual column 0.
-    const double inf = std::numeric_limits<double>::infinity();
-    std::vector<double> row_pot(idx(n + 1), 0.0);
-    std::vector<double> col_pot(idx(n + 1), 0.0);
-    std::vector<int64_t> col_match(idx(n + 1), 0);  // row matched to each column
-    std::vector<int64_t> way(idx(n + 1), 0);
-    for (int64_t row = 1; row <= n; ++row) {
-        col_match[0] = row;
-        int64_t col0 = 0;
-        std::vector<double> min_slack(idx(n + 1), inf);
-        std::vector<char> visited(idx(n + 1), 0);
-        do {
-            visited[idx(col0)] = 1;
-            const int64_t row0 = col_match[idx(col0)];
-            double delta = inf;
-            int64_t col1 = 0;
-            for (int64_t col = 1; col <= n; ++col) {
-                if (visited[idx(col)]) {
-                    continue;
-                }
-                const double reduced = cost[idx((row0 - 1) * n + col - 1)] -
-                                       row_pot[idx(row0)] - col_pot[idx(col)];
-                if (reduced < min_slack[idx(col)]) {
-                    min_slack[idx(col)] = reduced;
-                    way[idx(col)] = col0;
-                }
-                if (min_slack[idx(col)] < delta) {
-                    delta = min_slack[idx(col)];
-                    col1 = col;
-                }
-            }
-            for (int64_t col = 0; col <= n; ++col) {
-                if (visited[idx(col)]) {
-                    row_pot[idx(col_match[idx(col)])] += delta;
-                    col_pot[idx(col)] -= delta;
-                } else {
-                    min_slack[idx(col)] -= delta;
-                }
-            }
-            col0 = col1;
-        } while (col_match[idx(col0)] != 0);
-        do {
-            const int64_t col1 = way[idx(col0)];
-            col_match[idx(col0)] = col_match[idx(col1)];
-            col0 = col1;
-        } while (col0 != 0);
-    }
-    std::vector<int64_t> assignment(idx(n), -1);
-    for (int64_t col = 1; col <= n; ++col) {
-        assignment[idx(col_match[idx(col)] - 1)] = col - 1;
-    }
-    return assignment;
-}
-
-std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed,
-                                      const std::vector<int64_t>& current,
-                                      const LayerShape& shape) {
-    const int64_t num_ranks = shape.num_ranks;
-    const int64_t num_slots = shape.num_slots;
-    std::vector<char> used(idx(num_slots), 0);
-    std::vector<double> cost(idx(num_ranks * num_ranks));
-    for (int64_t r_new = 0; r_new < num_ranks; ++r_new) {
-        for (int64_t r_old = 0; r_old < num_ranks; ++r_old) {
-            cost[idx(r_new * num_ranks + r_old)] = -static_cast<double>(
-                overlap(proposed.data() + r_new * num_slots, current.data() + r_old * num_slots,
-                        num_slots, used));
-        }
-    }
-    const std::vector<int64_t> target_rank = hungarian_min_cost(cost, num_ranks);
-    std::vector<int64_t> aligned(proposed.size(), -1);
-    for (int64_t r_new = 0; r_new < num_ranks; ++r_new) {
-        const int64_t r_old = target_rank[idx(r_new)];
-        const int64_t* row = proposed.data() + r_new * num_slots;
-        int64_t* out = aligned.data() + r_old * num_slots;
-        std::fill(used.begin(), used.end(), 0);  // used[a]: row[a] already placed
-        // Experts that stay on this rank keep their current slot.
-        for (int64_t s = 0; s < num_slots; ++s) {
-            const int64_t old_expert = current[idx(r_old * num_slots + s)];
-            for (int64_t a = 0; a < num_slots; ++a) {
-                if (!used[idx(a)] && row[a] == old_expert) {
-                    used[idx(a)] = 1;
-                    out[s] = old_expert;
-                    break;
-                }
-            }
-        }
-        // The rest fill the free slots in order.
-        int64_t s = 0;
-        for (int64_t a = 0; a < num_slots; ++a) {
-            if (used[idx(a)]) {
-                continue;
-            }
-            while (out[s] >= 0) {
-                ++s;
-            }
-            out[s] = row[a];
-        }
-    }
-    return aligned;
-}
 
 int64_t weight_copies(const std::vector<int64_t>& current, const std::vector<int64_t>& proposed,
                       const LayerShape& shape) {

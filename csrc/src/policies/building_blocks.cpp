@@ -30,19 +30,23 @@ std::vector<int64_t> order_descending(const double* values, int64_t n) {
     return descending_order(values, n);
 }
 
-Replication replicate_min_max(const float* weight, int64_t num_experts, int64_t num_physical) {
+Replication replicate_min_max(const float* weight, int64_t num_experts, int64_t num_physical,
+                              int64_t max_count) {
     EPLB_CHECK(num_physical >= num_experts && num_experts > 0, "bad replication shape");
+    EPLB_CHECK(max_count >= 1 && (num_physical + num_experts - 1) / num_experts <= max_count,
+               "more replicas than the cap allows");
     Replication out;
     out.phy2log.resize(static_cast<size_t>(num_physical));
     out.replica_rank.assign(static_cast<size_t>(num_physical), 0);
     out.logcnt.assign(static_cast<size_t>(num_experts), 1);
     std::iota(out.phy2log.begin(), out.phy2log.begin() + num_experts, int64_t{0});
     for (int64_t slot = num_experts; slot < num_physical; ++slot) {
-        int64_t best = 0;
+        int64_t best = -1;
         float best_ratio = -1.0f;
         for (int64_t e = 0; e < num_experts; ++e) {
-            const float ratio = weight[e] / static_cast<float>(out.logcnt[static_cast<size_t>(e)]);
-            if (ratio > best_ratio) {  // strict: the first maximum wins, as torch.max
+            const int64_t count = out.logcnt[static_cast<size_t>(e)];
+            const float ratio = weight[e] / static_cast<float>(count);
+            if (count < max_count && ratio > best_ratio) {  // strict: the first maximum wins, as torch.max
                 best_ratio = ratio;
                 best = e;
             }
@@ -80,6 +84,94 @@ Packing balanced_packing(const float* weight, int64_t num_items, int64_t num_pac
         out.rank_in_pack[static_cast<size_t>(item)] = pack_items[pk];
         pack_weight[pk] += weight[item];
         ++pack_items[pk];
+    }
+    return out;
+}
+
+Packing balanced_packing_distinct(const float* weight, const int64_t* label, int64_t num_items,
+                                  int64_t num_packs) {
+    EPLB_CHECK(num_packs > 0 && num_items % num_packs == 0, "items do not split over packs");
+    const int64_t per_pack = num_items / num_packs;
+    if (per_pack == 1) {
+        return balanced_packing(weight, num_items, num_packs);
+    }
+    Packing out;
+    out.pack_index.assign(static_cast<size_t>(num_items), 0);
+    out.rank_in_pack.assign(static_cast<size_t>(num_items), 0);
+    std::vector<float> pack_weight(static_cast<size_t>(num_packs), 0.0f);
+    std::vector<std::vector<int64_t>> members(static_cast<size_t>(num_packs));  // items in order
+    const auto holds = [&](int64_t pack, int64_t wanted) {
+        for (int64_t item : members[static_cast<size_t>(pack)]) {
+            if (label[item] == wanted) {
+                return true;
+            }
+        }
+        return false;
+    };
+    const auto has_room = [&](int64_t pack) {
+        return static_cast<int64_t>(members[static_cast<size_t>(pack)].size()) < per_pack;
+    };
+    const auto put = [&](int64_t item, int64_t pack, int64_t position) {
+        auto& items = members[static_cast<size_t>(pack)];
+        if (position == static_cast<int64_t>(items.size())) {
+            items.push_back(item);
+        } else {
+            items[static_cast<size_t>(position)] = item;
+        }
+        out.pack_index[static_cast<size_t>(item)] = pack;
+        out.rank_in_pack[static_cast<size_t>(item)] = position;
+        pack_weight[static_cast<size_t>(pack)] += weight[item];
+    };
+    for (int64_t item : order_descending(weight, num_items)) {
+        int64_t pack = -1;
+        int64_t lightest_open = -1;
+        for (int64_t p = 0; p < num_packs; ++p) {
+            const auto pi = static_cast<size_t>(p);
+            if (!has_room(p)) {
+                continue;
+            }
+            if (lightest_open < 0 || pack_weight[pi] < pack_weight[static_cast<size_t>(lightest_open)]) {
+                lightest_open = p;
+            }
+            if (!holds(p, label[item]) &&
+                (pack < 0 || pack_weight[pi] < pack_weight[static_cast<size_t>(pack)])) {
+                pack = p;
+            }
+        }
+        if (pack >= 0) {
+            put(item, pack, static_cast<int64_t>(members[static_cast<size_t>(pack)].size()));
+            continue;
+        }
+        // Every pack with room holds this label: swap through the lightest open pack q.
+        const int64_t q = lightest_open;
+        const float q_weight = pack_weight[static_cast<size_t>(q)];
+        int64_t best_pack = -1;
+        int64_t best_position = -1;
+        float best_peak = 0.0f;
+        for (int64_t p = 0; p < num_packs; ++p) {
+            if (p == q || holds(p, label[item])) {
+                continue;
+            }
+            const auto& items = members[static_cast<size_t>(p)];
+            for (size_t k = 0; k < items.size(); ++k) {
+                const int64_t y = items[k];
+                if (holds(q, label[y])) {
+                    continue;
+                }
+                const float peak = std::max(
+                    pack_weight[static_cast<size_t>(p)] - weight[y] + weight[item], q_weight + weight[y]);
+                if (best_pack < 0 || peak < best_peak) {
+                    best_pack = p;
+                    best_position = static_cast<int64_t>(k);
+                    best_peak = peak;
+                }
+            }
+        }
+        EPLB_CHECK(best_pack >= 0, "a label occurs more often than there are packs");
+        const int64_t moved = members[static_cast<size_t>(best_pack)][static_cast<size_t>(best_position)];
+        pack_weight[static_cast<size_t>(best_pack)] -= weight[moved];
+        put(moved, q, static_cast<int64_t>(members[static_cast<size_t>(q)].size()));
+        put(item, best_pack, best_position);
     }
     return out;
 }
@@ -122,6 +214,165 @@ std::vector<int64_t> lpt_place(const std::vector<int64_t>& replica_expert,
     return phy2log;
 }
 
+std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n) {
+    // Shortest augmenting paths with row/column potentials; 1-based with a virtual column 0.
+    const double inf = std::numeric_limits<double>::infinity();
+    const auto at = [](int64_t i) { return static_cast<size_t>(i); };
+    std::vector<double> row_pot(at(n + 1), 0.0);
+    std::vector<double> col_pot(at(n + 1), 0.0);
+    std::vector<int64_t> col_match(at(n + 1), 0);  // row matched to each column
+    std::vector<int64_t> way(at(n + 1), 0);
+    for (int64_t row = 1; row <= n; ++row) {
+        col_match[0] = row;
+        int64_t col0 = 0;
+        std::vector<double> min_slack(at(n + 1), inf);
+        std::vector<char> visited(at(n + 1), 0);
+        do {
+            visited[at(col0)] = 1;
+            const int64_t row0 = col_match[at(col0)];
+            double delta = inf;
+            int64_t col1 = 0;
+            for (int64_t col = 1; col <= n; ++col) {
+                if (visited[at(col)]) {
+                    continue;
+                }
+                const double reduced =
+                    cost[at((row0 - 1) * n + col - 1)] - row_pot[at(row0)] - col_pot[at(col)];
+                if (reduced < min_slack[at(col)]) {
+                    min_slack[at(col)] = reduced;
+                    way[at(col)] = col0;
+                }
+                if (min_slack[at(col)] < delta) {
+                    delta = min_slack[at(col)];
+                    col1 = col;
+                }
+            }
+            for (int64_t col = 0; col <= n; ++col) {
+                if (visited[at(col)]) {
+                    row_pot[at(col_match[at(col)])] += delta;
+                    col_pot[at(col)] -= delta;
+                } else {
+                    min_slack[at(col)] -= delta;
+                }
+            }
+            col0 = col1;
+        } while (col_match[at(col0)] != 0);
+        do {
+            const int64_t col1 = way[at(col0)];
+            col_match[at(col0)] = col_match[at(col1)];
+            col0 = col1;
+        } while (col0 != 0);
+    }
+    std::vector<int64_t> assignment(at(n), -1);
+    for (int64_t col = 1; col <= n; ++col) {
+        assignment[at(col_match[at(col)] - 1)] = col - 1;
+    }
+    return assignment;
+}
+
+namespace {
+
+// Number of entries of row_a matched by distinct equal entries of row_b (multiset overlap).
+int64_t overlap(const int64_t* row_a, const int64_t* row_b, int64_t num_slots,
+                std::vector<char>& used) {
+    std::fill(used.begin(), used.end(), 0);
+    int64_t matched = 0;
+    for (int64_t a = 0; a < num_slots; ++a) {
+        for (int64_t b = 0; b < num_slots; ++b) {
+            if (!used[static_cast<size_t>(b)] && row_a[a] == row_b[b]) {
+                used[static_cast<size_t>(b)] = 1;
+                ++matched;
+                break;
+            }
+        }
+    }
+    return matched;
+}
+
+// Writes `row` (one rank's S experts) into `out` (that rank's S slots): experts found in `old`
+// keep their slot there, the rest fill the free slots in order.
+void keep_slots(const int64_t* row, const int64_t* old, int64_t num_slots, int64_t* out,
+                std::vector<char>& used) {
+    std::fill(used.begin(), used.end(), 0);  // used[a]: row[a] already placed
+    std::fill(out, out + num_slots, int64_t{-1});
+    for (int64_t s = 0; s < num_slots; ++s) {
+        for (int64_t a = 0; a < num_slots; ++a) {
+            if (!used[static_cast<size_t>(a)] && row[a] == old[s]) {
+                used[static_cast<size_t>(a)] = 1;
+                out[s] = old[s];
+                break;
+            }
+        }
+    }
+    int64_t s = 0;
+    for (int64_t a = 0; a < num_slots; ++a) {
+        if (used[static_cast<size_t>(a)]) {
+            continue;
+        }
+        while (out[s] >= 0) {
+            ++s;
+        }
+        out[s] = row[a];
+    }
+}
+
+}  // namespace
+
+std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed, const int64_t* current,
+                                      int64_t num_ranks, int64_t num_nodes) {
+    const auto num_physical = static_cast<int64_t>(proposed.size());
+    EPLB_CHECK(num_ranks > 0 && num_physical % num_ranks == 0 && num_nodes > 0 &&
+                   num_ranks % num_nodes == 0,
+               "alignment shape");
+    const int64_t num_slots = num_physical / num_ranks;
+    const int64_t per_node = num_ranks / num_nodes;
+    std::vector<char> used(static_cast<size_t>(num_slots), 0);
+    // Rank costs: fewer shared experts cost more; a rank keeping its label breaks ties (its
+    // bonus summed over a block stays below one shared expert).
+    const auto rank_cost = [&](int64_t r_new, int64_t r_old) {
+        const auto shared = static_cast<double>(overlap(proposed.data() + r_new * num_slots,
+                                                        current + r_old * num_slots, num_slots,
+                                                        used));
+        return -(shared * static_cast<double>(per_node + 1) + (r_new == r_old ? 1.0 : 0.0));
+    };
+    // For each (new block, old block): the best rank matching inside and its total cost.
+    std::vector<std::vector<int64_t>> inner(static_cast<size_t>(num_nodes * num_nodes));
+    std::vector<double> node_cost(static_cast<size_t>(num_nodes * num_nodes));
+    std::vector<double> cost(static_cast<size_t>(per_node * per_node));
+    for (int64_t a = 0; a < num_nodes; ++a) {
+        for (int64_t b = 0; b < num_nodes; ++b) {
+            for (int64_t i = 0; i < per_node; ++i) {
+                for (int64_t j = 0; j < per_node; ++j) {
+                    cost[static_cast<size_t>(i * per_node + j)] =
+                        rank_cost(a * per_node + i, b * per_node + j);
+                }
+            }
+            auto& match = inner[static_cast<size_t>(a * num_nodes + b)];
+            match = hungarian_min_cost(cost, per_node);
+            double total = 0.0;
+            for (int64_t i = 0; i < per_node; ++i) {
+                total += cost[static_cast<size_t>(i * per_node + match[static_cast<size_t>(i)])];
+            }
+            // Same tie rule one level up: a block keeping its label wins among equal totals.
+            node_cost[static_cast<size_t>(a * num_nodes + b)] =
+                total * static_cast<double>(num_nodes + 1) - (a == b ? 1.0 : 0.0);
+        }
+    }
+    const std::vector<int64_t> node_match = hungarian_min_cost(node_cost, num_nodes);
+    std::vector<int64_t> aligned(proposed.size(), -1);
+    for (int64_t a = 0; a < num_nodes; ++a) {
+        const int64_t b = node_match[static_cast<size_t>(a)];
+        const auto& match = inner[static_cast<size_t>(a * num_nodes + b)];
+        for (int64_t i = 0; i < per_node; ++i) {
+            const int64_t r_new = a * per_node + i;
+            const int64_t r_old = b * per_node + match[static_cast<size_t>(i)];
+            keep_slots(proposed.data() + r_new * num_slots, current + r_old * num_slots,
+                       num_slots, aligned.data() + r_old * num_slots, used);
+        }
+    }
+    return aligned;
+}
+
 void validate_problem(const LoadView& load, const Topology& topo) {
     validate_topology(topo);
     if (load.data == nullptr || load.num_layers <= 0) {
@@ -146,6 +397,9 @@ void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology
         std::fill(last_rank.begin(), last_rank.end(), -1);
         const int64_t* row = phy2log + l * topo.num_replicas;
         for (int64_t p = 0; p < topo.num_replicas; ++p) {
+            if (row[p] == -1 && checks.empty_slots) {
+                continue;
+            }
             if (row[p] < 0 || row[p] >= topo.num_experts) {
                 throw_invalid(field, "layer " + std::to_string(l) + ", slot " + std::to_string(p) +
                                          ": expert id " + std::to_string(row[p]) +

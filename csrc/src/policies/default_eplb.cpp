@@ -1,7 +1,10 @@
 #include "eplb_native/policies/default_eplb.h"
 
+#include <limits>
+#include <string>
 #include <vector>
 
+#include "eplb_native/error.h"
 #include "eplb_native/policies/building_blocks.h"
 
 namespace eplb_native::policies {
@@ -16,7 +19,8 @@ std::vector<int64_t> inverse(const std::vector<int64_t>& perm) {
 }
 
 std::vector<int64_t> hierarchical_layer(const std::vector<float>& weight, int64_t num_physical,
-                                        int64_t num_groups, int64_t num_nodes, int64_t num_ranks) {
+                                        int64_t num_groups, int64_t num_nodes, int64_t num_ranks,
+                                        bool distinct) {
     const auto num_experts = static_cast<int64_t>(weight.size());
     const int64_t group_size = num_experts / num_groups;
     const int64_t groups_per_node = num_groups / num_nodes;
@@ -49,16 +53,19 @@ std::vector<int64_t> hierarchical_layer(const std::vector<float>& weight, int64_
             node_load[static_cast<size_t>(j)] =
                 weight[static_cast<size_t>(mlog2log[static_cast<size_t>(node * experts_per_node + j)])];
         }
-        const Replication rep = replicate_min_max(node_load.data(), experts_per_node,
-                                                  physical_per_node);
+        const Replication rep = replicate_min_max(
+            node_load.data(), experts_per_node, physical_per_node,
+            distinct ? ranks_per_node : std::numeric_limits<int64_t>::max());
         // Step 3: the node's replicas onto its ranks.
         for (int64_t p = 0; p < physical_per_node; ++p) {
             const auto m = static_cast<size_t>(rep.phy2log[static_cast<size_t>(p)]);
             replica_load[static_cast<size_t>(p)] =
                 node_load[m] / static_cast<float>(rep.logcnt[m]);
         }
-        const Packing ranks = balanced_packing(replica_load.data(), physical_per_node,
-                                               ranks_per_node);
+        const Packing ranks =
+            distinct ? balanced_packing_distinct(replica_load.data(), rep.phy2log.data(),
+                                                 physical_per_node, ranks_per_node)
+                     : balanced_packing(replica_load.data(), physical_per_node, ranks_per_node);
         for (int64_t p = 0; p < physical_per_node; ++p) {
             const auto pi = static_cast<size_t>(p);
             const int64_t local_slot = ranks.pack_index[pi] * slots_per_rank + ranks.rank_in_pack[pi];
@@ -72,20 +79,36 @@ std::vector<int64_t> hierarchical_layer(const std::vector<float>& weight, int64_
 
 }  // namespace
 
-std::vector<int64_t> default_eplb_layer(const double* load, const Topology& topo) {
+std::vector<int64_t> default_eplb_layer(const double* load, const Topology& topo, bool distinct) {
     std::vector<float> weight(load, load + topo.num_experts);  // DeepSeek's weight.float()
     if (topo.hierarchical()) {
         return hierarchical_layer(weight, topo.num_replicas, topo.num_groups, topo.num_nodes,
-                                  topo.num_ranks);
+                                  topo.num_ranks, distinct);
     }
-    return hierarchical_layer(weight, topo.num_replicas, 1, 1, topo.num_ranks);
+    return hierarchical_layer(weight, topo.num_replicas, 1, 1, topo.num_ranks, distinct);
 }
 
-Plan plan_default_eplb(const LoadView& load, const Topology& topo, ThreadPool& pool) {
+Plan plan_default_eplb(const LoadView& load, const Topology& topo, ThreadPool& pool,
+                       const int64_t* current) {
     validate_problem(load, topo);
+    const int64_t num_nodes = topo.hierarchical() ? topo.num_nodes : 1;
+    if (current != nullptr) {
+        validate_current(current, load.num_layers, topo, "current", {false, false, true});
+        // Each node's replicas over its ranks, at most one per rank and expert.
+        if (topo.num_replicas * num_nodes > topo.num_experts * topo.num_ranks) {
+            throw_invalid("num_replicas",
+                          std::to_string(topo.num_replicas) + " slots over " +
+                              std::to_string(num_nodes) + " node(s) exceed experts x ranks per "
+                              "node: some rank would hold two replicas of one expert");
+        }
+    }
     std::vector<int64_t> phy2log(static_cast<size_t>(load.num_layers * topo.num_replicas));
     pool.parallel_for(load.num_layers, [&](int64_t layer_idx) {
-        const std::vector<int64_t> row = default_eplb_layer(load.layer(layer_idx), topo);
+        std::vector<int64_t> row = default_eplb_layer(load.layer(layer_idx), topo, current != nullptr);
+        if (current != nullptr) {
+            row = align_to_current(row, current + layer_idx * topo.num_replicas, topo.num_ranks,
+                                   num_nodes);
+        }
         std::copy(row.begin(), row.end(), phy2log.begin() + layer_idx * topo.num_replicas);
     });
     return plan_from_phy2log(phy2log.data(), load.num_layers, topo.num_replicas, topo.num_experts);

@@ -71,14 +71,21 @@ std::vector<int64_t> random_layer(const Topology& topo, uint64_t seed) {
 
 }  // namespace
 
-Plan plan_random(int64_t num_layers, const Topology& topo, uint64_t seed, ThreadPool& pool) {
+Plan plan_random(int64_t num_layers, const Topology& topo, uint64_t seed, ThreadPool& pool,
+                 const int64_t* current) {
     validate_topology(topo);
     if (num_layers <= 0) {
         throw_invalid("load", "expected at least one layer");
     }
+    if (current != nullptr) {
+        validate_current(current, num_layers, topo, "current", {false, false, true});
+    }
     std::vector<int64_t> phy2log(static_cast<size_t>(num_layers * topo.num_replicas));
     pool.parallel_for(num_layers, [&](int64_t layer_idx) {
-        const std::vector<int64_t> row = random_layer(topo, layer_seed(seed, layer_idx));
+        std::vector<int64_t> row = random_layer(topo, layer_seed(seed, layer_idx));
+        if (current != nullptr) {
+            row = align_to_current(row, current + layer_idx * topo.num_replicas, topo.num_ranks);
+        }
         std::copy(row.begin(), row.end(), phy2log.begin() + layer_idx * topo.num_replicas);
     });
     return plan_from_phy2log(phy2log.data(), num_layers, topo.num_replicas, topo.num_experts);

@@ -168,9 +168,11 @@ Plan plan_swift_balancer(const LoadView& load, const Topology& topo, const int64
     validate_current(current, load.num_layers, topo, "current");
     std::vector<int64_t> phy2log(static_cast<size_t>(load.num_layers * topo.num_replicas));
     pool.parallel_for(load.num_layers, [&](int64_t layer_idx) {
-        const std::vector<int64_t> row =
-            swift_layer(load.layer(layer_idx), current + layer_idx * topo.num_replicas, topo,
-                        options.max_moves_per_layer);
+        const int64_t* current_row = current + layer_idx * topo.num_replicas;
+        // A swap can bring an expert back to its rank in another slot: put it back in place.
+        const std::vector<int64_t> row = align_to_current(
+            swift_layer(load.layer(layer_idx), current_row, topo, options.max_moves_per_layer),
+            current_row, topo.num_ranks);
         std::copy(row.begin(), row.end(), phy2log.begin() + layer_idx * topo.num_replicas);
     });
     return plan_from_phy2log(phy2log.data(), load.num_layers, topo.num_replicas, topo.num_experts);

@@ -1,12 +1,15 @@
 #pragma once
 // Reusable steps of the placement policies: min-max-per-replica allotment, DeepSeek-style
-// balanced packing, and LPT placement. Each works on one layer and is deterministic.
+// balanced packing (with or without two replicas of one expert on a pack), LPT placement, and
+// the alignment that keeps experts where the table in force has them. Each works on one layer
+// and is deterministic.
 //
 // The DeepSeek-compatible steps (replicate_min_max, balanced_packing) compute in float32 as
 // DeepSeek EPLB does (`weight.float()`), so ties and rounding match its torch implementation;
 // sort ties are broken by the lower index (torch.sort(stable=True)).
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "eplb_native/plan.h"
@@ -26,9 +29,11 @@ struct Replication {
 };
 
 // Min-max per replica: every expert gets one replica, then each further replica goes to the
-// expert with the largest load per replica weight[e] / logcnt[e] (lowest index on ties).
-[[nodiscard]] Replication replicate_min_max(const float* weight, int64_t num_experts,
-                                            int64_t num_physical);
+// expert with the largest load per replica weight[e] / logcnt[e] (lowest index on ties) among
+// those with fewer than max_count replicas. Needs num_physical <= num_experts * max_count.
+[[nodiscard]] Replication replicate_min_max(
+    const float* weight, int64_t num_experts, int64_t num_physical,
+    int64_t max_count = std::numeric_limits<int64_t>::max());
 
 struct Packing {
     std::vector<int64_t> pack_index;    // [num_items]: the pack of each item
@@ -41,6 +46,17 @@ struct Packing {
 // are not avoided (DeepSeek EPLB's behaviour).
 [[nodiscard]] Packing balanced_packing(const float* weight, int64_t num_items, int64_t num_packs);
 
+// balanced_packing that never puts two items with the same label (expert id) in one pack: each
+// item, heaviest first, goes to the lightest pack with room that lacks its label (lowest pack
+// index on ties). When every pack with room already holds the label, the item instead takes the
+// place of an item y in a pack p that lacks the label, and y moves to the lightest pack q with
+// room (y's label must be absent from q); among such (p, y) the one with the smallest
+// max(load of p after, load of q after) wins, lowest p then lowest position on ties. Such a
+// pair always exists when no label occurs more than num_packs times (EPLB_CHECK otherwise).
+// When balanced_packing puts no two items with one label in a pack, both give the same result.
+[[nodiscard]] Packing balanced_packing_distinct(const float* weight, const int64_t* label,
+                                                int64_t num_items, int64_t num_packs);
+
 // LPT placement of replicas onto num_ranks ranks of num_replicas / num_ranks slots each: the
 // hottest replica first (stable on ties) onto the least loaded rank with a free slot that does
 // not already hold that expert (lowest rank on ties); only when no such rank is left does it go
@@ -50,6 +66,27 @@ struct Packing {
                                              const std::vector<double>& replica_load,
                                              int64_t num_experts, int64_t num_ranks);
 
+// Minimum-cost perfect assignment on a square n x n cost matrix (row-major): returns
+// assignment[row] = column. O(n^3) Hungarian method (potentials + shortest augmenting paths).
+[[nodiscard]] std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n);
+
+// Keeps experts where the table in force has them. Reorders `proposed` (phy2log row [P]; rank r
+// owns slots [r * S, (r + 1) * S)) against `current` (the row in force, [P]; -1 marks an empty
+// slot) in two steps:
+//   1. ranks: each proposed rank row goes to the current rank sharing the most experts with it
+//      (maximum total multiset overlap; among equal totals, the most ranks keep their label).
+//      With num_nodes > 1 the ranks form num_nodes blocks of D / num_nodes consecutive ranks,
+//      and whole blocks are matched first (by the best overlap of their ranks), then ranks only
+//      within matched blocks, so a plan that confines expert groups to nodes keeps doing so.
+//   2. slots: inside each rank, every expert that is already there keeps its current slot; the
+//      others fill the free slots in proposal order.
+// Every rank's multiset of experts moves as a whole, so replica counts, the multiset of rank
+// loads and the absence of duplicates on a rank are unchanged, and the weight copies from
+// `current` are the fewest over all such relabellings.
+[[nodiscard]] std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed,
+                                                    const int64_t* current, int64_t num_ranks,
+                                                    int64_t num_nodes = 1);
+
 // Checks the topology (validate_topology), that load has topo.num_experts columns and at least
 // one layer, and its values (finite, >= 0). Throws std::invalid_argument naming the field.
 void validate_problem(const LoadView& load, const Topology& topo);
@@ -58,9 +95,11 @@ void validate_problem(const LoadView& load, const Topology& topo);
 struct CurrentChecks {
     bool every_expert = true;           // every expert has a replica in every layer
     bool no_duplicate_on_rank = false;  // no rank holds two replicas of one expert
+    bool empty_slots = false;           // -1 is allowed too: an empty slot (vLLM's elastic EP)
 };
 
-// Checks a current placement phy2log [L, P] against the topology: ids in [0, N), plus `checks`.
+// Checks a current placement phy2log [L, P] against the topology: ids in [0, N) (or -1 when
+// checks.empty_slots), plus `checks`.
 // Throws std::invalid_argument naming `field`.
 void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology& topo,
                       const char* field, CurrentChecks checks = {});

@@ -10,6 +10,8 @@
 // busiest rank, if that lowers the layer's max rank load. An expert with k replicas carries
 // exactly load / k on each. Every step lowers the busiest rank's load (a swap) or the layer's
 // max rank load (a re-allotment), so the max rank load never rises above the current one.
+// Finally the row is aligned to `current` (align_to_current): an expert that a swap brought
+// back to its rank returns to its old slot, so every expert that stays on a rank keeps its slot.
 
 #include <cstdint>
 
