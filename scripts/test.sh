@@ -24,6 +24,9 @@ echo "== installing eplb-native with its test extra"
 # Pin the CPU build of torch first: an unpinned 'torch' requirement would pull a multi-GB CUDA build.
 "$python" -c "import torch" 2>/dev/null || "$python" -m pip install -q torch==2.13.0
 "$python" -m pip install -q ".[test]"
+# SGLang's EPLB algorithm modules need only torch: its wheel alone (39 MB, none of its GPU
+# stack) lets the integration tests run eplb_native inside SGLang's own code.
+"$python" -m pip install -q --no-deps sglang==0.5.23
 
 echo "== C++ tests (ctest)"
 cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DEPLB_BUILD_TESTS=ON -DEPLB_WERROR=ON

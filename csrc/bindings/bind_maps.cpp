@@ -99,17 +99,19 @@ void bind_maps(py::module_& m) {
 
     m.def(
         "rank_log2phy",
-        [](const CArray<int64_t>& phy2log, int64_t num_experts, int64_t num_ranks) {
+        [](const CArray<int64_t>& phy2log, int64_t num_experts, int64_t num_ranks,
+           int64_t tp_size) {
             const Plan plan = plan_from_array(phy2log, num_experts);
             std::vector<int64_t> routes;
             {
                 py::gil_scoped_release release;  // pure core computation on copied data
-                routes = rank_log2phy(plan, num_ranks);
+                routes = rank_log2phy(plan, num_ranks, tp_size);
             }
             return to_numpy(routes, {num_ranks, plan.num_layers, plan.num_experts});
         },
-        py::arg("phy2log"), py::arg("num_experts"), py::arg("num_ranks"),
-        "int64 [D, L, N]: physical slot that rank r routes expert e's tokens to.");
+        py::arg("phy2log"), py::arg("num_experts"), py::arg("num_ranks"), py::arg("tp_size") = 0,
+        "int64 [D, L, N]: physical slot that rank r routes expert e's tokens to (tp_size 0: "
+        "own replica, else an even spread; >= 1: vllm-ascend's generate_log2phy_map rule).");
 
     // The two load conversions read the load array in place (often [steps, L, P], tens of MB)
     // and write a new numpy array without the GIL: the arguments hold both for the call.

@@ -222,8 +222,12 @@ std::vector<int64_t> rank_expert_maps(const Plan& plan, int64_t num_ranks) {
     return maps;
 }
 
-std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks) {
+std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks, int64_t tp_size) {
     require_positive(num_ranks, "num_ranks");
+    if (tp_size < 0) {
+        throw_invalid("tp_size", "expected 0 (even spread) or a tensor-parallel size >= 1, got " +
+                                     std::to_string(tp_size));
+    }
     const int64_t L = plan.num_layers;
     const int64_t N = plan.num_experts;
     const int64_t P = plan.num_physical;
@@ -232,6 +236,7 @@ std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks) {
     std::vector<int64_t> routes(static_cast<size_t>(num_ranks * L * N), -1);
     std::vector<int64_t> holder_slot(static_cast<size_t>(num_ranks));
     std::vector<int64_t> ranks_served;
+    std::vector<int64_t> candidates;
     for (int64_t l = 0; l < L; ++l) {
         for (int64_t e = 0; e < N; ++e) {
             const int64_t* replicas = plan.log2phy.data() + (l * N + e) * R;
@@ -244,6 +249,23 @@ std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks) {
                     holder_slot[static_cast<size_t>(rank)] = replicas[k];
                     ++ranks_served[static_cast<size_t>(k)];
                 }
+            }
+            if (tp_size > 0) {
+                // Candidates: one per holding rank, ascending (holder_slot keeps the lowest).
+                candidates.clear();
+                for (int64_t slot : holder_slot) {
+                    if (slot >= 0) {
+                        candidates.push_back(slot);
+                    }
+                }
+                const auto k = static_cast<int64_t>(candidates.size());
+                for (int64_t rank = 0; rank < num_ranks; ++rank) {
+                    const int64_t turn =
+                        tp_size == 1 ? rank : rank % tp_size + rank / tp_size + e;
+                    routes[static_cast<size_t>((rank * L + l) * N + e)] =
+                        candidates[static_cast<size_t>(turn % k)];
+                }
+                continue;
             }
             for (int64_t rank = 0; rank < num_ranks; ++rank) {
                 int64_t slot = holder_slot[static_cast<size_t>(rank)];

@@ -37,9 +37,9 @@ def rank_loads(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], n
     """
     float64 [rows, L, D]: tokens per rank, each expert's tokens (load [rows, L, N]) split evenly among its replicas.
     """
-def rank_log2phy(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+def rank_log2phy(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, tp_size: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.int64]:
     """
-    int64 [D, L, N]: physical slot that rank r routes expert e's tokens to.
+    int64 [D, L, N]: physical slot that rank r routes expert e's tokens to (tp_size 0: own replica, else an even spread; >= 1: vllm-ascend's generate_log2phy_map rule).
     """
 def rebalance_experts(policy: str, load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = 32) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """

@@ -132,14 +132,22 @@ def rank_expert_maps(plan: Plan, num_ranks: int) -> IntArray:
     return _core.rank_expert_maps(plan.phy2log, plan.num_experts, int(num_ranks))
 
 
-def rank_log2phy(plan: Plan, num_ranks: int) -> IntArray:
+def rank_log2phy(plan: Plan, num_ranks: int, tp_size: int | None = None) -> IntArray:
     """Per-rank routing choice, int64 [D, L, N]: the physical slot rank r sends expert e's tokens to.
 
-    A rank holding a replica uses its own; the other ranks are spread over the replicas so that
-    the numbers of ranks each replica serves differ by at most one.
+    ``tp_size=None``: a rank holding a replica uses its own; the other ranks are spread over the
+    replicas so that the numbers of ranks each replica serves differ by at most one.
+
+    ``tp_size`` >= 1: vllm-ascend's ``generate_log2phy_map`` rule, so that both sides route
+    alike. Expert e's k candidates are its holding ranks in ascending order (each with its lowest
+    slot of e); rank r takes candidate ``r % k`` when ``tp_size == 1``, else
+    ``(r % tp_size + r // tp_size + e) % k``: ranks of one tensor-parallel group, and successive
+    experts, take different replicas.
     """
     _check_positive_int(num_ranks, "num_ranks")
-    return _core.rank_log2phy(plan.phy2log, plan.num_experts, int(num_ranks))
+    if tp_size is not None:
+        _check_positive_int(tp_size, "tp_size")
+    return _core.rank_log2phy(plan.phy2log, plan.num_experts, int(num_ranks), int(tp_size or 0))
 
 
 def default_placement(
@@ -428,7 +436,7 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
     old = _as_int_array(current_table, "current_table")
     new = _as_int_array(new_table, "new_table")
     if old.ndim != 3 or new.shape != old.shape:
-        msg = f"new_table: expected the shape of current_table [L, D, S] {old.shape}, got {new.shape}"
+        msg = f"new_table: expected current_table's shape [L, D, S] {old.shape}, got {new.shape}"
         raise ValueError(msg)
     num_layers = old.shape[0]
     size = int(max(old.max(initial=0), new.max(initial=0))) + 1
@@ -450,7 +458,8 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
             violations.append(f"layer {layer}: expert {expert} has no replica left")
         if twice[layer].any():
             rank = int(np.flatnonzero(twice[layer])[0])
-            violations.append(f"layer {layer}: rank {rank} holds an expert twice: {new[layer, rank].tolist()}")
+            row = new[layer, rank].tolist()
+            violations.append(f"layer {layer}: rank {rank} holds an expert twice: {row}")
         if moved[layer].any():
             rank = int(np.flatnonzero(moved[layer])[0])
             violations.append(

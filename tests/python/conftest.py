@@ -21,12 +21,12 @@ def plans(draw: st.DrawFn, max_layers: int = 3, max_ranks: int = 6, max_slots: i
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(num_layers):
-        rows.append(_random_row(rng, num_experts, num_ranks, num_slots))
+        rows.append(random_row(rng, num_experts, num_ranks, num_slots))
     plan = eplb_native.Plan.from_phy2log(np.stack(rows), num_experts)
     return plan, num_ranks
 
 
-def _random_row(
+def random_row(
     rng: np.random.Generator, num_experts: int, num_ranks: int, num_slots: int
 ) -> np.ndarray:
     """One layer: every expert once, extra replicas on ranks that lack the expert."""

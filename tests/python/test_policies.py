@@ -41,11 +41,16 @@ def test_registry_keys_are_config_names() -> None:
     assert {"default_eplb", "swift_balancer", "random"} <= set(POLICIES)
 
 
-def test_torch_tensor_input() -> None:
+def test_torch_tensor_in_torch_tensors_out() -> None:
     torch = pytest.importorskip("torch")
     golden = json.loads(GOLDEN.read_text())
-    plan = rebalance_experts(torch.tensor(golden["weight"]), 16, 4, 2, 8)
-    np.testing.assert_array_equal(plan.phy2log, golden["phy2log"])
+    phy2log, log2phy, logcnt = rebalance_experts(torch.tensor(golden["weight"]), 16, 4, 2, 8)
+    for tensor in (phy2log, log2phy, logcnt):  # as DeepSeek EPLB returns them
+        assert isinstance(tensor, torch.Tensor)
+        assert tensor.dtype == torch.int64
+        assert tensor.device == torch.device("cpu")
+    assert phy2log.tolist() == golden["phy2log"]
+    assert isinstance(rebalance_experts(np.array(golden["weight"]), 16, 4, 2, 8).phy2log, np.ndarray)
 
 
 @st.composite

@@ -74,10 +74,17 @@ void validate_plan(const PlanArrays& plan, int64_t num_ranks, bool allow_duplica
 [[nodiscard]] std::vector<int64_t> rank_expert_maps(const Plan& plan, int64_t num_ranks);
 
 // Per-rank routing choice, int64 [D, L, N]: the physical slot that rank r sends expert e's
-// tokens to. A rank holding a replica uses its own; the other ranks, in ascending order, each
-// take the replica that serves the fewest ranks so far (lowest index on ties), so that the
+// tokens to.
+// tp_size == 0: a rank holding a replica uses its own; the other ranks, in ascending order,
+// each take the replica that serves the fewest ranks so far (lowest index on ties), so that the
 // replicas' shares of the D ranks differ by at most one.
-[[nodiscard]] std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks);
+// tp_size >= 1: vllm-ascend's generate_log2phy_map rule. Expert e's k candidates are its
+// holding ranks in ascending order, each with its lowest slot of e; rank r takes candidate
+// r % k when tp_size == 1, else (r % tp_size + r / tp_size + e) % k, which rotates the replicas
+// of neighbouring tensor-parallel ranks and of successive experts. Throws std::invalid_argument
+// naming tp_size when it is negative.
+[[nodiscard]] std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks,
+                                                int64_t tp_size = 0);
 
 // Tokens per logical expert from tokens per physical slot: `slot_load` [rows, L, P] in,
 // `out` [rows, L, N] overwritten, each expert's slots summed in slot order.

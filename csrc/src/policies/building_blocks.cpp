@@ -99,52 +99,42 @@ Packing balanced_packing_distinct(const float* weight, const int64_t* label, int
     out.pack_index.assign(static_cast<size_t>(num_items), 0);
     out.rank_in_pack.assign(static_cast<size_t>(num_items), 0);
     std::vector<float> pack_weight(static_cast<size_t>(num_packs), 0.0f);
-    std::vector<std::vector<int64_t>> members(static_cast<size_t>(num_packs));  // items in order
+    std::vector<int64_t> size(static_cast<size_t>(num_packs), 0);
+    std::vector<int64_t> members(static_cast<size_t>(num_items));  // [pack, position] -> item
+    const int64_t num_labels = 1 + *std::max_element(label, label + num_items);
+    std::vector<char> held(static_cast<size_t>(num_labels * num_packs), 0);  // [label, pack]
+    const auto at = [](int64_t index) { return static_cast<size_t>(index); };
     const auto holds = [&](int64_t pack, int64_t wanted) {
-        for (int64_t item : members[static_cast<size_t>(pack)]) {
-            if (label[item] == wanted) {
-                return true;
-            }
-        }
-        return false;
-    };
-    const auto has_room = [&](int64_t pack) {
-        return static_cast<int64_t>(members[static_cast<size_t>(pack)].size()) < per_pack;
+        return held[at(wanted * num_packs + pack)] != 0;
     };
     const auto put = [&](int64_t item, int64_t pack, int64_t position) {
-        auto& items = members[static_cast<size_t>(pack)];
-        if (position == static_cast<int64_t>(items.size())) {
-            items.push_back(item);
-        } else {
-            items[static_cast<size_t>(position)] = item;
-        }
-        out.pack_index[static_cast<size_t>(item)] = pack;
-        out.rank_in_pack[static_cast<size_t>(item)] = position;
-        pack_weight[static_cast<size_t>(pack)] += weight[item];
+        members[at(pack * per_pack + position)] = item;
+        size[at(pack)] = std::max(size[at(pack)], position + 1);
+        out.pack_index[at(item)] = pack;
+        out.rank_in_pack[at(item)] = position;
+        pack_weight[at(pack)] += weight[item];
+        held[at(label[item] * num_packs + pack)] = 1;
     };
     for (int64_t item : order_descending(weight, num_items)) {
         int64_t pack = -1;
         int64_t lightest_open = -1;
         for (int64_t p = 0; p < num_packs; ++p) {
-            const auto pi = static_cast<size_t>(p);
-            if (!has_room(p)) {
+            if (size[at(p)] == per_pack) {
                 continue;
             }
-            if (lightest_open < 0 || pack_weight[pi] < pack_weight[static_cast<size_t>(lightest_open)]) {
+            if (lightest_open < 0 || pack_weight[at(p)] < pack_weight[at(lightest_open)]) {
                 lightest_open = p;
             }
-            if (!holds(p, label[item]) &&
-                (pack < 0 || pack_weight[pi] < pack_weight[static_cast<size_t>(pack)])) {
+            if (!holds(p, label[item]) && (pack < 0 || pack_weight[at(p)] < pack_weight[at(pack)])) {
                 pack = p;
             }
         }
         if (pack >= 0) {
-            put(item, pack, static_cast<int64_t>(members[static_cast<size_t>(pack)].size()));
+            put(item, pack, size[at(pack)]);
             continue;
         }
         // Every pack with room holds this label: swap through the lightest open pack q.
         const int64_t q = lightest_open;
-        const float q_weight = pack_weight[static_cast<size_t>(q)];
         int64_t best_pack = -1;
         int64_t best_position = -1;
         float best_peak = 0.0f;
@@ -152,25 +142,25 @@ Packing balanced_packing_distinct(const float* weight, const int64_t* label, int
             if (p == q || holds(p, label[item])) {
                 continue;
             }
-            const auto& items = members[static_cast<size_t>(p)];
-            for (size_t k = 0; k < items.size(); ++k) {
-                const int64_t y = items[k];
+            for (int64_t k = 0; k < size[at(p)]; ++k) {
+                const int64_t y = members[at(p * per_pack + k)];
                 if (holds(q, label[y])) {
                     continue;
                 }
-                const float peak = std::max(
-                    pack_weight[static_cast<size_t>(p)] - weight[y] + weight[item], q_weight + weight[y]);
+                const float peak = std::max(pack_weight[at(p)] - weight[y] + weight[item],
+                                            pack_weight[at(q)] + weight[y]);
                 if (best_pack < 0 || peak < best_peak) {
                     best_pack = p;
-                    best_position = static_cast<int64_t>(k);
+                    best_position = k;
                     best_peak = peak;
                 }
             }
         }
         EPLB_CHECK(best_pack >= 0, "a label occurs more often than there are packs");
-        const int64_t moved = members[static_cast<size_t>(best_pack)][static_cast<size_t>(best_position)];
-        pack_weight[static_cast<size_t>(best_pack)] -= weight[moved];
-        put(moved, q, static_cast<int64_t>(members[static_cast<size_t>(q)].size()));
+        const int64_t moved = members[at(best_pack * per_pack + best_position)];
+        pack_weight[at(best_pack)] -= weight[moved];
+        held[at(label[moved] * num_packs + best_pack)] = 0;  // a pack holds each label once
+        put(moved, q, size[at(q)]);
         put(item, best_pack, best_position);
     }
     return out;
@@ -272,21 +262,17 @@ std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t
 
 namespace {
 
-// Number of entries of row_a matched by distinct equal entries of row_b (multiset overlap).
-int64_t overlap(const int64_t* row_a, const int64_t* row_b, int64_t num_slots,
-                std::vector<char>& used) {
-    std::fill(used.begin(), used.end(), 0);
-    int64_t matched = 0;
-    for (int64_t a = 0; a < num_slots; ++a) {
-        for (int64_t b = 0; b < num_slots; ++b) {
-            if (!used[static_cast<size_t>(b)] && row_a[a] == row_b[b]) {
-                used[static_cast<size_t>(b)] = 1;
-                ++matched;
-                break;
-            }
+// Replicas of each expert on each rank of a row [D * S]: counts[r * num_ids + e]; -1 (an empty
+// slot) is not counted.
+std::vector<int32_t> rank_counts(const int64_t* row, int64_t num_ranks, int64_t num_slots,
+                                 int64_t num_ids) {
+    std::vector<int32_t> counts(static_cast<size_t>(num_ranks * num_ids), 0);
+    for (int64_t p = 0; p < num_ranks * num_slots; ++p) {
+        if (row[p] >= 0) {
+            ++counts[static_cast<size_t>((p / num_slots) * num_ids + row[p])];
         }
     }
-    return matched;
+    return counts;
 }
 
 // Writes `row` (one rank's S experts) into `out` (that rank's S slots): experts found in `old`
@@ -327,13 +313,27 @@ std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed, cons
     const int64_t num_slots = num_physical / num_ranks;
     const int64_t per_node = num_ranks / num_nodes;
     std::vector<char> used(static_cast<size_t>(num_slots), 0);
-    // Rank costs: fewer shared experts cost more; a rank keeping its label breaks ties (its
-    // bonus summed over a block stays below one shared expert).
+    const int64_t num_ids =
+        1 + std::max(*std::max_element(proposed.begin(), proposed.end()),
+                     *std::max_element(current, current + num_physical));
+    const std::vector<int32_t> new_counts =
+        rank_counts(proposed.data(), num_ranks, num_slots, num_ids);
+    const std::vector<int32_t> old_counts = rank_counts(current, num_ranks, num_slots, num_ids);
+    // Rank costs: fewer shared experts (multiset overlap) cost more; a rank keeping its label
+    // breaks ties (its bonus summed over a block stays below one shared expert).
     const auto rank_cost = [&](int64_t r_new, int64_t r_old) {
-        const auto shared = static_cast<double>(overlap(proposed.data() + r_new * num_slots,
-                                                        current + r_old * num_slots, num_slots,
-                                                        used));
-        return -(shared * static_cast<double>(per_node + 1) + (r_new == r_old ? 1.0 : 0.0));
+        const int64_t* row = proposed.data() + r_new * num_slots;
+        int64_t shared = 0;
+        for (int64_t s = 0; s < num_slots; ++s) {
+            const int32_t mine = new_counts[static_cast<size_t>(r_new * num_ids + row[s])];
+            const int32_t theirs = old_counts[static_cast<size_t>(r_old * num_ids + row[s])];
+            // min(mine, theirs) per expert, added at its first slot on the rank.
+            if (mine == 1 || std::find(row, row + s, row[s]) == row + s) {
+                shared += std::min(mine, theirs);
+            }
+        }
+        return -(static_cast<double>(shared) * static_cast<double>(per_node + 1) +
+                 (r_new == r_old ? 1.0 : 0.0));
     };
     // For each (new block, old block): the best rank matching inside and its total cost.
     std::vector<std::vector<int64_t>> inner(static_cast<size_t>(num_nodes * num_nodes));
