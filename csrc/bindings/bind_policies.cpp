@@ -8,6 +8,7 @@
 
 #include "bindings.h"
 #include "eplb_native/plan.h"
+#include "eplb_native/policies/building_blocks.h"
 #include "eplb_native/policies/default_eplb.h"
 #include "eplb_native/policies/random_placement.h"
 #include "eplb_native/policies/swift_balancer.h"
@@ -81,6 +82,36 @@ py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64
         to_numpy(plan.logcnt, {plan.num_layers, plan.num_experts}));
 }
 
+py::array_t<int64_t> keep_slots(const CArray<int64_t>& phy2log, const CArray<int64_t>& current,
+                                int64_t num_ranks) {
+    require_ndim(phy2log, 2, "phy2log", "[layers, physical_slots]");
+    const auto shape = shape_of(phy2log);
+    if (shape_of(current) != shape) {
+        throw_invalid("old_phy2log", "expected the shape of phy2log " + shape_str(shape) +
+                                         ", got " + shape_str(shape_of(current)));
+    }
+    if (num_ranks <= 0 || shape[1] % num_ranks != 0) {
+        throw_invalid("num_ranks", "expected a positive divisor of the " +
+                                       std::to_string(shape[1]) + " slots, got " +
+                                       std::to_string(num_ranks));
+    }
+    std::vector<int64_t> rows(phy2log.data(), phy2log.data() + phy2log.size());
+    if (std::any_of(rows.begin(), rows.end(), [](int64_t e) { return e < 0; })) {
+        throw_invalid("phy2log", "expected expert ids >= 0 in every slot");
+    }
+    std::vector<int64_t> old(current.data(), current.data() + current.size());
+    {
+        py::gil_scoped_release release;  // the core reads only the copies above
+        for (int64_t l = 0; l < shape[0]; ++l) {
+            const auto first = rows.begin() + l * shape[1];
+            const std::vector<int64_t> kept = policies::keep_slots(
+                {first, first + shape[1]}, old.data() + l * shape[1], num_ranks);
+            std::copy(kept.begin(), kept.end(), first);
+        }
+    }
+    return to_numpy(rows, {shape[0], shape[1]});
+}
+
 }  // namespace
 
 void bind_policies(py::module_& m) {
@@ -91,6 +122,10 @@ void bind_policies(py::module_& m) {
           "(policy, load float64 [L, N], P, G, H, D, current int64 [L, P] | None, num_threads, "
           "seed, max_moves_per_layer) -> (phy2log [L, P], log2phy [L, N, max_replicas], "
           "logcnt [L, N]) for policy in default_eplb, swift_balancer, random.");
+    m.def("keep_slots", &keep_slots, py::arg("phy2log"), py::arg("old_phy2log"),
+          py::arg("num_ranks"),
+          "int64 [L, P]: phy2log with, inside each rank, the experts old_phy2log (-1: empty "
+          "slot) has there back in their old slots; the others fill the free slots in order.");
 }
 
 }  // namespace eplb_native::bindings

@@ -8,7 +8,7 @@ import typing
 import numpy
 import numpy.typing
 
-__all__: list[str] = ['expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_route', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
+__all__: list[str] = ['expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_route', 'keep_slots', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
 def expert_load_from_slot_load(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, slot_load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [rows, L, N]: tokens per expert, its slots' tokens (slot_load [rows, L, P]) summed.
@@ -20,6 +20,10 @@ def fused_moe_decode_ref(x: typing.Any, dtype: str, expert_ids: typing.Any, expe
 def fused_moe_route(expert_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], num_experts: typing.SupportsInt | typing.SupportsIndex, x_active_mask: typing.Any = None) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
     Routing phase only: (counts int64 [E], offsets int64 [E + 1], row_of int64 [BS, K], -1 for skipped pairs). Row order: by expert, then (token, k).
+    """
+def keep_slots(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], old_phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    int64 [L, P]: phy2log with, inside each rank, the experts old_phy2log (-1: empty slot) has there back in their old slots; the others fill the free slots in order.
     """
 def plan_flashlb(load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, history: numpy.ndarray | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 16, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """

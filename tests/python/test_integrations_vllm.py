@@ -100,6 +100,31 @@ def test_empty_slots_and_changed_slot_counts(policy: str) -> None:
     assert shrunk.shape == (3, 20)
 
 
+@pytest.mark.parametrize(
+    ("num_ranks", "old", "new"),
+    [
+        (2, [0, 1, 2, 3, 4, 5, 6, 7], [1, 5, 0, 4, 6, 2, 7, 3]),  # shuffled in, 4 and 5 arrive
+        (2, [0, 1, 0, 2, 3, 4, 5, 6, 1, 2], [0, 5, 4, 0, 1, 6, 2, 3, 2, 1]),  # duplicates
+        (3, [0, 1, 2, 3] * 3, [0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 0]),  # one expert everywhere
+        (2, [0, -1, 2, 3, -1, 5, 6, 7], [3, 0, 1, 2, 7, 6, 5, 4]),  # empty old slots
+    ],
+)
+def test_preserve_intragpu_slots(num_ranks: int, old: list[int], new: list[int]) -> None:
+    # vLLM's rule for its helper: each GPU keeps the same (expert, count) pairs as the new map,
+    # and an expert that stays on a GPU sits in (at least the first of) its old slots.
+    old_table, new_table = np.array([old]), np.array([new])
+    kept = VllmPolicy.preserve_intragpu_slots(new_table, num_ranks, old_table)
+    slots = len(new) // num_ranks
+    for rank in range(num_ranks):
+        window = slice(rank * slots, (rank + 1) * slots)
+        assert sorted(kept[0, window]) == sorted(new_table[0, window])
+        old_rank = old_table[0, window].tolist()
+        for expert in set(old_rank) & set(new_table[0, window].tolist()):
+            assert kept[0, window][old_rank.index(expert)] == expert
+    with pytest.raises(AssertionError):
+        VllmPolicy.preserve_intragpu_slots(new_table, 3, old_table[:, :6])
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """vllm.distributed.eplb.policy holding EPLB_POLICIES like upstream's."""

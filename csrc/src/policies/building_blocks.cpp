@@ -277,7 +277,7 @@ std::vector<int32_t> rank_counts(const int64_t* row, int64_t num_ranks, int64_t 
 
 // Writes `row` (one rank's S experts) into `out` (that rank's S slots): experts found in `old`
 // keep their slot there, the rest fill the free slots in order.
-void keep_slots(const int64_t* row, const int64_t* old, int64_t num_slots, int64_t* out,
+void keep_rank_slots(const int64_t* row, const int64_t* old, int64_t num_slots, int64_t* out,
                 std::vector<char>& used) {
     std::fill(used.begin(), used.end(), 0);  // used[a]: row[a] already placed
     std::fill(out, out + num_slots, int64_t{-1});
@@ -303,6 +303,20 @@ void keep_slots(const int64_t* row, const int64_t* old, int64_t num_slots, int64
 }
 
 }  // namespace
+
+std::vector<int64_t> keep_slots(const std::vector<int64_t>& proposed, const int64_t* current,
+                                int64_t num_ranks) {
+    const auto num_physical = static_cast<int64_t>(proposed.size());
+    EPLB_CHECK(num_ranks > 0 && num_physical % num_ranks == 0, "slots do not split over ranks");
+    const int64_t num_slots = num_physical / num_ranks;
+    std::vector<char> used(static_cast<size_t>(num_slots), 0);
+    std::vector<int64_t> kept(proposed.size(), -1);
+    for (int64_t r = 0; r < num_ranks; ++r) {
+        keep_rank_slots(proposed.data() + r * num_slots, current + r * num_slots, num_slots,
+                        kept.data() + r * num_slots, used);
+    }
+    return kept;
+}
 
 std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed, const int64_t* current,
                                       int64_t num_ranks, int64_t num_nodes) {
@@ -366,8 +380,8 @@ std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed, cons
         for (int64_t i = 0; i < per_node; ++i) {
             const int64_t r_new = a * per_node + i;
             const int64_t r_old = b * per_node + match[static_cast<size_t>(i)];
-            keep_slots(proposed.data() + r_new * num_slots, current + r_old * num_slots,
-                       num_slots, aligned.data() + r_old * num_slots, used);
+            keep_rank_slots(proposed.data() + r_new * num_slots, current + r_old * num_slots,
+                            num_slots, aligned.data() + r_old * num_slots, used);
         }
     }
     return aligned;

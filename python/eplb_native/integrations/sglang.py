@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from eplb_native.integrations import BY_POLICY_TYPE, POLICY_ENV, policy_from_env
+from eplb_native.policies import _as_numpy
 from eplb_native.policies import rebalance_experts as plan_experts
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def rebalance_experts(
             f"num_physical_experts={num_physical_experts}, got {num_local_physical_experts}"
         )
         raise ValueError(msg)
-    tokens = np.asarray(tokens_per_expert.detach().cpu().numpy(), dtype=np.float64)
+    tokens = np.asarray(_as_numpy(tokens_per_expert), dtype=np.float64)
     history = tokens if tokens.ndim == 3 and policy == "flashlb" else None
     load = tokens.sum(axis=0) if tokens.ndim == 3 else tokens
     groups, nodes = (num_groups, num_nodes) if hierarchical and num_groups else (1, 1)

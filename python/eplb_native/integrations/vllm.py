@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from eplb_native import _core
 from eplb_native.config import POLICY_NAMES
 from eplb_native.flashlb import FlashLBOptions
 from eplb_native.integrations import BY_POLICY_TYPE, policy_from_env
-from eplb_native.policies import rebalance_experts
+from eplb_native.policies import _as_numpy, rebalance_experts
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class VllmPolicy:
     Given the placement in force with vLLM's slot count (and no empty slot for the policies
     that edit it: swift_balancer, flashlb incremental), the plan is slot-stable: no rank holds
     an expert twice and every expert that stays on a rank keeps its slot, which subsumes vLLM's
-    ``preserve_intragpu_slots``. When the slot count changed (elastic scale up or down) there
+    ``preserve_intragpu_slots`` (also offered on its own). When the slot count changed (elastic scale up or down) there
     is no slot to keep and the policy plans afresh; swift_balancer and flashlb incremental,
     which edit the placement in force, then fall back to default_eplb.
 
@@ -76,7 +77,7 @@ class VllmPolicy:
             PolicyInputError: bad arguments (both a ValueError and an AssertionError).
         """
         torch = importlib.import_module("torch")
-        load = np.asarray(weight.detach().cpu().numpy(), dtype=np.float64)
+        load = np.asarray(_as_numpy(weight), dtype=np.float64)
         if num_nodes <= 0 or num_groups % num_nodes:
             num_groups, num_nodes = 1, 1  # global planning: vLLM ignores both then
         name, options = cls.policy, cls.options
@@ -85,7 +86,7 @@ class VllmPolicy:
         )
         current = None
         if old_global_expert_indices is not None:
-            old = np.asarray(old_global_expert_indices.detach().cpu().numpy(), dtype=np.int64)
+            old = np.asarray(_as_numpy(old_global_expert_indices), dtype=np.int64)
             if old.shape == (load.shape[0], num_replicas):
                 current = old
         if edits and (current is None or not _complete(current, load.shape[-1])):
@@ -101,6 +102,21 @@ class VllmPolicy:
         except ValueError as error:
             raise PolicyInputError(str(error)) from error
         return torch.from_numpy(plan.phy2log)
+
+
+    @classmethod
+    def preserve_intragpu_slots(cls, phy2log: Any, num_ranks: int, old_phy2log: Any) -> Any:
+        """vLLM's step of the same name: inside each GPU (rank) of ``phy2log`` int [L, P], the
+        experts ``old_phy2log`` int [L, P] (-1: empty slot) has on that GPU go back to their
+        old slots; the others fill the free slots in order. Ranks stay as they are. Returns
+        int64 numpy [L, P]; raises PolicyInputError on mismatched shapes."""
+        new = np.asarray(_as_numpy(phy2log), dtype=np.int64)
+        old = np.asarray(_as_numpy(old_phy2log), dtype=np.int64)
+        try:
+            kept: Any = _core.keep_slots(new, old, num_ranks)
+        except ValueError as error:
+            raise PolicyInputError(str(error)) from error
+        return kept
 
 
 def _complete(table: Any, num_experts: int) -> bool:

@@ -70,6 +70,12 @@ struct Packing {
 // assignment[row] = column. O(n^3) Hungarian method (potentials + shortest augmenting paths).
 [[nodiscard]] std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n);
 
+// The slot step alone (vLLM's preserve_intragpu_slots): rank r of `proposed` stays rank r;
+// inside it, every expert that `current` (row [P], -1: empty slot) has on rank r keeps its
+// slot (as many replicas as both hold), and the others fill the free slots in proposal order.
+[[nodiscard]] std::vector<int64_t> keep_slots(const std::vector<int64_t>& proposed,
+                                              const int64_t* current, int64_t num_ranks);
+
 // Keeps experts where the table in force has them. Reorders `proposed` (phy2log row [P]; rank r
 // owns slots [r * S, (r + 1) * S)) against `current` (the row in force, [P]; -1 marks an empty
 // slot) in two steps:
@@ -78,8 +84,7 @@ struct Packing {
 //      With num_nodes > 1 the ranks form num_nodes blocks of D / num_nodes consecutive ranks,
 //      and whole blocks are matched first (by the best overlap of their ranks), then ranks only
 //      within matched blocks, so a plan that confines expert groups to nodes keeps doing so.
-//   2. slots: inside each rank, every expert that is already there keeps its current slot; the
-//      others fill the free slots in proposal order.
+//   2. slots: keep_slots on the relabelled ranks.
 // Every rank's multiset of experts moves as a whole, so replica counts, the multiset of rank
 // loads and the absence of duplicates on a rank are unchanged, and the weight copies from
 // `current` are the fewest over all such relabellings.
