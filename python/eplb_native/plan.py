@@ -452,7 +452,8 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
     stays = (new[..., :, None] == old[..., None, :]).any(axis=-1) & (new >= 0)  # [L, D, S]
     moved = (stays & (new != old)).any(axis=-1)  # [L, D]
     violations = []
-    for layer in range(num_layers):
+    broken = missing.any(axis=1) | twice.any(axis=1) | moved.any(axis=1)
+    for layer in np.flatnonzero(broken).tolist():
         if missing[layer].any():
             expert = int(np.flatnonzero(missing[layer])[0])
             violations.append(f"layer {layer}: expert {expert} has no replica left")
