@@ -148,12 +148,15 @@ def plugin() -> None:
     choice = policy_from_env()
     if choice is None:
         return
-    if importlib.util.find_spec("vllm_ascend") is not None:
+    has_ascend = importlib.util.find_spec("vllm_ascend") is not None
+    if has_ascend:
         from eplb_native.integrations import vllm_ascend
 
         vllm_ascend.register(choice)
     if choice != BY_POLICY_TYPE:
         register(choice)
+    elif not has_ascend:
+        logger.warning("EPLB_NATIVE_POLICY=%s needs vllm-ascend; vLLM's EPLB policy is unchanged", choice)
 
 
 __all__ = ["PolicyInputError", "VllmPolicy", "plugin", "policy_class", "register"]
