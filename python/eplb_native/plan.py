@@ -422,7 +422,8 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
     ``EplbWorker.check_expert_placement`` enforces them (it reverts any layer that breaks one):
 
     1. every expert of the table in force still has a replica in the layer;
-    2. no rank holds two replicas of one expert;
+    2. no rank holds two replicas of one expert (unless it already did in the table in force:
+       vllm-ascend's tables never do, and a planner cannot always undo it);
     3. an expert that stays on a rank keeps its slot.
 
     Args:
@@ -446,10 +447,10 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
     present_old[layer_rows, np.where(old < 0, size, old).reshape(num_layers, -1)] = True
     present_new[layer_rows, np.where(new < 0, size, new).reshape(num_layers, -1)] = True
     missing = present_old[:, :size] & ~present_new[:, :size]  # [L, size]
-    same = new[..., :, None] == new[..., None, :]  # [L, D, S, S]
-    other_slot = ~np.eye(old.shape[2], dtype=bool)
-    twice = (same & other_slot & (new >= 0)[..., :, None]).any(axis=(-1, -2))  # [L, D]
-    stays = (new[..., :, None] == old[..., None, :]).any(axis=-1) & (new >= 0)  # [L, D, S]
+    in_new = (new[..., :, None] == new[..., None, :]).sum(axis=-1)  # [L, D, S] copies on rank
+    in_old = (new[..., :, None] == old[..., None, :]).sum(axis=-1)  # the same in the old table
+    twice = ((in_new > 1) & (in_new > in_old) & (new >= 0)).any(axis=-1)  # [L, D]
+    stays = (in_old > 0) & (new >= 0)  # [L, D, S]
     moved = (stays & (new != old)).any(axis=-1)  # [L, D]
     violations = []
     broken = missing.any(axis=1) | twice.any(axis=1) | moved.any(axis=1)

@@ -141,6 +141,7 @@ def test_violations_name_each_rule() -> None:
     twice = current.copy()
     twice[0, 0, 1] = 72
     assert any("holds an expert twice" in line for line in placement_violations(current, twice))
+    assert placement_violations(twice, twice) == []  # already twice in the table in force
     assert placement_violations(current, current) == []
     empty = current.copy()
     empty[0, 0, 3] = -1  # an empty slot in force: nothing to keep there
