@@ -1,7 +1,8 @@
 #pragma once
-// Device-side helpers shared by the fused decode MoE kernels (AIV, dav-2201): reading the tiling
-// block, pipe synchronisation, data-cache maintenance for scalar GM access, and the padded
-// row-block copies every kernel uses. Included only by ascend_kernels/kernels/*.cpp.
+// Device-side helpers shared by the fused decode MoE kernels (dav-2201): reading the tiling
+// block, pipe synchronisation, data-cache maintenance for scalar GM access, the workspace
+// carving, and (vector cores) the padded row-block copies, the per-row int8 quantisation and the
+// W8A8 scale loads. Included only by ascend_kernels/kernels/*.cpp and ascend_kernels/include.
 
 #include "kernel_operator.h"
 
@@ -88,9 +89,12 @@ struct Workspace {
     __gm__ int32_t* offsets;    // [E + 1]
     __gm__ int32_t* row_of;     // [BS * K]
     __gm__ int32_t* row_token;  // [BS * K]
-    __gm__ uint8_t* x_perm;     // act [BS * K, H]
-    __gm__ uint8_t* act;        // act [BS * K, I]
-    __gm__ uint8_t* y;          // act [BS * K, H]
+    __gm__ uint8_t* x_rows;     // act or int8 [BS * K, H]
+    __gm__ float* x_scale;      // [BS * K] (W8A8)
+    __gm__ uint8_t* h1;         // fp32 or int32 [BS * K, h1_stride]
+    __gm__ uint8_t* act;        // act or int8 [BS * K, I]
+    __gm__ float* act_scale;    // [BS * K] (W8A8)
+    __gm__ uint8_t* h2;         // fp32 or int32 [BS * K, h2_stride]
 };
 
 __aicore__ inline Workspace carve_workspace(GM_ADDR workspace, const FusedMoeTilingData& t) {
@@ -98,10 +102,17 @@ __aicore__ inline Workspace carve_workspace(GM_ADDR workspace, const FusedMoeTil
     ws.offsets = reinterpret_cast<__gm__ int32_t*>(workspace + t.ws_offsets);
     ws.row_of = reinterpret_cast<__gm__ int32_t*>(workspace + t.ws_row_of);
     ws.row_token = reinterpret_cast<__gm__ int32_t*>(workspace + t.ws_row_token);
-    ws.x_perm = workspace + t.ws_x_perm;
+    ws.x_rows = workspace + t.ws_x_rows;
+    ws.x_scale = reinterpret_cast<__gm__ float*>(workspace + t.ws_x_scale);
+    ws.h1 = workspace + t.ws_h1;
     ws.act = workspace + t.ws_act;
-    ws.y = workspace + t.ws_y;
+    ws.act_scale = reinterpret_cast<__gm__ float*>(workspace + t.ws_act_scale);
+    ws.h2 = workspace + t.ws_h2;
     return ws;
+}
+
+__aicore__ inline bool is_bf16(int32_t dtype) {
+    return dtype == static_cast<int32_t>(shared::DType::kBFloat16);
 }
 
 // Loads the offsets [E + 1] written by moe_route_count into UB and makes them readable by the
@@ -114,6 +125,106 @@ __aicore__ inline int32_t load_offsets(const AscendC::LocalTensor<int32_t>& dst,
                  shared::align_up((num_experts + 1) * 4, 32) / 4);
     wait_pipe<AscendC::HardEvent::MTE2_S>();
     return dst.GetValue(num_experts);
+}
+
+// Scratch of quantize_row_int8 for rows of up to `cols` elements (shared::quantize_ub_bytes).
+struct QuantBuffers {
+    AscendC::LocalTensor<float> values;  // fp32 [cols]: the row, overwritten
+    AscendC::LocalTensor<float> scratch;  // fp32 [cols]
+    AscendC::LocalTensor<float> work;     // fp32 [cols]: ReduceMax's shared scratch
+    AscendC::LocalTensor<half> codes16;   // fp16 [cols]
+    AscendC::LocalTensor<int8_t> codes;   // int8 [cols]: the result
+    AscendC::LocalTensor<float> max;      // one 32-byte block
+};
+
+template <AscendC::TPosition P>
+__aicore__ inline QuantBuffers init_quant_buffers(AscendC::TPipe& pipe, AscendC::TBuf<P>& values,
+                                                  AscendC::TBuf<P>& scratch, AscendC::TBuf<P>& work,
+                                                  AscendC::TBuf<P>& codes16,
+                                                  AscendC::TBuf<P>& codes, AscendC::TBuf<P>& max,
+                                                  int64_t cols) {
+    const int64_t row32 = shared::align_up(cols * 4, shared::kUbBlockBytes);
+    pipe.InitBuffer(values, row32);
+    pipe.InitBuffer(scratch, row32);
+    pipe.InitBuffer(work, row32);
+    pipe.InitBuffer(codes16, shared::align_up(cols * 2, shared::kUbBlockBytes));
+    pipe.InitBuffer(codes, shared::align_up(cols, shared::kUbBlockBytes));
+    pipe.InitBuffer(max, shared::kUbBlockBytes);
+    QuantBuffers q;
+    q.values = values.template Get<float>();
+    q.scratch = scratch.template Get<float>();
+    q.work = work.template Get<float>();
+    q.codes16 = codes16.template Get<half>();
+    q.codes = codes.template Get<int8_t>();
+    q.max = max.template Get<float>();
+    return q;
+}
+
+// Symmetric per-row int8 quantisation of q.values[0, count) (fp32, written by the vector unit
+// and ordered by the caller) into q.codes, in the operator's arithmetic:
+//   m = max |v|; if m is 0 or not finite: codes 0, return 0; else s = 127 / m (fp32),
+//   code = clamp(rint(v * s), -127, 127) (Muls, Cast CAST_RINT fp32 -> fp32, Mins, Maxs, then
+//   the exact casts fp32 -> fp16 -> int8), return 1 / s (the dequantisation scale).
+// q.codes is written by the vector unit when this returns (order it before a DMA out).
+__aicore__ inline float quantize_row_int8(const QuantBuffers& q, int32_t count) {
+    AscendC::Abs(q.scratch, q.values, count);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::ReduceMax(q.max, q.scratch, q.work, count);
+    wait_pipe<AscendC::HardEvent::V_S>();
+    const float absmax = q.max.GetValue(0);
+    constexpr float kFloatMax = 3.402823466e38F;
+    if (!(absmax > 0.0F && absmax <= kFloatMax)) {
+        AscendC::Duplicate(q.codes16, half(0.0F), count);
+        AscendC::PipeBarrier<PIPE_V>();
+        AscendC::Cast(q.codes, q.codes16, AscendC::RoundMode::CAST_RINT, count);
+        return 0.0F;
+    }
+    const float s = shared::kInt8Max / absmax;
+    AscendC::Muls(q.values, q.values, s, count);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Cast(q.scratch, q.values, AscendC::RoundMode::CAST_RINT, count);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Mins(q.scratch, q.scratch, shared::kInt8Max, count);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Maxs(q.scratch, q.scratch, -shared::kInt8Max, count);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Cast(q.codes16, q.scratch, AscendC::RoundMode::CAST_RINT, count);
+    AscendC::PipeBarrier<PIPE_V>();
+    AscendC::Cast(q.codes, q.codes16, AscendC::RoundMode::CAST_RINT, count);
+    return 1.0F / s;
+}
+
+// Loads scale[offset, offset + count) of expert `expert` (address from a device pointer table,
+// stored as fp32, fp16 or bf16) into dst as fp32, ready for the vector unit. `raw` holds the
+// 16-bit copy. Widening 16-bit scales is exact.
+__aicore__ inline void load_scales_f32(const AscendC::LocalTensor<float>& dst,
+                                       const AscendC::LocalTensor<half>& raw,
+                                       const AscendC::GlobalTensor<uint64_t>& table,
+                                       int64_t expert, int64_t offset, int64_t count,
+                                       int32_t dtype) {
+    const uint64_t address = table.GetValue(expert);
+    if (dtype == static_cast<int32_t>(shared::DType::kFloat32)) {
+        AscendC::GlobalTensor<float> src;
+        src.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(address), offset + count);
+        copy_rows_in(dst, src[offset], 1, count, count, shared::ub_row_elems(count, 4));
+        wait_pipe<AscendC::HardEvent::MTE2_V>();
+        return;
+    }
+    if (is_bf16(dtype)) {
+        AscendC::GlobalTensor<bfloat16_t> src;
+        src.SetGlobalBuffer(reinterpret_cast<__gm__ bfloat16_t*>(address), offset + count);
+        const AscendC::LocalTensor<bfloat16_t> staged = raw.template ReinterpretCast<bfloat16_t>();
+        copy_rows_in(staged, src[offset], 1, count, count, shared::ub_row_elems(count, 2));
+        wait_pipe<AscendC::HardEvent::MTE2_V>();
+        AscendC::Cast(dst, staged, AscendC::RoundMode::CAST_NONE, static_cast<int32_t>(count));
+    } else {
+        AscendC::GlobalTensor<half> src;
+        src.SetGlobalBuffer(reinterpret_cast<__gm__ half*>(address), offset + count);
+        copy_rows_in(raw, src[offset], 1, count, count, shared::ub_row_elems(count, 2));
+        wait_pipe<AscendC::HardEvent::MTE2_V>();
+        AscendC::Cast(dst, raw, AscendC::RoundMode::CAST_NONE, static_cast<int32_t>(count));
+    }
+    AscendC::PipeBarrier<PIPE_V>();
 }
 
 }  // namespace eplb_native::kernels

@@ -1,19 +1,19 @@
-// moe_gemm2 (AIV, multi-core): GEMM2 of fused_moe_decode (design §7.2 step 6).
-// For every workspace row r of expert e: y[r, :] = round(a[r, :] @ w2[e]) (fp32 accumulation in
-// ascending i, one rounding to the activation dtype), w2[e] found through the device pointer
-// table w2_table (uint64 [E]). Same tile walk and tiling key as moe_gemm1_swiglu.
+// moe_gemm2 (AIC, multi-core): GEMM2 of fused_moe_decode on the cube unit. For every workspace
+// row r of expert e: h2[r, :] = act[r, :] @ w2[e] ([I, H]), fp32 accumulators for bf16/fp16
+// weights, int32 for int8 weights (W8A8, act holding the per-row int8 codes of the SwiGLU
+// output). w2[e] comes from the device pointer table w2_table (uint64 [E]). moe_combine rounds
+// (and under W8A8 dequantises) h2 while it sums the top-k rows of each token.
 
-#include "vector_grouped_gemm.h"
+#include "cube_grouped_gemm.h"
 
 namespace {
 
-template <typename T>
+template <typename T, typename Acc>
 __aicore__ inline void run_gemm2(GM_ADDR w2_table, GM_ADDR workspace,
                                  const eplb_native::kernels::FusedMoeTilingData& t) {
     const eplb_native::kernels::Workspace ws = eplb_native::kernels::carve_workspace(workspace, t);
-    eplb_native::kernels::VectorGroupedGemm<T, 1> gemm;
-    gemm.Init(w2_table, ws.act, ws.y, ws.offsets, t, t.intermediate, t.hidden,
-              t.gemm2_reduce_chunk);
+    eplb_native::kernels::CubeGroupedGemm<T, Acc> gemm;
+    gemm.Init(w2_table, ws.act, ws.h2, ws.offsets, t, t.intermediate, t.hidden, t.h2_stride);
     gemm.Process();
 }
 
@@ -21,15 +21,14 @@ __aicore__ inline void run_gemm2(GM_ADDR w2_table, GM_ADDR workspace,
 
 extern "C" __global__ __aicore__ void moe_gemm2(GM_ADDR w2_table, GM_ADDR workspace,
                                                 GM_ADDR tiling) {
-    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIC_ONLY);
     eplb_native::kernels::FusedMoeTilingData t;
     eplb_native::kernels::load_tiling(tiling, t);
-    if (t.tiling_key != static_cast<int32_t>(eplb_native::shared::TilingKey::kVectorGemm)) {
-        return;
-    }
-    if (t.act_dtype == static_cast<int32_t>(eplb_native::shared::DType::kBFloat16)) {
-        run_gemm2<bfloat16_t>(w2_table, workspace, t);
+    if (t.w8a8 != 0) {
+        run_gemm2<int8_t, int32_t>(w2_table, workspace, t);
+    } else if (eplb_native::kernels::is_bf16(t.act_dtype)) {
+        run_gemm2<bfloat16_t, float>(w2_table, workspace, t);
     } else {
-        run_gemm2<half>(w2_table, workspace, t);
+        run_gemm2<half, float>(w2_table, workspace, t);
     }
 }

@@ -1,11 +1,36 @@
 // moe_permute (AIV, multi-core): gathers the activation rows into expert order,
-// x_perm[r, :] = x[row_token[r], :] for r < R (design §7.2 step 3). Block b copies the rows
-// [R*b/B, R*(b+1)/B); each row moves GM -> UB -> GM in chunks of row_chunk elements through a
+// x_rows[r, :] = x[row_token[r], :] for r < R. Block b handles the rows [R*b/B, R*(b+1)/B).
+// bf16/fp16 weights: each row moves GM -> UB -> GM in chunks of row_chunk elements through a
 // double-buffered VECIN/VECOUT queue, so the load of one chunk overlaps the store of the last.
+// W8A8: each row is widened to fp32 and quantised to int8 (quantize_row_int8); the codes go to
+// x_rows and the dequantisation scales of the block's rows to x_scale in one copy at the end.
 
 #include "moe_kernel_common.h"
 
 namespace eplb_native::kernels {
+
+// The rows [begin, end) of this block and their source tokens (row_token[0, end - begin)).
+struct RowShare {
+    int64_t begin = 0;
+    int64_t end = 0;
+};
+
+__aicore__ inline RowShare load_row_share(const AscendC::LocalTensor<int32_t>& offsets,
+                                          const AscendC::LocalTensor<int32_t>& row_token,
+                                          const Workspace& ws, int64_t num_experts, int64_t pairs) {
+    const int64_t rows = load_offsets(offsets, ws.offsets, num_experts);
+    RowShare share;
+    share.begin = shared::block_begin(rows, AscendC::GetBlockNum(), AscendC::GetBlockIdx());
+    share.end = shared::block_begin(rows, AscendC::GetBlockNum(), AscendC::GetBlockIdx() + 1);
+    if (share.begin < share.end) {
+        AscendC::GlobalTensor<int32_t> src;
+        src.SetGlobalBuffer(ws.row_token, pairs);
+        const int64_t count = share.end - share.begin;
+        copy_rows_in(row_token, src[share.begin], 1, count, count, shared::ub_row_elems(count, 4));
+        wait_pipe<AscendC::HardEvent::MTE2_S>();
+    }
+    return share;
+}
 
 template <typename T>
 class MoePermute {
@@ -13,41 +38,31 @@ public:
     __aicore__ inline void Init(GM_ADDR x, GM_ADDR workspace, const FusedMoeTilingData& t) {
         t_ = t;
         ws_ = carve_workspace(workspace, t);
-        const int64_t pairs = t.num_tokens * t.top_k;
+        pairs_ = t.num_tokens * t.top_k;
         x_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x), t.num_tokens * t.hidden);
-        x_perm_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws_.x_perm), pairs * t.hidden);
-        row_token_gm_.SetGlobalBuffer(ws_.row_token, pairs);
+        x_rows_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws_.x_rows), pairs_ * t.hidden);
+        // Exactly the buffers counted by shared::permute_ub_bytes.
         pipe_.InitBuffer(offsets_buf_, shared::offsets_ub_bytes(t.num_experts));
-        pipe_.InitBuffer(row_token_buf_, shared::align_up(pairs * 4, shared::kUbBlockBytes));
+        pipe_.InitBuffer(row_token_buf_, shared::align_up(pairs_ * 4, shared::kUbBlockBytes));
         pipe_.InitBuffer(queue_, 2,
                          shared::align_up(t.row_chunk * static_cast<int64_t>(sizeof(T)),
                                           shared::kUbBlockBytes));
     }
 
     __aicore__ inline void Process() {
-        AscendC::LocalTensor<int32_t> offsets = offsets_buf_.Get<int32_t>();
-        const int64_t rows = load_offsets(offsets, ws_.offsets, t_.num_experts);
-        const int64_t blocks = AscendC::GetBlockNum();
-        const int64_t block = AscendC::GetBlockIdx();
-        const int64_t begin = shared::block_begin(rows, blocks, block);
-        const int64_t end = shared::block_begin(rows, blocks, block + 1);
-        if (begin >= end) {
-            return;
-        }
         AscendC::LocalTensor<int32_t> row_token = row_token_buf_.Get<int32_t>();
-        copy_rows_in(row_token, row_token_gm_[begin], 1, end - begin, end - begin,
-                     shared::align_up((end - begin) * 4, 32) / 4);
-        wait_pipe<AscendC::HardEvent::MTE2_S>();
+        const RowShare share =
+            load_row_share(offsets_buf_.Get<int32_t>(), row_token, ws_, t_.num_experts, pairs_);
         const int64_t hidden = t_.hidden;
-        for (int64_t row = begin; row < end; ++row) {
-            const int64_t token = row_token.GetValue(row - begin);
+        for (int64_t row = share.begin; row < share.end; ++row) {
+            const int64_t token = row_token.GetValue(row - share.begin);
             for (int64_t col = 0; col < hidden; col += t_.row_chunk) {
                 const int64_t cols = hidden - col < t_.row_chunk ? hidden - col : t_.row_chunk;
                 AscendC::LocalTensor<T> chunk = queue_.template AllocTensor<T>();
                 copy_rows_in(chunk, x_gm_[token * hidden + col], 1, cols, cols, t_.row_chunk);
                 queue_.EnQue(chunk);
                 chunk = queue_.template DeQue<T>();
-                copy_rows_out(x_perm_gm_[row * hidden + col], chunk, 1, cols, cols, t_.row_chunk);
+                copy_rows_out(x_rows_gm_[row * hidden + col], chunk, 1, cols, cols, t_.row_chunk);
                 queue_.FreeTensor(chunk);
             }
         }
@@ -57,11 +72,91 @@ private:
     AscendC::TPipe pipe_;
     AscendC::TBuf<AscendC::TPosition::VECCALC> offsets_buf_, row_token_buf_;
     AscendC::TQueBind<AscendC::TPosition::VECIN, AscendC::TPosition::VECOUT, 2> queue_;
-    AscendC::GlobalTensor<T> x_gm_, x_perm_gm_;
-    AscendC::GlobalTensor<int32_t> row_token_gm_;
+    AscendC::GlobalTensor<T> x_gm_, x_rows_gm_;
     FusedMoeTilingData t_;
     Workspace ws_;
+    int64_t pairs_ = 0;
 };
+
+template <typename T>
+class MoePermuteQuantize {
+public:
+    __aicore__ inline void Init(GM_ADDR x, GM_ADDR workspace, const FusedMoeTilingData& t) {
+        t_ = t;
+        ws_ = carve_workspace(workspace, t);
+        pairs_ = t.num_tokens * t.top_k;
+        x_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x), t.num_tokens * t.hidden);
+        codes_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ int8_t*>(ws_.x_rows), pairs_ * t.hidden);
+        scales_gm_.SetGlobalBuffer(ws_.x_scale, pairs_);
+        // Exactly the buffers counted by shared::permute_ub_bytes (W8A8): offsets, the
+        // row_token share (reused for the scales of the share), the row, quantisation buffers.
+        pipe_.InitBuffer(offsets_buf_, shared::offsets_ub_bytes(t.num_experts));
+        pipe_.InitBuffer(row_token_buf_, shared::align_up(pairs_ * 4, shared::kUbBlockBytes));
+        pipe_.InitBuffer(row_buf_, shared::align_up(t.hidden * static_cast<int64_t>(sizeof(T)),
+                                                    shared::kUbBlockBytes));
+        q_ = init_quant_buffers(pipe_, values_buf_, scratch_buf_, work_buf_, codes16_buf_,
+                                codes_buf_, max_buf_, t.hidden);
+    }
+
+    __aicore__ inline void Process() {
+        AscendC::LocalTensor<int32_t> row_token = row_token_buf_.Get<int32_t>();
+        const RowShare share =
+            load_row_share(offsets_buf_.Get<int32_t>(), row_token, ws_, t_.num_experts, pairs_);
+        if (share.begin >= share.end) {
+            return;
+        }
+        const int64_t hidden = t_.hidden;
+        const int32_t count = static_cast<int32_t>(hidden);
+        const AscendC::LocalTensor<T> row = row_buf_.Get<T>();
+        // The share's scales overwrite its tokens in place: entry i is read before it is written.
+        const AscendC::LocalTensor<float> scales = row_token.ReinterpretCast<float>();
+        for (int64_t r = share.begin; r < share.end; ++r) {
+            const int64_t token = row_token.GetValue(r - share.begin);
+            if (r > share.begin) {
+                wait_pipe<AscendC::HardEvent::V_MTE2>();  // the last Cast read `row`
+                wait_pipe<AscendC::HardEvent::MTE3_V>();  // the last codes left for GM
+            }
+            copy_rows_in(row, x_gm_[token * hidden], 1, hidden, hidden,
+                         shared::ub_row_elems(hidden, sizeof(T)));
+            wait_pipe<AscendC::HardEvent::MTE2_V>();
+            AscendC::Cast(q_.values, row, AscendC::RoundMode::CAST_NONE, count);
+            AscendC::PipeBarrier<PIPE_V>();
+            const float scale = quantize_row_int8(q_, count);
+            wait_pipe<AscendC::HardEvent::V_MTE3>();
+            copy_rows_out(codes_gm_[r * hidden], q_.codes, 1, hidden, hidden,
+                          shared::ub_row_elems(hidden, 1));
+            scales.SetValue(r - share.begin, scale);
+        }
+        wait_pipe<AscendC::HardEvent::S_MTE3>();
+        const int64_t rows = share.end - share.begin;
+        copy_rows_out(scales_gm_[share.begin], scales, 1, rows, rows, shared::ub_row_elems(rows, 4));
+    }
+
+private:
+    AscendC::TPipe pipe_;
+    AscendC::TBuf<AscendC::TPosition::VECCALC> offsets_buf_, row_token_buf_, row_buf_, values_buf_,
+        scratch_buf_, work_buf_, codes16_buf_, codes_buf_, max_buf_;
+    AscendC::GlobalTensor<T> x_gm_;
+    AscendC::GlobalTensor<int8_t> codes_gm_;
+    AscendC::GlobalTensor<float> scales_gm_;
+    QuantBuffers q_;
+    FusedMoeTilingData t_;
+    Workspace ws_;
+    int64_t pairs_ = 0;
+};
+
+template <typename T>
+__aicore__ inline void run_permute(GM_ADDR x, GM_ADDR workspace, const FusedMoeTilingData& t) {
+    if (t.w8a8 != 0) {
+        MoePermuteQuantize<T> op;
+        op.Init(x, workspace, t);
+        op.Process();
+    } else {
+        MoePermute<T> op;
+        op.Init(x, workspace, t);
+        op.Process();
+    }
+}
 
 }  // namespace eplb_native::kernels
 
@@ -69,13 +164,9 @@ extern "C" __global__ __aicore__ void moe_permute(GM_ADDR x, GM_ADDR workspace, 
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
     eplb_native::kernels::FusedMoeTilingData t;
     eplb_native::kernels::load_tiling(tiling, t);
-    if (t.act_dtype == static_cast<int32_t>(eplb_native::shared::DType::kBFloat16)) {
-        eplb_native::kernels::MoePermute<bfloat16_t> op;
-        op.Init(x, workspace, t);
-        op.Process();
+    if (eplb_native::kernels::is_bf16(t.act_dtype)) {
+        eplb_native::kernels::run_permute<bfloat16_t>(x, workspace, t);
     } else {
-        eplb_native::kernels::MoePermute<half> op;
-        op.Init(x, workspace, t);
-        op.Process();
+        eplb_native::kernels::run_permute<half>(x, workspace, t);
     }
 }

@@ -113,7 +113,7 @@ std::vector<float> run_reference(const Case& c, int threads, std::vector<int64_t
 }
 
 // Naive reference: no routing table, no tiles. Walks (t, k) pairs directly and recomputes each
-// pair's expert MLP with one accumulator per output element, in the §7.2 operation order.
+// pair's expert MLP with one accumulator per output element, in the operator's operation order.
 std::vector<float> run_naive(const Case& c, std::vector<int64_t>* counts) {
     const auto& p = c.p;
     const DType dt = p.act_dtype;
@@ -275,7 +275,10 @@ TEST(FusedMoeReference, MoeLoadTotalAndRing) {
 TEST(FusedMoeParams, LimitsAndIndexMath) {
     static_assert(sizeof(FusedMoeParams) == 72, "POD layout shared with the kernels");
     static_assert(shared::kMaxDecodeRows == 256 * 12);
-    static_assert(shared::kTileCols % 16 == 0, "32-byte aligned bf16 tile rows");
+    static_assert(shared::is_scale_dtype_allowed(DType::kFloat32, DType::kBFloat16));
+    static_assert(shared::is_scale_dtype_allowed(DType::kBFloat16, DType::kBFloat16));
+    static_assert(!shared::is_scale_dtype_allowed(DType::kFloat16, DType::kBFloat16));
+    static_assert(!shared::is_scale_dtype_allowed(DType::kBFloat16, DType::kFloat16));
     static_assert(shared::ring_slot(-1, 4) == 3 && shared::ring_slot(9, 4) == 1);
     static_assert(shared::w1_offset(2, shared::up_col(1, 5), 5) == 2 * 10 + 6);
     static_assert(shared::ceil_div(65, 64) == 2 && shared::ceil_div(64, 64) == 1);

@@ -1,6 +1,7 @@
 // Host tiling of the fused decode MoE kernels, the shared POD layout and the pointer-table cache.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
@@ -28,16 +29,18 @@ namespace shared = eplb_native::shared;
 // the same header: fixed size, no padding, 8-byte fields on 8-byte offsets.
 static_assert(std::is_trivially_copyable_v<FusedMoeTilingData>);
 static_assert(std::is_standard_layout_v<FusedMoeTilingData>);
-static_assert(sizeof(FusedMoeTilingData) == 18 * 8 + 10 * 4);
+static_assert(sizeof(FusedMoeTilingData) == 19 * 8 + 12 * 4);
 static_assert(sizeof(FusedMoeTilingData) % 8 == 0);
 static_assert(offsetof(FusedMoeTilingData, act_dtype) == 48);
-static_assert(offsetof(FusedMoeTilingData, route_blocks) == 64);
-static_assert(offsetof(FusedMoeTilingData, tile_rows) == 88);
-static_assert(offsetof(FusedMoeTilingData, ws_offsets) == 128);
-static_assert(offsetof(FusedMoeTilingData, ws_bytes) == 176);
+static_assert(offsetof(FusedMoeTilingData, route_blocks) == 72);
+static_assert(offsetof(FusedMoeTilingData, row_chunk) == 96);
+static_assert(offsetof(FusedMoeTilingData, ws_offsets) == 120);
+static_assert(offsetof(FusedMoeTilingData, ws_bytes) == 192);
 static_assert(shared::align_up(1, 512) == 512 && shared::align_up(512, 512) == 512);
 static_assert(shared::ub_row_elems(10, 2) == 16 && shared::ub_row_elems(64, 2) == 64);
 static_assert(shared::block_begin(10, 3, 0) == 0 && shared::block_begin(10, 3, 3) == 10);
+static_assert(shared::gemm_in_bytes(static_cast<int32_t>(DType::kBFloat16), 1) == 1);
+static_assert(shared::gemm_in_bytes(static_cast<int32_t>(DType::kFloat16), 0) == 2);
 
 FusedMoeParams decode_params(int64_t bs, int64_t hidden, int64_t inter, int64_t top_k,
                              int64_t experts) {
@@ -51,22 +54,39 @@ FusedMoeParams decode_params(int64_t bs, int64_t hidden, int64_t inter, int64_t 
     p.act_dtype = DType::kBFloat16;
     p.load_mode = LoadMode::kTotal;
     p.has_mask = 0;
+    p.w8a8 = 0;
+    p.w1_scale_dtype = DType::kFloat32;
+    p.w2_scale_dtype = DType::kFloat32;
+    return p;
+}
+
+FusedMoeParams w8a8(FusedMoeParams p, DType w1_scale = DType::kFloat32,
+                    DType w2_scale = DType::kFloat32) {
+    p.w8a8 = 1;
+    p.w1_scale_dtype = w1_scale;
+    p.w2_scale_dtype = w2_scale;
     return p;
 }
 
 std::vector<std::pair<int64_t, int64_t>> regions(const FusedMoeTilingData& t) {
     const int64_t pairs = t.num_tokens * t.top_k;
+    const int64_t in = shared::gemm_in_bytes(t.act_dtype, t.w8a8);
+    const int64_t scales = t.w8a8 != 0 ? pairs * 4 : 0;
     return {{t.ws_offsets, (t.num_experts + 1) * 4},
             {t.ws_row_of, pairs * 4},
             {t.ws_row_token, pairs * 4},
-            {t.ws_x_perm, pairs * t.hidden * 2},
-            {t.ws_act, pairs * t.intermediate * 2},
-            {t.ws_y, pairs * t.hidden * 2}};
+            {t.ws_x_rows, pairs * t.hidden * in},
+            {t.ws_x_scale, scales},
+            {t.ws_h1, pairs * t.h1_stride * 4},
+            {t.ws_act, pairs * t.intermediate * in},
+            {t.ws_act_scale, scales},
+            {t.ws_h2, pairs * t.h2_stride * 4}};
 }
 
 TEST(FusedMoeTiling, WorkspaceRegionsAreAlignedDisjointAndInOrder) {
     for (const auto& p : {decode_params(1, 7, 3, 1, 1), decode_params(256, 7168, 3072, 12, 1024),
-                          decode_params(37, 2048, 768, 8, 128)}) {
+                          decode_params(37, 2048, 768, 8, 128),
+                          w8a8(decode_params(37, 2048, 768, 8, 128))}) {
         const FusedMoeTilingData t = make_fused_moe_tiling(p);
         int64_t end = 0;
         for (const auto& [offset, bytes] : regions(t)) {
@@ -77,68 +97,78 @@ TEST(FusedMoeTiling, WorkspaceRegionsAreAlignedDisjointAndInOrder) {
         EXPECT_GE(t.ws_bytes, end);
         EXPECT_LT(t.ws_bytes - end, shared::kWorkspaceAlign);
         EXPECT_EQ(t.ws_bytes % shared::kWorkspaceAlign, 0);
+        // GEMM output rows hold whole 16-column blocks: a Fixpipe never reaches the next row.
+        EXPECT_EQ(t.h1_stride % 16, 0);
+        EXPECT_GE(t.h1_stride, 2 * t.intermediate);
+        EXPECT_EQ(t.h2_stride % 16, 0);
+        EXPECT_GE(t.h2_stride, t.hidden);
     }
 }
 
 TEST(FusedMoeTiling, WorkspaceSizeOfAKnownShape) {
-    // BS=2, K=2, E=3, H=10, I=6, bf16: offsets 16 B, row maps 16 B each, x_perm 80 B, a 48 B,
-    // y 80 B, each region rounded up to 512 B.
+    // BS=2, K=2, E=3, H=10, I=6, bf16: offsets 16 B, row maps 16 B each, x rows 80 B, no scales,
+    // h1 4 x 16 fp32 = 256 B, act 48 B, h2 4 x 16 fp32 = 256 B, each rounded up to 512 B.
     const FusedMoeTilingData t = make_fused_moe_tiling(decode_params(2, 10, 6, 2, 3));
     EXPECT_EQ(t.ws_offsets, 0);
     EXPECT_EQ(t.ws_row_of, 512);
     EXPECT_EQ(t.ws_row_token, 1024);
-    EXPECT_EQ(t.ws_x_perm, 1536);
-    EXPECT_EQ(t.ws_act, 2048);
-    EXPECT_EQ(t.ws_y, 2560);
-    EXPECT_EQ(t.ws_bytes, 3072);
+    EXPECT_EQ(t.ws_x_rows, 1536);
+    EXPECT_EQ(t.ws_x_scale, 2048);
+    EXPECT_EQ(t.ws_h1, 2048);
+    EXPECT_EQ(t.ws_act, 2560);
+    EXPECT_EQ(t.ws_act_scale, 3072);
+    EXPECT_EQ(t.ws_h2, 3072);
+    EXPECT_EQ(t.ws_bytes, 3584);
+    // W8A8: int8 rows (40 B, 24 B) and fp32 scales of the 4 rows (16 B each).
+    const FusedMoeTilingData q = make_fused_moe_tiling(w8a8(decode_params(2, 10, 6, 2, 3)));
+    EXPECT_EQ(q.ws_x_rows, 1536);
+    EXPECT_EQ(q.ws_x_scale, 2048);
+    EXPECT_EQ(q.ws_h1, 2560);
+    EXPECT_EQ(q.ws_act, 3072);
+    EXPECT_EQ(q.ws_act_scale, 3584);
+    EXPECT_EQ(q.ws_h2, 4096);
+    EXPECT_EQ(q.ws_bytes, 4608);
 }
 
-TEST(FusedMoeTiling, EveryKernelFitsTheUnifiedBuffer) {
+TEST(FusedMoeTiling, EveryVectorKernelFitsTheUnifiedBufferAtTheLimits) {
     for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
-        for (const auto& p :
-             {decode_params(256, 7168, 3072, 12, 1024), decode_params(1, 1, 1, 1, 1),
-              decode_params(64, 4096, 1536, 8, 256)}) {
-            FusedMoeParams q = p;
-            q.act_dtype = dtype;
-            const FusedMoeTilingData t = make_fused_moe_tiling(q);
-            const int64_t pairs = t.num_tokens * t.top_k;
-            EXPECT_LE(shared::gemm_ub_bytes(t.num_experts, 2, t.tile_rows, t.tile_cols,
-                                            t.gemm1_reduce_chunk, 2),
-                      shared::kUbUsableBytes);
-            EXPECT_LE(shared::gemm_ub_bytes(t.num_experts, 1, t.tile_rows, t.tile_cols,
-                                            t.gemm2_reduce_chunk, 2),
-                      shared::kUbUsableBytes);
-            EXPECT_LE(shared::route_ub_bytes(pairs, t.num_tokens, t.num_experts),
-                      shared::kUbUsableBytes);
-            EXPECT_LE(shared::permute_ub_bytes(pairs, t.num_experts, t.row_chunk, 2),
-                      shared::kUbUsableBytes);
-            EXPECT_LE(shared::combine_ub_bytes(t.top_k, t.row_chunk, 2), shared::kUbUsableBytes);
-            EXPECT_EQ(t.gemm1_reduce_chunk % shared::kMinReduceChunk, 0);
+        for (const int32_t quant : {0, 1}) {
+            for (const auto& p :
+                 {decode_params(256, 7168, 3072, 12, 1024), decode_params(1, 1, 1, 1, 1),
+                  decode_params(64, 4096, 1536, 8, 256)}) {
+                FusedMoeParams q = p;
+                q.act_dtype = dtype;
+                q.w8a8 = quant;
+                const FusedMoeTilingData t = make_fused_moe_tiling(q);
+                const int64_t pairs = t.num_tokens * t.top_k;
+                EXPECT_LE(shared::route_ub_bytes(pairs, t.num_tokens, t.num_experts),
+                          shared::kUbUsableBytes);
+                EXPECT_LE(shared::permute_ub_bytes(pairs, t.num_experts, t.hidden, t.row_chunk, 2,
+                                                   quant),
+                          shared::kUbUsableBytes);
+                EXPECT_LE(shared::swiglu_ub_bytes(pairs, t.num_experts, t.intermediate, 2, quant),
+                          shared::kUbUsableBytes);
+                EXPECT_LE(shared::combine_ub_bytes(pairs, t.top_k, t.row_chunk, 2, quant),
+                          shared::kUbUsableBytes);
+            }
         }
+    }
+    DeviceSpec tiny;
+    tiny.ub_bytes = 4096;
+    try {
+        (void)make_fused_moe_tiling(decode_params(16, 4096, 1024, 8, 64), tiny);
+        ADD_FAILURE() << "no error for a 4 KiB unified buffer";
+    } catch (const std::invalid_argument& error) {
+        EXPECT_NE(std::string(error.what()).find("device.ub_bytes: moe_"), std::string::npos)
+            << error.what();
     }
 }
 
-TEST(FusedMoeTiling, ReduceChunkShrinksWithTheBudgetAndNeverExceedsTheReduction) {
-    const FusedMoeParams p = decode_params(16, 4096, 1024, 8, 64);
-    const int64_t roomy = make_fused_moe_tiling(p).gemm1_reduce_chunk;
-    DeviceSpec small;
-    small.ub_bytes = 80 * 1024;
-    const int64_t tight = make_fused_moe_tiling(p, small).gemm1_reduce_chunk;
-    EXPECT_LT(tight, roomy);
-    EXPECT_LE(shared::gemm_ub_bytes(64, 2, shared::kTileRows, shared::kTileCols, tight, 2),
-              small.ub_bytes);
-    // H = 20: one chunk of 32 rows covers the reduction (no 256-row buffers for 20 rows).
-    EXPECT_EQ(make_fused_moe_tiling(decode_params(4, 20, 8, 2, 2)).gemm1_reduce_chunk, 32);
-    DeviceSpec tiny;
-    tiny.ub_bytes = 4096;
-    EXPECT_THROW((void)make_fused_moe_tiling(p, tiny), std::invalid_argument);
-}
-
 TEST(FusedMoeTiling, TailTilesAreCountedAndCovered) {
-    // H = 100 columns in tiles of 64: two column tiles, the second 36 wide.
-    EXPECT_EQ(shared::expert_tiles(17, 100, 16, 64), 2 * 2);
-    EXPECT_EQ(shared::expert_tiles(16, 128, 16, 64), 1 * 2);
-    EXPECT_EQ(shared::expert_tiles(0, 128, 16, 64), 0);
+    // 300 rows and 200 columns in 128 x 128 cube tiles: 3 row tiles x 2 column tiles.
+    EXPECT_EQ(shared::expert_tiles(300, 200), 3 * 2);
+    EXPECT_EQ(shared::expert_tiles(128, 128), 1);
+    EXPECT_EQ(shared::expert_tiles(0, 128), 0);
     // The block split covers [0, total) exactly once, in order, for any block count.
     for (int64_t total : {0, 1, 7, 3072}) {
         for (int64_t blocks : {1, 2, 5, 48}) {
@@ -156,28 +186,22 @@ TEST(FusedMoeTiling, TailTilesAreCountedAndCovered) {
 }
 
 TEST(FusedMoeTiling, GemmTileBoundHoldsForEverySplitOfTheRows) {
-    // Exhaustive over splits of R rows among E experts (compositions with zeros), tile 4 rows.
-    const int64_t tile_rows = 4;
-    for (int64_t rows = 0; rows <= 9; ++rows) {
-        for (int64_t experts = 1; experts <= 4; ++experts) {
+    // Every split of R rows among up to three experts (the third takes the rest).
+    for (int64_t rows : {0, 1, 127, 128, 129, 255, 256, 257, 300, 385}) {
+        for (int64_t experts = 1; experts <= 3; ++experts) {
             int64_t worst = 0;
-            std::vector<int64_t> split(static_cast<size_t>(experts), 0);
-            // Enumerate all vectors with sum == rows by counting in base rows+1.
-            int64_t combos = 1;
-            for (int64_t e = 0; e < experts; ++e) combos *= rows + 1;
-            for (int64_t code = 0; code < combos; ++code) {
-                int64_t rest = code;
-                int64_t sum = 0;
-                int64_t tiles = 0;
-                for (int64_t e = 0; e < experts; ++e) {
-                    const int64_t c = rest % (rows + 1);
-                    rest /= rows + 1;
-                    sum += c;
-                    tiles += shared::ceil_div(c, tile_rows);
+            for (int64_t a = 0; a <= rows; ++a) {
+                for (int64_t b = 0; a + b <= rows; ++b) {
+                    const int64_t c = rows - a - b;
+                    if ((experts == 1 && a != rows) || (experts == 2 && c != 0)) {
+                        continue;
+                    }
+                    const int64_t tiles = shared::expert_tiles(a, 1) + shared::expert_tiles(b, 1) +
+                                          shared::expert_tiles(c, 1);
+                    worst = std::max(worst, tiles);
                 }
-                if (sum == rows && tiles > worst) worst = tiles;
             }
-            EXPECT_LE(worst, eplb_native::tiling::max_gemm_tiles(rows, experts, 1, tile_rows, 1))
+            EXPECT_LE(worst, eplb_native::tiling::max_gemm_tiles(rows, experts, 1))
                 << rows << " rows, " << experts << " experts";
         }
     }
@@ -186,18 +210,21 @@ TEST(FusedMoeTiling, GemmTileBoundHoldsForEverySplitOfTheRows) {
 TEST(FusedMoeTiling, BlockDimsFollowTheWorkAndTheCores) {
     DeviceSpec device;
     device.num_vector_cores = 40;  // A2 Ascend910B1-like
+    device.num_cube_cores = 20;
     const FusedMoeTilingData small = make_fused_moe_tiling(decode_params(1, 64, 64, 1, 4), device);
     EXPECT_EQ(small.route_blocks, 1);
     EXPECT_EQ(small.permute_blocks, 1);
+    EXPECT_EQ(small.swiglu_blocks, 1);
     EXPECT_EQ(small.combine_blocks, 1);
-    EXPECT_EQ(small.gemm1_blocks, 1);  // one row, I = 64: one tile
+    EXPECT_EQ(small.gemm1_blocks, 1);  // one row, 2I = 128: one cube tile
     EXPECT_EQ(small.gemm2_blocks, 1);
     const FusedMoeTilingData big =
         make_fused_moe_tiling(decode_params(256, 7168, 3072, 8, 128), device);
     EXPECT_EQ(big.permute_blocks, 40);
-    EXPECT_EQ(big.gemm1_blocks, 40);
+    EXPECT_EQ(big.swiglu_blocks, 40);
+    EXPECT_EQ(big.gemm1_blocks, 20);
+    EXPECT_EQ(big.gemm2_blocks, 20);
     EXPECT_EQ(big.combine_blocks, 40);
-    EXPECT_EQ(big.tiling_key, static_cast<int32_t>(shared::TilingKey::kVectorGemm));
 }
 
 struct BadCase {
@@ -226,8 +253,19 @@ TEST(FusedMoeTiling, LimitsNameTheField) {
         p.load_steps = 0;
     });
     with("has_mask", [](FusedMoeParams& p) { p.has_mask = 2; });
-    with("w8a8", [](FusedMoeParams& p) { p.w8a8 = 1; });
+    with("w8a8", [](FusedMoeParams& p) { p.w8a8 = 2; });
+    // Published scale dtypes: fp32 or the activation dtype (here bf16), per list.
+    with("w1_scale", [](FusedMoeParams& p) { p = w8a8(p, DType::kFloat16); });
+    with("w2_scale", [](FusedMoeParams& p) { p = w8a8(p, DType::kBFloat16, DType::kFloat16); });
     EXPECT_NO_THROW((void)make_fused_moe_tiling(ok));
+    for (const DType s1 : {DType::kFloat32, DType::kBFloat16}) {
+        for (const DType s2 : {DType::kFloat32, DType::kBFloat16}) {
+            EXPECT_NO_THROW((void)make_fused_moe_tiling(w8a8(ok, s1, s2)));
+        }
+    }
+    FusedMoeParams fp16 = w8a8(ok, DType::kFloat16, DType::kFloat32);
+    fp16.act_dtype = DType::kFloat16;
+    EXPECT_NO_THROW((void)make_fused_moe_tiling(fp16));
     for (const BadCase& bad : cases) {
         try {
             (void)make_fused_moe_tiling(bad.params);
@@ -239,6 +277,9 @@ TEST(FusedMoeTiling, LimitsNameTheField) {
     }
     DeviceSpec no_cores;
     no_cores.num_vector_cores = 0;
+    EXPECT_THROW((void)make_fused_moe_tiling(ok, no_cores), std::invalid_argument);
+    no_cores.num_vector_cores = 1;
+    no_cores.num_cube_cores = 0;
     EXPECT_THROW((void)make_fused_moe_tiling(ok, no_cores), std::invalid_argument);
 }
 

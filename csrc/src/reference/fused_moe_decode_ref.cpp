@@ -16,11 +16,15 @@ namespace eplb_native::reference {
 
 using shared::DType;
 using shared::FusedMoeParams;
-using shared::kTileCols;
-using shared::kTileRows;
 using shared::LoadMode;
 
 namespace {
+
+// Work split of the GEMM phases over the thread pool: tiles of kTileRows rows of one expert x
+// kTileCols output columns. Each output element is one accumulator over the whole reduction, so
+// the split never changes a result.
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileCols = 64;
 
 // Element traits: storage type, exact widening to fp32 and rounding back.
 struct Bf16 {
@@ -41,7 +45,7 @@ struct Fp32 {
 
 size_t idx(int64_t i) { return static_cast<size_t>(i); }
 
-// silu(g) * u with the §7.2 step 5 operation order.
+// silu(g) * u in the operator's operation order (t0 = -g; t1 = exp(t0); t2 = t1 + 1; g / t2).
 float swiglu(float g, float u) {
     const float t0 = -g;
     const float t1 = static_cast<float>(std::exp(static_cast<double>(t0)));

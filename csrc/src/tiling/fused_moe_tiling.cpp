@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "eplb_native/error.h"
 
@@ -22,23 +23,18 @@ void check_range(const char* field, int64_t value, int64_t low, int64_t high) {
     }
 }
 
-// Largest reduction chunk (a power of two in [kMinReduceChunk, kMaxReduceChunk], never longer
-// than the reduction rounded up to kMinReduceChunk) whose GEMM buffers fit the UB.
-int64_t pick_reduce_chunk(const char* field, int64_t reduce, int64_t halves,
-                          const FusedMoeParams& params, int64_t ub_bytes) {
-    const int64_t elem_bytes = shared::act_bytes(static_cast<int32_t>(params.act_dtype));
-    const int64_t longest = align_up(reduce, shared::kMinReduceChunk);
-    for (int64_t chunk = shared::kMaxReduceChunk; chunk >= shared::kMinReduceChunk; chunk /= 2) {
-        if (chunk > longest && chunk > shared::kMinReduceChunk) {
-            continue;
-        }
-        if (shared::gemm_ub_bytes(params.num_experts, halves, shared::kTileRows,
-                                  shared::kTileCols, chunk, elem_bytes) <= ub_bytes) {
-            return chunk;
-        }
+const char* dtype_name(DType dtype) {
+    switch (dtype) {
+        case DType::kFloat32:
+            return "float32";
+        case DType::kFloat16:
+            return "float16";
+        case DType::kBFloat16:
+            return "bfloat16";
+        case DType::kInt8:
+            return "int8";
     }
-    throw_invalid(field, "no GEMM reduction chunk fits a unified buffer of " +
-                             std::to_string(ub_bytes) + " bytes");
+    return "an unknown dtype";
 }
 
 int32_t blocks_for(int64_t work, int32_t cores) {
@@ -72,29 +68,41 @@ void validate_kernel_params(const FusedMoeParams& params) {
             throw_invalid("load_mode", "expected 0 (none), 1 (total) or 2 (ring), got " +
                                            std::to_string(static_cast<int32_t>(params.load_mode)));
     }
+    if (params.w8a8 != 0 && params.w8a8 != 1) {
+        throw_invalid("w8a8", "expected 0 or 1, got " + std::to_string(params.w8a8));
+    }
     if (params.w8a8 != 0) {
-        throw_invalid("w8a8", "the NPU kernels implement bf16/fp16 weights only (no W8A8 yet)");
+        for (const auto& [field, dtype] : {std::pair{"w1_scale", params.w1_scale_dtype},
+                                           std::pair{"w2_scale", params.w2_scale_dtype}}) {
+            if (!shared::is_scale_dtype_allowed(dtype, params.act_dtype)) {
+                throw_invalid(field, std::string("with ") + dtype_name(params.act_dtype) +
+                                         " activations the scales must be float32 or " +
+                                         dtype_name(params.act_dtype) + ", got " +
+                                         dtype_name(dtype));
+            }
+        }
     }
     if (params.has_mask != 0 && params.has_mask != 1) {
         throw_invalid("has_mask", "expected 0 or 1, got " + std::to_string(params.has_mask));
     }
 }
 
-int64_t max_gemm_tiles(int64_t num_rows, int64_t num_experts, int64_t cols, int64_t tile_rows,
-                       int64_t tile_cols) {
+int64_t max_gemm_tiles(int64_t num_rows, int64_t num_experts, int64_t cols) {
     const int64_t row_tiles =
-        shared::ceil_div(num_rows, tile_rows) + std::min(num_experts, num_rows) - 1;
-    return std::max<int64_t>(row_tiles, 0) * shared::ceil_div(cols, tile_cols);
+        shared::ceil_div(num_rows, shared::kCubeTileM) + std::min(num_experts, num_rows) - 1;
+    return std::max<int64_t>(row_tiles, 0) * shared::ceil_div(cols, shared::kCubeTileN);
 }
 
 FusedMoeTilingData make_fused_moe_tiling(const FusedMoeParams& params, const DeviceSpec& device) {
     validate_kernel_params(params);
     check_range("device.num_vector_cores", device.num_vector_cores, 1, 1024);
+    check_range("device.num_cube_cores", device.num_cube_cores, 1, 1024);
     check_range("device.ub_bytes", device.ub_bytes, 1, shared::kUbBytes);
 
     const int64_t pairs = shared::max_rows(params);
-    const int64_t elem_bytes = shared::act_bytes(static_cast<int32_t>(params.act_dtype));
-    const int32_t cores = device.num_vector_cores;
+    const auto act = static_cast<int32_t>(params.act_dtype);
+    const int64_t elem_bytes = shared::dtype_bytes(act);
+    const int64_t in_bytes = shared::gemm_in_bytes(act, params.w8a8);
 
     FusedMoeTilingData t{};
     t.num_tokens = params.num_tokens;
@@ -103,38 +111,46 @@ FusedMoeTilingData make_fused_moe_tiling(const FusedMoeParams& params, const Dev
     t.top_k = params.top_k;
     t.num_experts = params.num_experts;
     t.load_steps = params.load_steps;
-    t.act_dtype = static_cast<int32_t>(params.act_dtype);
+    t.act_dtype = act;
     t.load_mode = static_cast<int32_t>(params.load_mode);
     t.has_mask = params.has_mask;
-    t.tiling_key = static_cast<int32_t>(shared::TilingKey::kVectorGemm);
-
-    t.tile_rows = shared::kTileRows;
-    t.tile_cols = shared::kTileCols;
-    t.gemm1_reduce_chunk = pick_reduce_chunk("hidden", params.hidden, 2, params, device.ub_bytes);
-    t.gemm2_reduce_chunk =
-        pick_reduce_chunk("intermediate", params.intermediate, 1, params, device.ub_bytes);
+    t.w8a8 = params.w8a8;
+    t.w1_scale_dtype = static_cast<int32_t>(params.w8a8 != 0 ? params.w1_scale_dtype : DType::kFloat32);
+    t.w2_scale_dtype = static_cast<int32_t>(params.w8a8 != 0 ? params.w2_scale_dtype : DType::kFloat32);
     t.row_chunk = std::min(shared::kRowChunk, align_up(params.hidden, shared::kUbBlockBytes));
+    t.h1_stride = align_up(shared::w1_cols(params.intermediate), shared::kFractalRows);
+    t.h2_stride = align_up(params.hidden, shared::kFractalRows);
 
-    const int64_t route_ub = shared::route_ub_bytes(pairs, params.num_tokens, params.num_experts);
-    const int64_t permute_ub =
-        shared::permute_ub_bytes(pairs, params.num_experts, t.row_chunk, elem_bytes);
-    const int64_t combine_ub = shared::combine_ub_bytes(params.top_k, t.row_chunk, elem_bytes);
-    if (std::max({route_ub, permute_ub, combine_ub}) > device.ub_bytes) {
-        throw_invalid("device.ub_bytes", "routing/permute/combine need " +
-                                             std::to_string(std::max({route_ub, permute_ub,
-                                                                      combine_ub})) +
-                                             " bytes of unified buffer, the device has " +
-                                             std::to_string(device.ub_bytes));
+    const struct {
+        const char* kernel;
+        int64_t bytes;
+    } budgets[] = {
+        {"moe_route_count", shared::route_ub_bytes(pairs, params.num_tokens, params.num_experts)},
+        {"moe_permute", shared::permute_ub_bytes(pairs, params.num_experts, params.hidden,
+                                                 t.row_chunk, elem_bytes, params.w8a8)},
+        {"moe_swiglu", shared::swiglu_ub_bytes(pairs, params.num_experts, params.intermediate,
+                                               elem_bytes, params.w8a8)},
+        {"moe_combine", shared::combine_ub_bytes(pairs, params.top_k, t.row_chunk, elem_bytes,
+                                                 params.w8a8)},
+    };
+    for (const auto& budget : budgets) {
+        if (budget.bytes > device.ub_bytes) {
+            throw_invalid("device.ub_bytes", std::string(budget.kernel) + " needs " +
+                                                 std::to_string(budget.bytes) +
+                                                 " bytes of unified buffer, the device has " +
+                                                 std::to_string(device.ub_bytes));
+        }
     }
 
+    const int32_t vector = device.num_vector_cores;
+    const int32_t cube = device.num_cube_cores;
     t.route_blocks = 1;  // one core routes all BS*K pairs: deterministic, no atomics
-    t.permute_blocks = blocks_for(pairs, cores);
-    t.gemm1_blocks = blocks_for(max_gemm_tiles(pairs, params.num_experts, params.intermediate,
-                                               t.tile_rows, t.tile_cols),
-                                cores);
-    t.gemm2_blocks = blocks_for(
-        max_gemm_tiles(pairs, params.num_experts, params.hidden, t.tile_rows, t.tile_cols), cores);
-    t.combine_blocks = blocks_for(params.num_tokens, cores);
+    t.permute_blocks = blocks_for(pairs, vector);
+    t.gemm1_blocks = blocks_for(
+        max_gemm_tiles(pairs, params.num_experts, shared::w1_cols(params.intermediate)), cube);
+    t.swiglu_blocks = blocks_for(pairs, vector);
+    t.gemm2_blocks = blocks_for(max_gemm_tiles(pairs, params.num_experts, params.hidden), cube);
+    t.combine_blocks = blocks_for(params.num_tokens, vector);
 
     int64_t cursor = 0;
     const auto carve = [&cursor](int64_t bytes) {
@@ -142,12 +158,16 @@ FusedMoeTilingData make_fused_moe_tiling(const FusedMoeParams& params, const Dev
         cursor = align_up(cursor + bytes, shared::kWorkspaceAlign);
         return offset;
     };
+    const int64_t w8a8_rows = params.w8a8 != 0 ? pairs : 0;
     t.ws_offsets = carve((params.num_experts + 1) * 4);
     t.ws_row_of = carve(pairs * 4);
     t.ws_row_token = carve(pairs * 4);
-    t.ws_x_perm = carve(pairs * params.hidden * elem_bytes);
-    t.ws_act = carve(pairs * params.intermediate * elem_bytes);
-    t.ws_y = carve(pairs * params.hidden * elem_bytes);
+    t.ws_x_rows = carve(pairs * params.hidden * in_bytes);
+    t.ws_x_scale = carve(w8a8_rows * 4);
+    t.ws_h1 = carve(pairs * t.h1_stride * 4);
+    t.ws_act = carve(pairs * params.intermediate * in_bytes);
+    t.ws_act_scale = carve(w8a8_rows * 4);
+    t.ws_h2 = carve(pairs * t.h2_stride * 4);
     t.ws_bytes = cursor;
     return t;
 }

@@ -1,5 +1,5 @@
 #pragma once
-// CPU reference of the single-device fused decode MoE operator (design §7), structured phase by
+// CPU reference of the single-device fused decode MoE operator, structured phase by
 // phase like the Ascend C kernels: route (counts, prefix sums, row map, expert_token_nums,
 // moe_load) -> permute rows -> GEMM1 tiles + SwiGLU epilogue -> GEMM2 tiles -> weighted combine.
 //
@@ -12,6 +12,11 @@
 //   out[t,n] = round(acc), acc = 0; acc = acc + scale[t,k] * f32(y[row(t,k),n]) for valid k
 // For fp32 activations `round` is the identity (no rounding beyond the fp32 operations).
 // Masked tokens and tokens with no valid k get out = 0.
+// This is the arithmetic of the Ascend cube path: Mmad multiplies bf16/fp16 pairs (exact in
+// fp32) and accumulates into fp32 in L0C, reduction steps ascending, with Mmad's own sum taken
+// in ascending k too (the emulation's model; the hardware's order inside one Mmad is not
+// published, which is what the device tolerance absorbs); the fp32 accumulators go to GM
+// unrounded and the vector unit rounds them (Cast CAST_RINT) and runs SwiGLU and the combine.
 //
 // W8A8 mode (params.w8a8 = 1; int8 w1/w2, per-output-channel scales w1_scale[e] [2I] and
 // w2_scale[e] [H] in fp32/fp16/bf16, widened exactly to fp32):
@@ -19,7 +24,9 @@
 //     s = 127 / m, code = clamp(rint_even(v * s), -127, 127) (NaN -> 0), scale = 1 / s
 //   x is quantised per token; h1[r,n] = (f32(int32 sum_d xq*w1q) * w1_scale[n]) * x_scale[t]
 //   a = s * u stays fp32 and is quantised per row; y[r,n] = round((f32(int32 sum_i aq*w2q) *
-//   w2_scale[n]) * a_scale[r]); combine as above. Integer sums are exact (order-free).
+//   w2_scale[n]) * a_scale[r]); combine as above. Integer sums are exact (order-free), f32(int32)
+//   rounds to nearest even. The operator restricts scale dtypes to fp32 or the activation dtype
+//   (shared::is_scale_dtype_allowed); the reference accepts any of the three.
 
 #include <cstdint>
 #include <vector>
@@ -29,7 +36,7 @@
 
 namespace eplb_native::reference {
 
-// Row map of one call (design §7.2 steps 1-3). All vectors are owned; sizes in comments.
+// Row map of one call. All vectors are owned; sizes in comments.
 struct RowMap {
     std::vector<int64_t> counts;      // [E] c[e], also expert_token_nums
     std::vector<int64_t> offsets;     // [E + 1] exclusive prefix sums of counts; offsets[E] = R

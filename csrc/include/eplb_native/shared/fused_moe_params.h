@@ -1,5 +1,5 @@
 #pragma once
-// Single-source description of the fused decode MoE operator (design §7): POD parameters,
+// Single-source description of the fused decode MoE operator: POD parameters,
 // limits, tile sizes and index math. Compiled by g++ (reference, host tiling, tests) and by the
 // Ascend C compiler (kernels), so it holds no std:: containers, no exceptions and no allocation.
 
@@ -17,7 +17,7 @@ namespace eplb_native::shared {
 // reference only (no kernel).
 enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kInt8 = 3 };
 
-// How the call's counts are accumulated into moe_load (design §7.2 step 8).
+// How the call's counts are accumulated into moe_load.
 enum class LoadMode : int32_t {
     kNone = 0,   // no moe_load given
     kTotal = 1,  // moe_load int64 [E]: moe_load[e] += c[e]
@@ -30,12 +30,6 @@ inline constexpr int64_t kMaxDecodeTokens = 256;
 inline constexpr int64_t kMaxTopK = 12;
 inline constexpr int64_t kMaxDecodeRows = kMaxDecodeTokens * kMaxTopK;
 inline constexpr int64_t kMaxLocalExperts = 1024;
-
-// GEMM tiles shared by the reference and the kernels: rows of one expert per tile, output
-// columns per tile. The reduction dimension is never split: each output element accumulates its
-// products in ascending d in one fp32 accumulator (design §7.2 steps 4 and 6).
-inline constexpr int64_t kTileRows = 16;
-inline constexpr int64_t kTileCols = 64;
 
 // Shapes and modes of one call. BS tokens, H hidden, I intermediate, K top-k, E local experts,
 // T ring rows (kRing only, else 0).
@@ -57,6 +51,13 @@ struct FusedMoeParams {
 // W8A8 dynamic quantisation: int8 codes lie in [-kInt8Max, kInt8Max].
 inline constexpr float kInt8Max = 127.0F;
 
+// Weight-scale dtypes of the published DispatchGmmCombineDecode operator: fp32 or the activation
+// dtype (fp32/bf16 scales with bf16 activations, fp32/fp16 with fp16), chosen per list, so w1 and
+// w2 scales may differ; 16-bit scales are widened to fp32 (exactly) before use.
+EPLB_HD inline constexpr bool is_scale_dtype_allowed(DType scale_dtype, DType act_dtype) {
+    return scale_dtype == DType::kFloat32 || scale_dtype == act_dtype;
+}
+
 EPLB_HD inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Element offsets into row-major buffers.
@@ -77,7 +78,7 @@ EPLB_HD inline constexpr int64_t w2_offset(int64_t i, int64_t n, int64_t hidden)
 // Workspace rows: permuted x [R, H], SwiGLU output a [R, I], GEMM2 output y [R, H].
 EPLB_HD inline constexpr int64_t row_offset(int64_t row, int64_t width) { return row * width; }
 
-// True when (token, k) is routed: active token and a local id in [0, E) (design §7.2 step 1).
+// True when (token, k) is routed: active token and a local id in [0, E).
 EPLB_HD inline constexpr bool is_valid_pair(bool active, int32_t expert_id, int64_t num_experts) {
     return active && expert_id >= 0 && static_cast<int64_t>(expert_id) < num_experts;
 }
