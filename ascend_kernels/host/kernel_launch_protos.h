@@ -19,12 +19,16 @@ extern "C" uint32_t aclrtlaunch_moe_route_count(uint32_t blockDim, aclrtStream s
 extern "C" uint32_t aclrtlaunch_moe_permute(uint32_t blockDim, aclrtStream stream, void* x,
                                             void* workspace, void* tiling);
 
-extern "C" uint32_t aclrtlaunch_moe_gemm1_swiglu(uint32_t blockDim, aclrtStream stream,
-                                                 void* w1_table, void* workspace, void* tiling);
+extern "C" uint32_t aclrtlaunch_moe_gemm1(uint32_t blockDim, aclrtStream stream, void* w1_table,
+                                          void* workspace, void* tiling);
+
+extern "C" uint32_t aclrtlaunch_moe_swiglu(uint32_t blockDim, aclrtStream stream,
+                                           void* w1_scale_table, void* workspace, void* tiling);
 
 extern "C" uint32_t aclrtlaunch_moe_gemm2(uint32_t blockDim, aclrtStream stream, void* w2_table,
                                           void* workspace, void* tiling);
 
 extern "C" uint32_t aclrtlaunch_moe_combine(uint32_t blockDim, aclrtStream stream,
-                                            void* expert_scales, void* out, void* workspace,
+                                            void* expert_ids, void* expert_scales,
+                                            void* w2_scale_table, void* out, void* workspace,
                                             void* tiling);

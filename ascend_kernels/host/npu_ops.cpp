@@ -1,16 +1,19 @@
 // torch_npu binding of eplb_native::fused_moe_decode for the PrivateUse1 (NPU) key.
 //
-// The schema is defined in Python (eplb_native/ops.py, design §7.1); this library only adds the
-// NPU implementation, so it must be loaded after the schema exists. One call validates the
-// tensors, builds the host tiling (csrc/src/tiling, shared with gtest), looks up the cached
-// device copies of the tiling block and of the w1/w2 pointer tables, allocates the outputs and
-// the workspace, and enqueues the five kernels in order on the current NPU stream through
-// torch_npu's task queue (OpCommand::RunOpApi):
-//   moe_route_count -> moe_permute -> moe_gemm1_swiglu -> moe_gemm2 -> moe_combine.
+// The schema is defined in Python (eplb_native/ops.py); this library only adds the NPU
+// implementation, so it must be loaded after the schema exists. One call validates the tensors
+// (W8A8: int8 weights with fp32 or activation-dtype scale lists, the published
+// DispatchGmmCombineDecode rule), builds the host tiling (csrc/src/tiling, shared with gtest),
+// looks up the cached device copies of the tiling block and of the weight and scale pointer
+// tables, allocates the outputs and the workspace, and enqueues the six kernels in order on the
+// current NPU stream through torch_npu's task queue (OpCommand::RunOpApi):
+//   moe_route_count -> moe_permute -> moe_gemm1 (cube) -> moe_swiglu -> moe_gemm2 (cube)
+//   -> moe_combine.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -32,10 +35,11 @@
 #include "kernel_launch_protos.h"
 #else
 #include "aclrtlaunch_moe_combine.h"
-#include "aclrtlaunch_moe_gemm1_swiglu.h"
+#include "aclrtlaunch_moe_gemm1.h"
 #include "aclrtlaunch_moe_gemm2.h"
 #include "aclrtlaunch_moe_permute.h"
 #include "aclrtlaunch_moe_route_count.h"
+#include "aclrtlaunch_moe_swiglu.h"
 #endif
 
 #include "eplb_native/shared/fused_moe_params.h"
@@ -59,7 +63,7 @@ struct DeviceTables {
     std::mutex mutex;
     tiling::PointerTableCache<at::Tensor> tilings{kTableCacheCapacity};
     tiling::PointerTableCache<at::Tensor> weights{kTableCacheCapacity};
-    std::unordered_map<c10::DeviceIndex, int32_t> vector_cores;  // per device, asked once
+    std::unordered_map<c10::DeviceIndex, tiling::DeviceSpec> devices;  // core counts, asked once
 };
 
 DeviceTables& device_tables() {
@@ -97,12 +101,15 @@ DType act_dtype_of(const at::Tensor& x) {
     return DType::kFloat16;
 }
 
+// Weights (dtype of x, or int8 under W8A8) of shape [rows, cols], or empty (expert unused).
 void check_weight_list(at::TensorList weights, const std::string& field, int64_t rows,
-                       int64_t cols, const at::Tensor& x) {
+                       int64_t cols, at::ScalarType dtype, const at::Tensor& x) {
     for (size_t e = 0; e < weights.size(); ++e) {
         const at::Tensor& w = weights[e];
         const std::string name = field + "[" + std::to_string(e) + "]";
-        check_arg(w.scalar_type() == x.scalar_type(), name, "expected the dtype of x");
+        check_arg(w.scalar_type() == dtype, name,
+                  std::string("expected ") + c10::toString(dtype) + ", got " +
+                      c10::toString(w.scalar_type()));
         if (w.numel() == 0) {
             continue;  // allowed for an expert that receives no token (table entry 0)
         }
@@ -111,6 +118,40 @@ void check_weight_list(at::TensorList weights, const std::string& field, int64_t
                       "], got " + shape_of(w));
         check_npu_contiguous(w, name, x.device());
     }
+}
+
+DType scale_dtype_of(at::ScalarType type) {
+    switch (type) {
+        case at::kFloat:
+            return DType::kFloat32;
+        case at::kHalf:
+            return DType::kFloat16;
+        case at::kBFloat16:
+            return DType::kBFloat16;
+        default:
+            return DType::kInt8;  // rejected by the tiling's scale-dtype rule
+    }
+}
+
+// One W8A8 scale list: E entries [cols] (or empty), one dtype. Returns that dtype.
+DType check_scale_list(at::TensorList scales, const std::string& field, int64_t experts,
+                       int64_t cols, const at::Tensor& x) {
+    check_arg(static_cast<int64_t>(scales.size()) == experts, field,
+              "expected " + std::to_string(experts) + " tensors (one per expert), got " +
+                  std::to_string(scales.size()));
+    for (size_t e = 0; e < scales.size(); ++e) {
+        const at::Tensor& s = scales[e];
+        const std::string name = field + "[" + std::to_string(e) + "]";
+        check_arg(s.scalar_type() == scales[0].scalar_type(), name,
+                  "every scale of the list must have the dtype of " + field + "[0]");
+        if (s.numel() == 0) {
+            continue;
+        }
+        check_arg(s.dim() == 1 && s.size(0) == cols, name,
+                  "expected shape [" + std::to_string(cols) + "], got " + shape_of(s));
+        check_npu_contiguous(s, name, x.device());
+    }
+    return scale_dtype_of(scales[0].scalar_type());
 }
 
 // I from the first non-empty weight (w1[e] is [H, 2I], w2[e] is [I, H]).
@@ -164,10 +205,23 @@ FusedMoeParams validate(const at::Tensor& x, const at::Tensor& expert_ids,
               "expected " + std::to_string(w1.size()) + " tensors (one per w1 tensor), got " +
                   std::to_string(w2.size()));
     p.intermediate = intermediate_of(w1, w2);
-    check_weight_list(w1, "w1", p.hidden, 2 * p.intermediate, x);
-    check_weight_list(w2, "w2", p.intermediate, p.hidden, x);
-    check_arg(!w1_scale.has_value() && !w2_scale.has_value(), "w1_scale",
-              "W8A8 weight scales are reserved; the NPU kernels take bf16/fp16 weights only");
+    // W8A8 when scales are given or the weights are int8; then both scale lists are required.
+    const bool int8 = std::any_of(w1.begin(), w1.end(),
+                                  [](const at::Tensor& w) { return w.scalar_type() == at::kChar; });
+    p.w8a8 = int8 || w1_scale.has_value() || w2_scale.has_value() ? 1 : 0;
+    const at::ScalarType weight_type = p.w8a8 != 0 ? at::kChar : x.scalar_type();
+    check_weight_list(w1, "w1", p.hidden, 2 * p.intermediate, weight_type, x);
+    check_weight_list(w2, "w2", p.intermediate, p.hidden, weight_type, x);
+    p.w1_scale_dtype = DType::kFloat32;
+    p.w2_scale_dtype = DType::kFloat32;
+    if (p.w8a8 != 0) {
+        check_arg(w1_scale.has_value() && w2_scale.has_value(),
+                  w1_scale.has_value() ? "w2_scale" : "w1_scale",
+                  "int8 weights (W8A8) need both scale lists");
+        p.w1_scale_dtype = check_scale_list(*w1_scale, "w1_scale", p.num_experts,
+                                            2 * p.intermediate, x);
+        p.w2_scale_dtype = check_scale_list(*w2_scale, "w2_scale", p.num_experts, p.hidden, x);
+    }
 
     p.has_mask = x_active_mask.has_value() ? 1 : 0;
     if (x_active_mask) {
@@ -207,13 +261,19 @@ FusedMoeParams validate(const at::Tensor& x, const at::Tensor& expert_ids,
     return p;
 }
 
-int32_t vector_core_count(c10::DeviceIndex device) {
+int32_t core_count(c10::DeviceIndex device, aclDeviceInfo info, const char* what) {
     int64_t cores = 0;
-    const aclError status = aclGetDeviceCapability(static_cast<uint32_t>(device),
-                                                   ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
-    TORCH_CHECK(status == ACL_SUCCESS && cores > 0,
-                "fused_moe_decode: aclGetDeviceCapability(VECTOR_CORE_NUM) failed with ", status);
+    const aclError status = aclGetDeviceCapability(static_cast<uint32_t>(device), info, &cores);
+    TORCH_CHECK(status == ACL_SUCCESS && cores > 0, "fused_moe_decode: aclGetDeviceCapability(",
+                what, ") failed with ", status);
     return static_cast<int32_t>(cores);
+}
+
+tiling::DeviceSpec device_spec(c10::DeviceIndex device) {
+    tiling::DeviceSpec spec;
+    spec.num_vector_cores = core_count(device, ACL_DEVICE_INFO_VECTOR_CORE_NUM, "VECTOR_CORE_NUM");
+    spec.num_cube_cores = core_count(device, ACL_DEVICE_INFO_AI_CORE_NUM, "AI_CORE_NUM");
+    return spec;
 }
 
 std::vector<uint64_t> pointer_words(at::TensorList weights) {
@@ -242,12 +302,11 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
     tiling::DeviceSpec spec;
     {
         const std::lock_guard<std::mutex> lock(tables.mutex);
-        auto found = tables.vector_cores.find(device_index);
-        if (found == tables.vector_cores.end()) {
-            const int32_t cores = vector_core_count(device_index);
-            found = tables.vector_cores.emplace(device_index, cores).first;
+        auto found = tables.devices.find(device_index);
+        if (found == tables.devices.end()) {
+            found = tables.devices.emplace(device_index, device_spec(device_index)).first;
         }
-        spec.num_vector_cores = found->second;
+        spec = found->second;
     }
     FusedMoeTilingData t{};
     try {
@@ -259,6 +318,8 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
     at::Tensor tiling_dev;
     at::Tensor w1_table;
     at::Tensor w2_table;
+    at::Tensor w1_scale_table;
+    at::Tensor w2_scale_table;
     {
         const std::lock_guard<std::mutex> lock(tables.mutex);
         const auto upload = [&x](const std::vector<uint64_t>& words) {
@@ -267,6 +328,10 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
         tiling_dev = tables.tilings.get(device_index, tiling::pod_words(t), upload);
         w1_table = tables.weights.get(device_index, pointer_words(w1), upload);
         w2_table = tables.weights.get(device_index, pointer_words(w2), upload);
+        if (params.w8a8 != 0) {
+            w1_scale_table = tables.weights.get(device_index, pointer_words(*w1_scale), upload);
+            w2_scale_table = tables.weights.get(device_index, pointer_words(*w2_scale), upload);
+        }
     }
 
     at::Tensor out = at::empty_like(x);
@@ -287,6 +352,8 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
     void* tiling_ptr = tiling_dev.data_ptr();
     void* w1_ptr = w1_table.data_ptr();
     void* w2_ptr = w2_table.data_ptr();
+    void* w1_scale_ptr = params.w8a8 != 0 ? w1_scale_table.data_ptr() : nullptr;
+    void* w2_scale_ptr = params.w8a8 != 0 ? w2_scale_table.data_ptr() : nullptr;
     const aclrtStream stream = c10_npu::getCurrentNPUStream(device_index).stream(false);
     std::vector<at::Tensor> keep_alive = {x,          expert_ids, expert_scales, out,
                                           expert_token_nums, workspace, tiling_dev, w1_table,
@@ -295,6 +362,10 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
         if (given->has_value()) {
             keep_alive.push_back(**given);
         }
+    }
+    if (params.w8a8 != 0) {
+        keep_alive.push_back(w1_scale_table);
+        keep_alive.push_back(w2_scale_table);
     }
     at_npu::native::OpCommand::RunOpApi("EplbFusedMoeDecode", [=]() -> int {
         (void)keep_alive;
@@ -306,8 +377,12 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
                                              x_ptr, ws_ptr, tiling_ptr);
         }
         if (status == 0) {
-            status = aclrtlaunch_moe_gemm1_swiglu(static_cast<uint32_t>(t.gemm1_blocks), stream,
-                                                  w1_ptr, ws_ptr, tiling_ptr);
+            status = aclrtlaunch_moe_gemm1(static_cast<uint32_t>(t.gemm1_blocks), stream, w1_ptr,
+                                           ws_ptr, tiling_ptr);
+        }
+        if (status == 0) {
+            status = aclrtlaunch_moe_swiglu(static_cast<uint32_t>(t.swiglu_blocks), stream,
+                                            w1_scale_ptr, ws_ptr, tiling_ptr);
         }
         if (status == 0) {
             status = aclrtlaunch_moe_gemm2(static_cast<uint32_t>(t.gemm2_blocks), stream, w2_ptr,
@@ -315,7 +390,8 @@ std::tuple<at::Tensor, at::Tensor> fused_moe_decode_npu(
         }
         if (status == 0) {
             status = aclrtlaunch_moe_combine(static_cast<uint32_t>(t.combine_blocks), stream,
-                                             scales_ptr, out_ptr, ws_ptr, tiling_ptr);
+                                             ids_ptr, scales_ptr, w2_scale_ptr, out_ptr, ws_ptr,
+                                             tiling_ptr);
         }
         return static_cast<int>(status);
     });

@@ -8,6 +8,7 @@
 #include "bindings.h"
 #include "eplb_native/reference/fused_moe_decode_ref.h"
 #include "eplb_native/thread_pool.h"
+#include "eplb_native/tiling/fused_moe_tiling.h"
 #include "numpy_views.h"
 
 namespace eplb_native::bindings {
@@ -256,6 +257,58 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
     reference::fused_moe_decode(p, in, o, pool);
 }
 
+// The NPU kernels' tiling of one call, as a dict of the FusedMoeTilingData fields. Validates the
+// call against the kernel limits first (std::invalid_argument -> ValueError naming the field).
+py::dict fused_moe_npu_tiling(int64_t num_tokens, int64_t hidden, int64_t intermediate,
+                              int64_t top_k, int64_t num_experts, const std::string& dtype,
+                              const py::object& w1_scale_dtype, const py::object& w2_scale_dtype,
+                              const std::string& load, int64_t load_steps, bool has_mask,
+                              int32_t num_vector_cores, int32_t num_cube_cores) {
+    shared::FusedMoeParams p{};
+    p.num_tokens = num_tokens;
+    p.hidden = hidden;
+    p.intermediate = intermediate;
+    p.top_k = top_k;
+    p.num_experts = num_experts;
+    p.act_dtype = parse_dtype(dtype, "dtype");
+    if (w1_scale_dtype.is_none() != w2_scale_dtype.is_none()) {
+        throw_invalid(w1_scale_dtype.is_none() ? "w1_scale" : "w2_scale",
+                      "W8A8 needs both scale dtypes");
+    }
+    p.w8a8 = w1_scale_dtype.is_none() ? 0 : 1;
+    p.w1_scale_dtype = p.w8a8 != 0 ? parse_dtype(py::cast<std::string>(w1_scale_dtype), "w1_scale")
+                                   : DType::kFloat32;
+    p.w2_scale_dtype = p.w8a8 != 0 ? parse_dtype(py::cast<std::string>(w2_scale_dtype), "w2_scale")
+                                   : DType::kFloat32;
+    if (load == "none") {
+        p.load_mode = LoadMode::kNone;
+    } else if (load == "total") {
+        p.load_mode = LoadMode::kTotal;
+    } else if (load == "ring") {
+        p.load_mode = LoadMode::kRing;
+    } else {
+        throw_invalid("load", "expected 'none', 'total' or 'ring', got '" + load + "'");
+    }
+    p.load_steps = load_steps;
+    p.has_mask = has_mask ? 1 : 0;
+    tiling::DeviceSpec device;
+    device.num_vector_cores = num_vector_cores;
+    device.num_cube_cores = num_cube_cores;
+    const shared::FusedMoeTilingData t = tiling::make_fused_moe_tiling(p, device);
+    py::dict d;
+    d["route_blocks"] = t.route_blocks;
+    d["permute_blocks"] = t.permute_blocks;
+    d["gemm1_blocks"] = t.gemm1_blocks;
+    d["swiglu_blocks"] = t.swiglu_blocks;
+    d["gemm2_blocks"] = t.gemm2_blocks;
+    d["combine_blocks"] = t.combine_blocks;
+    d["row_chunk"] = t.row_chunk;
+    d["h1_stride"] = t.h1_stride;
+    d["h2_stride"] = t.h2_stride;
+    d["ws_bytes"] = t.ws_bytes;
+    return d;
+}
+
 }  // namespace
 
 void bind_reference(py::module_& m) {
@@ -273,6 +326,19 @@ void bind_reference(py::module_& m) {
           "int64 [E]; moe_load int64 [E] or int32 [T, E] with load_counter int32 [] updated. "
           "W8A8: int8 w1/w2 plus w1_scale (E arrays [2I]) and w2_scale (E arrays [H]) tagged "
           "w1_scale_dtype / w2_scale_dtype ('float32' | 'float16' | 'bfloat16').");
+
+    m.def("fused_moe_npu_tiling", &fused_moe_npu_tiling, py::arg("num_tokens"), py::arg("hidden"),
+          py::arg("intermediate"), py::arg("top_k"), py::arg("num_experts"), py::arg("dtype"),
+          py::kw_only(), py::arg("w1_scale_dtype") = py::none(),
+          py::arg("w2_scale_dtype") = py::none(), py::arg("load") = "none",
+          py::arg("load_steps") = 0, py::arg("has_mask") = false,
+          py::arg("num_vector_cores") = shared::kDefaultVectorCores,
+          py::arg("num_cube_cores") = shared::kDefaultCubeCores,
+          "Tiling of the Ascend kernels for one call (block counts, GEMM output row strides, "
+          "workspace bytes) after checking it against their limits (ValueError naming the "
+          "field). dtype 'bfloat16' | 'float16'; W8A8 when both scale dtypes are given "
+          "('float32' or the activation dtype); load 'none' | 'total' | 'ring' (load_steps "
+          "rows).");
 
     m.def(
         "fused_moe_route",

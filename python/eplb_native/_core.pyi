@@ -8,7 +8,7 @@ import typing
 import numpy
 import numpy.typing
 
-__all__: list[str] = ['expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_route', 'keep_slots', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
+__all__: list[str] = ['expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
 def expert_load_from_slot_load(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, slot_load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [rows, L, N]: tokens per expert, its slots' tokens (slot_load [rows, L, P]) summed.
@@ -16,6 +16,10 @@ def expert_load_from_slot_load(phy2log: typing.Annotated[numpy.typing.ArrayLike,
 def fused_moe_decode_ref(x: typing.Any, dtype: str, expert_ids: typing.Any, expert_scales: typing.Any, w1: list[typing.Any], w2: list[typing.Any], x_active_mask: typing.Any, out: typing.Any, expert_token_nums: typing.Any, moe_load: typing.Any = None, load_counter: typing.Any = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, w1_scale: typing.Any = None, w2_scale: typing.Any = None, w1_scale_dtype: str = 'float32', w2_scale_dtype: str = 'float32') -> None:
     """
     Fused decode MoE CPU reference, in place. dtype 'bfloat16' | 'float16' | 'float32'; x [BS, H] (16-bit raw bits or float32), expert_ids int32 [BS, K], expert_scales float32 [BS, K], w1 list of E [H, 2I], w2 list of E [I, H] (empty for unused experts), x_active_mask bool [BS] or None; writes out [BS, H] and expert_token_nums int64 [E]; moe_load int64 [E] or int32 [T, E] with load_counter int32 [] updated. W8A8: int8 w1/w2 plus w1_scale (E arrays [2I]) and w2_scale (E arrays [H]) tagged w1_scale_dtype / w2_scale_dtype ('float32' | 'float16' | 'bfloat16').
+    """
+def fused_moe_npu_tiling(num_tokens: typing.SupportsInt | typing.SupportsIndex, hidden: typing.SupportsInt | typing.SupportsIndex, intermediate: typing.SupportsInt | typing.SupportsIndex, top_k: typing.SupportsInt | typing.SupportsIndex, num_experts: typing.SupportsInt | typing.SupportsIndex, dtype: str, *, w1_scale_dtype: str | None = None, w2_scale_dtype: str | None = None, load: str = 'none', load_steps: typing.SupportsInt | typing.SupportsIndex = 0, has_mask: bool = False, num_vector_cores: typing.SupportsInt | typing.SupportsIndex = 48, num_cube_cores: typing.SupportsInt | typing.SupportsIndex = 24) -> dict[str, int]:
+    """
+    Tiling of the Ascend kernels for one call (block counts, GEMM output row strides, workspace bytes) after checking it against their limits (ValueError naming the field). dtype 'bfloat16' | 'float16'; W8A8 when both scale dtypes are given ('float32' or the activation dtype); load 'none' | 'total' | 'ring' (load_steps rows).
     """
 def fused_moe_route(expert_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], num_experts: typing.SupportsInt | typing.SupportsIndex, x_active_mask: typing.Any = None) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """

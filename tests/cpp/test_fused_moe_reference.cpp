@@ -274,7 +274,7 @@ TEST(FusedMoeReference, MoeLoadTotalAndRing) {
 
 TEST(FusedMoeParams, LimitsAndIndexMath) {
     static_assert(sizeof(FusedMoeParams) == 72, "POD layout shared with the kernels");
-    static_assert(shared::kMaxDecodeRows == 256 * 12);
+    static_assert(shared::kMaxDecodeRows == 3072);
     static_assert(shared::is_scale_dtype_allowed(DType::kFloat32, DType::kBFloat16));
     static_assert(shared::is_scale_dtype_allowed(DType::kBFloat16, DType::kBFloat16));
     static_assert(!shared::is_scale_dtype_allowed(DType::kFloat16, DType::kBFloat16));

@@ -134,7 +134,8 @@ TEST(FusedMoeTiling, EveryVectorKernelFitsTheUnifiedBufferAtTheLimits) {
     for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
         for (const int32_t quant : {0, 1}) {
             for (const auto& p :
-                 {decode_params(256, 7168, 3072, 12, 1024), decode_params(1, 1, 1, 1, 1),
+                 {decode_params(256, 7168, 3072, 12, 1024), decode_params(3072, 7168, 3072, 1, 1024),
+                  decode_params(1, 1, 1, 1, 1),
                   decode_params(64, 4096, 1536, 8, 256)}) {
                 FusedMoeParams q = p;
                 q.act_dtype = dtype;
@@ -241,7 +242,11 @@ TEST(FusedMoeTiling, LimitsNameTheField) {
         cases.push_back({field, p});
     };
     with("num_tokens", [](FusedMoeParams& p) { p.num_tokens = 0; });
-    with("num_tokens", [](FusedMoeParams& p) { p.num_tokens = 257; });
+    with("num_tokens", [](FusedMoeParams& p) { p.num_tokens = 3073; });
+    with("num_tokens", [](FusedMoeParams& p) {
+        p.num_tokens = 257;
+        p.top_k = 12;  // 3084 pairs
+    });
     with("top_k", [](FusedMoeParams& p) { p.top_k = 13; });
     with("num_experts", [](FusedMoeParams& p) { p.num_experts = 1025; });
     with("hidden", [](FusedMoeParams& p) { p.hidden = 7169; });
@@ -258,6 +263,10 @@ TEST(FusedMoeTiling, LimitsNameTheField) {
     with("w1_scale", [](FusedMoeParams& p) { p = w8a8(p, DType::kFloat16); });
     with("w2_scale", [](FusedMoeParams& p) { p = w8a8(p, DType::kBFloat16, DType::kFloat16); });
     EXPECT_NO_THROW((void)make_fused_moe_tiling(ok));
+    FusedMoeParams received = ok;  // the pairs a rank received after a dispatch, one row each
+    received.num_tokens = 3072;
+    received.top_k = 1;
+    EXPECT_NO_THROW((void)make_fused_moe_tiling(received));
     for (const DType s1 : {DType::kFloat32, DType::kBFloat16}) {
         for (const DType s2 : {DType::kFloat32, DType::kBFloat16}) {
             EXPECT_NO_THROW((void)make_fused_moe_tiling(w8a8(ok, s1, s2)));

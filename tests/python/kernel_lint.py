@@ -12,7 +12,10 @@ the three places that must agree in agreement:
 
 and it rejects host-only constructs in device code (the kernels, ascend_kernels/include and the
 csrc/include headers they include): ``std::``, ``new``/``delete``, ``malloc``/``free``,
-exceptions, standard-library includes, and ``printf`` outside an ``ASCENDC_DUMP`` guard.
+exceptions, standard-library includes, and ``printf`` outside an ``ASCENDC_DUMP`` guard. Every
+entry point must declare the cores it runs on, ``KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY)``
+(vector) or ``KERNEL_TYPE_AIC_ONLY`` (cube), first thing in its body: the launch block count
+means vector or cube cores accordingly, and the host emulation enforces the split.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ CALL_RE = re.compile(r"\baclrtlaunch_(\w+)\s*\(")
 INCLUDE_LAUNCH_RE = re.compile(r'#include\s+"aclrtlaunch_(\w+)\.h"')
 LOCAL_INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 ANGLE_INCLUDE_RE = re.compile(r"^\s*#\s*include\s*<([^>]+)>", re.MULTILINE)
+TASK_TYPE_RE = re.compile(r"^\s*KERNEL_TASK_TYPE_DEFAULT\(\s*(\w+)\s*\)\s*;")
+KERNEL_TYPES = frozenset({"KERNEL_TYPE_AIV_ONLY", "KERNEL_TYPE_AIC_ONLY"})
 
 # Host-only constructs that do not exist on the AI core (pattern, what it is).
 FORBIDDEN = (
@@ -126,6 +131,18 @@ def kernel_entries(kernel_files: list[Path]) -> dict[str, list[Param]]:
     return entries
 
 
+def kernel_task_types(kernel_files: list[Path]) -> dict[str, str | None]:
+    """Kernel name -> the KERNEL_TASK_TYPE_DEFAULT its body opens with (None if it does not)."""
+    types: dict[str, str | None] = {}
+    for path in kernel_files:
+        text = strip_comments(path.read_text())
+        for match in KERNEL_RE.finditer(text):
+            body = text[text.index("{", match.end()) + 1 :]
+            declared = TASK_TYPE_RE.match(body)
+            types[match.group(1)] = declared.group(1) if declared else None
+    return types
+
+
 def launcher_protos(protos_path: Path) -> dict[str, list[Param]]:
     """Kernel name -> launcher parameters (blockDim and stream included)."""
     text = strip_comments(protos_path.read_text())
@@ -186,6 +203,12 @@ def check_signatures(kernel_files: list[Path], protos_path: Path, binding_path: 
                     )
         if name not in included:
             problems.append(f"{name}: binding does not include aclrtlaunch_{name}.h")
+    for name, task_type in sorted(kernel_task_types(kernel_files).items()):
+        if task_type not in KERNEL_TYPES:
+            problems.append(
+                f"{name}: body must open with KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY or "
+                f"KERNEL_TYPE_AIC_ONLY), got {task_type}"
+            )
     for name in sorted(set(protos) - set(kernels)):
         problems.append(f"aclrtlaunch_{name}: prototype without a kernel entry point")
     for name in sorted(set(calls) - set(kernels)):

@@ -16,14 +16,15 @@ def test_kernels_prototypes_and_binding_agree_and_device_code_is_clean() -> None
     assert problems == [], "\n".join(problems)
 
 
-def test_lint_sees_all_five_kernels_with_their_parameters() -> None:
+def test_lint_sees_all_six_kernels_with_their_parameters() -> None:
     kernels = kernel_lint.kernel_entries(sorted((ROOT / "ascend_kernels/kernels").glob("*.cpp")))
     assert sorted(kernels) == [
         "moe_combine",
-        "moe_gemm1_swiglu",
+        "moe_gemm1",
         "moe_gemm2",
         "moe_permute",
         "moe_route_count",
+        "moe_swiglu",
     ]
     assert [p.name for p in kernels["moe_route_count"]] == [
         "expert_ids",
@@ -70,8 +71,8 @@ def test_lint_reports_a_kernel_parameter_missing_from_prototype_and_binding(tree
 def test_lint_reports_a_prototype_that_reorders_parameters(tree: Path) -> None:
     _edit(
         tree / "ascend_kernels/host/kernel_launch_protos.h",
-        "void* expert_scales, void* out,",
-        "void* out, void* expert_scales,",
+        "void* expert_ids, void* expert_scales,",
+        "void* expert_scales, void* expert_ids,",
     )
     problems = kernel_lint.lint_tree(tree)
     assert [p for p in problems if p.startswith("moe_combine: prototype parameters")], problems
@@ -92,12 +93,30 @@ def test_lint_reports_a_binding_call_with_a_dropped_argument(tree: Path) -> None
 
 def test_lint_reports_a_kernel_nobody_launches(tree: Path) -> None:
     (tree / "ascend_kernels/kernels/moe_extra.cpp").write_text(
-        'extern "C" __global__ __aicore__ void moe_extra(GM_ADDR workspace, GM_ADDR tiling) {}\n'
+        'extern "C" __global__ __aicore__ void moe_extra(GM_ADDR workspace, GM_ADDR tiling) {\n'
+        "    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);\n}\n"
     )
     problems = kernel_lint.lint_tree(tree)
     assert "moe_extra: no aclrtlaunch_moe_extra prototype" in problems
     assert "moe_extra: never launched by the binding" in problems
     assert "moe_extra: binding does not include aclrtlaunch_moe_extra.h" in problems
+
+
+def test_lint_sees_which_kernels_run_on_cube_cores() -> None:
+    files = sorted((ROOT / "ascend_kernels/kernels").glob("*.cpp"))
+    types = kernel_lint.kernel_task_types(files)
+    cube = sorted(name for name, kind in types.items() if kind == "KERNEL_TYPE_AIC_ONLY")
+    assert cube == ["moe_gemm1", "moe_gemm2"]
+
+
+def test_lint_reports_a_kernel_without_its_core_type(tree: Path) -> None:
+    _edit(
+        tree / "ascend_kernels/kernels/moe_swiglu.cpp",
+        "KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);",
+        "",
+    )
+    problems = kernel_lint.lint_tree(tree)
+    assert any(p.startswith("moe_swiglu: body must open with KERNEL_TASK_TYPE_DEFAULT") for p in problems)
 
 
 def test_lint_rejects_host_only_constructs_in_device_code(tree: Path) -> None:

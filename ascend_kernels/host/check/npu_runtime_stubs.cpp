@@ -38,12 +38,16 @@ extern "C" uint32_t aclrtlaunch_moe_route_count(uint32_t, aclrtStream, void*, vo
 extern "C" uint32_t aclrtlaunch_moe_permute(uint32_t, aclrtStream, void*, void*, void*) {
     return 1;
 }
-extern "C" uint32_t aclrtlaunch_moe_gemm1_swiglu(uint32_t, aclrtStream, void*, void*, void*) {
+extern "C" uint32_t aclrtlaunch_moe_gemm1(uint32_t, aclrtStream, void*, void*, void*) {
+    return 1;
+}
+extern "C" uint32_t aclrtlaunch_moe_swiglu(uint32_t, aclrtStream, void*, void*, void*) {
     return 1;
 }
 extern "C" uint32_t aclrtlaunch_moe_gemm2(uint32_t, aclrtStream, void*, void*, void*) {
     return 1;
 }
-extern "C" uint32_t aclrtlaunch_moe_combine(uint32_t, aclrtStream, void*, void*, void*, void*) {
+extern "C" uint32_t aclrtlaunch_moe_combine(uint32_t, aclrtStream, void*, void*, void*, void*,
+                                            void*, void*) {
     return 1;
 }

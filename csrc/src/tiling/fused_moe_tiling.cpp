@@ -44,8 +44,14 @@ int32_t blocks_for(int64_t work, int32_t cores) {
 }  // namespace
 
 void validate_kernel_params(const FusedMoeParams& params) {
-    check_range("num_tokens", params.num_tokens, 1, shared::kMaxDecodeTokens);
+    check_range("num_tokens", params.num_tokens, 1, shared::kMaxDecodeRows);
     check_range("top_k", params.top_k, 1, shared::kMaxTopK);
+    if (params.num_tokens * params.top_k > shared::kMaxDecodeRows) {
+        throw_invalid("num_tokens", "BS * K must be <= " + std::to_string(shared::kMaxDecodeRows) +
+                                        " for the NPU kernels, got " +
+                                        std::to_string(params.num_tokens) + " x " +
+                                        std::to_string(params.top_k));
+    }
     check_range("num_experts", params.num_experts, 1, shared::kMaxLocalExperts);
     check_range("hidden", params.hidden, 1, shared::kMaxHidden);
     check_range("intermediate", params.intermediate, 1, shared::kMaxIntermediate);

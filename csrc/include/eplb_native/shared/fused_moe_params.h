@@ -24,11 +24,13 @@ enum class LoadMode : int32_t {
     kRing = 2,   // moe_load int32 [T, E]: row load_counter mod T, then load_counter += 1
 };
 
-// Decode limits the device kernels are sized for (a single AIV core routes BS*K pairs).
+// Decode limits the device kernels are sized for: a single AIV core routes the BS*K pairs, at
+// most kMaxDecodeRows of them (vllm-ascend's decode bound of 256 tokens x top-12). After an
+// expert-parallel dispatch a rank runs the operator on the pairs it received, one row each
+// (K = 1), so BS itself may reach kMaxDecodeRows.
 // The CPU reference is general and does not enforce them; the NPU binding does.
-inline constexpr int64_t kMaxDecodeTokens = 256;
 inline constexpr int64_t kMaxTopK = 12;
-inline constexpr int64_t kMaxDecodeRows = kMaxDecodeTokens * kMaxTopK;
+inline constexpr int64_t kMaxDecodeRows = 256 * kMaxTopK;
 inline constexpr int64_t kMaxLocalExperts = 1024;
 
 // Shapes and modes of one call. BS tokens, H hidden, I intermediate, K top-k, E local experts,
