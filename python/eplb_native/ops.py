@@ -36,7 +36,7 @@ SCHEMA = (
     "-> (Tensor out, Tensor expert_token_nums)"
 )
 _ACT_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
-_SCALE_DTYPES = tuple(_ACT_DTYPE_NAMES)
+_NPU_ACT_DTYPES = (torch.bfloat16, torch.float16)
 
 # The schema is defined before any NPU library is loaded: the .so only adds implementations.
 _LIBRARY = torch.library.Library("eplb_native", "FRAGMENT")  # type: ignore[no-untyped-call]
@@ -89,20 +89,30 @@ def _check_w8a8_scales(
     w2_scale: Sequence[torch.Tensor] | None,
     num_experts: int,
     inter: int | None,
-    hidden: int,
+    x: torch.Tensor,
 ) -> None:
-    """W8A8 scales: both lists, one fp32/fp16/bf16 tensor per expert, [2I] and [H] (or empty)."""
+    """W8A8 scales: both lists of one tensor per expert, [2I] and [H] (or empty), each list of one
+    dtype, float32 or the dtype of x (the published DispatchGmmCombineDecode rule: fp32/bf16
+    scales with bf16 activations, fp32/fp16 with fp16; w1 and w2 lists may differ)."""
     if w1_scale is None or w2_scale is None:
         message = f"{'w1_scale' if w1_scale is None else 'w2_scale'}: int8 weights (W8A8) need both scale lists"
         raise ValueError(message)
+    allowed = tuple(dict.fromkeys((torch.float32, x.dtype)))
     for name, scales, length in (
         ("w1_scale", w1_scale, None if inter is None else 2 * inter),
-        ("w2_scale", w2_scale, hidden),
+        ("w2_scale", w2_scale, x.shape[1]),
     ):
         if not isinstance(scales, (list, tuple)) or len(scales) != num_experts:
             message = f"{name}: expected a list of {num_experts} tensors (one per expert)"
             raise ValueError(message)
-        _check_weights(scales, name, _SCALE_DTYPES, None if length is None else (length,))
+        for e, scale in enumerate(scales):
+            if isinstance(scale, torch.Tensor) and scale.dtype not in allowed:
+                message = (
+                    f"{name}[{e}]: with {x.dtype} activations the scales must be "
+                    f"{' or '.join(str(d) for d in allowed)}, got {scale.dtype}"
+                )
+                raise TypeError(message)
+        _check_weights(scales, name, allowed, None if length is None else (length,))
 
 
 def is_w8a8(
@@ -160,7 +170,7 @@ def validate_inputs(
     _check_weights(w1, "w1", weight_dtypes, None if inter is None else (hidden, 2 * inter))
     _check_weights(w2, "w2", weight_dtypes, None if inter is None else (inter, hidden))
     if w8a8:
-        _check_w8a8_scales(w1_scale, w2_scale, num_experts, inter, hidden)
+        _check_w8a8_scales(w1_scale, w2_scale, num_experts, inter, x)
     if x_active_mask is not None:
         _check_tensor(x_active_mask, "x_active_mask", (torch.bool,), (num_tokens,))
     if moe_load is not None:
@@ -194,6 +204,61 @@ def validate_inputs(
         if tensor.device != x.device:
             message = f"all tensors must be on {x.device}, found one on {tensor.device}"
             raise ValueError(message)
+
+
+def validate_npu_inputs(
+    x: torch.Tensor,
+    expert_ids: torch.Tensor,
+    expert_scales: torch.Tensor,
+    w1: Sequence[torch.Tensor],
+    w2: Sequence[torch.Tensor],
+    x_active_mask: torch.Tensor | None = None,
+    moe_load: torch.Tensor | None = None,
+    load_counter: torch.Tensor | None = None,
+    w1_scale: Sequence[torch.Tensor] | None = None,
+    w2_scale: Sequence[torch.Tensor] | None = None,
+) -> None:
+    """:func:`validate_inputs` plus what the Ascend kernels add, on any device (shapes and dtypes).
+
+    bf16/fp16 activations; BS * K <= 3072 pairs, E <= 1024, H <= 7168, I <= 3072, K <= 12,
+    a ring of at most 2**20 rows; W8A8 weight scales as in :func:`validate_inputs` (float32 or
+    the activation dtype, per list). The limits are the host tiling's own checks (``_core``).
+    Raises TypeError / ValueError naming the argument.
+    """
+    validate_inputs(
+        x,
+        expert_ids,
+        expert_scales,
+        w1,
+        w2,
+        x_active_mask,
+        moe_load,
+        load_counter,
+        w1_scale,
+        w2_scale,
+    )
+    if x.dtype not in _NPU_ACT_DTYPES:
+        message = f"x: the Ascend kernels take bfloat16 or float16 activations, got {x.dtype}"
+        raise TypeError(message)
+    nonempty = [w for w in w2 if w.numel() > 0]
+    if not nonempty:
+        message = "w2: every expert weight is empty, so the intermediate size is unknown"
+        raise ValueError(message)
+    w8a8 = is_w8a8(w1, w1_scale, w2_scale)
+    load = "none" if moe_load is None else ("ring" if moe_load.dim() == 2 else "total")
+    _core.fused_moe_npu_tiling(
+        x.shape[0],
+        x.shape[1],
+        nonempty[0].shape[0],
+        expert_ids.shape[1],
+        len(w1),
+        _ACT_DTYPE_NAMES[x.dtype],
+        w1_scale_dtype=_ACT_DTYPE_NAMES[w1_scale[0].dtype] if w8a8 and w1_scale else None,
+        w2_scale_dtype=_ACT_DTYPE_NAMES[w2_scale[0].dtype] if w8a8 and w2_scale else None,
+        load=load,
+        load_steps=moe_load.shape[0] if load == "ring" and moe_load is not None else 0,
+        has_mask=x_active_mask is not None,
+    )
 
 
 def _numpy_view(tensor: torch.Tensor) -> np.ndarray:
@@ -448,8 +513,9 @@ def fused_moe_decode(
         moe_load: int64 [E] (``+= counts``) or int32 [T, E] ring (row ``load_counter % T``),
             updated in place.
         load_counter: int32 [] step counter, required with the ring, incremented in place.
-        w1_scale, w2_scale: W8A8 mode (w1/w2 int8): E tensors [2I] and [H], fp32/fp16/bf16
-            per-output-channel scales; x and the SwiGLU output are quantised per row to int8.
+        w1_scale, w2_scale: W8A8 mode (w1/w2 int8): E tensors [2I] and [H], per-output-channel
+            scales, each list float32 or the dtype of x (the two lists may differ); x and the
+            SwiGLU output are quantised per row to int8.
 
     Returns:
         out: [BS, H] dtype of x; expert_token_nums: int64 [E] tokens per expert in this call.
@@ -458,9 +524,22 @@ def fused_moe_decode(
         if not isinstance(weights, (list, tuple, torch.Tensor)):
             message = f"{name}: expected a list of tensors, got {type(weights).__name__}"
             raise TypeError(message)
-    if isinstance(x, torch.Tensor) and x.device.type == "npu" and not npu_available():
-        message = "x: on an NPU but the Ascend kernels are unavailable (see the log)"
-        raise ValueError(message)
+    if isinstance(x, torch.Tensor) and x.device.type == "npu":
+        if not npu_available():
+            message = "x: on an NPU but the Ascend kernels are unavailable (see the log)"
+            raise ValueError(message)
+        validate_npu_inputs(
+            x,
+            expert_ids,
+            expert_scales,
+            list(w1),
+            list(w2),
+            x_active_mask,
+            moe_load,
+            load_counter,
+            None if w1_scale is None else list(w1_scale),
+            None if w2_scale is None else list(w2_scale),
+        )
     out, expert_token_nums = torch.ops.eplb_native.fused_moe_decode(
         x,
         expert_ids,

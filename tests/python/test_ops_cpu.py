@@ -461,6 +461,28 @@ def _bad_inputs() -> list[tuple[str, dict[str, object], type[Exception], str]]:
             TypeError,
             r"w1_scale\[0\]",
         ),
+        (
+            "w8a8 fp16 scales with bf16 activations (published rule)",
+            {
+                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
+                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
+                "w1_scale": [torch.ones(6, dtype=torch.float16)] * 2,
+                "w2_scale": [torch.ones(8)] * 2,
+            },
+            TypeError,
+            r"w1_scale\[0\]: with torch.bfloat16 activations the scales must be torch.float32",
+        ),
+        (
+            "w8a8 one list of two dtypes",
+            {
+                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
+                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
+                "w1_scale": [torch.ones(6)] * 2,
+                "w2_scale": [torch.ones(8), torch.ones(8, dtype=bf)],
+            },
+            TypeError,
+            r"w2_scale\[1\]",
+        ),
         ("w1 not list", {"w1": None}, TypeError, "w1"),
         (
             "w2 non-contiguous",
@@ -576,10 +598,11 @@ def make_w8a8_case(seed: int, dtype: str, scale_dtypes: tuple[str, str]) -> tupl
 
 
 @pytest.mark.parametrize("dtype", ACT_DTYPES)
-@pytest.mark.parametrize(
-    "scale_dtypes", [("float32", "float32"), ("float16", "bfloat16"), ("bfloat16", "float16")]
-)
-def test_w8a8_bit_exact(dtype: str, scale_dtypes: tuple[str, str]) -> None:
+@pytest.mark.parametrize("scale_kinds", [("fp32", "fp32"), ("fp32", "act"), ("act", "fp32"), ("act", "act")])
+def test_w8a8_bit_exact(dtype: str, scale_kinds: tuple[str, str]) -> None:
+    """Every published scale pairing: each list float32 or the activation dtype."""
+    w1_kind, w2_kind = (dtype if kind == "act" else "float32" for kind in scale_kinds)
+    scale_dtypes = (w1_kind, w2_kind)
     case, w1_scale, w2_scale = make_w8a8_case(16, dtype, scale_dtypes)
     golden = fused_moe_decode_golden(
         case.x,

@@ -1,9 +1,12 @@
-"""The Ascend kernels of fused_moe_decode against the CPU reference (needs an NPU; skipped here).
+"""The Ascend kernels of fused_moe_decode against the CPU reference.
 
-Contract (design §7.3): integer outputs (expert_token_nums, moe_load, load_counter) equal the CPU
-reference exactly; ``out`` is within a stated tolerance, because the device's vector ``Exp`` is
-not the reference's correctly rounded exp (the GEMMs and the combine run the reference's exact
-operation order, so the tolerance only absorbs exp differences and the roundings they flip):
+The device tests need an NPU (skipped elsewhere); the input validation the NPU path applies
+(published W8A8 scale-dtype rules, kernel limits) runs everywhere, on CPU tensors.
+
+Contract: integer outputs (expert_token_nums, moe_load, load_counter) equal the CPU reference
+exactly; ``out`` is within a stated tolerance, because the device's vector ``Exp`` is not the
+reference's correctly rounded exp and the cube unit's summation order inside one Mmad is not
+published (everything else runs in the reference's order; W8A8 GEMMs are exact integer sums):
 
     |out_npu - out_cpu| <= RTOL * |out_cpu| + ATOL_FRACTION * max|out_cpu|
 
@@ -25,7 +28,7 @@ def _npu_ready() -> bool:
     return bool(getattr(torch, "npu", None) is not None and torch.npu.is_available())
 
 
-pytestmark = pytest.mark.skipif(
+needs_npu = pytest.mark.skipif(
     not _npu_ready(),
     reason="needs an Ascend NPU with torch_npu and eplb_native built with CANN (_npu_ops*.so)",
 )
@@ -100,6 +103,7 @@ CASES = {
 }
 
 
+@needs_npu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_npu_matches_cpu_reference_total_load(case: str, dtype: torch.dtype) -> None:
@@ -121,6 +125,7 @@ def test_npu_matches_cpu_reference_total_load(case: str, dtype: torch.dtype) -> 
     assert torch.count_nonzero(got_out.cpu()[dead]) == 0
 
 
+@needs_npu
 def test_npu_ring_load_and_counter_match_cpu() -> None:
     x, ids, scales, w1, w2 = _inputs(1, 12, 256, 128, 6, 3, torch.bfloat16)
     ring_cpu = torch.zeros(4, 6, dtype=torch.int32)
@@ -143,6 +148,7 @@ def test_npu_ring_load_and_counter_match_cpu() -> None:
     assert torch.equal(counter_npu.cpu(), counter_cpu)
 
 
+@needs_npu
 def test_npu_weight_swap_rebuilds_the_pointer_table() -> None:
     """EPLB replaces one expert's buffer between calls: the new weights must be used."""
     x, ids, scales, w1, w2 = _inputs(2, 8, 128, 64, 4, 2, torch.bfloat16, invalid_fraction=0.0)
@@ -156,7 +162,116 @@ def test_npu_weight_swap_rebuilds_the_pointer_table() -> None:
     _assert_close(got, want, torch.bfloat16)
 
 
+@needs_npu
 def test_npu_rejects_shapes_outside_the_kernel_limits() -> None:
-    x, ids, scales, w1, w2 = _inputs(3, 257, 64, 32, 2, 1, torch.bfloat16)
+    x, ids, scales, w1, w2 = _inputs(3, 257, 64, 32, 2, 12, torch.bfloat16)
     with pytest.raises(ValueError, match="num_tokens"):
         ops.fused_moe_decode(_to_npu(x), _to_npu(ids), _to_npu(scales), _to_npu(w1), _to_npu(w2))
+
+
+# ---- W8A8 ------------------------------------------------------------------------------------
+
+# The published DispatchGmmCombineDecode pairings: each scale list float32 or the activation dtype.
+SCALE_KINDS = [("fp32", "fp32"), ("fp32", "act"), ("act", "fp32"), ("act", "act")]
+
+
+def _w8a8_inputs(seed: int, dtype: torch.dtype, kinds: tuple[str, str], **shape: int):
+    """Random int8 weights and scales of the given kinds on top of _inputs' tokens and routing."""
+    tokens, hidden, inter, experts, top_k = (
+        shape.get(k, v)
+        for k, v in (("tokens", 9), ("hidden", 200), ("inter", 100), ("experts", 4), ("top_k", 3))
+    )
+    x, ids, scales, _, _ = _inputs(seed, tokens, hidden, inter, experts, top_k, dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    w1 = [
+        torch.randint(-127, 128, (hidden, 2 * inter), generator=gen, dtype=torch.int8)
+        for _ in range(experts)
+    ]
+    w2 = [
+        torch.randint(-127, 128, (inter, hidden), generator=gen, dtype=torch.int8)
+        for _ in range(experts)
+    ]
+    s1_dtype, s2_dtype = (dtype if kind == "act" else torch.float32 for kind in kinds)
+    w1_scale = [(torch.rand(2 * inter, generator=gen) * 0.01).to(s1_dtype) for _ in range(experts)]
+    w2_scale = [(torch.rand(hidden, generator=gen) * 0.01).to(s2_dtype) for _ in range(experts)]
+    return x, ids, scales, w1, w2, w1_scale, w2_scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kinds", SCALE_KINDS, ids=["-".join(k) for k in SCALE_KINDS])
+def test_npu_validation_accepts_every_published_scale_pairing(
+    dtype: torch.dtype, kinds: tuple[str, str]
+) -> None:
+    x, ids, scales, w1, w2, w1_scale, w2_scale = _w8a8_inputs(4, dtype, kinds)
+    ops.validate_npu_inputs(x, ids, scales, w1, w2, w1_scale=w1_scale, w2_scale=w2_scale)
+
+
+def _w8a8_bad_cases():
+    """(label, dtype, override of (w1_scale, w2_scale, w1, x), error, match)."""
+    return [
+        ("fp16 w1 scales with bf16 x", torch.bfloat16, {"w1_scale": torch.float16}, TypeError,
+         r"w1_scale\[0\]: .* must be torch.float32 or torch.bfloat16, got torch.float16"),
+        ("bf16 w2 scales with fp16 x", torch.float16, {"w2_scale": torch.bfloat16}, TypeError,
+         r"w2_scale\[0\]: with torch.float16 activations"),
+        ("int32 scales", torch.bfloat16, {"w1_scale": torch.int32}, TypeError, r"w1_scale\[0\]"),
+        ("one scale list", torch.bfloat16, {"w2_scale": None}, ValueError,
+         "w2_scale: int8 weights"),
+        ("int8 weights without scales", torch.float16, {"w1_scale": None, "w2_scale": None},
+         ValueError, "w1_scale: int8 weights"),
+        ("fp32 activations", torch.float32, {}, TypeError,
+         "x: the Ascend kernels take bfloat16 or float16"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("label", "dtype", "override", "error", "match"),
+    _w8a8_bad_cases(),
+    ids=[case[0] for case in _w8a8_bad_cases()],
+)
+def test_npu_validation_rejects_w8a8_inputs_outside_the_published_rules(
+    label: str, dtype: torch.dtype, override: dict, error: type[Exception], match: str
+) -> None:
+    x, ids, scales, w1, w2, w1_scale, w2_scale = _w8a8_inputs(5, dtype, ("fp32", "fp32"))
+    lists = {"w1_scale": w1_scale, "w2_scale": w2_scale}
+    for name, new_dtype in override.items():
+        lists[name] = None if new_dtype is None else [s.to(new_dtype) for s in lists[name]]
+    with pytest.raises(error, match=match):
+        ops.validate_npu_inputs(x, ids, scales, w1, w2, **lists)
+
+
+def test_npu_validation_applies_the_kernel_limits() -> None:
+    x, ids, scales, w1, w2 = _inputs(6, 257, 64, 32, 2, 12, torch.bfloat16)  # 3084 pairs
+    with pytest.raises(ValueError, match="num_tokens: BS \\* K must be <= 3072"):
+        ops.validate_npu_inputs(x, ids, scales, w1, w2)
+    x, ids, scales, w1, w2 = _inputs(6, 4, 7200, 16, 2, 2, torch.bfloat16)
+    with pytest.raises(ValueError, match=r"hidden: expected 1\.\.7168"):
+        ops.validate_npu_inputs(x, ids, scales, w1, w2)
+    # After a dispatch a rank runs the pairs it received, one row each: 3072 rows pass.
+    x, ids, scales, w1, w2 = _inputs(6, 3072, 16, 16, 2, 1, torch.float16)
+    ops.validate_npu_inputs(x, ids, scales, w1, w2)
+
+
+@needs_npu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kinds", SCALE_KINDS, ids=["-".join(k) for k in SCALE_KINDS])
+def test_npu_w8a8_matches_cpu_reference(dtype: torch.dtype, kinds: tuple[str, str]) -> None:
+    x, ids, scales, w1, w2, w1_scale, w2_scale = _w8a8_inputs(7, dtype, kinds)
+    load_cpu = torch.zeros(len(w1), dtype=torch.int64)
+    load_npu = load_cpu.npu()
+    want_out, want_counts = ops.fused_moe_decode(
+        x, ids, scales, w1, w2, moe_load=load_cpu, w1_scale=w1_scale, w2_scale=w2_scale
+    )
+    got_out, got_counts = ops.fused_moe_decode(
+        _to_npu(x),
+        _to_npu(ids),
+        _to_npu(scales),
+        _to_npu(w1),
+        _to_npu(w2),
+        moe_load=load_npu,
+        w1_scale=_to_npu(w1_scale),
+        w2_scale=_to_npu(w2_scale),
+    )
+    torch.npu.synchronize()
+    assert torch.equal(got_counts.cpu(), want_counts)
+    assert torch.equal(load_npu.cpu(), load_cpu)
+    _assert_close(got_out, want_out, dtype)
