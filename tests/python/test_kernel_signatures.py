@@ -116,7 +116,9 @@ def test_lint_reports_a_kernel_without_its_core_type(tree: Path) -> None:
         "",
     )
     problems = kernel_lint.lint_tree(tree)
-    assert any(p.startswith("moe_swiglu: body must open with KERNEL_TASK_TYPE_DEFAULT") for p in problems)
+    assert any(
+        p.startswith("moe_swiglu: body must open with KERNEL_TASK_TYPE_DEFAULT") for p in problems
+    )
 
 
 def test_lint_rejects_host_only_constructs_in_device_code(tree: Path) -> None:

@@ -598,7 +598,9 @@ def make_w8a8_case(seed: int, dtype: str, scale_dtypes: tuple[str, str]) -> tupl
 
 
 @pytest.mark.parametrize("dtype", ACT_DTYPES)
-@pytest.mark.parametrize("scale_kinds", [("fp32", "fp32"), ("fp32", "act"), ("act", "fp32"), ("act", "act")])
+@pytest.mark.parametrize(
+    "scale_kinds", [("fp32", "fp32"), ("fp32", "act"), ("act", "fp32"), ("act", "act")]
+)
 def test_w8a8_bit_exact(dtype: str, scale_kinds: tuple[str, str]) -> None:
     """Every published scale pairing: each list float32 or the activation dtype."""
     w1_kind, w2_kind = (dtype if kind == "act" else "float32" for kind in scale_kinds)

@@ -209,17 +209,42 @@ def test_npu_validation_accepts_every_published_scale_pairing(
 def _w8a8_bad_cases():
     """(label, dtype, override of (w1_scale, w2_scale, w1, x), error, match)."""
     return [
-        ("fp16 w1 scales with bf16 x", torch.bfloat16, {"w1_scale": torch.float16}, TypeError,
-         r"w1_scale\[0\]: .* must be torch.float32 or torch.bfloat16, got torch.float16"),
-        ("bf16 w2 scales with fp16 x", torch.float16, {"w2_scale": torch.bfloat16}, TypeError,
-         r"w2_scale\[0\]: with torch.float16 activations"),
+        (
+            "fp16 w1 scales with bf16 x",
+            torch.bfloat16,
+            {"w1_scale": torch.float16},
+            TypeError,
+            r"w1_scale\[0\]: .* must be torch.float32 or torch.bfloat16, got torch.float16",
+        ),
+        (
+            "bf16 w2 scales with fp16 x",
+            torch.float16,
+            {"w2_scale": torch.bfloat16},
+            TypeError,
+            r"w2_scale\[0\]: with torch.float16 activations",
+        ),
         ("int32 scales", torch.bfloat16, {"w1_scale": torch.int32}, TypeError, r"w1_scale\[0\]"),
-        ("one scale list", torch.bfloat16, {"w2_scale": None}, ValueError,
-         "w2_scale: int8 weights"),
-        ("int8 weights without scales", torch.float16, {"w1_scale": None, "w2_scale": None},
-         ValueError, "w1_scale: int8 weights"),
-        ("fp32 activations", torch.float32, {}, TypeError,
-         "x: the Ascend kernels take bfloat16 or float16"),
+        (
+            "one scale list",
+            torch.bfloat16,
+            {"w2_scale": None},
+            ValueError,
+            "w2_scale: int8 weights",
+        ),
+        (
+            "int8 weights without scales",
+            torch.float16,
+            {"w1_scale": None, "w2_scale": None},
+            ValueError,
+            "w1_scale: int8 weights",
+        ),
+        (
+            "fp32 activations",
+            torch.float32,
+            {},
+            TypeError,
+            "x: the Ascend kernels take bfloat16 or float16",
+        ),
     ]
 
 
