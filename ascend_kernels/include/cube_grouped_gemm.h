@@ -214,7 +214,8 @@ private:
         const int64_t n_fractals = n_mmad / shared::kFractalRows;
         if constexpr (kElem == 1) {
             // 32 x 32 int8 squares: square (k2, n2) of the Nz chunk is 1024 bytes at
-            // (n2 * depth_pad / 32 + k2); its transpose is Zn fractals (k2, 2 n2) and (k2, 2 n2 + 1).
+            // (n2 * depth_pad / 32 + k2); its transpose is the Zn fractals (k2, 2 n2) and
+            // (k2, 2 n2 + 1).
             AscendC::LoadData2dTransposeParams b;
             b.repeatTimes = static_cast<uint8_t>(n_mmad / 32);
             b.srcStride = static_cast<uint16_t>(depth_pad / 32);

@@ -45,7 +45,8 @@ public:
                                             t.num_experts);
             act_scale_gm_.SetGlobalBuffer(ws.act_scale, pairs);
             pipe_.InitBuffer(w2_scale_buf_, chunk32);
-            pipe_.InitBuffer(raw_scale_buf_, shared::align_up(t.row_chunk * 2, shared::kUbBlockBytes));
+            pipe_.InitBuffer(raw_scale_buf_,
+                             shared::align_up(t.row_chunk * 2, shared::kUbBlockBytes));
             pipe_.InitBuffer(act_scale_buf_, shared::align_up(pairs * 4, shared::kUbBlockBytes));
         }
     }

@@ -129,7 +129,8 @@ public:
         }
         wait_pipe<AscendC::HardEvent::S_MTE3>();
         const int64_t rows = share.end - share.begin;
-        copy_rows_out(scales_gm_[share.begin], scales, 1, rows, rows, shared::ub_row_elems(rows, 4));
+        copy_rows_out(scales_gm_[share.begin], scales, 1, rows, rows,
+                      shared::ub_row_elems(rows, 4));
     }
 
 private:

@@ -1,4 +1,4 @@
-// moe_route_count (AIV, one block): phase 1 of fused_moe_decode (design §7.2 steps 1-3 and 8).
+// moe_route_count (AIV, one block): phase 1 of fused_moe_decode, routing and counting.
 // Counts the valid (token, k) pairs per local expert, writes the exclusive prefix sums, the row
 // map (pair -> workspace row, row -> source token; stable in (t, k) order), expert_token_nums
 // (int64, non-cumulative), and adds the counts into moe_load once.
@@ -131,7 +131,7 @@ private:
         }
     }
 
-    // Design §7.2 step 8, once per call after the counts are final.
+    // moe_load accumulation, once per call after the counts are final.
     __aicore__ inline void UpdateMoeLoad() {
         const int64_t experts = t_.num_experts;
         AscendC::LocalTensor<int32_t> counts = counts_buf_.Get<int32_t>();

@@ -50,9 +50,9 @@ public:
     __aicore__ inline void Process() {
         AscendC::LocalTensor<int32_t> offsets = offsets_buf_.Get<int32_t>();
         const int64_t rows = load_offsets(offsets, ws_.offsets, t_.num_experts);
-        const int64_t begin = shared::block_begin(rows, AscendC::GetBlockNum(), AscendC::GetBlockIdx());
-        const int64_t end =
-            shared::block_begin(rows, AscendC::GetBlockNum(), AscendC::GetBlockIdx() + 1);
+        const int64_t blocks = AscendC::GetBlockNum();
+        const int64_t begin = shared::block_begin(rows, blocks, AscendC::GetBlockIdx());
+        const int64_t end = shared::block_begin(rows, blocks, AscendC::GetBlockIdx() + 1);
         if (begin >= end) {
             return;
         }
@@ -129,7 +129,8 @@ private:
         // x_scale of the share, overwritten in place by act_scale (entry i read, then written).
         const AscendC::LocalTensor<float> row_scale = row_scale_buf_.Get<float>();
         const int64_t share = end - begin;
-        copy_rows_in(row_scale, x_scale_gm_[begin], 1, share, share, shared::ub_row_elems(share, 4));
+        copy_rows_in(row_scale, x_scale_gm_[begin], 1, share, share,
+                     shared::ub_row_elems(share, 4));
         wait_pipe<AscendC::HardEvent::MTE2_S>();
         flush_gm_lines(scale_table_gm_, t_.num_experts * 8);
         int64_t expert = 0;

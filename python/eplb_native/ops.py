@@ -1,4 +1,4 @@
-"""The fused decode MoE operator ``torch.ops.eplb_native.fused_moe_decode`` (design §7).
+"""The fused decode MoE operator ``torch.ops.eplb_native.fused_moe_decode``.
 
 Importing this module imports torch, defines the schema in the ``eplb_native`` namespace and
 registers the CPU kernel (the bit-exact C++ reference in ``_core``, on tensor memory without

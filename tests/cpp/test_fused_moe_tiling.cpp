@@ -134,8 +134,8 @@ TEST(FusedMoeTiling, EveryVectorKernelFitsTheUnifiedBufferAtTheLimits) {
     for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
         for (const int32_t quant : {0, 1}) {
             for (const auto& p :
-                 {decode_params(256, 7168, 3072, 12, 1024), decode_params(3072, 7168, 3072, 1, 1024),
-                  decode_params(1, 1, 1, 1, 1),
+                 {decode_params(256, 7168, 3072, 12, 1024),
+                  decode_params(3072, 7168, 3072, 1, 1024), decode_params(1, 1, 1, 1, 1),
                   decode_params(64, 4096, 1536, 8, 256)}) {
                 FusedMoeParams q = p;
                 q.act_dtype = dtype;

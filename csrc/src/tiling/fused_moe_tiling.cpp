@@ -121,8 +121,9 @@ FusedMoeTilingData make_fused_moe_tiling(const FusedMoeParams& params, const Dev
     t.load_mode = static_cast<int32_t>(params.load_mode);
     t.has_mask = params.has_mask;
     t.w8a8 = params.w8a8;
-    t.w1_scale_dtype = static_cast<int32_t>(params.w8a8 != 0 ? params.w1_scale_dtype : DType::kFloat32);
-    t.w2_scale_dtype = static_cast<int32_t>(params.w8a8 != 0 ? params.w2_scale_dtype : DType::kFloat32);
+    const bool w8a8 = params.w8a8 != 0;
+    t.w1_scale_dtype = static_cast<int32_t>(w8a8 ? params.w1_scale_dtype : DType::kFloat32);
+    t.w2_scale_dtype = static_cast<int32_t>(w8a8 ? params.w2_scale_dtype : DType::kFloat32);
     t.row_chunk = std::min(shared::kRowChunk, align_up(params.hidden, shared::kUbBlockBytes));
     t.h1_stride = align_up(shared::w1_cols(params.intermediate), shared::kFractalRows);
     t.h2_stride = align_up(params.hidden, shared::kFractalRows);

@@ -235,8 +235,9 @@ public:
         const auto [b, e] = range(data, bytes);
         const int r = static_cast<int>(reader);
         writes_.for_each_overlap(b, e, [&](const Access& prior) {
+            const uint64_t seen = clock_[r][static_cast<size_t>(prior.pipe)];
             const bool ordered = prior.pipe == r ? !prior.self_pending || barrier_[r] >= prior.ts
-                                                 : clock_[r][static_cast<size_t>(prior.pipe)] >= prior.ts;
+                                                 : seen >= prior.ts;
             if (!ordered) {
                 fail(what, reader, "reads bytes written by pipe", static_cast<Pipe>(prior.pipe),
                      "");
@@ -297,11 +298,11 @@ struct EmuState {
     int64_t block_idx = 0;
     int64_t block_num = 1;
     bool atomic_add_i32 = false;
-    int kernel_type = -1;  // KernelMetaType of the running kernel, -1 before KERNEL_TASK_TYPE_DEFAULT
+    int kernel_type = -1;  // KernelMetaType of the running kernel (-1: none declared)
     class TPipe* pipe = nullptr;
     PipeTracker pipes;
     std::map<std::pair<int, int32_t>, PipeTracker::Clock> events;  // (HardEvent, id) -> producer
-    int64_t peak[kMemories] = {};  // largest InitBuffer total of one TPipe, per memory (tests reset)
+    int64_t peak[kMemories] = {};  // largest InitBuffer total of one TPipe, per memory
 };
 inline EmuState& emu_state() {
     static EmuState state;  // the emulated core; test-only
@@ -377,9 +378,9 @@ public:
     }
     template <typename U>
     LocalTensor<U> ReinterpretCast() const {
+        const int64_t bytes = size_ * static_cast<int64_t>(sizeof(T));
         return LocalTensor<U>(reinterpret_cast<U*>(base_),
-                              size_ * static_cast<int64_t>(sizeof(T)) / static_cast<int64_t>(sizeof(U)),
-                              offset_, arena_);
+                              bytes / static_cast<int64_t>(sizeof(U)), offset_, arena_);
     }
     T GetValue(int64_t i) const {
         emu_check(i >= 0 && i < size_, "LocalTensor::GetValue out of range");
@@ -390,7 +391,8 @@ public:
     void SetValue(int64_t i, T value) const {
         emu_check(i >= 0 && i < size_, "LocalTensor::SetValue out of range");
         emu_check(memory() == Memory::kUb, "scalar access to a cube memory");
-        emu_state().pipes.write(Pipe::kS, base_ + i, sizeof(T), false, false, "LocalTensor::SetValue");
+        emu_state().pipes.write(Pipe::kS, base_ + i, sizeof(T), false, false,
+                                "LocalTensor::SetValue");
         base_[i] = value;
     }
     T* data() const { return base_; }
@@ -464,15 +466,17 @@ public:
         emu_check(bytes > 0, "InitBuffer of 0 bytes");
         const int kernel = emu_state().kernel_type;
         if (kernel == KERNEL_TYPE_AIV_ONLY) {
-            emu_check(!is_cube_memory(m), std::string("a vector kernel allocates ") + memory_name(m));
+            emu_check(!is_cube_memory(m),
+                      std::string("a vector kernel allocates ") + memory_name(m));
         } else if (kernel == KERNEL_TYPE_AIC_ONLY) {
             emu_check(is_cube_memory(m), "a cube kernel allocates UB (cube cores have none)");
         }
         Arena& arena = arena_of(m);
         const int64_t aligned = (bytes + arena.alignment - 1) / arena.alignment * arena.alignment;
         emu_check(arena.used + aligned <= arena.capacity,
-                  std::string(memory_name(m)) + " exhausted: " + std::to_string(arena.used + aligned) +
-                      " > " + std::to_string(arena.capacity) + " bytes");
+                  std::string(memory_name(m)) + " exhausted: " +
+                      std::to_string(arena.used + aligned) + " > " +
+                      std::to_string(arena.capacity) + " bytes");
         UbRegion region{arena.bytes.data() + arena.used, aligned, arena.used, &arena};
         arena.used += aligned;
         int64_t& peak = emu_state().peak[static_cast<int>(m)];
@@ -505,7 +509,8 @@ private:
         }
         return arena;
     }
-    static void init_arena(Arena& arena, Memory m, int64_t size, int64_t capacity, int64_t alignment) {
+    static void init_arena(Arena& arena, Memory m, int64_t size, int64_t capacity,
+                           int64_t alignment) {
         arena.kind = m;
         arena.bytes.assign(static_cast<size_t>(size), 0xA5);  // not zero: reads of stale data show
         arena.written.assign(is_cube_memory(m) ? static_cast<size_t>(size) : 0, 0);
@@ -674,7 +679,8 @@ void WaitFlag(int32_t id) {
 }
 template <pipe_t P>
 void PipeBarrier() {
-    static_assert(P == PIPE_V || P == PIPE_M || P == PIPE_ALL, "emulated: PIPE_V, PIPE_M, PIPE_ALL");
+    static_assert(P == PIPE_V || P == PIPE_M || P == PIPE_ALL,
+                  "emulated: PIPE_V, PIPE_M, PIPE_ALL");
     if (P == PIPE_V) {
         emu_state().pipes.barrier(Pipe::kV);
     } else if (P == PIPE_M) {
@@ -719,7 +725,8 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src,
         emu_check(b * src_step + len <= src_bytes, "DataCopyPad GM->UB reads past the GM tensor");
         emu_check(b * dst_step + len <= dst_bytes, "DataCopyPad GM->UB writes past the UB tensor");
         uint8_t* out = reinterpret_cast<uint8_t*>(dst.data()) + b * dst_step;
-        emu_state().pipes.write(Pipe::kMte2, out, static_cast<size_t>(len), false, false, "DataCopyPad");
+        emu_state().pipes.write(Pipe::kMte2, out, static_cast<size_t>(len), false, false,
+                                "DataCopyPad");
         std::memcpy(out, reinterpret_cast<const uint8_t*>(src.data()) + b * src_step,
                     static_cast<size_t>(len));
     }
@@ -742,7 +749,8 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src,
         emu_check(b * dst_step + len <= dst_bytes, "DataCopyPad UB->GM writes past the GM tensor");
         auto* out = reinterpret_cast<uint8_t*>(dst.data()) + b * dst_step;
         const auto* in = reinterpret_cast<const uint8_t*>(src.data()) + b * src_step;
-        emu_state().pipes.read(Pipe::kMte3, in, static_cast<size_t>(len), false, "DataCopyPad UB->GM");
+        emu_state().pipes.read(Pipe::kMte3, in, static_cast<size_t>(len), false,
+                               "DataCopyPad UB->GM");
         if (emu_state().atomic_add_i32) {
             emu_check(sizeof(T) == 4 && len % 4 == 0, "atomic add emulated for int32 only");
             for (int64_t i = 0; i < len / 4; ++i) {
@@ -867,7 +875,8 @@ void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Nd2Nz
                 const int64_t valid = std::min<int64_t>(c0, p.dValue - c);
                 emu_check(in + valid <= src.size(), "DataCopy ND2NZ reads past the GM tensor");
                 T* block = dst.data() + out;
-                emu_state().pipes.write(Pipe::kMte2, block, kEmuBlock, false, true, "DataCopy ND2NZ");
+                emu_state().pipes.write(Pipe::kMte2, block, kEmuBlock, false, true,
+                                        "DataCopy ND2NZ");
                 for (int64_t j = 0; j < c0; ++j) {
                     block[j] = j < valid ? src.data()[in + j] : T(0);
                 }
@@ -894,7 +903,8 @@ void InitConstValue(const LocalTensor<T>& dst, const InitConstValueParams<T>& p)
         emu_check((start + bytes) / static_cast<int64_t>(sizeof(T)) <= dst.size(),
                   "InitConstValue writes past the tensor");
         T* out = dst.data() + start / static_cast<int64_t>(sizeof(T));
-        emu_state().pipes.write(pipe, out, static_cast<size_t>(bytes), false, true, "InitConstValue");
+        emu_state().pipes.write(pipe, out, static_cast<size_t>(bytes), false, true,
+                                "InitConstValue");
         std::fill(out, out + bytes / static_cast<int64_t>(sizeof(T)), p.initValue);
         mark_written(dst, start, bytes);
     }
@@ -963,7 +973,8 @@ void LoadDataWithTranspose(const LocalTensor<T>& dst, const LocalTensor<T>& src,
     emu_check(src.memory() == Memory::kL1, "LoadDataWithTranspose: source must be L1");
     emu_check(dst.memory() == Memory::kL0B || dst.memory() == Memory::kL0A,
               "LoadDataWithTranspose: destination must be L0A or L0B");
-    emu_check(dst.aligned(kEmuFractal), "LoadDataWithTranspose: L0 destination not 512-byte aligned");
+    emu_check(dst.aligned(kEmuFractal),
+              "LoadDataWithTranspose: L0 destination not 512-byte aligned");
     emu_check(src.aligned(), "LoadDataWithTranspose: L1 source not 32-byte aligned");
     constexpr int64_t side = 32;
     constexpr int64_t square = side * side;
@@ -974,9 +985,12 @@ void LoadDataWithTranspose(const LocalTensor<T>& dst, const LocalTensor<T>& src,
         pipes.read(Pipe::kMte1, src.data() + from, square, true, "LoadDataWithTranspose");
         const uint8_t* in_written = src.arena()->written.data() + src.offset_bytes() + from;
         for (int64_t j = 0; j < 2; ++j) {
-            const int64_t to = (i * (int64_t{p.dstGap} + 1) + j * (int64_t{p.dstFracGap} + 1)) * kEmuFractal;
-            emu_check(to + kEmuFractal <= dst.size(), "LoadDataWithTranspose writes past the L0 tensor");
-            pipes.write(Pipe::kMte1, dst.data() + to, kEmuFractal, false, true, "LoadDataWithTranspose");
+            const int64_t fractal = i * (int64_t{p.dstGap} + 1) + j * (int64_t{p.dstFracGap} + 1);
+            const int64_t to = fractal * kEmuFractal;
+            emu_check(to + kEmuFractal <= dst.size(),
+                      "LoadDataWithTranspose writes past the L0 tensor");
+            pipes.write(Pipe::kMte1, dst.data() + to, kEmuFractal, false, true,
+                        "LoadDataWithTranspose");
             uint8_t* out_written = dst.arena()->written.data() + dst.offset_bytes() + to;
             for (int64_t k = 0; k < 16; ++k) {
                 for (int64_t r = 0; r < side; ++r) {
@@ -1095,7 +1109,8 @@ void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const Fixpip
     if (p.mSize == 0 || p.nSize == 0) {
         return;  // documented NOP
     }
-    emu_check(p.nSize % 16 == 0 && p.nSize <= 4095, "Fixpipe V220: nSize must be a multiple of 16, <= 4095");
+    emu_check(p.nSize % 16 == 0 && p.nSize <= 4095,
+              "Fixpipe V220: nSize must be a multiple of 16, <= 4095");
     emu_check(p.mSize <= 8192, "Fixpipe NZ2ND: mSize must be <= 8192");
     emu_check(p.srcStride % 16 == 0 && p.srcStride >= p.mSize,
               "Fixpipe: srcStride must be mSize rounded up to 16");
@@ -1109,7 +1124,8 @@ void Fixpipe(const GlobalTensor<T>& dst, const LocalTensor<U>& src, const Fixpip
                    static_cast<size_t>(p.mSize) * 16 * sizeof(U), true, "Fixpipe");
     }
     for (int64_t j = 0; j < p.mSize; ++j) {
-        emu_check(j * int64_t{p.dstStride} + p.nSize <= dst.size(), "Fixpipe writes past the GM tensor");
+        emu_check(j * int64_t{p.dstStride} + p.nSize <= dst.size(),
+                  "Fixpipe writes past the GM tensor");
         for (int64_t n = 0; n < p.nSize; ++n) {
             const int64_t from = (n / 16) * p.srcStride * 16 + j * 16 + n % 16;
             emu_check(is_written(src, from * static_cast<int64_t>(sizeof(U)), sizeof(U)),
@@ -1135,7 +1151,8 @@ void vec_in(const LocalTensor<T>& t, int64_t count, const char* op) {
 template <typename T>
 void vec_out(const LocalTensor<T>& t, int64_t count, const char* op) {
     check_vector(t, count, op);
-    emu_state().pipes.write(Pipe::kV, t.data(), static_cast<size_t>(count) * sizeof(T), true, false, op);
+    emu_state().pipes.write(Pipe::kV, t.data(), static_cast<size_t>(count) * sizeof(T), true,
+                            false, op);
 }
 
 template <typename T, typename U>

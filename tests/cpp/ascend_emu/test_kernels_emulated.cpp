@@ -88,7 +88,8 @@ struct Case {
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 uint16_t to_bits(DType dtype, float value) {
-    return dtype == DType::kBFloat16 ? shared::f32_to_bf16_rne(value) : shared::f32_to_f16_rne(value);
+    return dtype == DType::kBFloat16 ? shared::f32_to_bf16_rne(value)
+                                     : shared::f32_to_f16_rne(value);
 }
 
 // A W8A8 scale list entry: n values in `dtype` (fp32 as raw floats, 16-bit as raw bits).
@@ -147,7 +148,8 @@ TEST_P(EmulatedKernels, MatchTheReferenceBitForBit) {
         w.resize(static_cast<size_t>(n) * wbytes);
         for (int64_t i = 0; i < n; ++i) {
             if (c.w8a8) {
-                w[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<int8_t>(int8_value(rng)));
+                const auto code = static_cast<int8_t>(int8_value(rng));
+                w[static_cast<size_t>(i)] = static_cast<uint8_t>(code);
             } else {
                 const uint16_t b = to_bits(c.dtype, normal(rng) * stddev);
                 std::memcpy(w.data() + i * 2, &b, 2);
@@ -504,7 +506,8 @@ void run_cube(const CubeRun& run, std::vector<float>& out) {
     const auto b0 = l0b.Get<bfloat16_t>();
     const auto c0 = l0c.Get<float>();
     if (run.zero_pad) {
-        AscendC::InitConstValue(l1a.Get<int16_t>(), AscendC::InitConstValueParams<int16_t>(1, 32, 0, 0));
+        AscendC::InitConstValue(l1a.Get<int16_t>(),
+                                AscendC::InitConstValueParams<int16_t>(1, 32, 0, 0));
     }
     AscendC::Nd2NzParams nd;
     nd.ndNum = 1;

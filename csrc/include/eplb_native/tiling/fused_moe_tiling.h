@@ -18,9 +18,10 @@ struct DeviceSpec {
 };
 
 // Throws std::invalid_argument naming the field when the call is outside what the kernels
-// handle: BS 1..3072, K 1..12 with BS * K <= 3072, E 1..1024, H 1..7168, I 1..3072, bf16/fp16 activations, T 1..2^20
-// for the ring, T = 0 otherwise; under W8A8 each scale dtype is fp32 or the activation dtype
-// (the published DispatchGmmCombineDecode rule, shared::is_scale_dtype_allowed).
+// handle: BS 1..3072, K 1..12 with BS * K <= 3072, E 1..1024, H 1..7168, I 1..3072, bf16/fp16
+// activations, T 1..2^20 for the ring, T = 0 otherwise; under W8A8 each scale dtype is fp32 or
+// the activation dtype (the published DispatchGmmCombineDecode rule,
+// shared::is_scale_dtype_allowed).
 void validate_kernel_params(const shared::FusedMoeParams& params);
 
 // Tiling of one call. Validates params and device first; throws std::invalid_argument when a

@@ -1,6 +1,6 @@
 #pragma once
 // Cache of device-side tables keyed by their host contents: the per-expert weight address table
-// built from a tensor list (design §2.6) and the tiling block. A table is uploaded once and
+// built from a tensor list and the tiling block. A table is uploaded once and
 // reused while every weight keeps its data pointer; when EPLB swaps an expert buffer the key
 // changes and the next call builds (uploads) a new table. Plain C++ so gtest covers the policy
 // with fake pointers; the torch_npu binding instantiates it with device tensors as the payload.
