@@ -292,4 +292,25 @@ private:
     int64_t tile_count_ = 0, chunk_count_ = 0, step_count_ = 0;
 };
 
+// One grouped GEMM of the call: int8 inputs with int32 accumulators under W8A8, else bf16 or
+// fp16 inputs with fp32 accumulators (arguments as CubeGroupedGemm::Init).
+__aicore__ inline void run_cube_gemm(GM_ADDR weight_table, __gm__ uint8_t* rows_in,
+                                     __gm__ uint8_t* out, __gm__ int32_t* offsets,
+                                     const FusedMoeTilingData& t, int64_t reduce,
+                                     int64_t out_cols, int64_t out_stride) {
+    if (t.w8a8 != 0) {
+        CubeGroupedGemm<int8_t, int32_t> gemm;
+        gemm.Init(weight_table, rows_in, out, offsets, t, reduce, out_cols, out_stride);
+        gemm.Process();
+    } else if (is_bf16(t.act_dtype)) {
+        CubeGroupedGemm<bfloat16_t, float> gemm;
+        gemm.Init(weight_table, rows_in, out, offsets, t, reduce, out_cols, out_stride);
+        gemm.Process();
+    } else {
+        CubeGroupedGemm<half, float> gemm;
+        gemm.Init(weight_table, rows_in, out, offsets, t, reduce, out_cols, out_stride);
+        gemm.Process();
+    }
+}
+
 }  // namespace eplb_native::kernels

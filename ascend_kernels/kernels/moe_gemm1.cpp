@@ -6,30 +6,13 @@
 
 #include "cube_grouped_gemm.h"
 
-namespace {
-
-template <typename T, typename Acc>
-__aicore__ inline void run_gemm1(GM_ADDR w1_table, GM_ADDR workspace,
-                                 const eplb_native::kernels::FusedMoeTilingData& t) {
-    const eplb_native::kernels::Workspace ws = eplb_native::kernels::carve_workspace(workspace, t);
-    eplb_native::kernels::CubeGroupedGemm<T, Acc> gemm;
-    gemm.Init(w1_table, ws.x_rows, ws.h1, ws.offsets, t, t.hidden,
-              eplb_native::shared::w1_cols(t.intermediate), t.h1_stride);
-    gemm.Process();
-}
-
-}  // namespace
-
 extern "C" __global__ __aicore__ void moe_gemm1(GM_ADDR w1_table, GM_ADDR workspace,
                                                 GM_ADDR tiling) {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIC_ONLY);
     eplb_native::kernels::FusedMoeTilingData t;
     eplb_native::kernels::load_tiling(tiling, t);
-    if (t.w8a8 != 0) {
-        run_gemm1<int8_t, int32_t>(w1_table, workspace, t);
-    } else if (eplb_native::kernels::is_bf16(t.act_dtype)) {
-        run_gemm1<bfloat16_t, float>(w1_table, workspace, t);
-    } else {
-        run_gemm1<half, float>(w1_table, workspace, t);
-    }
+    const eplb_native::kernels::Workspace ws = eplb_native::kernels::carve_workspace(workspace, t);
+    eplb_native::kernels::run_cube_gemm(w1_table, ws.x_rows, ws.h1, ws.offsets, t, t.hidden,
+                                        eplb_native::shared::w1_cols(t.intermediate),
+                                        t.h1_stride);
 }

@@ -6,29 +6,12 @@
 
 #include "cube_grouped_gemm.h"
 
-namespace {
-
-template <typename T, typename Acc>
-__aicore__ inline void run_gemm2(GM_ADDR w2_table, GM_ADDR workspace,
-                                 const eplb_native::kernels::FusedMoeTilingData& t) {
-    const eplb_native::kernels::Workspace ws = eplb_native::kernels::carve_workspace(workspace, t);
-    eplb_native::kernels::CubeGroupedGemm<T, Acc> gemm;
-    gemm.Init(w2_table, ws.act, ws.h2, ws.offsets, t, t.intermediate, t.hidden, t.h2_stride);
-    gemm.Process();
-}
-
-}  // namespace
-
 extern "C" __global__ __aicore__ void moe_gemm2(GM_ADDR w2_table, GM_ADDR workspace,
                                                 GM_ADDR tiling) {
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIC_ONLY);
     eplb_native::kernels::FusedMoeTilingData t;
     eplb_native::kernels::load_tiling(tiling, t);
-    if (t.w8a8 != 0) {
-        run_gemm2<int8_t, int32_t>(w2_table, workspace, t);
-    } else if (eplb_native::kernels::is_bf16(t.act_dtype)) {
-        run_gemm2<bfloat16_t, float>(w2_table, workspace, t);
-    } else {
-        run_gemm2<half, float>(w2_table, workspace, t);
-    }
+    const eplb_native::kernels::Workspace ws = eplb_native::kernels::carve_workspace(workspace, t);
+    eplb_native::kernels::run_cube_gemm(w2_table, ws.act, ws.h2, ws.offsets, t, t.intermediate,
+                                        t.hidden, t.h2_stride);
 }

@@ -9,29 +9,6 @@
 
 namespace eplb_native::kernels {
 
-// The rows [begin, end) of this block and their source tokens (row_token[0, end - begin)).
-struct RowShare {
-    int64_t begin = 0;
-    int64_t end = 0;
-};
-
-__aicore__ inline RowShare load_row_share(const AscendC::LocalTensor<int32_t>& offsets,
-                                          const AscendC::LocalTensor<int32_t>& row_token,
-                                          const Workspace& ws, int64_t num_experts, int64_t pairs) {
-    const int64_t rows = load_offsets(offsets, ws.offsets, num_experts);
-    RowShare share;
-    share.begin = shared::block_begin(rows, AscendC::GetBlockNum(), AscendC::GetBlockIdx());
-    share.end = shared::block_begin(rows, AscendC::GetBlockNum(), AscendC::GetBlockIdx() + 1);
-    if (share.begin < share.end) {
-        AscendC::GlobalTensor<int32_t> src;
-        src.SetGlobalBuffer(ws.row_token, pairs);
-        const int64_t count = share.end - share.begin;
-        copy_rows_in(row_token, src[share.begin], 1, count, count, shared::ub_row_elems(count, 4));
-        wait_pipe<AscendC::HardEvent::MTE2_S>();
-    }
-    return share;
-}
-
 template <typename T>
 class MoePermute {
 public:
@@ -40,22 +17,54 @@ public:
         ws_ = carve_workspace(workspace, t);
         pairs_ = t.num_tokens * t.top_k;
         x_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x), t.num_tokens * t.hidden);
-        x_rows_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws_.x_rows), pairs_ * t.hidden);
         // Exactly the buffers counted by shared::permute_ub_bytes.
         pipe_.InitBuffer(offsets_buf_, shared::offsets_ub_bytes(t.num_experts));
         pipe_.InitBuffer(row_token_buf_, shared::align_up(pairs_ * 4, shared::kUbBlockBytes));
-        pipe_.InitBuffer(queue_, 2,
-                         shared::align_up(t.row_chunk * static_cast<int64_t>(sizeof(T)),
-                                          shared::kUbBlockBytes));
+        if (t.w8a8 != 0) {
+            codes_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ int8_t*>(ws_.x_rows),
+                                      pairs_ * t.hidden);
+            scales_gm_.SetGlobalBuffer(ws_.x_scale, pairs_);
+            pipe_.InitBuffer(row_buf_, shared::align_up(t.hidden * static_cast<int64_t>(sizeof(T)),
+                                                        shared::kUbBlockBytes));
+            q_ = init_quant_buffers(pipe_, values_buf_, scratch_buf_, work_buf_, codes16_buf_,
+                                    codes_buf_, max_buf_, t.hidden);
+        } else {
+            x_rows_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws_.x_rows), pairs_ * t.hidden);
+            pipe_.InitBuffer(queue_, 2,
+                             shared::align_up(t.row_chunk * static_cast<int64_t>(sizeof(T)),
+                                              shared::kUbBlockBytes));
+        }
     }
 
     __aicore__ inline void Process() {
-        AscendC::LocalTensor<int32_t> row_token = row_token_buf_.Get<int32_t>();
-        const RowShare share =
-            load_row_share(offsets_buf_.Get<int32_t>(), row_token, ws_, t_.num_experts, pairs_);
+        AscendC::LocalTensor<int32_t> offsets = offsets_buf_.Get<int32_t>();
+        const int64_t rows = load_offsets(offsets, ws_.offsets, t_.num_experts);
+        const int64_t blocks = AscendC::GetBlockNum();
+        const int64_t begin = shared::block_begin(rows, blocks, AscendC::GetBlockIdx());
+        const int64_t end = shared::block_begin(rows, blocks, AscendC::GetBlockIdx() + 1);
+        if (begin >= end) {
+            return;
+        }
+        // The source token of each row of the share: row_token[0, end - begin).
+        AscendC::GlobalTensor<int32_t> row_token_gm;
+        row_token_gm.SetGlobalBuffer(ws_.row_token, pairs_);
+        const AscendC::LocalTensor<int32_t> row_token = row_token_buf_.Get<int32_t>();
+        copy_rows_in(row_token, row_token_gm[begin], 1, end - begin, end - begin,
+                     shared::ub_row_elems(end - begin, 4));
+        wait_pipe<AscendC::HardEvent::MTE2_S>();
+        if (t_.w8a8 != 0) {
+            QuantizeRows(row_token, begin, end);
+        } else {
+            CopyRows(row_token, begin, end);
+        }
+    }
+
+private:
+    __aicore__ inline void CopyRows(const AscendC::LocalTensor<int32_t>& row_token, int64_t begin,
+                                    int64_t end) {
         const int64_t hidden = t_.hidden;
-        for (int64_t row = share.begin; row < share.end; ++row) {
-            const int64_t token = row_token.GetValue(row - share.begin);
+        for (int64_t row = begin; row < end; ++row) {
+            const int64_t token = row_token.GetValue(row - begin);
             for (int64_t col = 0; col < hidden; col += t_.row_chunk) {
                 const int64_t cols = hidden - col < t_.row_chunk ? hidden - col : t_.row_chunk;
                 AscendC::LocalTensor<T> chunk = queue_.template AllocTensor<T>();
@@ -68,51 +77,16 @@ public:
         }
     }
 
-private:
-    AscendC::TPipe pipe_;
-    AscendC::TBuf<AscendC::TPosition::VECCALC> offsets_buf_, row_token_buf_;
-    AscendC::TQueBind<AscendC::TPosition::VECIN, AscendC::TPosition::VECOUT, 2> queue_;
-    AscendC::GlobalTensor<T> x_gm_, x_rows_gm_;
-    FusedMoeTilingData t_;
-    Workspace ws_;
-    int64_t pairs_ = 0;
-};
-
-template <typename T>
-class MoePermuteQuantize {
-public:
-    __aicore__ inline void Init(GM_ADDR x, GM_ADDR workspace, const FusedMoeTilingData& t) {
-        t_ = t;
-        ws_ = carve_workspace(workspace, t);
-        pairs_ = t.num_tokens * t.top_k;
-        x_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x), t.num_tokens * t.hidden);
-        codes_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ int8_t*>(ws_.x_rows), pairs_ * t.hidden);
-        scales_gm_.SetGlobalBuffer(ws_.x_scale, pairs_);
-        // Exactly the buffers counted by shared::permute_ub_bytes (W8A8): offsets, the
-        // row_token share (reused for the scales of the share), the row, quantisation buffers.
-        pipe_.InitBuffer(offsets_buf_, shared::offsets_ub_bytes(t.num_experts));
-        pipe_.InitBuffer(row_token_buf_, shared::align_up(pairs_ * 4, shared::kUbBlockBytes));
-        pipe_.InitBuffer(row_buf_, shared::align_up(t.hidden * static_cast<int64_t>(sizeof(T)),
-                                                    shared::kUbBlockBytes));
-        q_ = init_quant_buffers(pipe_, values_buf_, scratch_buf_, work_buf_, codes16_buf_,
-                                codes_buf_, max_buf_, t.hidden);
-    }
-
-    __aicore__ inline void Process() {
-        AscendC::LocalTensor<int32_t> row_token = row_token_buf_.Get<int32_t>();
-        const RowShare share =
-            load_row_share(offsets_buf_.Get<int32_t>(), row_token, ws_, t_.num_experts, pairs_);
-        if (share.begin >= share.end) {
-            return;
-        }
+    __aicore__ inline void QuantizeRows(const AscendC::LocalTensor<int32_t>& row_token,
+                                        int64_t begin, int64_t end) {
         const int64_t hidden = t_.hidden;
         const int32_t count = static_cast<int32_t>(hidden);
         const AscendC::LocalTensor<T> row = row_buf_.Get<T>();
         // The share's scales overwrite its tokens in place: entry i is read before it is written.
         const AscendC::LocalTensor<float> scales = row_token.ReinterpretCast<float>();
-        for (int64_t r = share.begin; r < share.end; ++r) {
-            const int64_t token = row_token.GetValue(r - share.begin);
-            if (r > share.begin) {
+        for (int64_t r = begin; r < end; ++r) {
+            const int64_t token = row_token.GetValue(r - begin);
+            if (r > begin) {
                 wait_pipe<AscendC::HardEvent::V_MTE2>();  // the last Cast read `row`
                 wait_pipe<AscendC::HardEvent::MTE3_V>();  // the last codes left for GM
             }
@@ -125,19 +99,18 @@ public:
             wait_pipe<AscendC::HardEvent::V_MTE3>();
             copy_rows_out(codes_gm_[r * hidden], q_.codes, 1, hidden, hidden,
                           shared::ub_row_elems(hidden, 1));
-            scales.SetValue(r - share.begin, scale);
+            scales.SetValue(r - begin, scale);
         }
         wait_pipe<AscendC::HardEvent::S_MTE3>();
-        const int64_t rows = share.end - share.begin;
-        copy_rows_out(scales_gm_[share.begin], scales, 1, rows, rows,
-                      shared::ub_row_elems(rows, 4));
+        copy_rows_out(scales_gm_[begin], scales, 1, end - begin, end - begin,
+                      shared::ub_row_elems(end - begin, 4));
     }
 
-private:
     AscendC::TPipe pipe_;
     AscendC::TBuf<AscendC::TPosition::VECCALC> offsets_buf_, row_token_buf_, row_buf_, values_buf_,
         scratch_buf_, work_buf_, codes16_buf_, codes_buf_, max_buf_;
-    AscendC::GlobalTensor<T> x_gm_;
+    AscendC::TQueBind<AscendC::TPosition::VECIN, AscendC::TPosition::VECOUT, 2> queue_;
+    AscendC::GlobalTensor<T> x_gm_, x_rows_gm_;
     AscendC::GlobalTensor<int8_t> codes_gm_;
     AscendC::GlobalTensor<float> scales_gm_;
     QuantBuffers q_;
@@ -146,19 +119,6 @@ private:
     int64_t pairs_ = 0;
 };
 
-template <typename T>
-__aicore__ inline void run_permute(GM_ADDR x, GM_ADDR workspace, const FusedMoeTilingData& t) {
-    if (t.w8a8 != 0) {
-        MoePermuteQuantize<T> op;
-        op.Init(x, workspace, t);
-        op.Process();
-    } else {
-        MoePermute<T> op;
-        op.Init(x, workspace, t);
-        op.Process();
-    }
-}
-
 }  // namespace eplb_native::kernels
 
 extern "C" __global__ __aicore__ void moe_permute(GM_ADDR x, GM_ADDR workspace, GM_ADDR tiling) {
@@ -166,8 +126,12 @@ extern "C" __global__ __aicore__ void moe_permute(GM_ADDR x, GM_ADDR workspace, 
     eplb_native::kernels::FusedMoeTilingData t;
     eplb_native::kernels::load_tiling(tiling, t);
     if (eplb_native::kernels::is_bf16(t.act_dtype)) {
-        eplb_native::kernels::run_permute<bfloat16_t>(x, workspace, t);
+        eplb_native::kernels::MoePermute<bfloat16_t> op;
+        op.Init(x, workspace, t);
+        op.Process();
     } else {
-        eplb_native::kernels::run_permute<half>(x, workspace, t);
+        eplb_native::kernels::MoePermute<half> op;
+        op.Init(x, workspace, t);
+        op.Process();
     }
 }
