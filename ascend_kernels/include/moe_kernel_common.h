@@ -127,6 +127,22 @@ __aicore__ inline int32_t load_offsets(const AscendC::LocalTensor<int32_t>& dst,
     return dst.GetValue(num_experts);
 }
 
+// This block's contiguous share [begin, end) of the R workspace rows (rows in expert order).
+struct RowShare {
+    int64_t begin;
+    int64_t end;
+};
+
+// Loads the offsets [E + 1] into `offsets` (UB, readable by the scalar unit) and returns this
+// block's share of the R = offsets[E] rows.
+__aicore__ inline RowShare load_row_share(const AscendC::LocalTensor<int32_t>& offsets,
+                                          const Workspace& ws, int64_t num_experts) {
+    const int64_t rows = load_offsets(offsets, ws.offsets, num_experts);
+    const int64_t blocks = AscendC::GetBlockNum();
+    const int64_t block = AscendC::GetBlockIdx();
+    return {shared::block_begin(rows, blocks, block), shared::block_begin(rows, blocks, block + 1)};
+}
+
 // Scratch of quantize_row_int8 for rows of up to `cols` elements (shared::quantize_ub_bytes).
 struct QuantBuffers {
     AscendC::LocalTensor<float> values;  // fp32 [cols]: the row, overwritten

@@ -37,11 +37,7 @@ public:
     }
 
     __aicore__ inline void Process() {
-        AscendC::LocalTensor<int32_t> offsets = offsets_buf_.Get<int32_t>();
-        const int64_t rows = load_offsets(offsets, ws_.offsets, t_.num_experts);
-        const int64_t blocks = AscendC::GetBlockNum();
-        const int64_t begin = shared::block_begin(rows, blocks, AscendC::GetBlockIdx());
-        const int64_t end = shared::block_begin(rows, blocks, AscendC::GetBlockIdx() + 1);
+        const auto [begin, end] = load_row_share(offsets_buf_.Get<int32_t>(), ws_, t_.num_experts);
         if (begin >= end) {
             return;
         }

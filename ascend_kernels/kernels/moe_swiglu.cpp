@@ -48,11 +48,8 @@ public:
     }
 
     __aicore__ inline void Process() {
-        AscendC::LocalTensor<int32_t> offsets = offsets_buf_.Get<int32_t>();
-        const int64_t rows = load_offsets(offsets, ws_.offsets, t_.num_experts);
-        const int64_t blocks = AscendC::GetBlockNum();
-        const int64_t begin = shared::block_begin(rows, blocks, AscendC::GetBlockIdx());
-        const int64_t end = shared::block_begin(rows, blocks, AscendC::GetBlockIdx() + 1);
+        const AscendC::LocalTensor<int32_t> offsets = offsets_buf_.Get<int32_t>();
+        const auto [begin, end] = load_row_share(offsets, ws_, t_.num_experts);
         if (begin >= end) {
             return;
         }
