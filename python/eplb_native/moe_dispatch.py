@@ -80,9 +80,11 @@ def _check_group(x: torch.Tensor, group: dist.ProcessGroup | None) -> tuple[int,
     """(rank, D), after checking that the group's backend can carry tensors of x's device."""
     rank, num_ranks = group_rank_and_size(group)
     if num_ranks > 1:
+        # "gloo", or per device type as in "cpu:gloo,cuda:nccl".
         backend = str(dist.get_backend(group)).lower()
+        names = {part.rsplit(":", 1)[-1] for part in backend.split(",")}
         allowed = _BACKENDS.get(x.device.type, ())
-        if backend not in allowed:
+        if not names & set(allowed):
             message = (
                 f"group: {x.device.type} tensors need a {' or '.join(allowed) or 'matching'} "
                 f"process group, got '{backend}'"

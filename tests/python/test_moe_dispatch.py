@@ -110,6 +110,9 @@ def _worker(rank: int, world_size: int) -> None:
             "w2_scale": [_bf16(s) for s in inputs["s2"][mine]],
         },
     }
+    # Tensors the group's backend cannot carry (gloo holds CPU tensors only) are refused by name.
+    with pytest.raises(ValueError, match="group: meta tensors need"):
+        moe_dispatch.dispatch(x.to("meta"), ids.to("meta"), num_local_experts=LOCAL_EXPERTS)
     for w8a8 in (False, True):
         load = torch.zeros(LOCAL_EXPERTS, dtype=torch.int64)
         out, counts = moe_dispatch.fused_moe_decode_ep(
