@@ -48,8 +48,8 @@ from typing import Any
 PEAK_BF16_FLOPS_PER_DIE = 376e12
 PEAK_INT8_OPS_PER_DIE = 752e12
 HBM_BYTES_PER_S_PER_DIE = 1.6e12
-# Published DispatchGmmCombineDecode latency at this shape (vllm-ascend pull request #4872, the
-# change that added tensor-list weights and expertTokenNums), microseconds, by batch.
+# DispatchGmmCombineDecode latency reported at this shape for the change that added tensor-list
+# weights and expertTokenNums (vllm-ascend pull request #4872, merged as #5552), microseconds.
 PUBLISHED_US = {18: 96.28, 32: 108.83}
 # The kernels' cube tile: an expert's weights are read once per 128 of its rows.
 CUBE_TILE_M = 128
