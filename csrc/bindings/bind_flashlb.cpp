@@ -18,7 +18,7 @@ void bind_flashlb(py::module_& m) {
            int64_t num_nodes, int64_t num_ranks, std::optional<CArray<int64_t>> current,
            std::optional<py::array> history, int num_threads, double z_score,
            int64_t max_depth, int64_t width, int64_t episode_steps, int64_t max_episodes,
-           bool incremental, int64_t max_moves_per_layer) {
+           bool incremental, int64_t max_moves_per_layer, double keep_margin) {
             require_ndim(load, 2, "load", "[layers, experts]");
             const auto shape = shape_of(load);
             Topology topo{shape[1], num_replicas, num_groups, num_nodes, num_ranks};
@@ -70,6 +70,7 @@ void bind_flashlb(py::module_& m) {
             options.max_episodes = max_episodes;
             options.incremental = incremental;
             options.max_moves_per_layer = max_moves_per_layer;
+            options.keep_margin = keep_margin;
             flashlb::Request request;
             request.load = LoadView{load_values.data(), shape[0], shape[1]};
             // The history ([T, L, N], often 100+ MB) is read in place, not copied, when it is
@@ -91,8 +92,9 @@ void bind_flashlb(py::module_& m) {
         py::arg("load"), py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"),
         py::arg("num_ranks"), py::arg("current") = py::none(), py::arg("history") = py::none(),
         py::arg("num_threads") = 0, py::arg("z_score") = 0.674, py::arg("max_depth") = 4,
-        py::arg("width") = 8, py::arg("episode_steps") = 16, py::arg("max_episodes") = 64,
+        py::arg("width") = 8, py::arg("episode_steps") = 1, py::arg("max_episodes") = 64,
         py::arg("incremental") = false, py::arg("max_moves_per_layer") = -1,
+        py::arg("keep_margin") = 0.0,
         "FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history "
         "int64 or float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).");
 }

@@ -69,14 +69,15 @@ def default_policies() -> tuple[str, ...]:
     return tuple(name for name in available_policies() if name != "random")
 
 
-def policy_options(policies: Sequence[str], episode: int) -> dict[str, Any]:
+def policy_options(policies: Sequence[str], episode: int | None) -> dict[str, Any]:
     """The ``options=`` object of each policy that takes one from the command line:
-    FlashLB's ``episode_steps`` from ``--episode``."""
+    FlashLB's ``episode_steps`` from ``--episode`` (None: FlashLBOptions' default)."""
     if "flashlb" not in policies:
         return {}
     from eplb_native.flashlb import FlashLBOptions
 
-    return {"flashlb": FlashLBOptions(episode_steps=episode)}
+    options = FlashLBOptions() if episode is None else FlashLBOptions(episode_steps=episode)
+    return {"flashlb": options}
 
 
 def _positive(text: str) -> int:
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_positive, default=50, help="steps between re-plans (default 50)"
     )
     simulate.add_argument(
-        "--episode", type=_positive, default=10, help="FlashLB: steps per heat episode (default 10)"
+        "--episode", type=_positive, help="FlashLB: steps per heat episode (default 1: per step)"
     )
     synthetic = simulate.add_argument_group("synthetic series (single-step traces only)")
     synthetic.add_argument(
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_shape_options(plan, default_ranks=None)
     plan.add_argument(
-        "--episode", type=_positive, default=10, help="FlashLB: steps per heat episode (default 10)"
+        "--episode", type=_positive, help="FlashLB: steps per heat episode (default 1: per step)"
     )
     plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
 
@@ -293,18 +294,19 @@ def _simulate(args: argparse.Namespace) -> None:
     )
     num_windows = len(range(settings.interval, trace.num_steps, settings.interval))
     bar = _progress_bar(len(policies) * num_windows)
+    options = policy_options(policies, args.episode)
     try:
         result = replay(
             trace.load,
             policies,
             settings,
-            options=policy_options(policies, args.episode),
+            options=options,
             on_rebalance=None if bar is None else (lambda _name, _idx: bar.update(1)),
         )
     finally:
         if bar is not None:
             bar.close()
-    _print_header(trace, result, args.episode if "flashlb" in policies else None)
+    _print_header(trace, result, options["flashlb"].episode_steps if options else None)
     _print_table(result)
     if args.json is not None:
         payload: dict[str, Any] = {

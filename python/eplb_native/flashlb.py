@@ -1,33 +1,44 @@
 """FlashLB: the planner call, its options, and the layer-wise cherry-picking of re-planned layers.
 
 The planning itself runs in C++ (``eplb_native._core.plan_flashlb``): per layer, a tree search
-over how many redundant replicas each group of hot experts takes, scored by full look-ahead
-placements over the profiling episodes, a target-driven packing, swap refinement, and a final
-alignment to the current table (Hungarian rank matching) so that experts stay where they are.
+over how many redundant replicas each group of hot experts takes, each candidate placed by a
+covariance-aware LPT on the profiling episodes (each replica to the rank of least risk, mean +
+z * std of its summed episode loads) and scored on them (mean per-episode peak / mean rank
+load); with one episode (an aggregate load), also a target-driven packing and swap refinement.
+Then an alignment to the current table (Hungarian rank matching) so that experts stay where
+they are.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from eplb_native import _core
-from eplb_native.config import EplbConfig
 from eplb_native.plan import FloatArray, IntArray, Plan, check_history, check_load, rank_loads
 
 logger = logging.getLogger(__name__)
 
 
+#: Rank counts from which the many-rank defaults of ``FlashLBOptions`` apply.
+MANY_RANKS = 32
+
+
 @dataclass(frozen=True)
 class FlashLBOptions:
-    """FlashLB settings (published defaults); invalid values raise ValueError naming the field.
+    """FlashLB settings; invalid values raise ValueError naming the field.
+
+    The search (z_score, max_depth, width) keeps the published values. The rest was chosen by
+    measurement in the serving loop of ``benchmarks/bench_serving_loop.py`` (re-plan every k
+    steps from the last k, score the next k), against upstream vllm-ascend FlashLB: per-step
+    episodes; update thresholds and keep margin by rank count, as upstream's thresholds are.
 
     Example:
-        >>> FlashLBOptions(max_depth=3).width
-        8
+        >>> FlashLBOptions(max_depth=3).resolved(8).keep_margin
+        0.002
 
     Attributes:
         z_score: weight of the deviation in a rank's risk ``mean + z * std`` (0.674: the 75th
@@ -35,35 +46,44 @@ class FlashLBOptions:
         max_depth: groups of hot experts whose replica counts are searched one after another.
         width: candidate replica counts tried per group.
         episode_steps: history steps summed into one episode (1: per-step heat as is).
-        max_episodes: episodes kept at most (evenly spaced over the window).
+        max_episodes: episodes at most; a longer history merges runs of adjacent episodes.
         update_threshold_ratio: re-plan a layer whose balance fell below this fraction of its
-            balance when last planned (0 < x <= 1); None: 0.9, or 0.95 below 32 ranks.
+            balance when last planned (0 < x <= 1); None: 0.92, or 0.95 below 32 ranks.
         update_threshold_value: re-plan a layer whose balance (mean / peak rank load) is below
             this (0 < x <= 1); None: 0.85, or 0.9 below 32 ranks.
         max_layers_per_update: layers changed per update at most; None: no cap.
         incremental: edit the current table (move only the replicas whose count changed and
             those the busiest rank sheds) instead of replacing it; needs ``current``.
         max_moves_per_layer: incremental mode's cap on weight copies per layer; None: no cap.
+        keep_margin: with a current table, a rank that holds an expert now counts as lighter
+            by this fraction of the mean rank load when a replica of that expert is placed, so
+            near ties keep experts where they are (fewer weight copies); >= 0; None: 0.01, or
+            0.002 below 32 ranks.
     """
 
     z_score: float = 0.674
     max_depth: int = 4
     width: int = 8
-    episode_steps: int = 16
+    episode_steps: int = 1
     max_episodes: int = 64
     update_threshold_ratio: float | None = None
     update_threshold_value: float | None = None
     max_layers_per_update: int | None = None
     incremental: bool = False
     max_moves_per_layer: int | None = None
+    keep_margin: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.z_score, bool) or not isinstance(self.z_score, (int, float)):
-            msg = f"z_score: expected a number, got {self.z_score!r}"
-            raise ValueError(msg)
-        if not np.isfinite(self.z_score) or self.z_score < 0:
-            msg = f"z_score: expected a finite value >= 0, got {self.z_score!r}"
-            raise ValueError(msg)
+        for name in ("z_score", "keep_margin"):
+            value = getattr(self, name)
+            if value is None and name == "keep_margin":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                msg = f"{name}: expected a number, got {value!r}"
+                raise ValueError(msg)
+            if not np.isfinite(value) or value < 0:
+                msg = f"{name}: expected a finite value >= 0, got {value!r}"
+                raise ValueError(msg)
         for name in ("max_depth", "width", "episode_steps", "max_episodes"):
             _check_int(getattr(self, name), name, minimum=1)
         for name in ("max_layers_per_update",):
@@ -82,13 +102,27 @@ class FlashLBOptions:
             msg = f"incremental: expected True or False, got {self.incremental!r}"
             raise ValueError(msg)
 
+    def resolved(self, num_ranks: int) -> FlashLBOptions:
+        """A copy whose None defaults are filled in for ``num_ranks`` ranks."""
+        many = num_ranks >= MANY_RANKS
+        ratio, value, margin = (0.92, 0.85, 0.01) if many else (0.95, 0.9, 0.002)
+        return replace(
+            self,
+            update_threshold_ratio=_or(self.update_threshold_ratio, ratio),
+            update_threshold_value=_or(self.update_threshold_value, value),
+            keep_margin=_or(self.keep_margin, margin),
+        )
+
     def thresholds(self, num_ranks: int) -> tuple[float, float]:
         """(update_threshold_ratio, update_threshold_value) in force on ``num_ranks`` ranks."""
-        config = EplbConfig(
-            update_threshold_ratio=self.update_threshold_ratio,
-            update_threshold_value=self.update_threshold_value,
-        )
-        return config.thresholds(num_ranks)
+        options = self.resolved(num_ranks)
+        assert options.update_threshold_ratio is not None
+        assert options.update_threshold_value is not None
+        return options.update_threshold_ratio, options.update_threshold_value
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _check_int(value: object, field_name: str, minimum: int) -> None:
@@ -133,8 +167,9 @@ def plan_flashlb(
         num_groups, num_nodes: validated like every policy's; FlashLB balances globally.
         num_ranks: D.
         current: the placement in service (Plan, phy2log int64 [L, P] or table [L, D, S]);
-            the new plan keeps experts in their slots where it can (and the incremental mode
-            edits it).
+            near ties keep experts on their ranks (``options.keep_margin``), the plan is then
+            aligned to it (ranks matched, experts kept in their slots), and the incremental
+            mode edits it.
         history: int or float [T, L, N], tokens per expert per step (int64 counts are read
             in place, other dtypes as float64); split into episodes of
             ``options.episode_steps`` steps whose mean, deviation and covariance drive the plan.
@@ -146,9 +181,8 @@ def plan_flashlb(
         Plan with phy2log int64 [L, P], log2phy, logcnt.
     """
     del seed  # deterministic search: nothing to seed
-    opts = FlashLBOptions() if options is None else options
-    if not isinstance(opts, FlashLBOptions):
-        msg = f"options: expected FlashLBOptions, got {type(opts).__name__}"
+    if options is not None and not isinstance(options, FlashLBOptions):
+        msg = f"options: expected FlashLBOptions, got {type(options).__name__}"
         raise ValueError(msg)
     expert_load = check_load(load, "load")
     # Values (NaN, inf, negative) are scanned by the C++ core, which names "history" too.
@@ -162,6 +196,8 @@ def plan_flashlb(
     ):
         _check_int(value, name, minimum=1)
     _check_int(num_threads, "num_threads", minimum=0)
+    opts = (FlashLBOptions() if options is None else options).resolved(int(num_ranks))
+    assert opts.keep_margin is not None
     phy2log, log2phy, logcnt = _core.plan_flashlb(
         expert_load,
         int(num_replicas),
@@ -178,6 +214,7 @@ def plan_flashlb(
         max_episodes=int(opts.max_episodes),
         incremental=opts.incremental,
         max_moves_per_layer=-1 if opts.max_moves_per_layer is None else int(opts.max_moves_per_layer),
+        keep_margin=float(opts.keep_margin),
     )
     return Plan(phy2log, log2phy, logcnt)
 

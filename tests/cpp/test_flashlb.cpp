@@ -158,6 +158,19 @@ TEST(FlashLB, BadInputNamesTheField) {
               std::string::npos);
     EXPECT_NE(message_of([&] { (void)run(load, topology(4, 2, 5), 1); }).find("num_replicas"),
               std::string::npos);
+    options = Options{};
+    options.keep_margin = -0.5;
+    EXPECT_NE(message_of([&] { (void)run(load, topo, 1, nullptr, options); }).find("keep_margin"),
+              std::string::npos);
+}
+
+TEST(FlashLB, EpisodesCoverEveryChunkWhenMoreThanTheCap) {
+    // 10 steps of 1: at most 4 episodes, so runs of 2 or 3 adjacent steps merge; all 10 count.
+    EXPECT_EQ(episode_bounds(10, 1, 4), (std::vector<int64_t>{0, 2, 2, 5, 5, 7, 7, 10}));
+    // Under the cap: one chunk each; the trailing partial chunk is dropped.
+    EXPECT_EQ(episode_bounds(10, 3, 8), (std::vector<int64_t>{0, 3, 3, 6, 6, 9}));
+    // Fewer steps than one chunk: the one episode is all of them.
+    EXPECT_EQ(episode_bounds(5, 16, 64), (std::vector<int64_t>{0, 5}));
 }
 
 // Integer token counts are read as they are: the same plan as the same values in float64. A bad

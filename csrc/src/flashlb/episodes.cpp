@@ -14,6 +14,7 @@ void finish_stats(EpisodeStats& stats, double z_score) {
     stats.mean.assign(num_experts, 0.0);
     stats.stddev.assign(num_experts, 0.0);
     stats.risk.assign(num_experts, 0.0);
+    stats.deviation.assign(num_experts * num_episodes, 0.0F);
     for (size_t e = 0; e < num_experts; ++e) {
         const double* row = stats.loads.data() + e * num_episodes;
         double sum = 0.0;
@@ -24,6 +25,9 @@ void finish_stats(EpisodeStats& stats, double z_score) {
         double squares = 0.0;
         for (size_t k = 0; k < num_episodes; ++k) {
             squares += (row[k] - mean) * (row[k] - mean);
+        }
+        for (size_t k = 0; k < num_episodes; ++k) {
+            stats.deviation[e * num_episodes + k] = static_cast<float>(row[k] - mean);
         }
         stats.mean[e] = mean;
         stats.stddev[e] = std::sqrt(squares / static_cast<double>(num_episodes));
@@ -54,9 +58,10 @@ std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
     std::vector<int64_t> bounds;
     bounds.reserve(static_cast<size_t>(2 * kept));
     for (int64_t i = 0; i < kept; ++i) {
-        const int64_t chunk_idx = i * num_chunks / kept;  // evenly spaced, first chunk kept
-        bounds.push_back(chunk_idx * chunk);
-        bounds.push_back(chunk_idx * chunk + chunk);
+        // Episode i: chunks [i * num_chunks / kept, (i + 1) * num_chunks / kept), one chunk
+        // each unless there are more chunks than max_episodes.
+        bounds.push_back(i * num_chunks / kept * chunk);
+        bounds.push_back((i + 1) * num_chunks / kept * chunk);
     }
     return bounds;
 }

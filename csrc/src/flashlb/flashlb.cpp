@@ -29,6 +29,26 @@ struct Candidate {
     double score = std::numeric_limits<double>::infinity();
 };
 
+// One layer's planning inputs: the statistics, the experts by decreasing risk (the allotment's
+// weight) and by decreasing mean, and how every allotment is placed.
+struct LayerInputs {
+    const EpisodeStats& stats;
+    const std::vector<int64_t>& by_risk;
+    const std::vector<int64_t>& by_mean;
+    LayerShape shape;
+    LptObjective objective;
+
+    // The placement of `counts` (LPT on the episodes' risk when there are several) and its
+    // episode score.
+    [[nodiscard]] Candidate place(std::vector<int64_t> counts) const {
+        Candidate cand;
+        cand.phy2log = place_lpt(stats.mean, by_mean, counts, shape, objective);
+        cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
+        cand.counts = std::move(counts);
+        return cand;
+    }
+};
+
 // Lower bound on episode_score for any placement of given replica counts. In episode k with
 // total load T_k > 0 the busiest rank carries at least max(T_k / D, x_ke / c_e) for every e, so
 // the score is at least (zero_episodes + max(busy_episodes, max_e share_sum[e] / c_e)) / K with
@@ -75,17 +95,17 @@ struct ScoreBound {
 
 // The tree search over how many redundant replicas each group of hot experts takes; returns
 // the best candidate (LPT placement on risk-adjusted loads).
-Candidate search_allotment(const EpisodeStats& stats, const std::vector<int64_t>& order,
-                           const LayerShape& shape, const Options& options, ThreadPool& pool) {
+Candidate search_allotment(const LayerInputs& layer, const Options& options, ThreadPool& pool) {
+    const EpisodeStats& stats = layer.stats;
+    const std::vector<int64_t>& order = layer.by_risk;
+    const LayerShape& shape = layer.shape;
     const int64_t num_experts = shape.num_experts;
     const int64_t num_ranks = shape.num_ranks;
     const int64_t redundant = shape.num_physical() - num_experts;
     const std::vector<double>& weight = stats.risk;
-    Candidate best;
-    best.counts.assign(idx(num_experts), 1);
-    allot_min_max(weight, order, redundant, num_ranks, best.counts);
-    best.phy2log = place_lpt(weight, order, best.counts, shape, nullptr, 0.0);
-    best.score = episode_score(stats, best.phy2log, best.counts, num_ranks);
+    std::vector<int64_t> min_max(idx(num_experts), 1);
+    allot_min_max(weight, order, redundant, num_ranks, min_max);
+    Candidate best = layer.place(std::move(min_max));
     if (redundant == 0) {
         return best;
     }
@@ -129,27 +149,24 @@ Candidate search_allotment(const EpisodeStats& stats, const std::vector<int64_t>
         std::vector<Candidate> candidates(idx(hi - lo + 1));
         const double incumbent = best.score;
         pool.parallel_for(hi - lo + 1, [&](int64_t c) {
-            Candidate& cand = candidates[idx(c)];
-            cand.counts = base;
-            const auto add = [&cand](const std::vector<int64_t>& handed, int64_t extras) {
+            std::vector<int64_t> counts = base;
+            const auto add = [&counts](const std::vector<int64_t>& handed, int64_t extras) {
                 const auto taken = std::min(handed.size(), idx(extras));
                 for (size_t i = 0; i < taken; ++i) {
-                    ++cand.counts[idx(handed[i])];
+                    ++counts[idx(handed[i])];
                 }
             };
             add(group_order, lo + c);
             add(rest_order, budget - (lo + c));
-            if (cand.counts == best.counts) {
+            if (counts == best.counts) {
                 return;  // the incumbent itself, already scored
             }
-            const int64_t total = std::accumulate(cand.counts.begin(), cand.counts.end(),
-                                                  static_cast<int64_t>(0));
-            if (total != shape.num_physical() ||
-                score_bound(cand.counts) >= incumbent) {
+            const int64_t total =
+                std::accumulate(counts.begin(), counts.end(), static_cast<int64_t>(0));
+            if (total != shape.num_physical() || score_bound(counts) >= incumbent) {
                 return;  // infeasible split, or pruned: cannot beat the incumbent
             }
-            cand.phy2log = place_lpt(weight, order, cand.counts, shape, nullptr, 0.0);
-            cand.score = episode_score(stats, cand.phy2log, cand.counts, num_ranks);
+            candidates[idx(c)] = layer.place(std::move(counts));
         });
         for (Candidate& cand : candidates) {
             if (clearly_better(cand.score, best.score)) {
@@ -191,21 +208,11 @@ constexpr int64_t kPolishMaxShift = 3;  // replicas moved at once from one exper
 constexpr int64_t kRefineRounds = 4;  // swap refinement: at most 4 * D swaps
 constexpr double kPolishSkipGap = 1e-3;  // skip polishing within 0.1% of the lower bound
 
-Candidate place_counts(const EpisodeStats& stats, const std::vector<int64_t>& by_risk,
-                       const LayerShape& shape, std::vector<int64_t> counts) {
-    Candidate cand;
-    cand.phy2log = place_lpt(stats.risk, by_risk, counts, shape, nullptr, 0.0);
-    cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
-    cand.counts = std::move(counts);
-    return cand;
-}
-
-void polish_allotment(const EpisodeStats& stats, const std::vector<int64_t>& by_risk,
-                      const LayerShape& shape, double lower_bound, ThreadPool& pool,
+void polish_allotment(const LayerInputs& layer, double lower_bound, ThreadPool& pool,
                       Candidate& best) {
-    if (stats.num_episodes > 1) {
-        return;  // with episodes the bound says little about the score: too costly to search
-    }
+    const EpisodeStats& stats = layer.stats;
+    const std::vector<int64_t>& by_risk = layer.by_risk;
+    const LayerShape& shape = layer.shape;
     const std::vector<double> load = rank_weights(stats.mean, best.counts, best.phy2log, shape);
     if (*std::max_element(load.begin(), load.end()) <= lower_bound * (1.0 + kPolishSkipGap)) {
         return;  // already at the bound: no move can help
@@ -228,7 +235,7 @@ void polish_allotment(const EpisodeStats& stats, const std::vector<int64_t>& by_
             std::vector<int64_t> counts = best.counts;
             counts[idx(donor)] -= shift;
             counts[idx(receiver)] += shift;
-            moved[idx(move)] = place_counts(stats, by_risk, shape, std::move(counts));
+            moved[idx(move)] = layer.place(std::move(counts));
         });
         bool improved = false;
         for (Candidate& cand : moved) {
@@ -272,10 +279,10 @@ int64_t count_allotments(const LayerShape& shape, int64_t cap) {
 // placed (LPT + swap refinement) and the best replaces `best` when it scores lower.
 constexpr int64_t kExhaustiveAllotments = 2048;
 
-void search_all_allotments(const EpisodeStats& stats, const std::vector<int64_t>& by_risk,
-                           const LayerShape& shape, Candidate& best) {
-    if (stats.num_episodes > 1 || count_allotments(shape, kExhaustiveAllotments) >
-                                      kExhaustiveAllotments) {
+void search_all_allotments(const LayerInputs& layer, Candidate& best) {
+    const EpisodeStats& stats = layer.stats;
+    const LayerShape& shape = layer.shape;
+    if (count_allotments(shape, kExhaustiveAllotments) > kExhaustiveAllotments) {
         return;
     }
     std::vector<int64_t> counts(idx(shape.num_experts), 1);
@@ -286,7 +293,7 @@ void search_all_allotments(const EpisodeStats& stats, const std::vector<int64_t>
         const int64_t rest = extra;
         if (rest + 1 <= shape.num_ranks) {
             counts[idx(last)] = rest + 1;
-            Candidate cand = place_counts(stats, by_risk, shape, counts);
+            Candidate cand = layer.place(counts);
             refine_swaps(stats.risk, cand.counts, shape, kRefineRounds * shape.num_ranks,
                          cand.phy2log);
             cand.score = episode_score(stats, cand.phy2log, cand.counts, shape.num_ranks);
@@ -335,37 +342,41 @@ void validate_options(const Options& options) {
     require_positive(options.width, "width");
     require_positive(options.episode_steps, "episode_steps");
     require_positive(options.max_episodes, "max_episodes");
+    if (!std::isfinite(options.keep_margin) || options.keep_margin < 0.0) {
+        throw_invalid("keep_margin", "expected a finite value >= 0, got " +
+                                         std::to_string(options.keep_margin));
+    }
 }
 
 std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
-                                const Options& options, ThreadPool& pool) {
+                                const Options& options, ThreadPool& pool,
+                                const std::vector<int64_t>* current) {
     const int64_t num_ranks = shape.num_ranks;
     const std::vector<double>& weight = stats.risk;
     const std::vector<int64_t> by_risk =
         policies::order_descending(weight.data(), shape.num_experts);
-    Candidate searched = search_allotment(stats, by_risk, shape, options, pool);
-    std::vector<std::vector<int64_t>> placements;
+    const std::vector<int64_t> by_mean =
+        stats.num_episodes > 1 ? policies::order_descending(stats.mean.data(), shape.num_experts)
+                               : by_risk;
+    const LayerInputs layer{stats, by_risk, by_mean, shape,
+                            LptObjective{&stats, options.z_score, current, options.keep_margin}};
+    Candidate best = search_allotment(layer, options, pool);
     if (stats.num_episodes > 1) {
-        placements.push_back(
-            place_lpt(weight, by_risk, searched.counts, shape, &stats, options.z_score));
+        // Every candidate was placed and scored on the episodes themselves; packing and swaps
+        // on the aggregate (below) never lower that score, so they are skipped.
+        return best.phy2log;
     }
-    // Target packing between the allotment bound and the searched plan's busiest rank.
-    const std::vector<double> searched_load =
-        rank_weights(weight, searched.counts, searched.phy2log, shape);
+    // One episode: target packing between the allotment bound and the searched plan's busiest
+    // rank replaces the searched plan when clearly better; swap refinement then polishes it.
+    const std::vector<double> searched_load = rank_weights(weight, best.counts, best.phy2log, shape);
     const double upper = *std::max_element(searched_load.begin(), searched_load.end());
     std::vector<int64_t> packed =
         pack_to_target(weight, by_risk, shape, mean_lower_bound(weight, shape), upper);
     if (!packed.empty()) {
-        placements.push_back(std::move(packed));
-    }
-    // The lowest episode score wins (the searched plan first, then the others in order, each
-    // replacing it only when clearly better); swap refinement then polishes it.
-    Candidate best = std::move(searched);
-    for (std::vector<int64_t>& phy2log : placements) {
-        std::vector<int64_t> counts = counts_of(phy2log, shape.num_experts);
-        const double score = episode_score(stats, phy2log, counts, num_ranks);
+        std::vector<int64_t> counts = counts_of(packed, shape.num_experts);
+        const double score = episode_score(stats, packed, counts, num_ranks);
         if (clearly_better(score, best.score)) {
-            best = Candidate{std::move(counts), std::move(phy2log), score};
+            best = Candidate{std::move(counts), std::move(packed), score};
         }
     }
     std::vector<int64_t> refined = best.phy2log;
@@ -375,8 +386,8 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
         best.phy2log = std::move(refined);
         best.score = refined_score;
     }
-    search_all_allotments(stats, by_risk, shape, best);
-    polish_allotment(stats, by_risk, shape, mean_lower_bound(stats.mean, shape), pool, best);
+    search_all_allotments(layer, best);
+    polish_allotment(layer, mean_lower_bound(stats.mean, shape), pool, best);
     return best.phy2log;
 }
 
@@ -430,16 +441,20 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
                 ? stats_from_history(history, num_layers, num_experts, layer, bounds,
                                      options.z_score)
                 : stats_from_load(load.layer(layer), num_experts);
-        std::vector<int64_t> row = plan_layer(stats, shape, options, pool);
+        std::vector<int64_t> current;
         if (request.current != nullptr) {
-            const int64_t* current_row = request.current + layer * num_physical;
+            current.assign(request.current + layer * num_physical,
+                           request.current + (layer + 1) * num_physical);
+        }
+        std::vector<int64_t> row =
+            plan_layer(stats, shape, options, pool, current.empty() ? nullptr : &current);
+        if (!current.empty()) {
             if (options.incremental) {
                 // Its swaps can move an expert back onto its rank in another slot.
-                row = incremental_update(stats.mean, counts_of(row, num_experts),
-                                         {current_row, current_row + num_physical}, shape,
+                row = incremental_update(stats.mean, counts_of(row, num_experts), current, shape,
                                          options.max_moves_per_layer);
             }
-            row = policies::align_to_current(row, current_row, shape.num_ranks);
+            row = policies::align_to_current(row, current.data(), shape.num_ranks);
         }
         std::copy(row.begin(), row.end(), phy2log.begin() + layer * num_physical);
     });

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <queue>
 #include <tuple>
 #include <utility>
@@ -13,8 +14,8 @@
 namespace eplb_native::flashlb {
 namespace {
 
-constexpr int64_t kRiskCandidates = 4;       // least loaded ranks whose risk LPT compares
 constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_target
+constexpr int64_t kRiskRanks = 16;           // risk LPT: eligible ranks evaluated per replica
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
 constexpr double kBoundSlack = 1e-12;        // rounding slack on refine_swaps' rank bound
 
@@ -132,6 +133,86 @@ struct PartialPlacement {
     std::vector<uint64_t> holds;  // [N, words_] bit r: rank r holds expert e
 };
 
+// Dot product of two float vectors of length n, in eight running sums (a fixed order, so the
+// result never depends on the machine, and wide enough for the compiler's vector registers).
+float dot(const float* a, const float* b, size_t n) {
+    constexpr size_t kLanes = 8;
+    float part[kLanes] = {};
+    size_t k = 0;
+    for (; k + kLanes <= n; k += kLanes) {
+        for (size_t j = 0; j < kLanes; ++j) {
+            part[j] += a[k + j] * b[k + j];
+        }
+    }
+    for (; k < n; ++k) {
+        part[0] += a[k] * b[k];
+    }
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// The episode-load deviations of the ranks of a partial placement, for the risk objective:
+// each rank's summed episode loads minus their mean (rank-major [D, K], float32) and their
+// variance over the episodes. A replica of expert e adds deviation[e] / counts[e].
+class RankEpisodes {
+public:
+    RankEpisodes(const EpisodeStats& stats, const std::vector<int64_t>& counts, int64_t num_ranks)
+        : stats_(stats),
+          counts_(counts),
+          num_episodes_(idx(stats.num_episodes)),
+          rank_deviation_(idx(num_ranks) * num_episodes_, 0.0F),
+          rank_variance_(idx(num_ranks), 0.0),
+          rank_stddev_(idx(num_ranks), 0.0) {}
+
+    void add(int64_t rank, int64_t expert) {
+        const auto scale = static_cast<float>(1.0 / static_cast<double>(counts_[idx(expert)]));
+        const float* deviation = stats_.deviation.data() + idx(expert) * num_episodes_;
+        float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
+        for (size_t k = 0; k < num_episodes_; ++k) {
+            have[k] += deviation[k] * scale;
+        }
+        rank_variance_[idx(rank)] = static_cast<double>(dot(have, have, num_episodes_)) /
+                                    static_cast<double>(num_episodes_);
+        rank_stddev_[idx(rank)] = std::sqrt(rank_variance_[idx(rank)]);
+    }
+
+    void rebuild(const std::vector<int64_t>& phy2log, int64_t num_slots) {
+        std::fill(rank_deviation_.begin(), rank_deviation_.end(), 0.0F);
+        std::fill(rank_variance_.begin(), rank_variance_.end(), 0.0);
+        std::fill(rank_stddev_.begin(), rank_stddev_.end(), 0.0);
+        for (size_t slot = 0; slot < phy2log.size(); ++slot) {
+            if (phy2log[slot] >= 0) {
+                add(static_cast<int64_t>(slot) / num_slots, phy2log[slot]);
+            }
+        }
+    }
+
+    // Variance over the episodes of rank `rank`'s load once it takes a replica of `expert`:
+    // var(rank) + var(replica) + 2 cov(rank, replica).
+    [[nodiscard]] double variance_after(int64_t rank, int64_t expert) const {
+        const double scale = 1.0 / static_cast<double>(counts_[idx(expert)]);
+        const float* deviation = stats_.deviation.data() + idx(expert) * num_episodes_;
+        const float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
+        const double covariance = static_cast<double>(dot(have, deviation, num_episodes_)) /
+                                  static_cast<double>(num_episodes_);
+        const double spread = stats_.stddev[idx(expert)] * scale;
+        return std::max(0.0,
+                        rank_variance_[idx(rank)] + spread * spread + 2.0 * scale * covariance);
+    }
+
+    [[nodiscard]] double stddev(int64_t rank) const { return rank_stddev_[idx(rank)]; }
+    [[nodiscard]] double expert_stddev(int64_t expert) const {
+        return stats_.stddev[idx(expert)] / static_cast<double>(counts_[idx(expert)]);
+    }
+
+private:
+    const EpisodeStats& stats_;
+    const std::vector<int64_t>& counts_;
+    size_t num_episodes_;
+    std::vector<float> rank_deviation_;
+    std::vector<double> rank_variance_;
+    std::vector<double> rank_stddev_;
+};
+
 std::vector<double> shares_of(const std::vector<double>& weight,
                               const std::vector<int64_t>& counts) {
     std::vector<double> share(weight.size());
@@ -198,7 +279,10 @@ std::vector<int64_t> try_pack(const std::vector<double>& weight, const std::vect
 }
 
 // Fills the free slots (-1) of a packing: each takes one more replica of the expert, on its
-// least loaded eligible rank, that leaves the smallest busiest rank (then the lightest rank).
+// least loaded eligible rank (lowest index on ties), that leaves the smallest busiest rank
+// (then the lightest receiving rank, then the lowest expert id). Per free slot the rank loads
+// are summed afresh; each expert's busiest rank after the move is found from the ranks by
+// decreasing load and the expert's own ranks, so a slot costs O(P + D log D), not O(N D).
 void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
                 std::vector<int64_t>& counts, std::vector<int64_t>& phy2log) {
     const int64_t num_slots = shape.num_slots;
@@ -207,10 +291,16 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
     std::vector<double> load(idx(num_ranks));
     std::vector<int64_t> free_slot(idx(num_ranks));
     std::vector<char> holds(idx(num_ranks * num_experts));
+    std::vector<std::vector<int64_t>> ranks_of(idx(num_experts));  // ranks holding each expert
+    std::vector<int64_t> open;      // ranks with a free slot, by (load, index) ascending
+    std::vector<int64_t> by_load;   // all ranks, by (load, index) descending
     for (;;) {
         std::fill(load.begin(), load.end(), 0.0);
         std::fill(free_slot.begin(), free_slot.end(), -1);
         std::fill(holds.begin(), holds.end(), 0);
+        for (auto& ranks : ranks_of) {
+            ranks.clear();
+        }
         bool any_free = false;
         for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
             const int64_t e = phy2log[idx(slot)];
@@ -223,11 +313,27 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
             } else {
                 load[idx(rank)] += weight[idx(e)] / static_cast<double>(counts[idx(e)]);
                 holds[idx(rank * num_experts + e)] = 1;
+                ranks_of[idx(e)].push_back(rank);
             }
         }
         if (!any_free) {
             return;
         }
+        open.clear();
+        by_load.resize(idx(num_ranks));
+        std::iota(by_load.begin(), by_load.end(), 0);
+        for (int64_t r = 0; r < num_ranks; ++r) {
+            if (free_slot[idx(r)] >= 0) {
+                open.push_back(r);
+            }
+        }
+        const auto lighter = [&](int64_t a, int64_t b) {
+            return load[idx(a)] < load[idx(b)] || (load[idx(a)] == load[idx(b)] && a < b);
+        };
+        std::sort(open.begin(), open.end(), lighter);
+        std::sort(by_load.begin(), by_load.end(), [&](int64_t a, int64_t b) {
+            return load[idx(a)] > load[idx(b)] || (load[idx(a)] == load[idx(b)] && a < b);
+        });
         int64_t best_expert = -1;
         int64_t best_rank = -1;
         double best_peak = std::numeric_limits<double>::infinity();
@@ -236,26 +342,26 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
             if (counts[idx(e)] >= num_ranks) {
                 continue;
             }
-            const double old_share = weight[idx(e)] / static_cast<double>(counts[idx(e)]);
-            const double new_share = weight[idx(e)] / static_cast<double>(counts[idx(e)] + 1);
-            int64_t rank = -1;
-            for (int64_t r = 0; r < num_ranks; ++r) {
-                if (!holds[idx(r * num_experts + e)] && free_slot[idx(r)] >= 0 &&
-                    (rank < 0 || load[idx(r)] < load[idx(rank)])) {
-                    rank = r;
-                }
-            }
-            if (rank < 0) {
+            const auto holder = [&](int64_t r) { return holds[idx(r * num_experts + e)] != 0; };
+            const auto rank_at = std::find_if(open.begin(), open.end(),
+                                              [&](int64_t r) { return !holder(r); });
+            if (rank_at == open.end()) {
                 continue;
             }
-            double peak = 0.0;
-            for (int64_t r = 0; r < num_ranks; ++r) {
-                const double after = load[idx(r)] -
-                                     (holds[idx(r * num_experts + e)] ? old_share - new_share : 0.0) +
-                                     (r == rank ? new_share : 0.0);
-                peak = std::max(peak, after);
+            const int64_t rank = *rank_at;
+            const double old_share = weight[idx(e)] / static_cast<double>(counts[idx(e)]);
+            const double new_share = weight[idx(e)] / static_cast<double>(counts[idx(e)] + 1);
+            // Busiest rank afterwards: the busiest rank untouched by the move, the expert's
+            // ranks (lighter by old - new share) and the receiving rank.
+            const auto untouched = std::find_if(by_load.begin(), by_load.end(), [&](int64_t r) {
+                return r != rank && !holder(r);
+            });
+            double peak = untouched == by_load.end() ? 0.0 : load[idx(*untouched)];
+            for (const int64_t r : ranks_of[idx(e)]) {
+                peak = std::max(peak, load[idx(r)] - (old_share - new_share));
             }
             const double receiver = load[idx(rank)] + new_share;
+            peak = std::max(peak, receiver);
             if (peak < best_peak || (peak == best_peak && receiver < best_receiver)) {
                 best_peak = peak;
                 best_receiver = receiver;
@@ -318,30 +424,32 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
 std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                                const std::vector<int64_t>& by_weight,
                                const std::vector<int64_t>& counts, const LayerShape& shape,
-                               const EpisodeStats* risk_stats, double z_score) {
+                               const LptObjective& objective) {
     PartialPlacement placement(shape);
     const std::vector<double> share_of = shares_of(weight, counts);
     const int64_t num_ranks = shape.num_ranks;
-    const int64_t num_episodes = risk_stats ? risk_stats->num_episodes : 0;
-    // Per-rank summed episode loads (risk mode only), rank-major [D, K].
-    std::vector<double> episode_load(idx(num_ranks * num_episodes), 0.0);
-    std::vector<int64_t> eligible;  // positions in open_ranks
-    const auto add_episode_load = [&](int64_t rank, int64_t expert) {
-        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
-        const double* add = risk_stats->loads.data() + expert * num_episodes;
-        double* have = episode_load.data() + rank * num_episodes;
-        for (int64_t k = 0; k < num_episodes; ++k) {
-            have[k] += add[k] * scale;
-        }
-    };
-    const auto rebuild_episode_loads = [&]() {
-        std::fill(episode_load.begin(), episode_load.end(), 0.0);
-        for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
-            if (placement.phy2log[idx(slot)] >= 0) {
-                add_episode_load(slot / shape.num_slots, placement.phy2log[idx(slot)]);
+    const EpisodeStats* risk_stats = objective.risk_stats;
+    const double z_score = objective.z_score;
+    const bool by_risk = risk_stats != nullptr && risk_stats->num_episodes > 1;
+    std::optional<RankEpisodes> episodes;
+    if (by_risk) {
+        episodes.emplace(*risk_stats, counts, num_ranks);
+    }
+    // holders[e]: the ranks that hold expert e in the current table (keep margin only).
+    std::vector<std::vector<int64_t>> holders;
+    double keep_bonus = 0.0;
+    if (objective.current != nullptr && objective.keep_margin > 0.0) {
+        holders.resize(idx(shape.num_experts));
+        for (size_t slot = 0; slot < objective.current->size(); ++slot) {
+            const int64_t expert = (*objective.current)[slot];  // -1: an empty slot
+            if (expert >= 0) {
+                holders[idx(expert)].push_back(static_cast<int64_t>(slot) / shape.num_slots);
             }
         }
-    };
+        keep_bonus = objective.keep_margin *
+                     std::accumulate(weight.begin(), weight.end(), 0.0) /
+                     static_cast<double>(num_ranks);
+    }
     // Ranks with a free slot, by (load, index) ascending; kept sorted as loads grow.
     std::vector<int64_t> open_ranks(idx(num_ranks));
     std::iota(open_ranks.begin(), open_ranks.end(), 0);
@@ -372,78 +480,85 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         std::move(at + 1, dest, at);
         *(dest - 1) = rank;
     };
-    // Risk after adding `expert` to each of the ranks open_ranks[eligible[c]], into risk[c]. All
-    // kRiskCandidates sums run side by side (unused ones repeat the first rank), each in
-    // episode order, so the arithmetic per rank is that of a lone loop.
-    std::vector<double> risk(idx(kRiskCandidates));
-    const auto risks_after = [&](const std::vector<int64_t>& positions, int64_t expert) {
-        const double* add = risk_stats->loads.data() + expert * num_episodes;
-        const double scale = 1.0 / static_cast<double>(counts[idx(expert)]);
-        const double* have[kRiskCandidates];
-        for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
-            const int64_t rank = open_ranks[idx(positions[c < positions.size() ? c : 0])];
-            have[c] = episode_load.data() + rank * num_episodes;
-        }
-        double sum[kRiskCandidates] = {};
-        double squares[kRiskCandidates] = {};
-        for (int64_t k = 0; k < num_episodes; ++k) {
-            const double extra = add[k] * scale;
-            for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
-                const double value = have[c][k] + extra;
-                sum[c] += value;
-                squares[c] += value * value;
+    // Position in open_ranks of the rank that takes a replica of `expert`, or npos when no open
+    // rank can: the eligible rank of the smallest cost, its mean load after taking it (plus z
+    // * stddev over the episodes for the risk objective) less the keep bonus where it holds
+    // the expert now. Ranks are visited by increasing load until the load alone reaches the
+    // best cost (no later rank can beat it without the bonus) or kRiskRanks risks were
+    // evaluated; then the expert's current ranks not visited yet are tried with the bonus.
+    constexpr size_t npos = std::numeric_limits<size_t>::max();
+    const auto choose = [&](int64_t expert, double share) {
+        size_t chosen = npos;
+        double best = std::numeric_limits<double>::infinity();
+        // Offers open_ranks[i] at cost mean + z * stddev - bonus; returns false once the risk
+        // evaluations are used up.
+        int64_t evaluated = 0;
+        const auto offer = [&](size_t i, double bonus) {
+            const int64_t rank = open_ranks[i];
+            const double mean = placement.load[idx(rank)] + share;
+            // cost beats `best` when z * stddev < slack; the deviations of the rank and the
+            // replica cancel at most down to |stddev(rank) - stddev(replica)|.
+            const double slack = best - (mean - bonus);
+            if (slack <= 0.0) {
+                return;
+            }
+            if (!by_risk) {
+                best = mean - bonus;
+                chosen = i;
+                return;
+            }
+            if (z_score * std::abs(episodes->stddev(rank) - episodes->expert_stddev(expert)) >=
+                slack) {
+                return;
+            }
+            ++evaluated;
+            const double variance = episodes->variance_after(rank, expert);
+            if (z_score * z_score * variance < slack * slack) {
+                best = mean - bonus + z_score * std::sqrt(variance);
+                chosen = i;
+            }
+        };
+        const std::vector<int64_t> no_holders;
+        const std::vector<int64_t>& kept = holders.empty() ? no_holders : holders[idx(expert)];
+        const auto holds_now = [&](int64_t rank) {
+            return std::find(kept.begin(), kept.end(), rank) != kept.end();
+        };
+        size_t i = 0;
+        for (; i < open_ranks.size() && evaluated < kRiskRanks; ++i) {
+            const int64_t rank = open_ranks[i];
+            if (placement.load[idx(rank)] + share >= best) {
+                break;
+            }
+            if (!placement.has(rank, expert)) {
+                offer(i, holds_now(rank) ? keep_bonus : 0.0);
             }
         }
-        for (size_t c = 0; c < idx(kRiskCandidates); ++c) {
-            const double mean = sum[c] / static_cast<double>(num_episodes);
-            const double variance =
-                std::max(0.0, squares[c] / static_cast<double>(num_episodes) - mean * mean);
-            risk[c] = mean + z_score * std::sqrt(variance);
+        for (const int64_t rank : kept) {
+            const auto at = std::find(open_ranks.begin() + static_cast<std::ptrdiff_t>(i),
+                                      open_ranks.end(), rank);
+            if (at != open_ranks.end() && !placement.has(rank, expert)) {
+                offer(static_cast<size_t>(at - open_ranks.begin()), keep_bonus);
+            }
         }
+        return chosen;
     };
-    const int64_t max_eligible = risk_stats != nullptr && num_episodes > 1 ? kRiskCandidates : 1;
     for (const auto& [expert, share] : replicas_by_weight(weight, counts, by_weight)) {
-        // The least loaded eligible ranks (lowest index on ties), at most kRiskCandidates.
-        // (For the risk objective: the least loaded few, compared by risk.)
-        eligible.clear();
-        for (size_t i = 0; i < open_ranks.size() &&
-                           static_cast<int64_t>(eligible.size()) < max_eligible;
-             ++i) {
-            if (!placement.has(open_ranks[i], expert)) {
-                eligible.push_back(static_cast<int64_t>(i));
-            }
-        }
-        int64_t rank = -1;
-        size_t pos = 0;
-        if (eligible.empty()) {
-            rank = placement.make_room(expert, share_of);
+        const size_t pos = choose(expert, share);
+        if (pos == npos) {
+            const int64_t rank = placement.make_room(expert, share_of);
             EPLB_CHECK(rank >= 0, "no rank can take a replica of expert " << expert);
-        } else {
-            pos = idx(eligible.front());
-            if (max_eligible > 1) {
-                risks_after(eligible, expert);
-                double best = std::numeric_limits<double>::infinity();
-                for (size_t c = 0; c < eligible.size(); ++c) {
-                    if (risk[c] < best) {
-                        best = risk[c];
-                        pos = idx(eligible[c]);
-                    }
-                }
-            }
-            rank = open_ranks[pos];
-        }
-        placement.put(rank, expert, share);
-        if (eligible.empty()) {
+            placement.put(rank, expert, share);
             rebuild_open_ranks();  // make_room changed two ranks
-        } else {
-            reorder(pos);
-        }
-        if (risk_stats != nullptr && num_episodes > 1) {
-            if (eligible.empty()) {
-                rebuild_episode_loads();  // make_room moved an expert between ranks
-            } else {
-                add_episode_load(rank, expert);
+            if (by_risk) {
+                episodes->rebuild(placement.phy2log, shape.num_slots);
             }
+            continue;
+        }
+        const int64_t rank = open_ranks[pos];
+        placement.put(rank, expert, share);
+        reorder(pos);
+        if (by_risk) {
+            episodes->add(rank, expert);
         }
     }
     return placement.phy2log;

@@ -212,7 +212,26 @@ std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t
     std::vector<double> col_pot(at(n + 1), 0.0);
     std::vector<int64_t> col_match(at(n + 1), 0);  // row matched to each column
     std::vector<int64_t> way(at(n + 1), 0);
+    // Feasible start: each row's potential is its smallest cost, and a row whose first
+    // smallest-cost column is still free takes it; only the other rows need augmenting paths
+    // (with a proposal close to the table in force, few do: near O(n^2) instead of O(n^3)).
+    std::vector<char> matched(at(n + 1), 0);
     for (int64_t row = 1; row <= n; ++row) {
+        const double* costs = cost.data() + (row - 1) * n;
+        const int64_t best = std::min_element(costs, costs + n) - costs;
+        row_pot[at(row)] = costs[best];
+        for (int64_t col = best + 1; col <= n; ++col) {
+            if (costs[col - 1] == costs[best] && col_match[at(col)] == 0) {
+                col_match[at(col)] = row;
+                matched[at(row)] = 1;
+                break;
+            }
+        }
+    }
+    for (int64_t row = 1; row <= n; ++row) {
+        if (matched[at(row)]) {
+            continue;
+        }
         col_match[0] = row;
         int64_t col0 = 0;
         std::vector<double> min_slack(at(n + 1), inf);

@@ -124,6 +124,8 @@ class PolicyReplay:
         name: the policy (or ``STATIC``).
         par_steps: float64 [T - interval], per-step PAR (layer mean) of the served steps.
         par_windows: float64 [W], per window: mean of its steps' ``par_steps``.
+        par_in_sample_windows: float64 [W], per window: mean per-step PAR (layer mean) of the
+            table in force on the steps it was planned from (the ``interval`` steps before).
         rank_load: float64 [T - interval, L, D], tokens per rank at each served step.
         par_aggregate_windows: float64 [W], per window: PAR of the summed load, layer mean.
         gap_windows: float64 [W], per window: gap to the lower bound, layer mean.
@@ -136,6 +138,7 @@ class PolicyReplay:
     name: str
     par_steps: FloatArray
     par_windows: FloatArray
+    par_in_sample_windows: FloatArray
     rank_load: FloatArray
     par_aggregate_windows: FloatArray
     gap_windows: FloatArray
@@ -269,9 +272,10 @@ def _replay_one(
     starts = list(range(settings.interval, num_steps, settings.interval))
     plan = initial
     rank_load_parts, aggregate_par, gaps, copies, changed, plan_ms = [], [], [], [], [], []
+    in_sample = []
     for window_idx, start in enumerate(starts):
+        window = trace[start - settings.interval : start]  # [interval, L, N]
         if policy is not None:
-            window = trace[start - settings.interval : start]  # [interval, L, N]
             table = plan.table(num_ranks)  # [L, D, S]
             workload = slot_load_from_expert_load(plan, window).reshape(
                 window.shape[0], *table.shape
@@ -287,6 +291,7 @@ def _replay_one(
             plan = new_plan
             if on_rebalance is not None:
                 on_rebalance(name, window_idx)
+        in_sample.append(float(_step_par(rank_loads(plan, window, num_ranks)).mean()))
         served = trace[start : start + settings.interval]  # [w, L, N]
         rank_load_parts.append(rank_loads(plan, served, settings.num_ranks))
         stats = evaluate(plan, served, settings.num_ranks)
@@ -300,6 +305,7 @@ def _replay_one(
         name=name,
         par_steps=par_steps,
         par_windows=np.array([part.mean() for part in np.split(par_steps, window_ends)]),
+        par_in_sample_windows=np.asarray(in_sample, dtype=np.float64),
         rank_load=rank_load,
         par_aggregate_windows=np.asarray(aggregate_par, dtype=np.float64),
         gap_windows=np.asarray(gaps, dtype=np.float64),

@@ -16,6 +16,7 @@ struct EpisodeStats {
     std::vector<double> mean;   // [N]
     std::vector<double> stddev; // [N]
     std::vector<double> risk;   // [N] mean + z * stddev
+    std::vector<float> deviation;  // [N, K] loads - mean, float32 (the placement's covariances)
 };
 
 // Per-step heat [T, L, N] row-major, read in place: float64 loads or int64 token counts as
@@ -35,9 +36,10 @@ struct HistoryView {
 };
 
 // Which steps of a [T, ...] history form the episodes: consecutive chunks of `episode_steps`
-// steps (the trailing partial chunk is dropped unless it is the only one), then at most
-// `max_episodes` of them, evenly spaced. Returns 2K step indices, begin/end pairs: episode k
-// is steps [bounds[2k], bounds[2k+1]).
+// steps (the trailing partial chunk is dropped unless it is the only one); when there are more
+// than `max_episodes` chunks, runs of adjacent chunks merge into max_episodes episodes of
+// (nearly) equal length, so every chunk counts. Returns 2K step indices, begin/end pairs:
+// episode k is steps [bounds[2k], bounds[2k+1]).
 [[nodiscard]] std::vector<int64_t> episode_bounds(int64_t num_steps, int64_t episode_steps,
                                                   int64_t max_episodes);
 

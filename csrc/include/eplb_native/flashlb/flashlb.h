@@ -17,10 +17,11 @@ struct Options {
     double z_score = 0.674;        // risk = mean + z * stddev (0.674: 75th percentile)
     int64_t max_depth = 4;         // expert groups searched one after another
     int64_t width = 8;             // candidate replica counts tried per group
-    int64_t episode_steps = 16;    // history steps per episode
-    int64_t max_episodes = 64;     // episodes kept (evenly spaced) at most
+    int64_t episode_steps = 1;     // history steps per episode
+    int64_t max_episodes = 64;     // episodes at most (adjacent chunks merge beyond it)
     bool incremental = false;      // edit `current` instead of replacing it (needs current)
     int64_t max_moves_per_layer = -1;  // incremental mode's cap on weight copies; < 0 = none
+    double keep_margin = 0.0;      // LptObjective::keep_margin of every placement (>= 0)
 };
 
 // Throws std::invalid_argument naming the field when an option is out of range.
@@ -41,8 +42,10 @@ struct Request {
 [[nodiscard]] Plan plan_flashlb(const Request& request, const Topology& topo,
                                 const Options& options, ThreadPool& pool);
 
-// One layer: the phy2log row [P] for `stats` (no alignment to a current table).
+// One layer: the phy2log row [P] for `stats`. `current`, the row [P] in service or null, only
+// steers near ties (Options::keep_margin); the row is not aligned to it.
 [[nodiscard]] std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
-                                              const Options& options, ThreadPool& pool);
+                                              const Options& options, ThreadPool& pool,
+                                              const std::vector<int64_t>* current = nullptr);
 
 }  // namespace eplb_native::flashlb

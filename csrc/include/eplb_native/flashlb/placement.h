@@ -34,16 +34,30 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
 // `by_weight` below: the experts by decreasing weight, lowest id on ties
 // (policies::order_descending, computed once per layer).
 
+// What LPT placement minimises for each replica, and what it keeps.
+struct LptObjective {
+    // Episode loads (more than one episode): each replica goes to the rank whose summed episode
+    // loads then have the smallest risk mean + z_score * stddev over the episodes (this uses the
+    // full covariance of the experts on the rank). Null or one episode: the least loaded rank.
+    const EpisodeStats* risk_stats = nullptr;
+    double z_score = 0.0;
+    // The phy2log row [P] in service (-1: an empty slot), or null: a rank that holds the
+    // replica's expert there
+    // counts as lighter by keep_margin x the mean rank load (sum of weight / D), so that near
+    // ties keep experts where they are.
+    const std::vector<int64_t>* current = nullptr;
+    double keep_margin = 0.0;
+};
+
 // Longest-processing-time placement of the replicas of `counts` (sum = P): replicas in order
-// of decreasing weight[e] / counts[e] each go to the least loaded rank with a free slot that
-// does not hold the expert yet. When `risk_stats` is given (episode loads), the rank is the
-// one with the smallest resulting risk mean + z * stddev of its summed episode loads (this uses
-// the full covariance of the experts on the rank), among the least loaded few.
+// of decreasing weight[e] / counts[e] each go to the rank with a free slot that does not hold
+// the expert yet and minimises `objective` (lowest load, then lowest index, on ties). With
+// risk_stats, `weight` must be risk_stats->mean.
 [[nodiscard]] std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                                              const std::vector<int64_t>& by_weight,
                                              const std::vector<int64_t>& counts,
                                              const LayerShape& shape,
-                                             const EpisodeStats* risk_stats, double z_score);
+                                             const LptObjective& objective = {});
 
 // Target packing: the smallest max rank load T (binary search between `lower` and `upper`)
 // for which experts, heaviest first, can each be split into the fewest replicas that fit
