@@ -9,19 +9,22 @@ from __future__ import annotations
 import importlib.util
 
 from eplb_native._core import __version__
-from eplb_native.config import POLICY_NAMES, EplbConfig, PolicyName
+from eplb_native.config import EplbConfig
 from eplb_native.expert_map import load_expert_map, save_expert_map
 from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
 from eplb_native.layers import MoeLayerMap
-from eplb_native.plan import (
-    Plan,
+from eplb_native.metrics import (
     PlanStats,
     count_weight_copies,
-    default_placement,
     evaluate,
-    expert_load_from_slot_load,
     lower_bound_max_load,
     mean_par,
+    peak_to_average,
+)
+from eplb_native.plan import (
+    Plan,
+    default_placement,
+    expert_load_from_slot_load,
     placement_violations,
     rank_expert_maps,
     rank_loads,
@@ -29,6 +32,7 @@ from eplb_native.plan import (
     slot_load_from_expert_load,
     validate_plan,
 )
+from eplb_native.planning import POLICY_NAMES, PlanOutcome, PlanRequest, PolicyName, propose
 from eplb_native.policies import (
     POLICIES,
     EplbPolicy,
@@ -63,6 +67,8 @@ __all__ = [
     "FlashLBPolicy",
     "MoeLayerMap",
     "Plan",
+    "PlanOutcome",
+    "PlanRequest",
     "PlanStats",
     "PlannedBalance",
     "PolicyFn",
@@ -78,8 +84,10 @@ __all__ = [
     "make_policy",
     "mean_par",
     "npu_available",
+    "peak_to_average",
     "placement_violations",
     "plan_flashlb",
+    "propose",
     "rank_expert_maps",
     "rank_loads",
     "rank_log2phy",

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from eplb_native.config import POLICY_NAMES
 from eplb_native.expert_map import load_expert_map_with_ranks, save_expert_map
-from eplb_native.plan import Plan, default_placement, evaluate
+from eplb_native.metrics import evaluate
+from eplb_native.plan import Plan, default_placement
+from eplb_native.planning import POLICY_NAMES
 from eplb_native.sim.replay import STATIC, ReplayResult, ReplaySettings, replay
 from eplb_native.sim.traces import (
     SHIPPED_TRACE,

@@ -1,18 +1,26 @@
-"""EplbConfig: the EPLB settings users already know from vllm-ascend, validated key by key."""
+"""EplbConfig: the EPLB settings users already know from vllm-ascend, plus one key per option of
+the policies, each validated with bounds; ``policy_options`` is the one way from a config to
+the policy and options that plan."""
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-PolicyName = Literal["random", "default_eplb", "swift_balancer", "flashlb"]
-POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
-# vllm-ascend's integer policy ids (policy_factory.py): 0 random, 1 default, 2 swift, 3 flashlb.
-POLICY_IDS: dict[int, str] = dict(enumerate(POLICY_NAMES))
+from eplb_native.flashlb import FlashLBOptions
+from eplb_native.planning import (
+    OPTIONS_TYPES,
+    POLICY_IDS,
+    POLICY_NAMES,
+    PolicyName,
+    SwiftBalancerOptions,
+    policy_name,
+)
 
 HeatStage = Literal["all", "prefill", "decode"]
 HEAT_STAGES: tuple[str, ...] = get_args(HeatStage)
@@ -20,152 +28,210 @@ HEAT_STAGES: tuple[str, ...] = get_args(HeatStage)
 PlannerPlacement = Literal["rank0", "per_node", "per_rank"]
 PLANNER_PLACEMENTS: tuple[str, ...] = get_args(PlannerPlacement)
 
+#: Keys of older vllm-ascend releases (and of its Model Runner V2) -> the key to use instead
+#: (None: there is no equivalent).
+RENAMED_KEYS: dict[str, str | None] = {
+    "num_iterations_eplb_update": "expert_heat_collection_interval",
+    "num_wait_worker_iterations": "algorithm_execution_interval",
+    "init_redundancy_expert": "num_redundant_experts",
+    "gate_eplb": None,
+    "load_collection_phase": "eplb_heat_collection_stage",
+}
 
-def policy_name(value: object, key: str = "eplb_policy_type") -> str:
-    """The registry name of a policy given by name or vllm-ascend id; ValueError otherwise."""
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        if value in POLICY_IDS:
-            return POLICY_IDS[value]
-        msg = f"{key}: unknown policy id {value}; valid ids: " + ", ".join(
-            f"{i} ({n})" for i, n in POLICY_IDS.items()
-        )
-        raise ValueError(msg)
-    elif isinstance(value, str):
-        if value in POLICY_NAMES:
-            return value
-        msg = f"{key}: unknown policy {value!r}; valid policies: {', '.join(POLICY_NAMES)}"
-        close = difflib.get_close_matches(value, POLICY_NAMES, n=1)
-        if close:
-            msg += f" (did you mean {close[0]!r}?)"
-        raise ValueError(msg)
-    msg = f"{key}: expected a policy name or id, got {value!r}"
-    raise ValueError(msg)
+
+@dataclass(frozen=True)
+class _Bounds:
+    """What one key accepts: ``kind`` int, number (finite float), bool, choice or path; the
+    closed range [low, high] of numbers (``open_low``: low excluded); the choices; the
+    policies whose options it sets (empty: it is no policy option)."""
+
+    kind: Literal["int", "number", "bool", "choice", "path"]
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+
+
+_FLASHLB = ("flashlb",)
+#: Every key's bounds. The largest values keep a window, a search or a buffer within what one
+#: host can hold; the policy options are None until set (the policy's own default applies).
+_KEYS: dict[str, _Bounds] = {
+    "dynamic_eplb": _Bounds("bool"),
+    "expert_heat_collection_interval": _Bounds("int", 1, 100_000),
+    "algorithm_execution_interval": _Bounds("int", 1, 100_000),
+    "num_redundant_experts": _Bounds("int", 0, 65_536),
+    "expert_map_path": _Bounds("path"),
+    "expert_map_record_path": _Bounds("path"),
+    "eplb_heat_collection_stage": _Bounds("choice", choices=HEAT_STAGES),
+    "eplb_policy_type": _Bounds("choice", choices=POLICY_NAMES),
+    "max_layers_per_step": _Bounds("int", 1, 1024),
+    "num_planner_threads": _Bounds("int", 0, 1024),
+    "planner_placement": _Bounds("choice", choices=PLANNER_PLACEMENTS),
+    "max_plan_wait_s": _Bounds("number", 0.0, 3600.0),
+    "update_threshold_ratio": _Bounds("number", 0.0, 1.0, open_low=True, policies=_FLASHLB),
+    "update_threshold_value": _Bounds("number", 0.0, 1.0, open_low=True, policies=_FLASHLB),
+    "max_layers_per_update": _Bounds("int", 1, 100_000, policies=("swift_balancer", "flashlb")),
+    "max_moves_per_layer": _Bounds("int", 0, 1_000_000, policies=("swift_balancer", "flashlb")),
+    "incremental": _Bounds("bool", policies=_FLASHLB),
+    "z_score": _Bounds("number", 0.0, 10.0, policies=_FLASHLB),
+    "max_depth": _Bounds("int", 1, 64, policies=_FLASHLB),
+    "width": _Bounds("int", 1, 1024, policies=_FLASHLB),
+    "episode_steps": _Bounds("int", 1, 100_000, policies=_FLASHLB),
+    "max_episodes": _Bounds("int", 1, 100_000, policies=_FLASHLB),
+    "keep_margin": _Bounds("number", 0.0, 1.0, policies=_FLASHLB),
+}
 
 
 @dataclass(frozen=True)
 class EplbConfig:
-    """EPLB settings, immutable once built; build it with ``from_dict`` / ``from_json``.
+    """EPLB settings, validated key by key when built (``EplbConfig(...)``, ``from_dict``,
+    ``from_json``), immutable afterwards. Bad values raise ValueError naming the key.
 
     Example:
-        >>> cfg = EplbConfig.from_dict({"dynamic_eplb": True, "num_redundant_experts": 16})
-        >>> cfg.policy
-        'swift_balancer'
+        >>> cfg = EplbConfig.from_dict({"eplb_config": {"dynamic_eplb": True, "eplb_policy_type": 3,
+        ...                                             "episode_steps": 8}})
+        >>> policy, options = cfg.policy_options()
+        >>> policy, options.episode_steps
+        ('flashlb', 8)
 
-    Attributes:
+    vllm-ascend's keys (same names, defaults and meaning):
         dynamic_eplb: rebalance while serving (False: the initial placement stays).
-        expert_heat_collection_interval: steps of expert heat gathered for each plan (> 0).
-        algorithm_execution_interval: steps the planner worker gets before its result is
-            applied (> 0; vllm-ascend deadlocks on 0).
-        num_redundant_experts: extra physical slots R beyond the N logical experts (>= 0).
-        expert_map_path: an existing ``expert_map_path`` JSON defining the initial placement.
+        expert_heat_collection_interval: counted steps of expert heat each plan is made from
+            (1 .. 100000); with a prefill or decode heat stage only steps of that stage count.
+        algorithm_execution_interval: steps after the heat window before its plan may be
+            applied (1 .. 100000; vllm-ascend deadlocks on 0).
+        num_redundant_experts: extra physical slots R beyond the N logical experts
+            (0 .. 65536); None: 0, or what ``expert_map_path`` implies (they must agree when
+            both are given; checked when the map is read, ``runtime.initial_plan``).
+        expert_map_path: a ``.json`` expert map defining the initial placement (read by the
+            runtime, not here).
         expert_map_record_path: a ``.json`` path where the placement in force is written.
         eplb_heat_collection_stage: which forward passes count as heat: all, prefill or decode
             (the caller names each step's stage: ``EplbUpdateManager.post_forward(stage=...)``).
         eplb_policy_type: the policy, by name or vllm-ascend id (0 random, 1 default_eplb,
             2 swift_balancer, 3 flashlb); stored as the name. Upstream's default is 2.
-        episode_steps: steps folded into one heat episode for multi-episode policies (> 0).
-        update_threshold_ratio: re-plan a layer when its balance fell below this fraction of
-            its balance when last planned (0 < x <= 1); None: the policy's default.
-        update_threshold_value: re-plan a layer whose balance (mean / peak) fell below this
-            absolute value (0 < x <= 1); None: the policy's default.
-        max_layers_per_update: cap on the layers changed per update; None: no cap.
-        max_layers_per_step: layers whose weights move in one forward step (> 0).
-        num_planner_threads: threads of the planning worker (0: all cores).
-        planner_placement: where planner worker processes run: ``rank0`` (one worker, its plan
-            broadcast to all ranks), ``per_node`` (one worker on the first rank of every node)
-            or ``per_rank`` (one worker on every rank, nothing broadcast). With several
-            workers all plan from the identical gathered heat, and ranks apply a plan only when
-            its checksum agrees on every rank.
+
+    Runtime keys:
+        max_layers_per_step: layers whose weights move in one forward step (1 .. 1024).
+        num_planner_threads: threads of the planning worker (0: all cores; .. 1024).
+        planner_placement: where planner workers run: ``rank0`` (one worker, its plan
+            broadcast to all ranks), ``per_node`` (one on the first rank of every node) or
+            ``per_rank`` (one on every rank, nothing broadcast). With several workers all plan
+            from the identical gathered heat, and ranks apply a plan only when its checksum
+            agrees on every rank.
+        max_plan_wait_s: longest the serving thread waits for the planner at the step a plan
+            is due (0 .. 3600 s). 0 (default): never; the plan is picked up at the first step
+            that finds it ready. A positive value gives a fixed schedule when planning is
+            quicker than that.
+
+    Policy options (None: the policy's default; a key the chosen policy does not take is an
+    error, so every key set reaches its policy):
+        update_threshold_ratio, update_threshold_value: flashlb, ``FlashLBOptions``' layer
+            selection thresholds (0 < x <= 1).
+        max_layers_per_update: flashlb and swift_balancer: layers switched per update at most.
+        max_moves_per_layer: swift_balancer (default 32) and flashlb's incremental mode
+            (needs ``incremental``): weight copies per layer at most.
+        incremental, z_score (0 .. 10), max_depth (1 .. 64), width (1 .. 1024),
+            episode_steps, max_episodes (1 .. 100000), keep_margin (0 .. 1): flashlb, as in
+            ``FlashLBOptions``; ``episode_steps`` (steps summed into one heat episode) is the
+            only place an episode length is set.
     """
 
     dynamic_eplb: bool = False
     expert_heat_collection_interval: int = 600
     algorithm_execution_interval: int = 50
-    num_redundant_experts: int = 0
+    num_redundant_experts: int | None = None
     expert_map_path: str | None = None
     expert_map_record_path: str | None = None
     eplb_heat_collection_stage: HeatStage = "all"
-    eplb_policy_type: PolicyName = "swift_balancer"
-    episode_steps: int = 16
-    update_threshold_ratio: float | None = None
-    update_threshold_value: float | None = None
-    max_layers_per_update: int | None = None
+    eplb_policy_type: PolicyName | int = "swift_balancer"
     max_layers_per_step: int = 1
     num_planner_threads: int = 0
     planner_placement: PlannerPlacement = "rank0"
-    # Filled from expert_map_path when given: (num_experts N, num_ranks D) the file implies.
-    expert_map_shape: tuple[int, int] | None = field(default=None, compare=False, repr=False)
+    max_plan_wait_s: float = 0.0
+    update_threshold_ratio: float | None = None
+    update_threshold_value: float | None = None
+    max_layers_per_update: int | None = None
+    max_moves_per_layer: int | None = None
+    incremental: bool | None = None
+    z_score: float | None = None
+    max_depth: int | None = None
+    width: int | None = None
+    episode_steps: int | None = None
+    max_episodes: int | None = None
+    keep_margin: float | None = None
+
+    def __post_init__(self) -> None:
+        policy = policy_name(self.eplb_policy_type)
+        object.__setattr__(self, "eplb_policy_type", policy)
+        for key, bounds in _KEYS.items():
+            value = getattr(self, key)
+            if value is None or key == "eplb_policy_type":
+                continue
+            object.__setattr__(self, key, _check(key, value, bounds))
+            if bounds.policies and policy not in bounds.policies:
+                msg = (f"{key}: an option of {' and '.join(bounds.policies)}; eplb_policy_type is "
+                       f"{policy}, which does not take it (remove the key or change the policy)")
+                raise ValueError(msg)
+        if policy == "flashlb" and self.max_moves_per_layer is not None and not self.incremental:
+            msg = "max_moves_per_layer: flashlb caps weight copies in its incremental mode only; set incremental: true"
+            raise ValueError(msg)
 
     @property
-    def policy(self) -> str:
+    def policy(self) -> PolicyName:
         """The policy's registry name."""
-        return self.eplb_policy_type
+        name: PolicyName = self.eplb_policy_type  # type: ignore[assignment]  # a name after __post_init__
+        return name
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         """The accepted configuration keys."""
-        return tuple(f.name for f in fields(cls) if f.name != "expert_map_shape")
+        return tuple(f.name for f in fields(cls))
+
+    def policy_options(self) -> tuple[PolicyName, Any]:
+        """(policy name, its options object or None): the keys set for the policy, the
+        options type's defaults for the others."""
+        options_type = OPTIONS_TYPES[self.policy]
+        if options_type is None:
+            return self.policy, None
+        names = {f.name for f in fields(options_type)}
+        given = {key: getattr(self, key) for key in names if getattr(self, key, None) is not None}
+        options: FlashLBOptions | SwiftBalancerOptions = options_type(**given)
+        return self.policy, options
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EplbConfig:
-        """Validates ``data`` key by key; unknown keys, wrong types and out-of-range values
-        raise ValueError naming the key (with a did-you-mean suggestion for near misses)."""
+        """Validates ``data`` key by key (vllm-ascend's ``additional_config["eplb_config"]``, or
+        the ``{"eplb_config": {...}}`` wrapper itself). Unknown keys, keys of older
+        vllm-ascend releases, wrong types and out-of-range values raise ValueError naming the
+        key (with the key to use, or a did-you-mean suggestion). Reads no file."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
             msg = f"eplb_config: expected a mapping of keys to values, got {type(data).__name__}"
             raise ValueError(msg)
+        if "eplb_config" in data:
+            if len(data) != 1:
+                others = sorted(str(key) for key in data if key != "eplb_config")
+                msg = (f"eplb_config: give the EPLB keys alone or wrapped as {{'eplb_config': {{...}}}}, "
+                       f"not next to other keys ({', '.join(others)})")
+                raise ValueError(msg)
+            return cls.from_dict(data["eplb_config"])
         valid = cls.keys()
         for key in data:
+            if key in RENAMED_KEYS:
+                new = RENAMED_KEYS[key]
+                hint = (f"use {new!r} instead" if new is not None else
+                        "it has no equivalent here (dynamic_eplb turns rebalancing on); remove it")
+                msg = f"{key}: a key of older vllm-ascend releases; {hint}"
+                raise ValueError(msg)
             if key not in valid:
                 msg = f"eplb_config: unknown key {key!r}"
                 close = difflib.get_close_matches(str(key), valid, n=1)
                 msg += f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(valid)}"
                 raise ValueError(msg)
-        values: dict[str, Any] = {}
-        values["dynamic_eplb"] = _bool(data, "dynamic_eplb", False)
-        values["expert_heat_collection_interval"] = _int(data, "expert_heat_collection_interval", 600, 1)
-        values["algorithm_execution_interval"] = _int(data, "algorithm_execution_interval", 50, 1)
-        values["episode_steps"] = _int(data, "episode_steps", 16, 1)
-        values["max_layers_per_step"] = _int(data, "max_layers_per_step", 1, 1)
-        values["num_planner_threads"] = _int(data, "num_planner_threads", 0, 0)
-        values["max_layers_per_update"] = _optional_int(data, "max_layers_per_update", 1)
-        values["update_threshold_ratio"] = _optional_fraction(data, "update_threshold_ratio")
-        values["update_threshold_value"] = _optional_fraction(data, "update_threshold_value")
-        values["eplb_heat_collection_stage"] = _choice(data, "eplb_heat_collection_stage", "all", HEAT_STAGES)
-        values["planner_placement"] = _choice(data, "planner_placement", "rank0", PLANNER_PLACEMENTS)
-        values["eplb_policy_type"] = policy_name(data.get("eplb_policy_type", "swift_balancer"))
-        values["expert_map_record_path"] = _record_path(data.get("expert_map_record_path"))
-
-        redundant_given = "num_redundant_experts" in data
-        num_redundant = _int(data, "num_redundant_experts", 0, 0)
-        map_path = data.get("expert_map_path")
-        if map_path is not None:
-            from eplb_native.expert_map import load_expert_map_with_ranks
-
-            if not isinstance(map_path, (str, os.PathLike)):
-                msg = f"expert_map_path: expected a path to a .json file, got {map_path!r}"
-                raise ValueError(msg)
-            path = Path(map_path)
-            if path.suffix != ".json" or not path.is_file():
-                msg = f"expert_map_path: {str(path)!r} is not an existing .json file"
-                raise ValueError(msg)
-            plan, num_ranks = load_expert_map_with_ranks(path)
-            implied = plan.num_physical - plan.num_experts
-            if redundant_given and implied != num_redundant:
-                msg = (
-                    f"num_redundant_experts: set to {num_redundant}, but expert_map_path {str(path)!r} "
-                    f"places {plan.num_experts} experts on {plan.num_physical} slots, i.e. "
-                    f"{implied} redundant experts; make them agree or drop one of the two keys"
-                )
-                raise ValueError(msg)
-            num_redundant = implied
-            values["expert_map_path"] = str(path)
-            values["expert_map_shape"] = (plan.num_experts, num_ranks)
-        values["num_redundant_experts"] = num_redundant
-        return cls(**values)
+        return cls(**data)
 
     @classmethod
     def from_json(cls, text: str) -> EplbConfig:
@@ -183,92 +249,59 @@ class EplbConfig:
         return cls.from_json(Path(path).read_text())
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict that ``from_dict`` accepts."""
-        return {key: getattr(self, key) for key in self.keys()}
+        """The keys set (not None) as a plain dict that ``from_dict`` accepts."""
+        return {key: getattr(self, key) for key in self.keys() if getattr(self, key) is not None}
 
     def with_updates(self, **changes: Any) -> EplbConfig:
         """A copy with some keys changed, validated like ``from_dict``."""
-        merged = {k: v for k, v in self.to_dict().items() if v is not None}
-        merged.update(changes)
-        if "expert_map_path" in changes and "num_redundant_experts" not in changes:
-            merged.pop("num_redundant_experts", None)
-        return type(self).from_dict(merged)
+        return type(self).from_dict({**self.to_dict(), **changes})
 
-    def thresholds(self, num_ranks: int) -> tuple[float, float]:
-        """(update_threshold_ratio, update_threshold_value) in force for ``num_ranks`` ranks:
-        the configured values, else FlashLB's published defaults (0.9, 0.85), or (0.95, 0.9)
-        for fewer than 32 ranks."""
-        ratio, value = (0.95, 0.9) if num_ranks < 32 else (0.9, 0.85)
-        return (
-            ratio if self.update_threshold_ratio is None else self.update_threshold_ratio,
-            value if self.update_threshold_value is None else self.update_threshold_value,
-        )
+
+def _check(key: str, value: object, bounds: _Bounds) -> object:
+    """``value`` validated against ``bounds`` (ints and floats as Python scalars); ValueError
+    naming ``key``."""
+    if bounds.kind == "bool":
+        if not isinstance(value, bool):
+            raise _type_error(key, "true or false", value)
+        return value
+    if bounds.kind == "choice":
+        if value in bounds.choices:
+            return str(value)
+        msg = f"{key}: expected one of {', '.join(bounds.choices)}, got {value!r}"
+        close = difflib.get_close_matches(value, bounds.choices, n=1) if isinstance(value, str) else []
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        raise ValueError(msg)
+    if bounds.kind == "path":
+        if not isinstance(value, (str, os.PathLike)) or Path(value).suffix != ".json":
+            msg = f"{key}: expected a path ending in .json, got {value!r}"
+            raise ValueError(msg)
+        return str(value)
+    if bounds.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(key, "an integer", value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _type_error(key, "a finite number", value)
+    low, high = bounds.low, bounds.high
+    assert low is not None  # numeric keys have both bounds
+    assert high is not None
+    below = value <= low if bounds.open_low else value < low
+    if below or value > high:
+        interval = f"{'(' if bounds.open_low else '['}{_number(low)}, {_number(high)}]"
+        msg = f"{key}: must be in {interval}, got {value}"
+        if key == "algorithm_execution_interval" and value == 0:
+            msg += " (0 would never hand the plan back: vllm-ascend deadlocks on it)"
+        raise ValueError(msg)
+    return value if bounds.kind == "int" else float(value)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _type_error(key: str, expected: str, value: object) -> ValueError:
     return ValueError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
 
 
-def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise _type_error(key, "true or false", value)
-    return value
-
-
-def _int(data: dict[str, Any], key: str, default: int, minimum: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(key, "an integer", value)
-    if value < minimum:
-        msg = f"{key}: must be >= {minimum}, got {value}"
-        if key == "algorithm_execution_interval":
-            msg += " (0 would never hand the plan back: vllm-ascend deadlocks on it)"
-        raise ValueError(msg)
-    return value
-
-
-def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
-    value = data.get(key, default)
-    if value in choices:
-        return str(value)
-    msg = f"{key}: expected one of {', '.join(choices)}, got {value!r}"
-    close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-    if close:
-        msg += f" (did you mean {close[0]!r}?)"
-    raise ValueError(msg)
-
-
-def _optional_int(data: dict[str, Any], key: str, minimum: int) -> int | None:
-    if data.get(key) is None:
-        return None
-    return _int(data, key, 0, minimum)
-
-
-def _optional_fraction(data: dict[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _type_error(key, "a number in (0, 1]", value)
-    if not 0.0 < float(value) <= 1.0:
-        msg = f"{key}: must be in (0, 1], got {value}"
-        raise ValueError(msg)
-    return float(value)
-
-
-def _record_path(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)) or Path(value).suffix != ".json":
-        msg = f"expert_map_record_path: expected a path ending in .json, got {value!r}"
-        raise ValueError(msg)
-    parent = Path(value).parent
-    if not parent.is_dir():
-        msg = f"expert_map_record_path: folder {str(parent)!r} does not exist"
-        raise ValueError(msg)
-    return str(value)
-
-
-__all__ = ["HEAT_STAGES", "PLANNER_PLACEMENTS", "POLICY_IDS", "POLICY_NAMES", "EplbConfig", "PlannerPlacement",
-           "PolicyName", "policy_name"]
+__all__ = ["HEAT_STAGES", "PLANNER_PLACEMENTS", "POLICY_IDS", "POLICY_NAMES", "RENAMED_KEYS", "EplbConfig",
+           "HeatStage", "PlannerPlacement", "PolicyName", "policy_name"]

@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from eplb_native import _core
-from eplb_native.plan import FloatArray, IntArray, Plan, check_history, check_load, rank_loads
+from eplb_native.checks import FloatArray, IntArray, check_history, check_int, check_load
+from eplb_native.plan import Plan, rank_loads
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +86,12 @@ class FlashLBOptions:
                 msg = f"{name}: expected a finite value >= 0, got {value!r}"
                 raise ValueError(msg)
         for name in ("max_depth", "width", "episode_steps", "max_episodes"):
-            _check_int(getattr(self, name), name, minimum=1)
+            check_int(getattr(self, name), name, minimum=1)
         for name in ("max_layers_per_update",):
             if getattr(self, name) is not None:
-                _check_int(getattr(self, name), name, minimum=1)
+                check_int(getattr(self, name), name, minimum=1)
         if self.max_moves_per_layer is not None:
-            _check_int(self.max_moves_per_layer, "max_moves_per_layer", minimum=0)
+            check_int(self.max_moves_per_layer, "max_moves_per_layer", minimum=0)
         for name in ("update_threshold_ratio", "update_threshold_value"):
             value = getattr(self, name)
             if value is None:
@@ -123,12 +124,6 @@ class FlashLBOptions:
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-def _check_int(value: object, field_name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        msg = f"{field_name}: expected an integer >= {minimum}, got {value!r}"
-        raise ValueError(msg)
 
 
 def _table_array(table: Plan | npt.ArrayLike, field_name: str) -> IntArray:
@@ -194,8 +189,8 @@ def plan_flashlb(
         (num_nodes, "num_nodes"),
         (num_ranks, "num_ranks"),
     ):
-        _check_int(value, name, minimum=1)
-    _check_int(num_threads, "num_threads", minimum=0)
+        check_int(value, name, minimum=1)
+    check_int(num_threads, "num_threads", minimum=0)
     opts = (FlashLBOptions() if options is None else options).resolved(int(num_ranks))
     assert opts.keep_margin is not None
     phy2log, log2phy, logcnt = _core.plan_flashlb(
@@ -265,7 +260,7 @@ class PlannedBalance:
 
     @classmethod
     def empty(cls, num_layers: int) -> PlannedBalance:
-        _check_int(num_layers, "num_layers", minimum=1)
+        check_int(num_layers, "num_layers", minimum=1)
         return cls(np.full(num_layers, np.nan))
 
     def record(self, layers: npt.ArrayLike, balance: npt.ArrayLike) -> None:
@@ -311,7 +306,7 @@ def select_layers(
         msg = f"planned: expected {current_balance.shape[0]} layers, got {planned.balance.shape}"
         raise ValueError(msg)
     if max_layers is not None:
-        _check_int(max_layers, "max_layers", minimum=1)
+        check_int(max_layers, "max_layers", minimum=1)
     with np.errstate(invalid="ignore"):
         dropped = current_balance < threshold_ratio * planned.balance  # NaN compares False
     due = dropped | (current_balance < threshold_value)

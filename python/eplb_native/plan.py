@@ -1,4 +1,5 @@
-"""The placement plan model: Plan, its validation, per-rank maps, and balance metrics.
+"""The placement plan model: Plan, its validation, the per-rank maps, and the load conversions
+between logical experts, physical slots and ranks under a plan.
 
 Names: ``L`` layers, ``N`` logical experts, ``D`` ranks, ``S`` slots per rank, ``P = D * S``
 physical slots. Rank ``r`` owns physical slots ``r * S .. r * S + S - 1``.
@@ -8,19 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from eplb_native import _core
+from eplb_native.checks import FloatArray, IntArray, as_int_array, check_positive_int
 from eplb_native.layers import MoeLayerMap
 
 logger = logging.getLogger(__name__)
-
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
 
 class Plan(NamedTuple):
@@ -46,7 +44,7 @@ class Plan(NamedTuple):
         ``num_experts`` defaults to ``phy2log.max() + 1``. Raises ValueError naming
         ``phy2log`` when an expert has no replica or an id is out of range.
         """
-        table = _as_int_array(phy2log, "phy2log")
+        table = as_int_array(phy2log, "phy2log")
         if table.ndim == 1:
             table = table[None, :]
         if table.ndim != 2 or table.size == 0:
@@ -71,7 +69,7 @@ class Plan(NamedTuple):
 
     def slots_per_rank(self, num_ranks: int) -> int:
         """S, the physical slots on each of ``num_ranks`` ranks; ValueError if P is not a multiple."""
-        _check_positive_int(num_ranks, "num_ranks")
+        check_positive_int(num_ranks, "num_ranks")
         if self.num_physical % num_ranks:
             msg = (
                 f"num_ranks: {self.num_physical} physical slots cannot be split evenly over "
@@ -85,24 +83,6 @@ class Plan(NamedTuple):
         return self.phy2log.reshape(self.num_layers, num_ranks, self.slots_per_rank(num_ranks))
 
 
-def _as_int_array(values: npt.ArrayLike, field: str) -> IntArray:
-    array = np.asarray(values)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            msg = f"{field}: expected integer expert ids, got non-integer floats"
-            raise ValueError(msg)
-    elif array.dtype.kind not in "iu":
-        msg = f"{field}: expected an integer array, got dtype {array.dtype}"
-        raise ValueError(msg)
-    return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def _check_positive_int(value: object, field: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        msg = f"{field}: expected a positive integer, got {value!r}"
-        raise ValueError(msg)
-
-
 def validate_plan(plan: Plan, num_ranks: int, allow_duplicate_on_rank: bool = False) -> None:
     """Raises ValueError naming the field unless ``plan`` is one valid placement.
 
@@ -114,9 +94,9 @@ def validate_plan(plan: Plan, num_ranks: int, allow_duplicate_on_rank: bool = Fa
     if not isinstance(plan, tuple) or len(plan) != 3:
         msg = "plan: expected a Plan (phy2log, log2phy, logcnt)"
         raise ValueError(msg)
-    _check_positive_int(num_ranks, "num_ranks")
+    check_positive_int(num_ranks, "num_ranks")
     phy2log, log2phy, logcnt = (
-        _as_int_array(array, field)
+        as_int_array(array, field)
         for array, field in zip(plan, ("phy2log", "log2phy", "logcnt"), strict=True)
     )
     _core.validate_plan(phy2log, log2phy, logcnt, int(num_ranks), bool(allow_duplicate_on_rank))
@@ -128,7 +108,7 @@ def rank_expert_maps(plan: Plan, num_ranks: int) -> IntArray:
     ``maps[r, l, e]`` is the local slot (0..S-1) of expert ``e`` on rank ``r`` in layer ``l``,
     or -1 when rank ``r`` holds no replica of it.
     """
-    _check_positive_int(num_ranks, "num_ranks")
+    check_positive_int(num_ranks, "num_ranks")
     return _core.rank_expert_maps(plan.phy2log, plan.num_experts, int(num_ranks))
 
 
@@ -144,9 +124,9 @@ def rank_log2phy(plan: Plan, num_ranks: int, tp_size: int | None = None) -> IntA
     ``(r % tp_size + r // tp_size + e) % k``: ranks of one tensor-parallel group, and successive
     experts, take different replicas.
     """
-    _check_positive_int(num_ranks, "num_ranks")
+    check_positive_int(num_ranks, "num_ranks")
     if tp_size is not None:
-        _check_positive_int(tp_size, "tp_size")
+        check_positive_int(tp_size, "tp_size")
     return _core.rank_log2phy(plan.phy2log, plan.num_experts, int(num_ranks), int(tp_size or 0))
 
 
@@ -181,7 +161,7 @@ def default_placement(
         (num_experts, "num_experts"),
         (num_ranks, "num_ranks"),
     ):
-        _check_positive_int(value, field)
+        check_positive_int(value, field)
     if (
         isinstance(num_redundant_experts, bool)
         or not isinstance(num_redundant_experts, (int, np.integer))
@@ -260,163 +240,6 @@ def _per_row(
     return np.asarray(converted, dtype=np.float64).reshape(*lead, num_layers, width)
 
 
-def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:
-    """A lower bound on the smallest achievable max rank load, float64 [..., L].
-
-    The larger of (a) the mean rank load ``total / D`` and (b) the smallest possible largest
-    per-replica load when the ``P`` replicas are allotted optimally (each expert 1..D replicas;
-    greedy min-max allotment is exact for this). Any placement's busiest rank carries at least
-    both.
-    """
-    expert_load = np.asarray(load, dtype=np.float64)
-    num_experts = expert_load.shape[-1]
-    if num_physical < num_experts:
-        msg = f"num_physical: {num_physical} slots cannot hold {num_experts} experts"
-        raise ValueError(msg)
-    mean_bound = expert_load.sum(axis=-1) / num_ranks
-    flat = expert_load.reshape(-1, num_experts)
-    replica_bound = np.empty(flat.shape[0], dtype=np.float64)
-    max_replicas = num_ranks
-    for row_idx, row in enumerate(flat):
-        replica_bound[row_idx] = _min_max_per_replica(row, num_physical, max_replicas)
-    return np.asarray(np.maximum(mean_bound, replica_bound.reshape(mean_bound.shape)), dtype=np.float64)
-
-
-def _min_max_per_replica(row: FloatArray, num_physical: int, max_replicas: int) -> float:
-    """Smallest achievable max of row[e] / k[e] with sum(k) <= P and 1 <= k[e] <= max_replicas.
-
-    The optimum is one of the values row[e] / k; binary search finds the smallest one for which
-    the replicas each expert needs to get under it, ``max(1, ceil(row[e] / x))``, fit into P.
-    """
-    candidates = np.unique((row[:, None] / np.arange(1, max_replicas + 1)[None, :]).ravel())
-    lo, hi = 0, candidates.shape[0] - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        x = candidates[mid]
-        if x <= 0:
-            lo = mid + 1
-            continue
-        # The small slack keeps row[e] / (row[e] / k) from rounding up to k + 1.
-        need = np.maximum(np.ceil(row / x - 1e-9), 1)
-        if need.max() <= max_replicas and need.sum() <= num_physical:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(candidates[lo])
-
-
-@dataclass(frozen=True)
-class PlanStats:
-    """Balance of a plan on a load.
-
-    Attributes:
-        par: peak-to-average ratio (max rank load / mean rank load) averaged over layers; for a
-            time series ``[T, L, N]``, the per-step PAR averaged over steps and layers.
-        par_per_layer: float64 [L], as ``par`` per layer.
-        par_aggregate: PAR of the load summed over the window, averaged over layers.
-        max_load: float64 [L], busiest rank's tokens on the aggregated load.
-        mean_load: float64 [L], mean rank tokens on the aggregated load.
-        lower_bound: float64 [L], lower bound on the best achievable max load (aggregated).
-        gap: float64 [L], ``max_load / lower_bound - 1`` (0 for layers with no load).
-    """
-
-    par: float
-    par_per_layer: FloatArray
-    par_aggregate: float
-    max_load: FloatArray
-    mean_load: FloatArray
-    lower_bound: FloatArray
-    gap: FloatArray
-
-
-def _par(rank_load: FloatArray) -> FloatArray:
-    """max / mean over the last axis; 1.0 where there is no load."""
-    mean = rank_load.mean(axis=-1)
-    peak = rank_load.max(axis=-1)
-    return np.asarray(np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0), dtype=np.float64)
-
-
-def _plan_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
-    """``load`` checked as float [L, N] or [T, L, N] for ``plan``'s L layers and N experts."""
-    expert_load = check_load(load, "load", allow_steps=True)
-    if expert_load.shape[-2:] != plan.logcnt.shape:
-        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
-        raise ValueError(msg)
-    return expert_load
-
-
-def mean_par(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> float:
-    """``evaluate(plan, load, num_ranks).par`` alone (no lower bound; cheap enough for a serving
-    step): PAR (max / mean rank load) averaged over layers and, for [T, L, N], over steps."""
-    return float(_par(rank_loads(plan, _plan_load(plan, load), num_ranks)).mean())
-
-
-def evaluate(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> PlanStats:
-    """Balance of ``plan`` on ``load`` over ``num_ranks`` ranks.
-
-    Args:
-        plan: the placement, with L layers.
-        load: float [L, N] (one window) or [T, L, N] (per step), tokens per logical expert.
-        num_ranks: D.
-
-    Returns:
-        PlanStats; ``par`` is the mean over steps when ``load`` is [T, L, N].
-    """
-    expert_load = _plan_load(plan, load)
-    per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
-    par_steps = _par(per_rank)  # [(T,) L]
-    par_per_layer = par_steps.mean(axis=0) if expert_load.ndim == 3 else par_steps
-    aggregate = expert_load.sum(axis=0) if expert_load.ndim == 3 else expert_load
-    aggregate_rank = rank_loads(plan, aggregate, num_ranks)  # [L, D]
-    max_load = aggregate_rank.max(axis=-1)
-    mean_load = aggregate_rank.mean(axis=-1)
-    lower_bound = lower_bound_max_load(aggregate, plan.num_physical, num_ranks)
-    gap = np.divide(max_load, lower_bound, out=np.ones_like(max_load), where=lower_bound > 0) - 1.0
-    return PlanStats(
-        par=float(par_per_layer.mean()),
-        par_per_layer=par_per_layer,
-        par_aggregate=float(_par(aggregate_rank).mean()),
-        max_load=max_load,
-        mean_load=mean_load,
-        lower_bound=lower_bound,
-        gap=gap,
-    )
-
-
-def count_weight_copies(old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, num_ranks: int) -> int:
-    """Weight copies needed to go from ``old`` to ``new``: slots whose new expert is not already
-    on that rank in ``old`` (a local slot-to-slot copy costs no transfer and is not counted).
-
-    Args:
-        old, new: Plans, or phy2log int64 [L, P] tables of the same shape.
-        num_ranks: D.
-    """
-    return int(weight_copies_per_layer(old, new, num_ranks).sum())
-
-
-def weight_copies_per_layer(
-    old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, num_ranks: int
-) -> IntArray:
-    """As ``count_weight_copies``, per layer: int64 [L]."""
-    old_table = _as_int_array(old.phy2log if isinstance(old, Plan) else old, "old")
-    new_table = _as_int_array(new.phy2log if isinstance(new, Plan) else new, "new")
-    if old_table.shape != new_table.shape or old_table.ndim != 2:
-        msg = f"new: shape {new_table.shape} does not match old {old_table.shape} ([L, P] expected)"
-        raise ValueError(msg)
-    _check_positive_int(num_ranks, "num_ranks")
-    num_layers, num_physical = old_table.shape
-    if num_physical % num_ranks:
-        msg = f"num_ranks: {num_physical} slots cannot be split evenly over {num_ranks} ranks"
-        raise ValueError(msg)
-    num_slots = num_physical // num_ranks
-    old_ranks = old_table.reshape(num_layers, num_ranks, num_slots)
-    new_ranks = new_table.reshape(num_layers, num_ranks, num_slots)
-    # present[l, r, s] = new expert of slot s already somewhere on rank r in old.
-    present = (new_ranks[:, :, :, None] == old_ranks[:, :, None, :]).any(axis=-1)
-    copies: IntArray = (~present).sum(axis=(1, 2)).astype(np.int64)
-    return copies
-
-
 def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike) -> list[str]:
     """The rules a new placement table must keep against the table in force, as vllm-ascend's
     ``EplbWorker.check_expert_placement`` enforces them (it reverts any layer that breaks one):
@@ -434,8 +257,8 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
         One message per broken rule and layer (the first rank that breaks it); empty when the
         new table keeps all three.
     """
-    old = _as_int_array(current_table, "current_table")
-    new = _as_int_array(new_table, "new_table")
+    old = as_int_array(current_table, "current_table")
+    new = as_int_array(new_table, "new_table")
     if old.ndim != 3 or new.shape != old.shape:
         msg = f"new_table: expected current_table's shape [L, D, S] {old.shape}, got {new.shape}"
         raise ValueError(msg)
@@ -469,54 +292,3 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
                 f"{old[layer, rank].tolist()} -> {new[layer, rank].tolist()}"
             )
     return violations
-
-
-def check_load(
-    load: npt.ArrayLike, field: str, *, allow_steps: bool = False, check_values: bool = True
-) -> FloatArray:
-    """Converts a load array once to float64 and checks it: [L, N] (or [T, L, N] when
-    ``allow_steps``), non-empty, finite and >= 0. Raises ValueError naming ``field``.
-
-    ``check_values=False`` skips the finite / >= 0 scan, for arrays handed to a C++ core that
-    scans them itself (a long history is 100+ MB: one scan, not two)."""
-    array = np.asarray(load)
-    if array.dtype.kind not in "biuf":
-        msg = f"{field}: expected a numeric array, got dtype {array.dtype}"
-        raise ValueError(msg)
-    array = np.ascontiguousarray(array, dtype=np.float64)
-    allowed = (2, 3) if allow_steps else (2,)
-    if array.ndim not in allowed or array.size == 0:
-        dims = "[layers, experts] or [steps, layers, experts]" if allow_steps else "[layers, experts]"
-        msg = f"{field}: expected a non-empty array {dims}, got shape {array.shape}"
-        raise ValueError(msg)
-    if not check_values:
-        return array
-    if not np.all(np.isfinite(array)):
-        bad = np.argwhere(~np.isfinite(array))[0]
-        kind = "NaN" if np.isnan(array[tuple(bad)]) else "inf"
-        msg = f"{field}: {kind} at index {tuple(int(i) for i in bad)} (loads must be finite and >= 0)"
-        raise ValueError(msg)
-    if np.any(array < 0):
-        bad = np.argwhere(array < 0)[0]
-        msg = f"{field}: negative value at index {tuple(int(i) for i in bad)} (loads must be >= 0)"
-        raise ValueError(msg)
-    return array
-
-
-def check_history(history: npt.ArrayLike, expert_shape: tuple[int, ...]) -> IntArray | FloatArray:
-    """The per-step heat [T, L, N] for a C++ core: int64 when it holds integer token counts
-    (read in place there: no float64 copy of a long window), float64 otherwise.
-
-    Checks the dtype and that the shape is [T, *expert_shape] with T >= 1; raises ValueError
-    naming "history". Values (NaN, inf, negative) are left to the C++ core's single scan."""
-    array = np.asarray(history)
-    checked: IntArray | FloatArray
-    if array.dtype.kind in "iu" and np.can_cast(array.dtype, np.int64):
-        checked = np.ascontiguousarray(array, dtype=np.int64)
-    else:
-        checked = check_load(array, "history", allow_steps=True, check_values=False)
-    if checked.ndim != 3 or checked.shape[0] == 0 or checked.shape[1:] != tuple(expert_shape):
-        shape = ", ".join(str(extent) for extent in expert_shape)
-        msg = f"history: expected a non-empty array [steps, {shape}], got shape {checked.shape}"
-        raise ValueError(msg)
-    return checked

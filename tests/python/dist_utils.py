@@ -34,17 +34,19 @@ def _worker(rank: int, fn: WorkerFn, world_size: int, port: int, args: tuple[Any
         dist.destroy_process_group()
 
 
-def run_on_ranks(fn: WorkerFn, world_size: int, *args: Any) -> None:
+def run_on_ranks(fn: WorkerFn, world_size: int, *args: Any, daemon: bool = False) -> None:
     """Calls ``fn(rank, world_size, *args)`` on ``world_size`` gloo processes and waits.
 
     Processes are forked (about 0.2 s for four, against ~10 s to spawn fresh interpreters that
-    import torch). An exception in any worker fails the caller with that worker's traceback
-    (``torch.multiprocessing.ProcessRaisedException``).
+    import torch); ``daemon`` makes them daemonic, as engine worker processes often are (they
+    may not start ``multiprocessing`` children). An exception in any worker fails the caller
+    with that worker's traceback (``torch.multiprocessing.ProcessRaisedException``).
     """
     mp.start_processes(
         _worker,
         args=(fn, world_size, _free_port(), args),
         nprocs=world_size,
         join=True,
+        daemon=daemon,
         start_method="fork",
     )

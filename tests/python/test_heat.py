@@ -58,31 +58,30 @@ def test_record_counts_local_slot_ids_and_skips_out_of_range() -> None:
     assert not heat.buffer(0).any()
     window = heat.step()
     assert window is not None
-    assert np.array_equal(window.slot_load[0, 1], want)
+    assert np.array_equal(window.counts[0, 1], want)  # slot s holds expert s here
+    assert window.rank_load.tolist() == [[0], [int(want.sum())]]
 
 
-def test_steps_fold_into_episodes_and_window_restarts() -> None:
+def test_every_counted_step_is_one_row_and_the_window_restarts() -> None:
     rng = np.random.default_rng(1)
     plan = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
-    # 6 steps per window, 4 per episode: episodes of 4 and 2 steps.
-    heat = HeatRecorder(plan, collection_interval=6, episode_steps=4)
-    assert heat.num_episodes == 2
+    heat = HeatRecorder(plan, collection_interval=6)
     for window_idx in range(2):
-        want = np.zeros((2, 2, 4), dtype=np.int64)
+        want = np.zeros((6, 2, 4), dtype=np.int64)
         for step in range(6):
             for layer in range(2):
                 ids = _random_ids(rng, 4)
                 heat.record(layer, ids)
-                want[step // 4, layer] += _count(ids, 4)
+                want[step, layer] += _count(ids, 4)
             window = heat.step()
             assert (window is None) == (step < 5), f"{window_idx=} {step=}"
         assert window is not None
-        assert window.num_steps == 6
-        assert np.array_equal(window.slot_load, want), f"{window_idx=}"
-        assert np.array_equal(window.expert_load, want.astype(np.float64))
+        assert (window.num_steps, window.first_step) == (6, 6 * window_idx)
+        assert window.counts.dtype == np.int64
+        assert np.array_equal(window.counts, want), f"{window_idx=}"
 
 
-def test_gathered_slot_counts_become_logical_loads_over_replicas() -> None:
+def test_slot_counts_become_logical_counts_over_replicas() -> None:
     # P = 6 slots for N = 4 experts: slots 4 and 5 hold second replicas of experts 0 and 1.
     plan = eplb_native.default_placement(
         num_layers=1, num_experts=4, num_ranks=1, num_redundant_experts=2
@@ -91,43 +90,43 @@ def test_gathered_slot_counts_become_logical_loads_over_replicas() -> None:
     heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4, 10, 20]))
     window = heat.step()
     assert window is not None
-    assert window.expert_load.tolist() == [[[11.0, 22.0, 3.0, 4.0]]]
-    assert window.slot_load.tolist() == [[[1, 2, 3, 4, 10, 20]]]
+    assert window.counts.tolist() == [[[11, 22, 3, 4]]]
+    assert window.rank_load.tolist() == [[40]]
 
 
-def test_each_episode_converts_with_its_own_placement() -> None:
+def test_each_step_is_attributed_with_the_placement_it_ran_with() -> None:
     plan = Plan.from_phy2log([[0, 1, 2, 3]], 4)
-    heat = HeatRecorder(plan, collection_interval=2, episode_steps=1)
+    heat = HeatRecorder(plan, collection_interval=2)
     heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4]))
     assert heat.step() is None
     heat.set_layer_placement(0, [3, 2, 1, 0])
     heat.buffer(0).copy_(torch.tensor([1, 2, 3, 4]))
     window = heat.step()
     assert window is not None
-    assert window.expert_load[:, 0].tolist() == [[1, 2, 3, 4], [4, 3, 2, 1]]
+    assert window.counts[:, 0].tolist() == [[1, 2, 3, 4], [4, 3, 2, 1]]
     assert heat.phy2log.tolist() == [[3, 2, 1, 0]]
 
 
-def test_gather_mid_window_includes_open_episode_without_reset() -> None:
+def test_gather_mid_window_sums_the_steps_so_far_without_reset() -> None:
     plan = eplb_native.default_placement(num_layers=1, num_experts=3, num_ranks=1)
-    heat = HeatRecorder(plan, collection_interval=10, episode_steps=2)
+    heat = HeatRecorder(plan, collection_interval=10)
     for _ in range(3):
         heat.record(0, torch.tensor([0, 2, 2]))
         heat.step()
     early = heat.gather()
-    assert early.num_steps == 3
-    assert early.slot_load[:, 0].tolist() == [[2, 0, 4], [1, 0, 2]]
+    assert (early.num_steps, early.first_step) == (3, 0)
+    assert early.counts[:, 0].tolist() == [[1, 0, 2]] * 3
     heat.record(0, torch.tensor([1]))
     heat.step()
-    assert heat.gather().slot_load[:, 0].tolist() == [[2, 0, 4], [1, 1, 2]]
+    assert heat.gather().counts[:, 0].tolist() == [[1, 0, 2]] * 3 + [[0, 1, 0]]
 
 
 def test_gather_of_an_empty_window_is_empty_not_an_error() -> None:
     plan = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1, num_redundant_experts=1)
-    window = HeatRecorder(plan, collection_interval=4, episode_steps=2).gather()
+    window = HeatRecorder(plan, collection_interval=4).gather()
     assert window.num_steps == 0
-    assert window.slot_load.shape == (0, 2, 5)
-    assert window.expert_load.shape == (0, 2, 4)
+    assert window.counts.shape == (0, 2, 4)
+    assert window.rank_load.tolist() == [[0], [0]]
 
 
 def test_dense_layers_have_no_buffer() -> None:
@@ -141,11 +140,11 @@ def test_dense_layers_have_no_buffer() -> None:
         assert buffer.data_ptr() == heat.buffer(moe_layer).data_ptr()
 
 
-def test_from_config_takes_window_and_episode_lengths() -> None:
-    config = EplbConfig.from_dict({"expert_heat_collection_interval": 12, "episode_steps": 5})
+def test_from_config_takes_window_length_and_stage() -> None:
+    config = EplbConfig.from_dict({"expert_heat_collection_interval": 12, "eplb_heat_collection_stage": "prefill"})
     plan = eplb_native.default_placement(num_layers=1, num_experts=2, num_ranks=1)
     heat = HeatRecorder.from_config(config, plan)
-    assert (heat.collection_interval, heat.episode_steps, heat.num_episodes) == (12, 5, 3)
+    assert (heat.collection_interval, heat.collection_stage) == (12, "prefill")
 
 
 _PLAN = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
@@ -155,11 +154,6 @@ _PLAN = eplb_native.default_placement(num_layers=2, num_experts=4, num_ranks=1)
     ("call", "error", "field"),
     [
         (lambda: HeatRecorder(_PLAN, collection_interval=0), ValueError, "collection_interval"),
-        (
-            lambda: HeatRecorder(_PLAN, collection_interval=2, episode_steps=-1),
-            ValueError,
-            "episode_steps",
-        ),
         (lambda: HeatRecorder(_PLAN, collection_interval=True), ValueError, "collection_interval"),
         (
             lambda: HeatRecorder(_PLAN, collection_interval=1, layer_map=MoeLayerMap.all_moe(3)),
@@ -195,11 +189,10 @@ def test_bad_input_raises_naming_the_field(call, error, field) -> None:
         call()
 
 
-def test_collection_stage_keeps_only_that_stages_counts() -> None:
+def test_steps_of_the_other_stage_do_not_count() -> None:
     plan = eplb_native.default_placement(num_layers=1, num_experts=2, num_ranks=1)
     heat = HeatRecorder.from_config(
-        EplbConfig.from_dict({"expert_heat_collection_interval": 3, "episode_steps": 3,
-                              "eplb_heat_collection_stage": "decode"}), plan)
+        EplbConfig.from_dict({"expert_heat_collection_interval": 2, "eplb_heat_collection_stage": "decode"}), plan)
     assert heat.collection_stage == "decode"
     heat.record(0, torch.tensor([0, 0]))
     with pytest.raises(ValueError, match=r"^stage: expected 'prefill' or 'decode'"):
@@ -207,17 +200,20 @@ def test_collection_stage_keeps_only_that_stages_counts() -> None:
     assert heat.step(stage="prefill") is None  # the prefill counts [2, 0] are dropped
     heat.record(0, torch.tensor([1]))
     assert heat.step(stage="decode") is None
+    for _ in range(3):  # prefill steps neither count nor close the window
+        heat.record(0, torch.tensor([1, 1, 1]))
+        assert heat.step(stage="prefill") is None
     heat.record(0, torch.tensor([0, 1, 1]))
-    window = heat.step(stage="decode")  # the window still closes after 3 steps
-    assert window is not None and window.num_steps == 3
-    assert window.slot_load.tolist() == [[[1, 3]]]
+    window = heat.step(stage="decode")  # the second decode step closes it
+    assert window is not None and window.num_steps == 2
+    assert window.counts[:, 0].tolist() == [[0, 1], [1, 2]]
 
 
 def _gather_two_ranks(rank: int, world_size: int, defer: bool) -> None:
-    # N = 3 experts on P = 4 slots: rank 0 holds [0, 1], rank 1 holds [2, 0].
+    # N = 3 experts on P = 4 slots: rank 0 holds [0, 1], rank 1 holds [2, 0] in layer 0.
     plan = Plan.from_phy2log([[0, 1, 2, 0], [2, 1, 0, 1]], 3)
     heat = HeatRecorder(plan, collection_interval=2)
-    pointer = heat._gathered.data_ptr()
+    pointer = heat._outgoing.data_ptr()
     for step in range(2):
         heat.buffer(0).copy_(torch.tensor([10 * rank + step, 1]))
         heat.buffer(1).copy_(torch.tensor([rank, 100 + step]))
@@ -231,11 +227,11 @@ def _gather_two_ranks(rank: int, world_size: int, defer: bool) -> None:
         window = heat.step(defer_gather=defer)
     assert window is not None
     assert window.num_steps == 2
-    assert heat._gathered.data_ptr() == pointer
-    want_slots = [[[0, 1, 10, 1], [0, 100, 1, 100]], [[1, 1, 11, 1], [0, 101, 1, 101]]]
-    assert window.slot_load.tolist() == want_slots, f"{rank=}"
+    assert heat._outgoing.data_ptr() == pointer
+    # Slot counts per step: [[0, 1, 10, 1], [0, 100, 1, 100]] and [[1, 1, 11, 1], [0, 101, 1, 101]].
     want_experts = [[[1, 1, 10], [1, 200, 0]], [[2, 1, 11], [1, 202, 0]]]
-    assert window.expert_load.tolist() == want_experts, f"{rank=}"
+    assert window.counts.tolist() == want_experts, f"{rank=}"
+    assert window.rank_load.tolist() == [[1 + 2, 11 + 12], [100 + 101, 101 + 102]], f"{rank=}"
 
 
 @pytest.mark.parametrize("defer", [False, True], ids=["blocking", "deferred"])

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from conftest import plans, random_row
 from eplb_native.flashlb import FlashLBOptions
+from eplb_native.metrics import evaluate
 from eplb_native.plan import (
     Plan,
-    evaluate,
     placement_violations,
     slot_load_from_expert_load,
     validate_plan,

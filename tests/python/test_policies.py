@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eplb_native import config
-from eplb_native.plan import Plan, count_weight_copies, default_placement, rank_loads, validate_plan
+from eplb_native.metrics import count_weight_copies
+from eplb_native.plan import Plan, default_placement, rank_loads, validate_plan
 from eplb_native.policies import POLICIES, SwiftBalancerOptions, make_policy, rebalance_experts
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deepseek_readme.json"

@@ -1,6 +1,6 @@
-"""Replay semantics: each policy object re-plans from the per-slot heat of the past window only,
-its tables are scored on the steps that follow, and the reported moves, layers and PAR agree
-with the tables it returned."""
+"""Replay semantics: each policy re-plans through ``planning.plan`` from the past window only (in
+expert space, per step), its tables are scored on the steps that follow, and the reported moves,
+layers and PAR agree with the tables it returned."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 
 from eplb_native.flashlb import FlashLBOptions
-from eplb_native.plan import (
-    Plan,
-    count_weight_copies,
-    default_placement,
-    evaluate,
-    expert_load_from_slot_load,
-    slot_load_from_expert_load,
-)
-from eplb_native.policies import EplbPolicy, SwiftBalancerOptions, make_policy
+from eplb_native.metrics import count_weight_copies, evaluate
+from eplb_native.plan import Plan, default_placement
+from eplb_native.planning import PlanOutcome, PlanRequest, SwiftBalancerOptions, plan
 from eplb_native.sim.replay import STATIC, PolicySpec, ReplaySettings, replay
 
 SETTINGS = ReplaySettings(num_ranks=2, num_redundant_experts=2, interval=4, num_threads=1)
@@ -33,70 +27,54 @@ def trace() -> np.ndarray:
     return rng.poisson(base, size=(13, 2, 6)).astype(np.float64)
 
 
-class SpyFactory:
-    """Builds the real policies and records every object made and every rebalance call."""
+class SpyPlanner:
+    """``planning.plan``, recording every request and outcome."""
 
     def __init__(self) -> None:
-        self.made: list[dict[str, Any]] = []
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[tuple[PlanRequest, PlanOutcome]] = []
 
-    def __call__(self, name: str, **kwargs: Any) -> EplbPolicy:
-        policy = make_policy(name, **kwargs)
-        self.made.append({"name": name, **kwargs, "policy": policy})
-        real = policy.rebalance
-
-        def rebalance(table: np.ndarray, workload: np.ndarray) -> Any:
-            answer = real(table, workload)
-            self.calls.append(
-                {"policy": policy, "table": table.copy(), "workload": workload, "new": answer[2]}
-            )
-            return answer
-
-        policy.rebalance = rebalance  # type: ignore[method-assign, assignment]
-        return policy
+    def __call__(self, request: PlanRequest) -> PlanOutcome:
+        outcome = plan(request)
+        self.calls.append((request, outcome))
+        return outcome
 
     def plans(self) -> list[Plan]:
-        """The placements in force: the default one, then each rebalance's new table."""
+        """The placements in force: the default one, then each re-plan's new table."""
         tables = [default_placement(2, 6, 2, 2).phy2log]
-        tables += [call["new"].reshape(2, 8) for call in self.calls]
+        tables += [outcome.new_phy2log for _, outcome in self.calls]
         return [Plan.from_phy2log(table, 6) for table in tables]
 
 
-def test_each_rebalance_sees_only_the_slot_heat_of_the_window_before_it(
-    trace: np.ndarray,
-) -> None:
-    spy = SpyFactory()
-    replay(trace, ["default_eplb"], SETTINGS, make=spy)
+def test_each_replan_sees_only_the_window_before_it(trace: np.ndarray) -> None:
+    spy = SpyPlanner()
+    replay(trace, ["default_eplb"], SETTINGS, planner=spy)
     assert len(spy.calls) == 3  # re-plans at steps 4, 8, 12
     plans = spy.plans()
-    for call, start, previous in zip(spy.calls, (4, 8, 12), plans, strict=False):
-        window = trace[start - 4 : start]  # [4, L, N]
-        np.testing.assert_array_equal(call["table"], previous.table(2))
-        assert call["workload"].shape == (4, 2, 2, 4)  # [interval, L, D, S]
-        want = slot_load_from_expert_load(previous, window).reshape(4, 2, 2, 4)
-        np.testing.assert_allclose(call["workload"], want)
-        # the slot heat carries exactly the window's tokens, expert by expert
-        np.testing.assert_allclose(
-            expert_load_from_slot_load(previous, call["workload"].reshape(4, 2, 8)), window
-        )
+    for (request, _), start, previous in zip(spy.calls, (4, 8, 12), plans, strict=False):
+        np.testing.assert_array_equal(request.window, trace[start - 4 : start])  # per step
+        np.testing.assert_array_equal(request.current, previous.phy2log)
+        assert (request.num_ranks, request.num_threads, request.seed, request.num_groups) == (2, 1, 0, 1)
 
 
-def test_one_policy_object_per_replay_gets_the_settings(trace: np.ndarray) -> None:
-    spy = SpyFactory()
-    options = FlashLBOptions(episode_steps=2)
-    replay(trace, ["default_eplb", "flashlb"], SETTINGS, options={"flashlb": options}, make=spy)
-    assert [made["name"] for made in spy.made] == ["default_eplb", "flashlb"]
-    flashlb = spy.made[1]
-    assert flashlb["options"] is options
-    assert (flashlb["num_threads"], flashlb["seed"], flashlb["num_groups"]) == (1, 0, 1)
-    flashlb_calls = [call for call in spy.calls if call["policy"] is flashlb["policy"]]
-    assert len(flashlb_calls) == 3  # the same object (and its per-layer memory) every window
-    assert flashlb["policy"].planned is not None
+def test_flashlb_gets_its_options_and_its_memory_across_windows(trace: np.ndarray) -> None:
+    spy = SpyPlanner()
+    options = FlashLBOptions(episode_steps=2, update_threshold_value=1.0)
+    replay(trace, ["default_eplb", "flashlb"], SETTINGS, options={"flashlb": options}, planner=spy)
+    flashlb = [(request, outcome) for request, outcome in spy.calls if request.policy == "flashlb"]
+    assert len(flashlb) == 3
+    assert all(request.options is options for request, _ in flashlb)
+    # The memory starts empty and then holds the balance each switched layer was planned with.
+    memory = np.full(2, np.nan)
+    for request, outcome in flashlb:
+        assert request.planned_balance is not None
+        np.testing.assert_array_equal(request.planned_balance, memory)
+        memory[outcome.layers] = outcome.balance
+    assert not np.isnan(memory).all(), "no layer was ever switched"
 
 
 def test_scores_are_out_of_sample_per_step_par(trace: np.ndarray) -> None:
-    spy = SpyFactory()
-    result = replay(trace, ["default_eplb"], SETTINGS, make=spy)
+    spy = SpyPlanner()
+    result = replay(trace, ["default_eplb"], SETTINGS, planner=spy)
     run = result.policies["default_eplb"]
     assert run.par_steps.shape == (13 - 4,)
     plans = spy.plans()[1:]
@@ -134,8 +112,8 @@ def test_static_row_keeps_the_default_placement(trace: np.ndarray) -> None:
 
 
 def test_moves_and_layers_updated_match_the_tables(trace: np.ndarray) -> None:
-    spy = SpyFactory()
-    result = replay(trace, ["swift_balancer"], SETTINGS, make=spy)
+    spy = SpyPlanner()
+    result = replay(trace, ["swift_balancer"], SETTINGS, planner=spy)
     run = result.policies["swift_balancer"]
     plans = spy.plans()
     want_copies = [count_weight_copies(old, new, 2) for old, new in pairwise(plans)]

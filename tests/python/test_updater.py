@@ -1,15 +1,17 @@
-"""EplbUpdateManager end to end on 4 gloo ranks: with dynamic EPLB on, the model output stays
+"""EplbUpdateManager end to end on gloo ranks: with dynamic EPLB on, the model output stays
 bitwise equal to the same model without EPLB at every step, rebalances happen and really move
-weights (placement, slot contents and measured PAR all change), and each fault (worker killed,
-invalid plan, one rank's transfer failing) leaves serving on a consistent placement."""
+weights (placement, slot contents and measured PAR all change), the plan applied is the plan
+the public API makes from the same window and options, and each fault (worker killed or
+stopped, invalid plan, one rank's transfer failing) leaves serving on a consistent placement."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,111 +19,25 @@ import numpy as np
 import pytest
 import torch
 from dist_utils import run_on_ranks
+from planners import HotReplicaPlanner, RotatedPlanner, SlowPlanner, broken_planner
 from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
 
 from eplb_native import (
     EplbConfig,
+    FlashLBOptions,
     MoeLayerMap,
     Plan,
     default_placement,
     load_expert_map,
     save_expert_map,
 )
+from eplb_native.metrics import weight_copies_per_layer
+from eplb_native.planning import PlanOutcome, PlanRequest, SwiftBalancerOptions, plan
 from eplb_native.runtime import HeatRecorder
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
-from eplb_native.runtime.worker import PolicySpec
 
 NUM_RANKS = 4
 INTERVAL = 20
-
-
-class BrokenPolicy:
-    """Returns a plan that loses expert 0 in every layer (must be rejected)."""
-
-    def rebalance(self, current_table: Any, workload: Any) -> Any:
-        table = np.asarray(current_table).copy()
-        table[table == 0] = 1
-        return True, np.arange(table.shape[0]), table
-
-
-def broken_factory() -> BrokenPolicy:
-    return BrokenPolicy()
-
-
-class SlowPolicy:
-    """swift_balancer taking 0.5 s, so that a kill right after a hand-off hits mid-request."""
-
-    def __init__(self) -> None:
-        self.inner = PolicySpec("swift_balancer")()
-
-    def rebalance(self, current_table: Any, workload: Any) -> Any:
-        time.sleep(0.5)
-        return self.inner.rebalance(current_table, workload)
-
-
-def slow_factory() -> SlowPolicy:
-    return SlowPolicy()
-
-
-class RotatedPolicy:
-    """swift_balancer; from its ``rotate_from``-th call on (0: the warm-up's), the changed
-    layers' new rows are rotated by one rank: a valid plan, different from the unrotated one."""
-
-    def __init__(self, rotate_from: int | None) -> None:
-        self.inner = PolicySpec("swift_balancer")()
-        self.rotate_from = rotate_from
-        self.num_calls = 0
-
-    def rebalance(self, current_table: Any, workload: Any) -> Any:
-        changed, layers, new_table = self.inner.rebalance(current_table, workload)
-        new_table = np.asarray(new_table).copy()
-        if self.rotate_from is not None and self.num_calls >= self.rotate_from:
-            new_table[layers] = np.roll(new_table[layers], 1, axis=1)
-        self.num_calls += 1
-        return changed, layers, new_table
-
-
-@dataclass(frozen=True)
-class RotatedFactory:
-    """Picklable factory of RotatedPolicy."""
-
-    rotate_from: int | None
-
-    def __call__(self) -> RotatedPolicy:
-        return RotatedPolicy(self.rotate_from)
-
-
-class HotReplicaPolicy:
-    """For one rank: the redundant slots hold the hottest experts (one extra copy each), every
-    expert once in slot order before them; changes the layers whose row differs."""
-
-    def __init__(self, num_experts: int) -> None:
-        self.num_experts = num_experts
-
-    def rebalance(self, current_table: Any, workload: Any) -> Any:
-        table = np.asarray(current_table, dtype=np.int64)  # [L, 1, P]
-        slot_load = np.asarray(workload, dtype=np.float64).reshape(-1, *table.shape).sum(axis=0)
-        new_table = table.copy()
-        layers = []
-        for layer_idx in range(table.shape[0]):
-            row = table[layer_idx].reshape(-1)
-            expert_load = np.bincount(row, weights=slot_load[layer_idx].reshape(-1), minlength=self.num_experts)
-            hot = np.argsort(-expert_load, kind="stable")[: row.size - self.num_experts]
-            new_row = np.concatenate([np.arange(self.num_experts), np.sort(hot)])
-            if not np.array_equal(new_row, row):
-                new_table[layer_idx] = new_row.reshape(table.shape[1:])
-                layers.append(layer_idx)
-        return bool(layers), np.asarray(layers, dtype=np.int64), new_table
-
-
-@dataclass(frozen=True)
-class HotReplicaFactory:
-    """Picklable factory of HotReplicaPolicy."""
-
-    num_experts: int
-
-    def __call__(self) -> HotReplicaPolicy:
-        return HotReplicaPolicy(self.num_experts)
 
 
 def _config(tmp: str, **extra: Any) -> EplbConfig:
@@ -129,11 +45,11 @@ def _config(tmp: str, **extra: Any) -> EplbConfig:
         "dynamic_eplb": True,
         "expert_heat_collection_interval": INTERVAL,
         "algorithm_execution_interval": 3,
-        "episode_steps": 1,
         "num_redundant_experts": 4,
         "eplb_policy_type": "swift_balancer",
         "max_layers_per_step": 1,
         "expert_map_record_path": str(Path(tmp) / "placement.json"),
+        "max_plan_wait_s": 30.0,  # a fixed schedule: the stages below happen at known steps
         **extra,
     })
 
@@ -153,12 +69,12 @@ def _slots_hold_named_experts(model: ToyModel, weights: Any, table: np.ndarray, 
 def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) -> None:
     shape = ToyShape()
     weights = toy_weights(shape)
-    policy_factory: Any = None
+    planner: Any = None
     extra: dict[str, Any] = {}
     if scenario == "invalid":
-        policy_factory = broken_factory
+        planner = broken_planner
     if scenario == "faults":
-        policy_factory = slow_factory
+        planner = SlowPlanner(delay_s=0.5)
     if scenario in ("ok", "ok_stream", "faults", "per_node", "per_rank", "sync"):
         extra["expert_map_path"] = str(Path(tmp) / "initial.json")
     ranks_per_node = None
@@ -167,21 +83,21 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         # second window node 1's policy proposes a different (valid) plan.
         extra["planner_placement"] = "per_node"
         ranks_per_node = 2
-        policy_factory = RotatedFactory(rotate_from=2 if rank >= 2 else None)
+        planner = RotatedPlanner(rotate_from=2 if rank >= 2 else None)
     if scenario == "per_rank":
         # Every rank plans; for the second window rank 3's policy proposes a different plan.
         extra["planner_placement"] = "per_rank"
-        policy_factory = RotatedFactory(rotate_from=2 if rank == 3 else None)
+        planner = RotatedPlanner(rotate_from=2 if rank == 3 else None)
     config = _config(tmp, **extra)
     plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
     layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
     heat = HeatRecorder.from_config(config, plan, layer_map=layer_map)
     model = ToyModel(shape, weights, plan, heat)
     reference = reference_model(shape, weights, rank, world_size)
-    manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=policy_factory,
+    manager = EplbUpdateManager(config, list(model.moe), heat, **({"planner": planner} if planner else {}),
                                 ranks_per_node=ranks_per_node, synchronous=scenario == "sync",
                                 side_stream=True if scenario == "ok_stream" else None,
-                                transfer_timeout_s=2.0 if scenario == "faults" else 30.0, plan_wait_s=30.0)
+                                transfer_timeout_s=2.0 if scenario == "faults" else 30.0)
     manager.warm_up()
     if scenario == "faults" and rank == 2:
         post = manager.loader._post_layer
@@ -211,10 +127,11 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         if not torch.equal(out, reference(x)):
             mismatched_steps.append(step)
         if manager.last_window is not None and manager.last_window[0] == manager.step_idx:
-            windows.append((manager.step_idx, rank_par(manager.last_window[1].slot_load, world_size)))
+            windows.append((manager.step_idx, rank_par(manager.last_window[1].rank_load)))
         tables.append(manager.table)
         phases.append(manager.step_phases)
-        if scenario == "faults" and rank == 0 and manager.step_idx == 2 * INTERVAL:
+        if scenario == "faults" and rank == 0 and manager.step_idx == 2 * INTERVAL + 2:
+            # The window of step 2 * INTERVAL + 1 is being planned (0.5 s): killed mid-request.
             assert manager.worker is not None
             assert manager.worker.pid is not None
             os.kill(manager.worker.pid, signal.SIGKILL)
@@ -297,11 +214,11 @@ def test_failed_transfer_and_killed_worker_leave_serving_consistent(tmp_path: Pa
     assert applied == layers[1:], updates[0]
     tables = results[0]["tables"]
     assert np.array_equal(tables[first_step + INTERVAL - 1, layers[0]], results[0]["initial_table"][layers[0]])
-    # The worker was killed while planning the window of step 40: no plan from
-    # that window; it restarted and a later window was planned and applied.
+    # The worker was killed while planning the window of step 41: no plan from that window;
+    # it restarted and a later window was planned and applied.
     assert results[0]["restarts"] >= 1
-    assert all(u[0] != 2 * INTERVAL for u in updates), updates
-    assert any(u[0] > 2 * INTERVAL and u[2] for u in updates), updates
+    assert all(u[0] != 2 * INTERVAL + 1 for u in updates), updates
+    assert any(u[0] > 2 * INTERVAL + 1 and u[2] for u in updates), updates
 
 
 def test_invalid_plan_is_rejected_and_nothing_applied(tmp_path: Path) -> None:
@@ -365,7 +282,7 @@ def test_single_process_manager_moves_by_local_copies(tmp_path: Path) -> None:
     heat = HeatRecorder.from_config(config, plan)
     model = ToyModel(shape, weights, plan, heat)
     reference = ToyModel(shape, weights, default_placement(shape.num_moe_layers, shape.num_experts, 1), None)
-    manager = EplbUpdateManager(config, list(model.moe), heat, policy_factory=HotReplicaFactory(shape.num_experts))
+    manager = EplbUpdateManager(config, list(model.moe), heat, planner=HotReplicaPlanner())
     try:
         manager.warm_up()
         initial_table = manager.table
@@ -393,4 +310,209 @@ def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:
     plan = default_placement(2, 4, 1)
     heat = HeatRecorder(plan, collection_interval=2)
     with pytest.raises(ValueError, match=r"^moe_layers:"):
-        EplbUpdateManager(EplbConfig(), [], heat, policy_factory=PolicySpec("default_eplb"))
+        EplbUpdateManager(EplbConfig(), [], heat)
+
+
+# The runtime plans what the public API plans: a 2-rank run per policy and options, the first
+# update compared with ``planning.plan`` on the window the heat recorder gathered, the table in
+# force and options built here (not from the config), and that window compared with the
+# routing counted independently here (each MoE block's top-k of its router, every step).
+API_STEPS, API_INTERVAL = 22, 12
+
+API_CASES: dict[str, tuple[dict[str, Any], Any]] = {
+    "flashlb": ({"eplb_policy_type": "flashlb", "episode_steps": 4, "z_score": 1.0, "update_threshold_value": 0.99},
+                FlashLBOptions(episode_steps=4, z_score=1.0, update_threshold_value=0.99)),
+    "flashlb_incremental": ({"eplb_policy_type": 3, "episode_steps": 4, "update_threshold_value": 0.99,
+                             "incremental": True, "max_moves_per_layer": 1},
+                            FlashLBOptions(episode_steps=4, update_threshold_value=0.99, incremental=True,
+                                           max_moves_per_layer=1)),
+    "flashlb_thresholds_unreachable": ({"eplb_policy_type": "flashlb", "episode_steps": 4,
+                                        "update_threshold_value": 0.05, "update_threshold_ratio": 0.05},
+                                       FlashLBOptions(episode_steps=4, update_threshold_value=0.05,
+                                                      update_threshold_ratio=0.05)),
+    "swift_balancer": ({"eplb_policy_type": "swift_balancer", "max_moves_per_layer": 2},
+                       SwiftBalancerOptions(max_moves_per_layer=2)),
+    "default_eplb": ({"eplb_policy_type": 1}, None),
+}
+
+
+def _count_routing(model: ToyModel, counts: list[np.ndarray]) -> None:
+    """Forward pre-hooks: each MoE block's logical top-k of this step's tokens, counted into
+    ``counts[-1]`` int64 [L, N] (append a zero row before each step)."""
+    for layer_idx, block in enumerate(model.moe):
+        def hook(module: Any, inputs: tuple[torch.Tensor, ...], layer_idx: int = layer_idx) -> None:
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])
+            probs = torch.softmax(torch.nn.functional.linear(x, module.router_weight), dim=-1, dtype=torch.float32)
+            ids = torch.topk(probs, module.top_k, dim=-1).indices.reshape(-1)
+            counts[-1][layer_idx] += np.bincount(ids.numpy(), minlength=counts[-1].shape[1])
+        block.register_forward_pre_hook(hook)
+
+
+def _serve_api_case(rank: int, world_size: int, tmp: str, case: str) -> None:
+    shape = ToyShape()
+    weights = toy_weights(shape)
+    config = EplbConfig.from_dict({
+        "dynamic_eplb": True, "expert_heat_collection_interval": API_INTERVAL, "algorithm_execution_interval": 2,
+        "num_redundant_experts": 2, "max_plan_wait_s": 30.0, **API_CASES[case][0],
+    })  # fmt: skip
+    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
+    heat = HeatRecorder.from_config(config, plan)
+    model = ToyModel(shape, weights, plan, heat)
+    reference = reference_model(shape, weights, rank, world_size)
+    manager = EplbUpdateManager(config, list(model.moe), heat)
+    manager.warm_up()
+    routing: list[np.ndarray] = []
+    _count_routing(model, routing)
+    submitted, mismatched, tables = None, [], []
+    for step in range(API_STEPS):
+        x = toy_inputs(shape, weights, step, rank, phase=0)
+        routing.append(np.zeros((shape.num_moe_layers, shape.num_experts), dtype=np.int64))
+        table = manager.table
+        manager.pre_forward()
+        out = model(x)
+        manager.post_forward()
+        if "submit" in manager.step_phases:
+            assert manager.last_window is not None
+            submitted = (manager.last_window[1], table)
+        if not torch.equal(out, reference(x)):
+            mismatched.append(step)
+        tables.append(manager.table)
+    manager.close()
+    assert submitted is not None, "no window was handed to the planner"
+    window, table = submitted
+    torch.save({"routing": np.stack(routing), "counts": window.counts, "first_step": window.first_step,
+                "table": table, "tables": np.stack(tables), "mismatched": mismatched,
+                "updates": [(u.layers.tolist(), u.applied) for u in manager.updates]},
+               Path(tmp) / f"rank{rank}.pt")
+
+
+def _check_api_case(tmp_path: Path, case: str) -> tuple[PlanRequest, PlanOutcome]:
+    """Runs ``case`` on 2 ranks; asserts outputs, window and the applied plan; returns the
+    API's request and outcome."""
+    run_on_ranks(_serve_api_case, 2, str(tmp_path), case)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert all(r["mismatched"] == [] for r in results), "output differs from the model without EPLB"
+    result = results[0]
+    # The window holds every step's routing, all ranks summed: no step and no episode lost.
+    first, counts = result["first_step"], result["counts"]
+    assert counts.shape[0] == API_INTERVAL
+    routing = results[0]["routing"] + results[1]["routing"]  # [steps, L, N]
+    np.testing.assert_array_equal(counts, routing[first : first + API_INTERVAL])
+    config_keys, options = API_CASES[case]
+    policy = EplbConfig.from_dict(config_keys).policy
+    request = PlanRequest(counts, 2, policy, options, current=result["table"].reshape(result["table"].shape[0], -1))
+    expected = plan(request)
+    final = result["tables"][-1].reshape(expected.new_phy2log.shape)
+    if expected.layers.size == 0:
+        assert result["updates"] == [], "the API switches no layer, the runtime did"
+        np.testing.assert_array_equal(final, request.current)
+    else:
+        (layers, applied), *_ = result["updates"]
+        assert layers == expected.layers.tolist() == applied
+        np.testing.assert_array_equal(final, expected.new_phy2log)
+    return request, expected
+
+
+def test_runtime_flashlb_plans_what_the_api_plans(tmp_path: Path) -> None:
+    request, expected = _check_api_case(tmp_path, "flashlb")
+    assert expected.layers.size > 0
+    # The plan depends on the 3 episodes of 4 steps: one episode of the whole window (what
+    # folding twice gave) plans otherwise.
+    one_episode = dataclasses.replace(request.options, episode_steps=API_INTERVAL)
+    assert not np.array_equal(plan(dataclasses.replace(request, options=one_episode)).new_phy2log,
+                              expected.new_phy2log)
+
+
+@pytest.mark.parametrize("case", [case for case in API_CASES if case != "flashlb"])
+def test_runtime_plans_what_the_api_plans(tmp_path: Path, case: str) -> None:
+    request, expected = _check_api_case(tmp_path, case)
+    copies = weight_copies_per_layer(request.current, expected.new_phy2log, 2)
+    if case == "flashlb_thresholds_unreachable":
+        # Same heat as the "flashlb" case, which switches layers: the thresholds stopped it.
+        assert expected.layers.size == 0
+    elif case == "flashlb_incremental":
+        assert expected.layers.size > 0 and copies.max() <= 1
+    elif case == "swift_balancer":
+        # Two copies per layer at most; the default limit (32) would copy more here.
+        default = plan(dataclasses.replace(request, options=None))
+        assert expected.layers.size > 0 and copies.max() <= 2
+        assert weight_copies_per_layer(request.current, default.new_phy2log, 2).max() > 2
+    else:
+        assert expected.layers.size > 0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _serve_with_a_stopped_planner(rank: int, world_size: int, tmp: str) -> None:
+    shape = ToyShape()
+    weights = toy_weights(shape)
+    config = EplbConfig.from_dict({
+        "dynamic_eplb": True, "expert_heat_collection_interval": 10, "algorithm_execution_interval": 2,
+        "num_redundant_experts": 2,  # max_plan_wait_s 0: the serving thread never waits
+    })  # fmt: skip
+    plan_in_force = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
+    heat = HeatRecorder.from_config(config, plan_in_force)
+    model = ToyModel(shape, weights, plan_in_force, heat)
+    reference = reference_model(shape, weights, rank, world_size)
+    records = _Records()
+    logging.getLogger("eplb_native.runtime.worker").addHandler(records)
+    manager = EplbUpdateManager(config, list(model.moe), heat, heartbeat_timeout_s=1.0)
+    manager.warm_up()
+    model(toy_inputs(shape, weights, 10**6, rank, phase=0))  # the first forward (seconds) is not timed
+    for layer_idx in range(shape.num_moe_layers):
+        heat.buffer(layer_idx).zero_()
+    if rank == 0:
+        assert manager.worker is not None and manager.worker.pid is not None
+        os.kill(manager.worker.pid, signal.SIGSTOP)  # stopped: alive, silent, never answers
+    initial, tables, step_ms, mismatched, restart_step = manager.table, [], [], [], None
+    done = torch.zeros(1)
+    step = 0
+    while not done.item() and step < 4000:
+        x = toy_inputs(shape, weights, step, rank, phase=0)
+        start = time.perf_counter()
+        manager.pre_forward()
+        out = model(x)
+        manager.post_forward()
+        step_ms.append((time.perf_counter() - start) * 1e3)
+        if not torch.equal(out, reference(x)):
+            mismatched.append(step)
+        tables.append(manager.table)
+        if rank == 0:
+            assert manager.worker is not None
+            if restart_step is None and manager.worker.num_restarts >= 1:
+                restart_step = manager.step_idx
+            done[0] = float(bool(manager.updates) and not manager.loader.pending)
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MAX)
+        time.sleep(0.005)
+        step += 1
+    result = {"mismatched": mismatched, "initial": initial, "tables": np.stack(tables), "step_ms": step_ms,
+              "restart_step": restart_step, "logs": records.messages,
+              "updates": [(u.window_step, u.schedule_step, u.applied) for u in manager.updates],
+              "restarts": manager.worker.num_restarts if manager.worker is not None else 0}
+    manager.close()
+    torch.save(result, Path(tmp) / f"rank{rank}.pt")
+
+
+def test_a_stopped_planner_is_replaced_while_daemonic_ranks_keep_serving(tmp_path: Path) -> None:
+    # Ranks are daemonic processes (as engine workers often are): the planner still starts.
+    run_on_ranks(_serve_with_a_stopped_planner, 2, str(tmp_path), daemon=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    result = results[0]
+    assert result["restarts"] >= 1 and result["restart_step"] is not None
+    assert any("missed its heartbeat" in message for message in result["logs"]), result["logs"]
+    (window_step, schedule_step, applied), *_ = result["updates"]
+    assert applied and window_step > result["restart_step"], "planned by the stopped worker?"
+    for rank, run in enumerate(results):
+        assert run["mismatched"] == [], f"{rank=}: outputs differ from the model without EPLB"
+        # The old placement served until the new worker's plan was scheduled.
+        assert (run["tables"][: schedule_step - 1] == run["initial"]).all(), f"{rank=}"
+        assert (run["tables"][-1] != run["initial"]).any(), f"{rank=}"
+        # No step waited for the stopped planner (it was silent for 1 s before being replaced).
+        assert max(run["step_ms"]) < 800.0, f"{rank=}: a step took {max(run['step_ms']):.0f} ms"

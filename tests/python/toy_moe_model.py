@@ -106,11 +106,10 @@ def toy_inputs(shape: ToyShape, weights: ToyWeights, step: int, rank: int, phase
     return (noise + 3.0 * weights.hot[phase]).contiguous()
 
 
-def rank_par(slot_load: torch.Tensor | object, num_ranks: int) -> float:
-    """PAR (busiest rank / mean rank) of recorded heat int64 [T, L, P] summed over the window,
-    averaged over layers."""
-    load = torch.as_tensor(slot_load, dtype=torch.float64).sum(0)  # [L, P]
-    per_rank = load.reshape(load.shape[0], num_ranks, -1).sum(-1)  # [L, D]
+def rank_par(rank_load: object) -> float:
+    """PAR (busiest rank / mean rank) of a window's tokens per rank int64 [L, D], averaged over
+    layers."""
+    per_rank = torch.as_tensor(rank_load, dtype=torch.float64)  # [L, D]
     mean = per_rank.mean(-1)
     par = torch.where(mean > 0, per_rank.amax(-1) / mean.clamp_min(1e-12), torch.ones_like(mean))
     return float(par.mean())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from eplb_native.config import policy_name
+from eplb_native.planning import policy_name
 
 #: The environment variable that switches the engine plugins on and names the policy.
 POLICY_ENV = "EPLB_NATIVE_POLICY"

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from eplb_native import _core
-from eplb_native.config import POLICY_NAMES
 from eplb_native.flashlb import FlashLBOptions
 from eplb_native.integrations import BY_POLICY_TYPE, policy_from_env
+from eplb_native.planning import POLICY_NAMES
 from eplb_native.policies import _as_numpy, rebalance_experts
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy.typing as npt
 
-from eplb_native.config import POLICY_IDS
+from eplb_native.checks import IntArray
 from eplb_native.integrations import BY_POLICY_TYPE
-from eplb_native.plan import IntArray
+from eplb_native.planning import POLICY_IDS
 from eplb_native.policies import EplbPolicy, make_policy
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from eplb_native.runtime.loader import LayerUpdate, WeightLoader
 from eplb_native.runtime.moe import EplbMoE, RankExperts
 from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
-from eplb_native.runtime.worker import PlannerWorker, PolicySpec
+from eplb_native.runtime.worker import PlanFailure, PlannerWorker, PlanResult
 
 __all__ = ["EplbMoE", "HeatRecorder", "HeatWindow", "RankExperts"]
-# Dynamic EPLB loop (issue 6): transfer planning, weight loading, planner worker, update manager.
-__all__ += ["EplbUpdateManager", "LayerTransfers", "LayerUpdate", "PlannerWorker", "PolicySpec",
-            "WeightLoader", "initial_plan", "plan_transfers"]
+# The dynamic EPLB loop: transfer planning, weight loading, planner worker, update manager.
+__all__ += ["EplbUpdateManager", "LayerTransfers", "LayerUpdate", "PlanFailure", "PlanResult",
+            "PlannerWorker", "WeightLoader", "initial_plan", "plan_transfers"]

@@ -1,10 +1,9 @@
-"""Expert heat recording: per-step token counts of this rank's slots, folded into episodes and
-gathered from every rank into logical loads for the planner."""
+"""Expert heat recording: per-step token counts of this rank's slots, turned into per-step
+counts of the logical experts and summed over every rank once per collection window."""
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,25 +13,28 @@ import torch.distributed as dist
 
 from eplb_native.config import HEAT_STAGES, EplbConfig, HeatStage
 from eplb_native.layers import MoeLayerMap
-from eplb_native.plan import Plan, expert_load_from_slot_load, validate_plan
-from eplb_native.runtime._dist import all_gather_into_tensor, group_rank_and_size
+from eplb_native.plan import Plan, validate_plan
+from eplb_native.runtime._dist import group_rank_and_size
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class HeatWindow:
-    """Heat of every rank over one collection window, oldest episode first.
+    """Heat of every rank over one collection window, step by step (no episodes: a policy that
+    uses them folds the steps itself).
 
     Attributes:
-        slot_load: int64 [T, L, P], tokens each physical slot processed in each episode.
-        expert_load: float64 [T, L, N], tokens routed to each logical expert in each episode
-            (all replicas summed, using the placement in force during that episode).
-        num_steps: forward steps the window covers.
+        counts: int64 [T, L, N], tokens routed to each logical expert in each counted step,
+            all ranks and replicas summed (each step under the placement it ran with).
+        rank_load: int64 [L, D], tokens each rank's slots processed over the window.
+        first_step: counted steps before the window's first one (0 for the first window).
+        num_steps: T, the counted steps the window covers.
     """
 
-    slot_load: npt.NDArray[np.int64]
-    expert_load: npt.NDArray[np.float64]
+    counts: npt.NDArray[np.int64]
+    rank_load: npt.NDArray[np.int64]
+    first_step: int
     num_steps: int
 
 
@@ -47,25 +49,27 @@ class HeatRecorder:
         >>> heat.record(0, torch.tensor([[0, 1], [1, 3]]))
         >>> heat.step() is None
         True
-        >>> heat.step().expert_load[:, 0].tolist()
-        [[1.0, 2.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+        >>> heat.step().counts[:, 0].tolist()
+        [[1, 2, 0, 1], [0, 0, 0, 0]]
 
     Each MoE layer owns one row of a preallocated int64 ``[L, S]`` counter, reused every step.
     The fused operator accumulates into it in place (pass ``buffer(layer)`` as ``moe_load``);
     layers that use another kernel call ``record(layer, topk_ids)``. ``step()`` adds the step's
-    counts into the current episode of a ``[T, L, S]`` window (``episode_steps`` steps per
-    episode, ``T = ceil(collection_interval / episode_steps)``) and, every
-    ``collection_interval`` steps, gathers all ranks' windows with one all-gather and returns
-    them as a ``HeatWindow``. Every rank must call ``step()`` at the same steps (it is a
-    collective then). With ``step(defer_gather=True)`` the window's all-gather runs in the
-    background instead and the window is returned by the next ``step()``, one step later, so
-    no step waits on a collective posted in that same step. Works without torch.distributed
-    (one rank).
+    counts to row t of an int64 ``[T, L, N]`` window in expert space (each local slot's count
+    goes to the logical expert the slot holds; ``T = collection_interval``) and, every
+    ``collection_interval`` counted steps, sums all ranks' windows with one all-reduce and
+    returns the result as a ``HeatWindow``. Every rank must call ``step()`` at the same steps
+    with the same ``stage`` (it is a collective then). With ``step(defer_gather=True)`` the
+    all-reduce runs in the background instead and the window is returned by the next
+    ``step()``, one step later, so no step waits on a collective posted in that same step.
+    Works without torch.distributed (one rank).
 
-    NOTE: an episode's slot counts are converted to logical loads with the placement in force
-    when the episode closes; apply placement changes (``set_layer_placement``) at episode
-    boundaries (``episode_steps=1`` makes every step one) or the changed layer's counts of
-    that episode are attributed to the new placement.
+    Device memory: two ``[T, L, N]`` int64 windows (the one filling and the one being summed),
+    logged at INFO when built.
+
+    NOTE: a step's counts are attributed with the placement in force when ``step()`` runs:
+    call it after the forward and before installing a new placement (``set_layer_placement``,
+    which ``EplbMoE.install`` calls), as ``EplbUpdateManager.post_forward`` does.
     """
 
     def __init__(
@@ -73,7 +77,6 @@ class HeatRecorder:
         plan: Plan,
         *,
         collection_interval: int,
-        episode_steps: int = 1,
         layer_map: MoeLayerMap | None = None,
         group: dist.ProcessGroup | None = None,
         device: torch.device | str = "cpu",
@@ -82,9 +85,8 @@ class HeatRecorder:
         """
         Args:
             plan: the placement in force, L MoE layers of P physical slots.
-            collection_interval: steps per gathered window (config
+            collection_interval: counted steps per window (config
                 ``expert_heat_collection_interval``), > 0.
-            episode_steps: steps folded into one episode, > 0.
             layer_map: model layer -> MoE layer map (dense layers have no counter); default:
                 every model layer is a MoE layer.
             group: the expert-parallel process group (None: the default group, or a single
@@ -92,15 +94,12 @@ class HeatRecorder:
             device: where the counters live (the device the MoE kernels run on).
             collection_stage: which forward passes count (config
                 ``eplb_heat_collection_stage``): ``all``, or only ``prefill`` / ``decode``
-                ones; the others' counts are dropped (``step(stage=...)`` says which it was).
+                ones; the others' counts are dropped and they do not count toward the window
+                (``step(stage=...)`` says which it was).
         """
-        for value, field in (
-            (collection_interval, "collection_interval"),
-            (episode_steps, "episode_steps"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                msg = f"{field}: expected a positive integer, got {value!r}"
-                raise ValueError(msg)
+        if isinstance(collection_interval, bool) or not isinstance(collection_interval, int) or collection_interval <= 0:
+            msg = f"collection_interval: expected a positive integer, got {collection_interval!r}"
+            raise ValueError(msg)
         if collection_stage not in HEAT_STAGES:
             msg = f"collection_stage: expected one of {', '.join(HEAT_STAGES)}, got {collection_stage!r}"
             raise ValueError(msg)
@@ -119,36 +118,32 @@ class HeatRecorder:
             raise ValueError(msg)
         self.layer_map = layer_map
         self.collection_interval = collection_interval
-        self.episode_steps = episode_steps
         self.num_slots = num_physical // self._num_ranks
-        num_episodes = math.ceil(collection_interval / episode_steps)
-        shape = (num_layers, self.num_slots)
-        self._step_counts = torch.zeros(shape, dtype=torch.int64, device=device)  # [L, S]
-        self._window = torch.zeros(
-            (num_episodes, *shape), dtype=torch.int64, device=device
-        )  # [T, L, S]
-        # Every rank's window, rank after rank: the all-gather's preallocated output, [D * T, L, S]
-        # (gloo wants the ranks concatenated along dim 0, not stacked in a new one).
-        self._gathered = torch.zeros(
-            (self._num_ranks * num_episodes, *shape), dtype=torch.int64, device=device
-        )
-        # A deferred gather sends this copy while the window fills again, [T, L, S].
-        self._outgoing = torch.zeros_like(self._window)
-        # (work or None, episodes filled, their placements [T', L, P], steps): a deferred gather.
-        self._deferred: tuple[dist.Work | None, int, npt.NDArray[np.int64], int] | None = None
-        self._episode_phy2log = np.repeat(self._phy2log[None], num_episodes, axis=0)  # [T, L, P]
-        self._episode_idx = 0
-        self._steps_in_episode = 0
+        self._step_counts = torch.zeros((num_layers, self.num_slots), dtype=torch.int64, device=device)  # [L, S]
+        # The logical expert of each local slot, [L, S]: where a slot's count goes.
+        self._slot_expert = torch.as_tensor(self._local_experts(self._phy2log), device=device).contiguous()
+        # The window and the rank loads, one flat buffer so that one all-reduce sums both:
+        # [T * L * N] expert counts, then [L * D] tokens per rank (this rank's column only).
+        window_size = collection_interval * num_layers * self._num_experts
+        self._window_size = window_size
+        self._buffer = torch.zeros(window_size + num_layers * self._num_ranks, dtype=torch.int64, device=device)
+        # A deferred all-reduce sums this copy while the window fills again.
+        self._outgoing = torch.zeros_like(self._buffer)
+        # (work or None, first step, steps): a deferred all-reduce in flight.
+        self._deferred: tuple[dist.Work | None, int, int] | None = None
         self._steps_in_window = 0
+        self._num_counted = 0
+        logger.info("EPLB heat window: %d steps x %d layers x %d experts, int64, 2 x %.1f MB on %s",
+                    collection_interval, num_layers, self._num_experts, self._buffer.numel() * 8 / 1e6,
+                    self._buffer.device)
 
     @classmethod
     def from_config(cls, config: EplbConfig, plan: Plan, **kwargs: object) -> HeatRecorder:
-        """Window and episode lengths and the collection stage from ``config``; other
-        arguments as the constructor."""
+        """Window length and collection stage from ``config``; other arguments as the
+        constructor."""
         return cls(
             plan,
             collection_interval=config.expert_heat_collection_interval,
-            episode_steps=config.episode_steps,
             collection_stage=config.eplb_heat_collection_stage,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -158,14 +153,14 @@ class HeatRecorder:
         return int(self._step_counts.shape[0])
 
     @property
-    def num_episodes(self) -> int:
-        """T, the episodes of one window."""
-        return int(self._window.shape[0])
-
-    @property
     def phy2log(self) -> npt.NDArray[np.int64]:
-        """The placement the recorder converts with, int64 [L, P] (a copy)."""
+        """The placement the recorder attributes counts with, int64 [L, P] (a copy)."""
         return self._phy2log.copy()
+
+    def _local_experts(self, phy2log: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """This rank's slots' logical experts, int64 [L, S], from phy2log [L, P]."""
+        start = self._rank * self.num_slots
+        return np.ascontiguousarray(phy2log[:, start : start + self.num_slots], dtype=np.int64)
 
     def _check_layer(self, layer_idx: int) -> None:
         if (
@@ -208,7 +203,8 @@ class HeatRecorder:
         self._step_counts[layer_idx] += torch.bincount(local, minlength=self.num_slots)
 
     def set_layer_placement(self, layer_idx: int, phy2log_row: npt.ArrayLike) -> None:
-        """Installs a new placement for one MoE layer (see the class NOTE on timing).
+        """Installs a new placement for one MoE layer: steps recorded from now on attribute
+        their counts with it (see the class NOTE on timing).
 
         Args:
             layer_idx: the MoE layer index.
@@ -221,96 +217,84 @@ class HeatRecorder:
             raise ValueError(msg)
         validate_plan(row, self._num_ranks, allow_duplicate_on_rank=True)
         self._phy2log[layer_idx] = row.phy2log[0]
+        self._slot_expert[layer_idx].copy_(torch.from_numpy(self._local_experts(row.phy2log)[0]))
 
     def step(self, *, defer_gather: bool = False, stage: str | None = None) -> HeatWindow | None:
-        """Ends one forward step: folds its counts into the current episode and clears them.
+        """Ends one forward step: adds its counts to the window (in expert space) and clears them.
 
-        Returns the gathered window every ``collection_interval`` steps (then starts a new
-        window), else None. A collective on those steps. With ``defer_gather`` the gather is
-        only posted on that step and its window is returned by the next call instead (which
-        waits for it: normally done during the forward step in between).
+        Returns the window summed over all ranks every ``collection_interval`` counted steps
+        (then starts a new window), else None. A collective on those steps. With
+        ``defer_gather`` the all-reduce is only posted on that step and its window is returned
+        by the next call instead (which waits for it: normally done during the forward step in
+        between), whatever that call's stage.
 
         ``stage`` (``"prefill"`` or ``"decode"``) says what the step was; required unless
-        ``collection_stage`` is ``all``. A step of the other stage still counts as a step of
-        the window (every rank gathers at the same steps) but its counts are dropped.
+        ``collection_stage`` is ``all``. A step of the other stage is not counted: its counts
+        are dropped and the window does not advance (every rank must name the same stage).
         """
+        counted = True
         if self.collection_stage != "all":
             if stage not in ("prefill", "decode"):
                 msg = (f"stage: expected 'prefill' or 'decode' (heat is collected on "
                        f"{self.collection_stage} steps only), got {stage!r}")
                 raise ValueError(msg)
-            if stage != self.collection_stage:
-                self._step_counts.zero_()
-        deferred = None
-        if self._deferred is not None:
-            # The previous window's gather, posted one step ago: wait (normally done) and convert.
-            work, num_filled, episode_phy2log, num_steps = self._deferred
-            self._deferred = None
-            if work is not None:
-                work.wait()
-            deferred = self._window_from_gathered(num_filled, episode_phy2log, num_steps)
-        self._window[self._episode_idx] += self._step_counts
-        self._step_counts.zero_()
-        self._steps_in_episode += 1
-        self._steps_in_window += 1
-        window_done = self._steps_in_window == self.collection_interval
-        if self._steps_in_episode == self.episode_steps or window_done:
-            self._episode_phy2log[self._episode_idx] = self._phy2log
-            self._episode_idx += 1
-            self._steps_in_episode = 0
-        if not window_done:
+            counted = stage == self.collection_stage
+        deferred = self._finish_deferred()
+        if not counted:
+            self._step_counts.zero_()
             return deferred
+        num_layers, num_experts = self.num_layers, self._num_experts
+        row = self._buffer[: self._window_size].view(-1, num_layers, num_experts)[self._steps_in_window]
+        row.scatter_add_(1, self._slot_expert, self._step_counts)  # [L, N] += [L, S] by expert
+        rank_load = self._buffer[self._window_size :].view(num_layers, self._num_ranks)[:, self._rank]
+        rank_load += self._step_counts.sum(dim=1)
+        self._step_counts.zero_()
+        self._steps_in_window += 1
+        self._num_counted += 1
+        if self._steps_in_window < self.collection_interval:
+            return deferred
+        num_steps, first_step = self._steps_in_window, self._num_counted - self._steps_in_window
         result = None
         if defer_gather:
-            self._outgoing.copy_(self._window)
-            num_filled = self._episode_idx
-            work = None
-            if self._num_ranks == 1:
-                self._gathered.copy_(self._outgoing)
-            else:
-                work = all_gather_into_tensor(self._gathered, self._outgoing, self._group, async_op=True)
-            self._deferred = (work, num_filled, self._episode_phy2log[:num_filled].copy(), self._steps_in_window)
+            self._outgoing.copy_(self._buffer)
+            work = None if self._num_ranks == 1 else dist.all_reduce(self._outgoing, group=self._group, async_op=True)
+            self._deferred = (work, first_step, num_steps)
         else:
-            result = self.gather()
-        self._window.zero_()
-        self._episode_idx = 0
+            result = self._sum_over_ranks(first_step, num_steps)
+        self._buffer.zero_()
         self._steps_in_window = 0
         return deferred if result is None else result
 
     def gather(self) -> HeatWindow:
-        """Gathers every rank's window so far (closed episodes, then the open one if it has
-        steps) without resetting it. A collective: every rank calls it at the same step."""
-        num_filled = self._episode_idx + (1 if self._steps_in_episode else 0)
-        if self._num_ranks == 1:
-            self._gathered.copy_(self._window)
-        else:
-            all_gather_into_tensor(self._gathered, self._window, self._group)
-        episode_phy2log = self._episode_phy2log[:num_filled].copy()
-        if self._steps_in_episode:
-            episode_phy2log[-1] = self._phy2log  # the open episode: the placement in force now
-        return self._window_from_gathered(num_filled, episode_phy2log, self._steps_in_window)
+        """Sums every rank's window so far (its counted steps) without resetting it. A
+        collective: every rank calls it at the same step."""
+        num_steps = self._steps_in_window
+        return self._sum_over_ranks(self._num_counted - num_steps, num_steps)
 
-    def _window_from_gathered(
-        self, num_filled: int, episode_phy2log: npt.NDArray[np.int64], num_steps: int
-    ) -> HeatWindow:
-        """The HeatWindow of the gathered buffer's first ``num_filled`` episodes, converted with
-        their placements ``episode_phy2log`` int64 [num_filled, L, P]."""
-        # [D, T, L, S] -> [T, L, D * S]: rank r's slot s is physical slot r * S + s.
-        gathered = self._gathered.view(self._num_ranks, *self._window.shape)[:, :num_filled]
-        gathered = gathered.permute(1, 2, 0, 3)
-        slot_load = (
-            gathered.reshape(num_filled, self.num_layers, self._num_ranks * self._window.shape[-1])
-            .cpu()
-            .numpy()
-        )
-        expert_load = np.zeros((num_filled, self.num_layers, self._num_experts), dtype=np.float64)
-        start = 0
-        while start < num_filled:  # one conversion per run of episodes with the same placement
-            end = start + 1
-            while end < num_filled and np.array_equal(episode_phy2log[end], episode_phy2log[start]):
-                end += 1
-            plan = Plan.from_phy2log(episode_phy2log[start], self._num_experts)
-            expert_load[start:end] = expert_load_from_slot_load(plan, slot_load[start:end])
-            start = end
-        logger.debug("gathered heat of %d steps, %d episodes", num_steps, num_filled)
-        return HeatWindow(slot_load=slot_load, expert_load=expert_load, num_steps=num_steps)
+    def _sum_over_ranks(self, first_step: int, num_steps: int) -> HeatWindow:
+        self._outgoing.copy_(self._buffer)
+        if self._num_ranks > 1:
+            dist.all_reduce(self._outgoing, group=self._group)
+        return self._window(first_step, num_steps)
+
+    def _finish_deferred(self) -> HeatWindow | None:
+        """The window of the all-reduce posted a step ago (waited for: normally done), or None."""
+        if self._deferred is None:
+            return None
+        work, first_step, num_steps = self._deferred
+        self._deferred = None
+        if work is not None:
+            work.wait()
+        return self._window(first_step, num_steps)
+
+    def _window(self, first_step: int, num_steps: int) -> HeatWindow:
+        """The HeatWindow of the summed buffer's first ``num_steps`` steps (host copies)."""
+        num_layers, num_experts = self.num_layers, self._num_experts
+        summed = self._outgoing.to("cpu", copy=True).numpy()
+        counts = summed[: self._window_size].reshape(-1, num_layers, num_experts)[:num_steps]
+        rank_load = summed[self._window_size :].reshape(num_layers, self._num_ranks)
+        logger.debug("summed heat of %d steps over %d ranks", num_steps, self._num_ranks)
+        return HeatWindow(counts=counts, rank_load=rank_load, first_step=first_step, num_steps=num_steps)
+
+
+__all__ = ["HeatRecorder", "HeatWindow"]

@@ -1,68 +1,44 @@
-"""PlannerWorker: runs the placement policy in a spawned process, off the serving critical path.
+"""PlannerWorker: plans in a separate process, off the serving critical path, and survives it.
 
-The serving process submits (placement table, heat) and polls for the answer without blocking.
-A worker that dies or raises never stops serving: the error is logged once, the request is
-dropped, and the process is restarted with exponential back-off. Answers are checked
-(``check_plan_result``) before anyone may apply them.
+The process (``python -m eplb_native.planner_process``) is a plain subprocess talking over
+pipes, so it also starts from a daemonic process (an engine worker). Background threads of the
+serving process send it requests, read its answers, heartbeats and log lines (re-emitted on
+this process's loggers), and watch its deadlines: a worker that misses its heartbeat, takes
+longer than ``plan_timeout_s`` for a request, dies, or fails to start is killed (its cause
+logged once) and restarted with exponential back-off; the request it held is answered with a
+``PlanFailure``. The newest request wins: ``submit`` never queues behind an older request, and
+answers to older requests are dropped. Answers are checked (``check_plan_result``) before
+anyone may apply them. No call of the serving thread waits unless it asks to (``wait``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-import multiprocessing as mp
-import queue
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from eplb_native.plan import Plan, validate_plan
+from eplb_native.planner_process import narrow_counts, read_frame, write_frame
+from eplb_native.planning import PlanOutcome, PlanRequest, plan
 
 logger = logging.getLogger(__name__)
 
 IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
-
-class RebalancePolicy(Protocol):
-    """What the worker runs: ``eplb_native.policies.EplbPolicy`` or anything shaped like it."""
-
-    def rebalance(self, current_table: Any, workload: Any) -> tuple[bool, IntArray, IntArray]:
-        """(changed, layers_by_priority int64 [k], new_table int64 [L, D, S])."""
-        ...
-
-
-# A picklable zero-argument callable that builds the policy inside the worker process.
-PolicyFactory = Callable[[], RebalancePolicy]
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """A picklable recipe for ``eplb_native.policies.make_policy`` (the default factory).
-
-    Attributes:
-        name: registry name of the policy.
-        num_groups, num_nodes: topology knobs of hierarchical policies.
-        options: the policy's options dataclass, or None.
-        num_threads: planner threads (0: all cores).
-        seed: seed of randomised policies.
-    """
-
-    name: str
-    num_groups: int = 1
-    num_nodes: int = 1
-    options: Any = None
-    num_threads: int = 0
-    seed: int = 0
-
-    def __call__(self) -> RebalancePolicy:
-        from eplb_native.policies import make_policy
-
-        return make_policy(self.name, self.num_groups, self.num_nodes, self.options,
-                           self.num_threads, self.seed)
+#: What the worker runs: a picklable callable (importable by name in a fresh interpreter).
+Planner = Callable[[PlanRequest], PlanOutcome]
 
 
 @dataclass(frozen=True)
@@ -71,217 +47,365 @@ class PlanResult:
 
     Attributes:
         request_id: the id ``submit`` returned.
-        changed: the policy wants layers moved.
-        layers: int64 [k], the layers to move, highest priority first.
-        new_table: int64 [L, D, S], the proposed placement (unchanged rows for other layers).
-        plan_ms: policy wall time in the worker, ms.
+        outcome: what ``plan`` decided.
+        worker_ms: the request's time in the worker (its check, planning and selection), ms.
     """
 
     request_id: int
-    changed: bool
-    layers: IntArray
-    new_table: IntArray
-    plan_ms: float
+    outcome: PlanOutcome
+    worker_ms: float
 
 
-def check_plan_result(result: PlanResult, current_table: IntArray, num_experts: int) -> None:
-    """Raises ValueError naming the field unless ``result`` is a plan that may be applied:
-    ``new_table`` has the shape of ``current_table`` int64 [L, D, S] and is a valid placement of
-    ``num_experts`` experts (``validate_plan``); ``layers`` are distinct ids in range and every
-    row outside them is unchanged."""
-    table = np.asarray(result.new_table)
-    if table.shape != current_table.shape or table.dtype.kind not in "iu":
-        msg = f"new_table: expected an int table of shape {current_table.shape}, got {table.dtype} {table.shape}"
-        raise ValueError(msg)
-    num_layers, num_ranks, num_slots = table.shape
-    layers = np.asarray(result.layers, dtype=np.int64).reshape(-1)
-    if layers.size and (layers.min() < 0 or layers.max() >= num_layers or np.unique(layers).size != layers.size):
-        msg = f"layers: expected distinct layer ids in [0, {num_layers}), got {layers.tolist()}"
-        raise ValueError(msg)
-    untouched = np.setdiff1d(np.arange(num_layers), layers)
-    if not np.array_equal(table[untouched], current_table[untouched]):
-        msg = "new_table: rows of layers outside 'layers' differ from the current placement"
-        raise ValueError(msg)
-    phy2log = table.reshape(num_layers, num_ranks * num_slots).astype(np.int64)
-    if phy2log.min() < 0 or phy2log.max() >= num_experts:
-        msg = f"new_table: expert ids must lie in [0, {num_experts}), got [{phy2log.min()}, {phy2log.max()}]"
-        raise ValueError(msg)
-    validate_plan(Plan.from_phy2log(phy2log, num_experts), num_ranks, allow_duplicate_on_rank=True)
+@dataclass(frozen=True)
+class PlanFailure:
+    """No answer will come for request ``request_id``: ``reason`` (logged already)."""
+
+    request_id: int
+    reason: str
 
 
-def _serve(factory: PolicyFactory, requests: Any, results: Any) -> None:
-    """Worker process main loop: one request in, one answer (or an error string) out."""
-    policy = factory()
-    results.put(_READY)
-    while True:
-        request = requests.get()
-        if request is None:
-            return
-        request_id, current_table, workload = request
-        start = time.perf_counter()
-        try:
-            changed, layers, new_table = policy.rebalance(current_table, workload)
-            elapsed_ms = (time.perf_counter() - start) * 1e3
-            results.put(PlanResult(request_id, bool(changed), np.asarray(layers, dtype=np.int64),
-                                   np.asarray(new_table, dtype=np.int64), elapsed_ms))
-        except Exception as error:  # noqa: BLE001 -- reported to the serving process
-            results.put((request_id, f"{type(error).__name__}: {error}"))
+class _Child:
+    """One planner process and the threads that talk to it."""
 
-
-_READY = "ready"
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.started = time.monotonic()
+        self.last_seen = self.started
+        self.ready = False
+        self.failure: str | None = None  # why it is being replaced
+        self.stderr_tail: list[str] = []
+        self.start_error: str | None = None  # the process's own account of a failed start
+        self.outbox: tuple[int, dict[str, Any]] | None = None  # the newest request not yet written
 
 
 class PlannerWorker:
-    """A planner process that answers (table, heat) requests without blocking the caller.
+    """A planner process that answers ``PlanRequest``s without blocking the caller.
 
     Example::
 
-        worker = PlannerWorker(PolicySpec("swift_balancer"))
-        worker.start(wait_s=30)                     # spawn, build the policy, answer a ping
-        request_id = worker.submit(table, workload)  # int64 [L, D, S], float64 [(T,) L, D, S]
-        result = worker.poll()                       # PlanResult or None (not ready / failed)
+        worker = PlannerWorker()                   # eplb_native.planning.plan in the process
+        worker.wait_ready(timeout_s=30)            # start-up (optional: submit starts it too)
+        request_id = worker.submit(request)        # returns at once; the newest request wins
+        answer = worker.poll(request_id)           # PlanResult, PlanFailure, or None (pending)
         worker.close()
 
     Args:
-        factory: picklable zero-argument callable building the policy in the worker process.
+        planner: picklable callable run in the process for each request (default ``plan``).
+        heartbeat_s: the process's heartbeat period, s.
+        heartbeat_timeout_s: silence after which the process is killed and restarted, s.
+        plan_timeout_s: longest a request may wait for its answer before the process is killed
+            and restarted, s.
+        start_timeout_s: longest the process may take to become ready, s.
         min_backoff_s, max_backoff_s: restart delay after a failure, doubled per consecutive
             failure between these bounds.
     """
 
     def __init__(
-        self, factory: PolicyFactory, *, min_backoff_s: float = 0.5, max_backoff_s: float = 60.0
+        self,
+        planner: Planner = plan,
+        *,
+        heartbeat_s: float = 0.5,
+        heartbeat_timeout_s: float = 10.0,
+        plan_timeout_s: float = 600.0,
+        start_timeout_s: float = 120.0,
+        min_backoff_s: float = 0.5,
+        max_backoff_s: float = 60.0,
     ) -> None:
-        self._factory = factory
-        self._context = mp.get_context("spawn")
-        self._process: Any = None
-        self._requests: Any = None
-        self._results: Any = None
-        self._next_id = 0
-        self._waiting: int | None = None
+        if not 0 < heartbeat_s < heartbeat_timeout_s:
+            msg = f"heartbeat_timeout_s: expected more than heartbeat_s={heartbeat_s}, got {heartbeat_timeout_s}"
+            raise ValueError(msg)
+        self._planner = planner
+        self._heartbeat_s = heartbeat_s
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._plan_timeout_s = plan_timeout_s
+        self._start_timeout_s = start_timeout_s
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         self._backoff_s = min_backoff_s
+        self._condition = threading.Condition()
+        self._child: _Child | None = None
         self._restart_at = 0.0
+        self._next_id = 0
+        self._latest: int | None = None  # the newest request's id
+        self._latest_sent: float | None = None  # when it was handed to the current process
+        self._answer: PlanResult | PlanFailure | None = None  # to the newest request
+        self._pending: tuple[int, dict[str, Any]] | None = None  # the newest, while no process runs
         self._last_error: str | None = None
+        self._closed = False
+        self.request_bytes = 0  # bytes of the last request written to the pipe
         self.num_failures = 0
         self.num_restarts = -1  # the first start is not a restart
+        self._supervisor = threading.Thread(target=self._supervise, name="eplb-planner-watch", daemon=True)
+        self._supervisor.start()
 
     @property
     def alive(self) -> bool:
-        """True while the worker process runs."""
-        return self._process is not None and self._process.is_alive()
+        """True while a planner process runs."""
+        with self._condition:
+            return self._child is not None and self._child.process.poll() is None
+
+    @property
+    def ready(self) -> bool:
+        """True while a started process has said it is ready."""
+        with self._condition:
+            return self._child is not None and self._child.ready and self._child.failure is None
 
     @property
     def pid(self) -> int | None:
-        """The worker's process id while it runs."""
-        return self._process.pid if self.alive else None
+        """The planner process's id while it runs."""
+        with self._condition:
+            return None if self._child is None else self._child.process.pid
 
-    @property
-    def busy(self) -> bool:
-        """True while a submitted request has no answer yet."""
-        return self._waiting is not None
-
-    def start(self, wait_s: float = 0.0) -> bool:
-        """Starts the process unless it runs or its back-off has not elapsed; with ``wait_s`` > 0
-        also waits until it has built the policy (a ping round trip). Returns ``alive``."""
-        if self.alive:
-            return True
-        if time.monotonic() < self._restart_at:
-            return False
-        self._requests = self._context.Queue()
-        self._results = self._context.Queue()
-        self._process = self._context.Process(
-            target=_serve, args=(self._factory, self._requests, self._results),
-            name="eplb-planner", daemon=True,
-        )  # fmt: skip
-        self._process.start()
-        self._waiting = None
-        self.num_restarts += 1
-        if wait_s > 0:
-            try:
-                self._results.get(timeout=wait_s)  # _READY once the policy is built
-            except queue.Empty:
-                self._fail(f"planner did not start within {wait_s} s")
-        return self.alive
-
-    def submit(self, current_table: IntArray, workload: FloatArray) -> int | None:
-        """Hands a request to the worker (restarting it first if it died and the back-off has
-        elapsed). Returns its id, or None when no worker can take it now or one is busy."""
-        self._check_health()
-        if self.busy or not self.start():
-            return None
-        request_id = self._next_id
-        self._next_id += 1
-        self._requests.put((request_id, np.asarray(current_table), np.asarray(workload)))
-        self._waiting = request_id
-        return request_id
-
-    def poll(self, timeout_s: float = 0.0) -> PlanResult | None:
-        """The answer to the pending request if it is ready within ``timeout_s``; None when not
-        ready, when nothing is pending, or when the worker failed (logged once, restarted later)."""
-        if self._waiting is None:
-            return None
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Waits up to ``timeout_s`` until a process is ready (starting one if none runs)."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining > 0:
-                    answer = self._results.get(timeout=min(remaining, 0.05))
-                else:
-                    answer = self._results.get_nowait()
-            except queue.Empty:
-                if not self._check_health() or time.monotonic() >= deadline:
-                    return None
-                continue
-            if isinstance(answer, PlanResult) and answer.request_id == self._waiting:
-                self._waiting = None
-                self._backoff_s = self._min_backoff_s
-                self._last_error = None
-                return answer
-            if isinstance(answer, tuple) and answer[0] == self._waiting:
-                self._fail(f"policy raised: {answer[1]}")
-                return None
-            # Otherwise a late answer to a cancelled request, or the ready signal: dropped.
+        with self._condition:
+            self._condition.notify_all()
+            while not (self._child is not None and self._child.ready and self._child.failure is None):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._condition.wait(min(remaining, 0.05))
+            return True
 
-    def cancel(self) -> None:
-        """Forgets the pending request (its late answer is discarded)."""
-        self._waiting = None
+    def submit(self, request: PlanRequest) -> int:
+        """Hands ``request`` to the process (started if none runs) and returns its id at once.
+        It replaces any request that has no answer yet: their answers will be dropped."""
+        with self._condition:
+            request_id = self._next_id
+            self._next_id += 1
+            self._latest = request_id
+            self._answer = None
+            self._latest_sent = None
+            fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+            if self._child is not None and self._child.failure is None:
+                self._child.outbox = (request_id, fields)
+                self._latest_sent = time.monotonic()
+            else:
+                self._pending = (request_id, fields)
+            self._condition.notify_all()
+            return request_id
+
+    def poll(self, request_id: int) -> PlanResult | PlanFailure | None:
+        """The answer to ``request_id`` when it came (a PlanFailure when none will come, also
+        for a superseded request), else None. Never waits."""
+        with self._condition:
+            if request_id != self._latest:
+                return PlanFailure(request_id, "superseded by a newer request")
+            return self._answer
+
+    def wait(self, request_id: int, timeout_s: float) -> PlanResult | PlanFailure | None:
+        """As ``poll``, waiting up to ``timeout_s`` for the answer."""
+        deadline = time.monotonic() + timeout_s
+        with self._condition:
+            while True:
+                answer = self.poll(request_id)
+                remaining = deadline - time.monotonic()
+                if answer is not None or remaining <= 0:
+                    return answer
+                self._condition.wait(min(remaining, 0.05))
 
     def close(self) -> None:
-        """Stops the worker process."""
-        if self._process is None:
+        """Stops the process and the threads."""
+        with self._condition:
+            self._closed = True
+            child, self._child = self._child, None
+            self._condition.notify_all()
+        if child is not None:
+            _stop(child.process)
+        self._supervisor.join(timeout=5.0)
+
+    # -- background side ---------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Supervisor thread: starts and restarts the process, enforces its deadlines."""
+        while True:
+            with self._condition:
+                if self._closed:
+                    return
+                self._check_deadlines()
+                child = self._child
+                start = child is None and time.monotonic() >= self._restart_at
+            if start:
+                self._start()
+            with self._condition:
+                if self._closed:
+                    return
+                self._condition.wait(0.05)
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        paths = [path for path in sys.path if path and Path(path).is_dir()]
+        env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eplb_native.planner_process"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the server, not the planner
+        )  # fmt: skip
+        child = _Child(process)
+        level = logging.getLogger("eplb_native").getEffectiveLevel()
+        with self._condition:
+            if self._closed:
+                _stop(process)
+                return
+            self._child = child
+            self.num_restarts += 1
+            if self._pending is not None:
+                child.outbox, self._pending = self._pending, None
+                self._latest_sent = time.monotonic()
+        for target, name in ((self._receive, "receive"), (self._drain_stderr, "stderr")):
+            threading.Thread(target=target, args=(child,), name=f"eplb-planner-{name}", daemon=True).start()
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):  # a process that died at once: its receive thread says why
+            write_frame(process.stdin, ("init", self._planner, level, self._heartbeat_s))
+        threading.Thread(target=self._send, args=(child,), name="eplb-planner-send", daemon=True).start()
+
+    def _send(self, child: _Child) -> None:
+        """Sender thread of one process: writes its newest request when there is one."""
+        stdin = child.process.stdin
+        assert stdin is not None
+        while True:
+            with self._condition:
+                while child.outbox is None and child.failure is None and not self._closed:
+                    self._condition.wait()
+                if child.failure is not None or self._closed:
+                    return
+                request_id, fields = child.outbox  # type: ignore[misc]
+                child.outbox = None
+            fields = {**fields, "window": narrow_counts(fields["window"])}
+            try:
+                size = write_frame(stdin, ("plan", request_id, fields))
+            except (BrokenPipeError, OSError, ValueError):
+                return  # the process went away: its receive thread or the supervisor reports it
+            self.request_bytes = size
+
+    def _receive(self, child: _Child) -> None:
+        """Receive thread of one process: answers, heartbeats, log lines; reports its exit."""
+        stdout = child.process.stdout
+        assert stdout is not None
+        while True:
+            try:
+                message = read_frame(stdout)
+            except (EOFError, OSError, ValueError):
+                break
+            kind = message[0]
+            if kind == "log":
+                _, level, name, text = message
+                logging.getLogger(name).log(level, "[planner %d] %s", child.process.pid, text)
+            with self._condition:
+                child.last_seen = time.monotonic()
+                if kind == "ready":
+                    child.ready = True
+                    self._condition.notify_all()
+                elif kind == "failed":
+                    child.start_error = message[1]
+                elif kind in ("result", "error") and message[1] == self._latest and self._answer is None:
+                    if kind == "result":
+                        self._answer = PlanResult(message[1], message[2], message[3])
+                        self._backoff_s = self._min_backoff_s
+                        self._last_error = None
+                    else:
+                        self._answer = PlanFailure(message[1], f"planner raised {message[2]}")
+                        self._log_failure(f"the planner raised {message[2]}")
+                    self._condition.notify_all()
+        stdout.close()
+        code = child.process.wait()
+        with self._condition:
+            if child.failure is None and child is self._child:
+                phase = "running" if child.ready else "starting"
+                cause = child.start_error or "; ".join(child.stderr_tail[-3:])
+                self._fail(child, f"exited with code {code} while {phase}" + (f": {cause}" if cause else ""))
+
+    def _drain_stderr(self, child: _Child) -> None:
+        """Stderr thread of one process: its lines (tracebacks, prints) as warnings."""
+        stderr = child.process.stderr
+        assert stderr is not None
+        for raw in iter(stderr.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                with self._condition:
+                    child.stderr_tail = [*child.stderr_tail[-19:], line]
+                logger.warning("[planner %d stderr] %s", child.process.pid, line)
+        stderr.close()
+
+    def _check_deadlines(self) -> None:
+        """(Lock held.) Kills the process when it misses a deadline."""
+        child = self._child
+        if child is None or child.failure is not None:
             return
-        if self._process.is_alive():
-            self._requests.put(None)
-            self._process.join(timeout=5.0)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join()
-        self._process = None
+        now = time.monotonic()
+        if not child.ready:
+            if now - child.started > self._start_timeout_s:
+                self._fail(child, f"was not ready within start_timeout_s={self._start_timeout_s:g} s")
+        elif now - child.last_seen > self._heartbeat_timeout_s:
+            self._fail(child, f"missed its heartbeat: silent for {now - child.last_seen:.1f} s "
+                              f"(heartbeat_timeout_s={self._heartbeat_timeout_s:g})")
+        elif (self._latest_sent is not None and self._answer is None
+              and now - self._latest_sent > self._plan_timeout_s):  # fmt: skip
+            self._fail(child, f"gave no answer within plan_timeout_s={self._plan_timeout_s:g} s")
 
-    def _check_health(self) -> bool:
-        """False (and the failure recorded) when a started worker has died."""
-        if self._process is not None and not self._process.is_alive():
-            self._fail(f"planner process exited with code {self._process.exitcode}")
-            return False
-        return True
-
-    def _fail(self, error: str) -> None:
+    def _fail(self, child: _Child, reason: str) -> None:
+        """(Lock held.) Replaces ``child``: killed, its request answered with a failure, a
+        restart scheduled after the back-off."""
+        child.failure = reason
         self.num_failures += 1
-        self._waiting = None
-        if error != self._last_error:
-            logger.error("EPLB planner failed (%s); serving continues with the current placement, "
-                         "retry in %.1f s", error, self._backoff_s)
-        else:
-            logger.debug("EPLB planner failed again: %s", error)
-        self._last_error = error
-        if self._process is not None:
-            if self._process.is_alive():
-                self._process.kill()
-            self._process.join()
-            self._process = None
+        _stop(child.process, graceful=False)
+        if child is self._child:
+            self._child = None
             self._restart_at = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+            if self._latest is not None and self._answer is None and self._latest_sent is not None:
+                self._answer = PlanFailure(self._latest, f"planner process failed: {reason}")
+            self._log_failure(f"planner process {child.process.pid} {reason}")
+            self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+        self._condition.notify_all()
+
+    def _log_failure(self, reason: str) -> None:
+        if reason != self._last_error:
+            logger.error("EPLB planner failed: %s; serving continues with the current placement, "
+                         "next start in %.1f s", reason, self._backoff_s)
+        else:
+            logger.debug("EPLB planner failed again: %s", reason)
+        self._last_error = reason
 
 
-__all__ = ["PlanResult", "PlannerWorker", "PolicyFactory", "PolicySpec", "RebalancePolicy", "check_plan_result"]
+def _stop(process: subprocess.Popen[bytes], graceful: bool = True) -> None:
+    """Ends the planner process: its stdin closed (it exits), else killed."""
+    if graceful and process.poll() is None:
+        try:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(timeout=5.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if process.poll() is None:
+        process.kill()
+    if process.stdin is not None:  # the receive thread reaps the process
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+
+
+def check_plan_result(outcome: PlanOutcome, current: IntArray, num_ranks: int, num_experts: int) -> None:
+    """Raises ValueError naming the field unless ``outcome`` may be applied to the placement
+    ``current`` int64 [L, P]: ``new_phy2log`` has its shape and is a valid placement of
+    ``num_experts`` experts on ``num_ranks`` ranks (``validate_plan``); ``layers`` are distinct
+    ids in range and every row outside them is unchanged."""
+    table = np.asarray(outcome.new_phy2log)
+    if table.shape != current.shape or table.dtype.kind not in "iu":
+        msg = f"new_phy2log: expected an int table of shape {current.shape}, got {table.dtype} {table.shape}"
+        raise ValueError(msg)
+    num_layers = table.shape[0]
+    layers = np.asarray(outcome.layers, dtype=np.int64).reshape(-1)
+    if layers.size and (layers.min() < 0 or layers.max() >= num_layers or np.unique(layers).size != layers.size):
+        msg = f"layers: expected distinct layer ids in [0, {num_layers}), got {layers.tolist()}"
+        raise ValueError(msg)
+    untouched = np.setdiff1d(np.arange(num_layers), layers)
+    if not np.array_equal(table[untouched], current[untouched]):
+        msg = "new_phy2log: rows of layers outside 'layers' differ from the current placement"
+        raise ValueError(msg)
+    if table.min() < 0 or table.max() >= num_experts:
+        msg = f"new_phy2log: expert ids must lie in [0, {num_experts}), got [{table.min()}, {table.max()}]"
+        raise ValueError(msg)
+    validate_plan(Plan.from_phy2log(table.astype(np.int64), num_experts), num_ranks, allow_duplicate_on_rank=True)
+
+
+__all__ = ["PlanFailure", "PlanResult", "Planner", "PlannerWorker", "check_plan_result"]

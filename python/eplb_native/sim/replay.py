@@ -3,16 +3,13 @@
 Semantics (one run per policy, all from the same trace ``load`` float64 [T, L, N]):
 
 - the default placement (``default_placement``) is in force for steps ``0 .. interval - 1``;
-- each policy is one stateful object (``eplb_native.policies.make_policy``) kept for the whole
-  replay, so FlashLB remembers each layer's balance across windows;
-- at every step ``t = interval, 2 * interval, ...`` (``t < T``) the policy re-plans the way a
-  server does, from per-slot heat only: the window just seen, ``load[t - interval : t]``
-  [interval, L, N], becomes the tokens each physical slot handled under the placement in force
-  (``slot_load_from_expert_load``: every replica carries ``load / logcnt``), workload float64
-  [interval, L, D, S], and the policy gets ``rebalance(current_table [L, D, S], workload)``.
-  The workload stays per step: policies without episodes sum it, FlashLB folds it into
-  episodes of its own ``FlashLBOptions.episode_steps`` (the CLI's ``--episode``). The policy
-  applies only the layers it selects (their busiest rank gets lighter; FlashLB: only layers
+- at every step ``t = interval, 2 * interval, ...`` (``t < T``) the policy re-plans the way the
+  runtime does, with the same call: ``planning.plan`` on a ``PlanRequest`` holding the window
+  just seen, ``load[t - interval : t]`` [interval, L, N] per step, the placement in force, the
+  policy's options and its memory (FlashLB remembers each switched layer's balance across
+  windows). The window stays per step: policies without episodes sum it, FlashLB folds it into
+  episodes of its own ``FlashLBOptions.episode_steps`` (the CLI's ``--episode``). Only the
+  layers ``plan`` selects are switched (their busiest rank gets lighter; FlashLB: only layers
   whose balance fell below its thresholds), the others keep their row;
 - the table in force is then scored on the steps it serves, ``t .. t + interval - 1`` (out of
   sample: the policy never saw them).
@@ -27,8 +24,7 @@ runs the same default placement). A "static" row keeps the default placement thr
   (``evaluate``), averaged over layers and windows;
 - ``weight_copies_per_rebalance``: mean of ``count_weight_copies(old, new)``;
   ``layers_updated``: layers whose table changed, summed over all rebalances;
-  ``plan_ms``: mean wall time of one ``rebalance`` call (``time.perf_counter``; the slot-heat
-  conversion is not counted).
+  ``plan_ms``: mean wall time of one ``plan`` call (``time.perf_counter``).
 """
 
 from __future__ import annotations
@@ -37,32 +33,24 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.plan import (
-    FloatArray,
-    Plan,
-    check_load,
-    count_weight_copies,
-    default_placement,
-    evaluate,
-    rank_loads,
-    slot_load_from_expert_load,
-)
-
-if TYPE_CHECKING:
-    from eplb_native.policies import EplbPolicy
+from eplb_native.checks import FloatArray, check_load
+from eplb_native.flashlb import PlannedBalance
+from eplb_native.metrics import count_weight_copies, evaluate, peak_to_average
+from eplb_native.plan import Plan, default_placement, rank_loads
+from eplb_native.planning import PlanOutcome, PlanRequest, check_options, plan, policy_name
 
 logger = logging.getLogger(__name__)
 
 STATIC = "static"
 """Name of the baseline row that keeps the default placement (no rebalancing)."""
 
-PolicyFactory = Callable[..., "EplbPolicy"]
-"""``make_policy``-compatible: ``(name, num_groups, num_nodes, options, num_threads, seed)``."""
+Planner = Callable[[PlanRequest], PlanOutcome]
+"""``planning.plan`` or anything shaped like it."""
 
 
 @dataclass(frozen=True)
@@ -181,21 +169,13 @@ class ReplayResult:
         return {name: run.summary() for name, run in self.policies.items()}
 
 
-def _step_par(rank_load: FloatArray) -> FloatArray:
-    """Per-step PAR averaged over layers, float64 [w], from tokens per rank [w, L, D]."""
-    mean = rank_load.mean(axis=-1)
-    peak = rank_load.max(axis=-1)
-    par = np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0)  # [w, L]
-    return np.asarray(par.mean(axis=-1), dtype=np.float64)
-
-
 def replay(
     load: npt.ArrayLike,
     policies: Sequence[str | PolicySpec],
     settings: ReplaySettings,
     *,
     options: dict[str, Any] | None = None,
-    make: PolicyFactory | None = None,
+    planner: Planner = plan,
     on_rebalance: Callable[[str, int], None] | None = None,
 ) -> ReplayResult:
     """Replays ``load`` with each policy (see the module docstring for the semantics).
@@ -206,8 +186,7 @@ def replay(
             label); ``STATIC`` is always added first.
         settings: ranks, redundancy, interval, threads, seed.
         options: ``options=`` objects of the policies given by name, by name.
-        make: builds each policy object once per replay; default
-            ``eplb_native.policies.make_policy``.
+        planner: the planning call (default ``planning.plan``), e.g. to record its requests.
         on_rebalance: called after each rebalance with (label, window index), e.g. to advance a
             progress bar.
 
@@ -225,10 +204,6 @@ def replay(
             f"{settings.interval} (the first interval runs the default placement)"
         )
         raise ValueError(msg)
-    if make is None:
-        from eplb_native.policies import make_policy
-
-        make = make_policy
     specs = [
         spec if isinstance(spec, PolicySpec) else PolicySpec(spec, spec, (options or {}).get(spec))
         for spec in policies
@@ -237,6 +212,8 @@ def replay(
     if STATIC in labels or len(set(labels)) != len(labels):
         msg = f"policies: labels must be unique and not {STATIC!r}, got {labels}"
         raise ValueError(msg)
+    for spec in specs:
+        check_options(policy_name(spec.policy, "policies"), spec.options)
     initial = default_placement(
         num_layers, num_experts, settings.num_ranks, settings.num_redundant_experts
     )
@@ -244,16 +221,8 @@ def replay(
     result = ReplayResult(settings=settings, num_slots=num_slots, first_step=settings.interval)
     result.policies[STATIC] = _replay_one(trace, STATIC, None, initial, settings, on_rebalance)
     for spec in specs:
-        policy = make(
-            spec.policy,
-            num_groups=settings.num_groups,
-            num_nodes=settings.num_nodes,
-            options=spec.options,
-            num_threads=settings.num_threads,
-            seed=settings.seed,
-        )
         result.policies[spec.label] = _replay_one(
-            trace, spec.label, policy, initial, settings, on_rebalance
+            trace, spec.label, spec, initial, settings, on_rebalance, planner
         )
     return result
 
@@ -261,45 +230,47 @@ def replay(
 def _replay_one(
     trace: FloatArray,
     name: str,
-    policy: EplbPolicy | None,
+    spec: PolicySpec | None,
     initial: Plan,
     settings: ReplaySettings,
     on_rebalance: Callable[[str, int], None] | None,
+    planner: Planner = plan,
 ) -> PolicyReplay:
-    """One policy's replay (``policy`` None: the static row)."""
+    """One policy's replay (``spec`` None: the static row)."""
     num_steps = trace.shape[0]
     num_ranks = settings.num_ranks
     starts = list(range(settings.interval, num_steps, settings.interval))
-    plan = initial
+    placement = initial
+    memory = PlannedBalance.empty(initial.num_layers)
     rank_load_parts, aggregate_par, gaps, copies, changed, plan_ms = [], [], [], [], [], []
     in_sample = []
     for window_idx, start in enumerate(starts):
         window = trace[start - settings.interval : start]  # [interval, L, N]
-        if policy is not None:
-            table = plan.table(num_ranks)  # [L, D, S]
-            workload = slot_load_from_expert_load(plan, window).reshape(
-                window.shape[0], *table.shape
-            )  # [interval, L, D, S] tokens per slot
+        if spec is not None:
+            request = PlanRequest(
+                window, num_ranks, spec.policy, spec.options,
+                current=placement.phy2log, num_groups=settings.num_groups, num_nodes=settings.num_nodes,
+                planned_balance=memory.balance.copy(), num_threads=settings.num_threads, seed=settings.seed,
+            )  # fmt: skip
             begin = time.perf_counter()
-            _, _, new_table = policy.rebalance(table, workload)
+            outcome = planner(request)
             plan_ms.append((time.perf_counter() - begin) * 1e3)
-            new_plan = Plan.from_phy2log(
-                new_table.reshape(plan.num_layers, plan.num_physical), plan.num_experts
-            )
-            copies.append(count_weight_copies(plan, new_plan, num_ranks))
-            changed.append(int(np.any(plan.phy2log != new_plan.phy2log, axis=1).sum()))
-            plan = new_plan
+            memory.record(outcome.layers, outcome.balance)
+            new_plan = Plan.from_phy2log(outcome.new_phy2log, placement.num_experts)
+            copies.append(count_weight_copies(placement, new_plan, num_ranks))
+            changed.append(int(np.any(placement.phy2log != new_plan.phy2log, axis=1).sum()))
+            placement = new_plan
             if on_rebalance is not None:
                 on_rebalance(name, window_idx)
-        in_sample.append(float(_step_par(rank_loads(plan, window, num_ranks)).mean()))
+        in_sample.append(float(peak_to_average(rank_loads(placement, window, num_ranks)).mean()))
         served = trace[start : start + settings.interval]  # [w, L, N]
-        rank_load_parts.append(rank_loads(plan, served, settings.num_ranks))
-        stats = evaluate(plan, served, settings.num_ranks)
+        rank_load_parts.append(rank_loads(placement, served, settings.num_ranks))
+        stats = evaluate(placement, served, settings.num_ranks)
         aggregate_par.append(stats.par_aggregate)
         gaps.append(float(stats.gap.mean()))
         logger.debug("%s window %d: par_aggregate %.4f", name, window_idx, stats.par_aggregate)
     rank_load = np.concatenate(rank_load_parts, axis=0)  # [T - interval, L, D]
-    par_steps = _step_par(rank_load)
+    par_steps = peak_to_average(rank_load).mean(axis=-1)  # [T - interval], layer mean
     window_ends = np.cumsum([part.shape[0] for part in rank_load_parts])[:-1]
     run = PolicyReplay(
         name=name,
@@ -312,7 +283,7 @@ def _replay_one(
         weight_copies=np.asarray(copies, dtype=np.int64),
         layers_updated=np.asarray(changed, dtype=np.int64),
         plan_ms=np.asarray(plan_ms, dtype=np.float64),
-        final_plan=plan,
+        final_plan=placement,
     )
     summary = run.summary()
     logger.info(
@@ -327,7 +298,6 @@ def _replay_one(
 
 __all__ = [
     "STATIC",
-    "PolicyFactory",
     "PolicyReplay",
     "PolicySpec",
     "ReplayResult",

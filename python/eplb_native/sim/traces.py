@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.plan import FloatArray, Plan, check_load, expert_load_from_slot_load
+from eplb_native.checks import FloatArray, check_load
+from eplb_native.plan import Plan, expert_load_from_slot_load
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,182 @@
+"""Balance metrics of a placement on a load: peak-to-average ratio, the lower bound on the
+best achievable max rank load, ``evaluate`` (PlanStats), and weight copies between placements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from eplb_native.checks import FloatArray, IntArray, as_int_array, check_load, check_positive_int
+from eplb_native.plan import Plan, rank_loads
+
+
+def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:
+    """A lower bound on the smallest achievable max rank load, float64 [..., L].
+
+    The larger of (a) the mean rank load ``total / D`` and (b) the smallest possible largest
+    per-replica load when the ``P`` replicas are allotted optimally (each expert 1..D replicas;
+    greedy min-max allotment is exact for this). Any placement's busiest rank carries at least
+    both.
+    """
+    expert_load = np.asarray(load, dtype=np.float64)
+    num_experts = expert_load.shape[-1]
+    if num_physical < num_experts:
+        msg = f"num_physical: {num_physical} slots cannot hold {num_experts} experts"
+        raise ValueError(msg)
+    mean_bound = expert_load.sum(axis=-1) / num_ranks
+    flat = expert_load.reshape(-1, num_experts)
+    replica_bound = np.empty(flat.shape[0], dtype=np.float64)
+    max_replicas = num_ranks
+    for row_idx, row in enumerate(flat):
+        replica_bound[row_idx] = _min_max_per_replica(row, num_physical, max_replicas)
+    return np.asarray(np.maximum(mean_bound, replica_bound.reshape(mean_bound.shape)), dtype=np.float64)
+
+
+def _min_max_per_replica(row: FloatArray, num_physical: int, max_replicas: int) -> float:
+    """Smallest achievable max of row[e] / k[e] with sum(k) <= P and 1 <= k[e] <= max_replicas.
+
+    The optimum is one of the values row[e] / k; binary search finds the smallest one for which
+    the replicas each expert needs to get under it, ``max(1, ceil(row[e] / x))``, fit into P.
+    """
+    candidates = np.unique((row[:, None] / np.arange(1, max_replicas + 1)[None, :]).ravel())
+    lo, hi = 0, candidates.shape[0] - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        x = candidates[mid]
+        if x <= 0:
+            lo = mid + 1
+            continue
+        # The small slack keeps row[e] / (row[e] / k) from rounding up to k + 1.
+        need = np.maximum(np.ceil(row / x - 1e-9), 1)
+        if need.max() <= max_replicas and need.sum() <= num_physical:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(candidates[lo])
+
+
+@dataclass(frozen=True)
+class PlanStats:
+    """Balance of a plan on a load.
+
+    Attributes:
+        par: peak-to-average ratio (max rank load / mean rank load) averaged over layers; for a
+            time series ``[T, L, N]``, the per-step PAR averaged over steps and layers.
+        par_per_layer: float64 [L], as ``par`` per layer.
+        par_aggregate: PAR of the load summed over the window, averaged over layers.
+        max_load: float64 [L], busiest rank's tokens on the aggregated load.
+        mean_load: float64 [L], mean rank tokens on the aggregated load.
+        lower_bound: float64 [L], lower bound on the best achievable max load (aggregated).
+        gap: float64 [L], ``max_load / lower_bound - 1`` (0 for layers with no load).
+    """
+
+    par: float
+    par_per_layer: FloatArray
+    par_aggregate: float
+    max_load: FloatArray
+    mean_load: FloatArray
+    lower_bound: FloatArray
+    gap: FloatArray
+
+
+def peak_to_average(rank_load: npt.ArrayLike) -> FloatArray:
+    """PAR, max / mean over the last axis (ranks) of float [..., D]: float64 [...]; 1.0 where
+    there is no load."""
+    rank_load = np.asarray(rank_load, dtype=np.float64)
+    mean = rank_load.mean(axis=-1)
+    peak = rank_load.max(axis=-1)
+    return np.asarray(np.divide(peak, mean, out=np.ones_like(mean), where=mean > 0), dtype=np.float64)
+
+
+def _plan_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
+    """``load`` checked as float [L, N] or [T, L, N] for ``plan``'s L layers and N experts."""
+    expert_load = check_load(load, "load", allow_steps=True)
+    if expert_load.shape[-2:] != plan.logcnt.shape:
+        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
+        raise ValueError(msg)
+    return expert_load
+
+
+def mean_par(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> float:
+    """``evaluate(plan, load, num_ranks).par`` alone (no lower bound; cheap enough for a serving
+    step): PAR (max / mean rank load) averaged over layers and, for [T, L, N], over steps."""
+    return float(peak_to_average(rank_loads(plan, _plan_load(plan, load), num_ranks)).mean())
+
+
+def evaluate(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> PlanStats:
+    """Balance of ``plan`` on ``load`` over ``num_ranks`` ranks.
+
+    Args:
+        plan: the placement, with L layers.
+        load: float [L, N] (one window) or [T, L, N] (per step), tokens per logical expert.
+        num_ranks: D.
+
+    Returns:
+        PlanStats; ``par`` is the mean over steps when ``load`` is [T, L, N].
+    """
+    expert_load = _plan_load(plan, load)
+    per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
+    par_steps = peak_to_average(per_rank)  # [(T,) L]
+    par_per_layer = par_steps.mean(axis=0) if expert_load.ndim == 3 else par_steps
+    aggregate = expert_load.sum(axis=0) if expert_load.ndim == 3 else expert_load
+    aggregate_rank = rank_loads(plan, aggregate, num_ranks)  # [L, D]
+    max_load = aggregate_rank.max(axis=-1)
+    mean_load = aggregate_rank.mean(axis=-1)
+    lower_bound = lower_bound_max_load(aggregate, plan.num_physical, num_ranks)
+    gap = np.divide(max_load, lower_bound, out=np.ones_like(max_load), where=lower_bound > 0) - 1.0
+    return PlanStats(
+        par=float(par_per_layer.mean()),
+        par_per_layer=par_per_layer,
+        par_aggregate=float(peak_to_average(aggregate_rank).mean()),
+        max_load=max_load,
+        mean_load=mean_load,
+        lower_bound=lower_bound,
+        gap=gap,
+    )
+
+
+def count_weight_copies(old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, num_ranks: int) -> int:
+    """Weight copies needed to go from ``old`` to ``new``: slots whose new expert is not already
+    on that rank in ``old`` (a local slot-to-slot copy costs no transfer and is not counted).
+
+    Args:
+        old, new: Plans, or phy2log int64 [L, P] tables of the same shape.
+        num_ranks: D.
+    """
+    return int(weight_copies_per_layer(old, new, num_ranks).sum())
+
+
+def weight_copies_per_layer(
+    old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, num_ranks: int
+) -> IntArray:
+    """As ``count_weight_copies``, per layer: int64 [L]."""
+    old_table = as_int_array(old.phy2log if isinstance(old, Plan) else old, "old")
+    new_table = as_int_array(new.phy2log if isinstance(new, Plan) else new, "new")
+    if old_table.shape != new_table.shape or old_table.ndim != 2:
+        msg = f"new: shape {new_table.shape} does not match old {old_table.shape} ([L, P] expected)"
+        raise ValueError(msg)
+    check_positive_int(num_ranks, "num_ranks")
+    num_layers, num_physical = old_table.shape
+    if num_physical % num_ranks:
+        msg = f"num_ranks: {num_physical} slots cannot be split evenly over {num_ranks} ranks"
+        raise ValueError(msg)
+    num_slots = num_physical // num_ranks
+    old_ranks = old_table.reshape(num_layers, num_ranks, num_slots)
+    new_ranks = new_table.reshape(num_layers, num_ranks, num_slots)
+    # present[l, r, s] = new expert of slot s already somewhere on rank r in old.
+    present = (new_ranks[:, :, :, None] == old_ranks[:, :, None, :]).any(axis=-1)
+    copies: IntArray = (~present).sum(axis=(1, 2)).astype(np.int64)
+    return copies
+
+
+__all__ = [
+    "PlanStats",
+    "count_weight_copies",
+    "evaluate",
+    "lower_bound_max_load",
+    "mean_par",
+    "peak_to_average",
+    "weight_copies_per_layer",
+]
