@@ -100,17 +100,19 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
                                 transfer_timeout_s=2.0 if scenario == "faults" else 30.0)
     manager.warm_up()
     if scenario == "faults" and rank == 2:
-        post = manager.loader._post_layer
+        # Rank 2 fails its first layer once the weights arrived (a bad copy into staging): its
+        # peers finish at once, nobody waits for a timeout.
+        finish = manager.loader._finish_layer
         failed: list[int] = []
 
-        def fail_once(position: int, transfers: Any, tag: int) -> Any:
+        def fail_once(position: int, transfers: Any, works: Any, deadline: float, **kwargs: Any) -> None:
+            finish(position, transfers, works, deadline, **kwargs)
             if not failed:
                 failed.append(transfers.layer_idx)
-                msg = "injected link failure"
+                msg = "injected staging failure"
                 raise RuntimeError(msg)
-            return post(position, transfers, tag)
 
-        manager.loader._post_layer = fail_once  # type: ignore[method-assign]
+        manager.loader._finish_layer = fail_once  # type: ignore[method-assign]
     initial_table = manager.table
     staging = [t.data_ptr() for t in manager.loader.staging_buffers()]
     heat_buffers = [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)]

@@ -4,16 +4,21 @@ only when every rank has all of its weights.
 Per step: ``pre_forward()`` hands the next layers to a background thread, which posts their
 point-to-point transfers (``torch.distributed.batch_isend_irecv``) into preallocated staging
 buffers, waits for them and then agrees with every rank on which layers arrived everywhere (one
-small all-reduce on a group only that thread uses), all while the forward step runs;
-``post_forward()`` waits for that thread's answer (normally ready already), copies the agreed
-layers' staging buffers into the expert slots and installs the new placement rows. A layer that
-failed or timed out on any rank is abandoned on all ranks with its old weights and maps. Every
-rank commits a batch in the ``post_forward`` of the step whose ``pre_forward`` posted it.
+small all-reduce on a group only that thread uses), all while the forward steps run. Each
+``post_forward()`` while a batch is in flight posts a one-flag all-reduce ("finished here") and
+reads the one it posted a step earlier (normally complete by then); once every rank's flag says
+finished, that ``post_forward`` takes the thread's answer (ready, not waited for), copies the
+agreed layers' staging buffers into the expert slots and installs the new placement rows. So a
+transfer may span several forward steps and no step waits for it; every rank commits a batch
+at the same step, at the earliest one step after the step whose ``pre_forward`` posted it. A
+layer that failed or timed out on any rank is abandoned on all ranks with its old weights and
+maps.
 
 Weights on a GPU/NPU use the side-stream mode instead of the thread: ``pre_forward()`` posts the
 transfers on a side stream of the weights' device (on the device's process-group backend, e.g.
-NCCL/HCCL), so they overlap the forward on the main stream; ``post_forward()`` waits for them,
-votes on a CPU group and copies on the main stream after the side stream. Collectives are then
+NCCL/HCCL), so they overlap the forward on the main stream; once every rank's works completed
+(the same one-flag agreement), ``post_forward()`` finishes them, votes on a CPU group and copies
+on the main stream after the side stream. Collectives are then
 launched by one thread in the same order on every rank. NOTE: the side-stream mode has only run
 on the CPU here (``side_stream=True``, torch's CPU stream stand-ins), never on a GPU or NPU.
 """
@@ -70,13 +75,15 @@ class LayerUpdate:
 class _Batch:
     """Layers in flight: their transfers, new rows, and either the background thread's future
     (one flag per layer: its weights arrived on every rank) or, in side-stream mode, each
-    layer's posted works (None: posting failed)."""
+    layer's posted works (None: posting failed); ``finished``: the "finished on every rank"
+    all-reduce posted at the last ``post_forward``."""
 
     transfers: list[LayerTransfers]
     rows: list[IntArray]
     future: Future[list[bool]] | None
     started: float
     posted: list[list[dist.Work] | None] | None = None
+    finished: dist.Work | None = None
 
 
 class WeightLoader:
@@ -143,9 +150,14 @@ class WeightLoader:
         self._transfer_backend = "gloo" if device.type == "cpu" else None
         self._control_group = dist.new_group(backend="gloo") if self._distributed else None
         self._transfer_group = dist.new_group(backend=self._transfer_backend) if self._distributed else None
+        # The "finished on every rank" flag, all-reduced by the calling thread only.
+        self._finished_group = dist.new_group(backend="gloo") if self._distributed else None
+        self._finished_flag = torch.zeros(1, dtype=torch.int32)
         self._device_module = torch.get_device_module(device)
         use_stream = device.type != "cpu" if side_stream is None else side_stream
         self._stream = self._device_module.Stream() if use_stream else None
+        # Device backends' works say when they completed; gloo's point-to-point ones only once waited.
+        self._works_report_completion = device.type != "cpu"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eplb-loader")
         self._queue: deque[tuple[int, IntArray]] = deque()
         self._in_flight: _Batch | None = None
@@ -228,12 +240,12 @@ class WeightLoader:
         self._in_flight = _Batch(transfers, rows, None, time.perf_counter(), posted)
 
     def post_forward(self) -> list[LayerUpdate]:
-        """Waits for the verdict on the layers in flight (the loader thread's, or in side-stream
-        mode the vote taken here once the side stream finished; all ranks agree on it) and
-        applies those that arrived everywhere; returns one LayerUpdate per layer of the batch
-        (empty when idle)."""
+        """Once the layers in flight finished on every rank (agreed one step after each check):
+        takes the verdict on them (the loader thread's, or in side-stream mode the vote taken
+        here; all ranks agree on it) and applies those that arrived everywhere; returns one
+        LayerUpdate per layer of the batch (empty when idle or still in flight)."""
         batch = self._in_flight
-        if batch is None:
+        if batch is None or (self._distributed and not self._finished_everywhere(batch)):
             return []
         self._in_flight = None
         try:
@@ -266,6 +278,28 @@ class WeightLoader:
                         transfer_ms * share, apply_ms * share)
             for t, ok in updates
         ]
+
+    def _finished_everywhere(self, batch: _Batch) -> bool:
+        """True when the flags all-reduced since the last call say every rank finished ``batch``
+        (the same answer on every rank, at the same step); otherwise posts this rank's flag for
+        the next call and returns False."""
+        if batch.finished is not None:
+            batch.finished.wait()  # posted a step ago: normally complete
+            batch.finished = None
+            if int(self._finished_flag[0]) == 1:
+                return True
+        if batch.future is not None:
+            finished = batch.future.done()
+        elif self._works_report_completion:  # side-stream mode on a device (NCCL / HCCL works)
+            assert batch.posted is not None
+            overdue = time.perf_counter() - batch.started > self._timeout_s  # failed when finished
+            finished = overdue or all(work.is_completed() for works in batch.posted if works for work in works)
+        else:  # side-stream stand-in on the CPU: gloo's point-to-point works complete only when waited
+            finished = True
+        self._finished_flag[0] = int(finished)
+        batch.finished = dist.all_reduce(self._finished_flag, op=dist.ReduceOp.MIN, group=self._finished_group,
+                                         async_op=True)
+        return False
 
     def run_to_completion(self) -> list[LayerUpdate]:
         """Moves every queued layer now, stopping the world (the synchronous alternative)."""
