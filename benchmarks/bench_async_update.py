@@ -44,11 +44,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
 
 from dist_utils import run_on_ranks
-from toy_moe_model import ToyModel, ToyShape, reference_model, toy_inputs, toy_weights
+from toy_moe_model import ToyShape, toy_inputs, toy_replica, toy_weights
 
 from eplb_native import EplbConfig
-from eplb_native.runtime import HeatRecorder
-from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
+from eplb_native.runtime.updater import EplbUpdateManager
 
 
 def parse_args() -> argparse.Namespace:
@@ -89,10 +88,7 @@ def _run_mode(rank: int, world_size: int, args: argparse.Namespace, synchronous:
         "algorithm_execution_interval": 3, "num_redundant_experts": 4,
         "eplb_policy_type": args.policy, "max_layers_per_step": 1,
     })  # fmt: skip
-    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
-    heat = HeatRecorder.from_config(config, plan)
-    model = ToyModel(shape, weights, plan, heat)
-    reference = reference_model(shape, weights, rank, world_size)
+    model, heat, reference = toy_replica(config, shape, weights, rank, world_size)
     errors = _Messages()
     logging.getLogger("eplb_native.runtime.worker").addHandler(errors)
     manager = EplbUpdateManager(config, list(model.moe), heat, synchronous=synchronous,
@@ -102,7 +98,8 @@ def _run_mode(rank: int, world_size: int, args: argparse.Namespace, synchronous:
     for step in range(args.warmup_steps + args.steps):
         timed = step - args.warmup_steps
         if rank == 0 and args.stop_planner_at is not None and timed == args.stop_planner_at:
-            assert manager.worker is not None and manager.worker.pid is not None
+            assert manager.worker is not None
+            assert manager.worker.pid is not None
             os.kill(manager.worker.pid, signal.SIGSTOP)
             stopped_at = timed
         phase = (step // args.phase_steps) % shape.num_phases

@@ -136,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay a trace with each policy and print the balance table",
         description=(
             "Replays a trace as a server would: the default placement first, then every "
-            "--interval steps each policy (one stateful object per replay, the runtime's "
-            "rebalance(table, workload) call) re-plans from the per-slot heat of the window just "
-            "seen (per step; FlashLB folds it into episodes of --episode steps) and is scored on "
-            "the steps that follow (out of sample). "
+            "--interval steps each policy re-plans with the runtime's call (planning.plan, "
+            "FlashLB remembering each layer's balance) from the window just seen (per step; "
+            "FlashLB folds it into episodes of --episode steps) and is scored on the steps that "
+            "follow (out of sample). "
             "Columns: per-step PAR (max/mean rank load, layer mean) mean and p99; PAR of each "
             "window's summed load; gap of its max rank load to the lower bound; weight copies per "
             "rebalance; layers updated (all rebalances); planning ms per call. 'static' keeps the "

@@ -103,9 +103,10 @@ def _acceptance_worker(rank: int, world_size: int, reference: list[list[torch.Te
     dist.all_reduce(true_expert)
     dist.all_reduce(true_slot)
     assert window is not None
-    assert np.array_equal(window.slot_load, true_slot.numpy()), f"{rank=}"
-    assert np.array_equal(window.expert_load, true_expert.numpy().astype(np.float64)), f"{rank=}"
-    assert window.expert_load.sum() == TOP_K * sum(map(sum, TOKENS)) * NUM_LAYERS
+    true_rank = true_slot.sum(dim=0).reshape(NUM_LAYERS, world_size, -1).sum(dim=-1)  # [L, D]
+    assert np.array_equal(window.rank_load, true_rank.numpy()), f"{rank=}"
+    assert np.array_equal(window.counts, true_expert.numpy()), f"{rank=}"
+    assert window.counts.sum() == TOP_K * sum(map(sum, TOKENS)) * NUM_LAYERS
 
 
 def test_four_ranks_match_one_process_and_heat_matches_routing() -> None:

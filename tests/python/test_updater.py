@@ -20,7 +20,7 @@ import pytest
 import torch
 from dist_utils import run_on_ranks
 from planners import HotReplicaPlanner, RotatedPlanner, SlowPlanner, broken_planner
-from toy_moe_model import ToyModel, ToyShape, rank_par, reference_model, toy_inputs, toy_weights
+from toy_moe_model import ToyModel, ToyShape, rank_par, toy_inputs, toy_replica, toy_weights
 
 from eplb_native import (
     EplbConfig,
@@ -89,11 +89,8 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         extra["planner_placement"] = "per_rank"
         planner = RotatedPlanner(rotate_from=2 if rank == 3 else None)
     config = _config(tmp, **extra)
-    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
     layer_map = MoeLayerMap(shape.num_moe_layers + 1, tuple(range(1, shape.num_moe_layers + 1)))
-    heat = HeatRecorder.from_config(config, plan, layer_map=layer_map)
-    model = ToyModel(shape, weights, plan, heat)
-    reference = reference_model(shape, weights, rank, world_size)
+    model, heat, reference = toy_replica(config, shape, weights, rank, world_size, layer_map=layer_map)
     manager = EplbUpdateManager(config, list(model.moe), heat, **({"planner": planner} if planner else {}),
                                 ranks_per_node=ranks_per_node, synchronous=scenario == "sync",
                                 side_stream=True if scenario == "ok_stream" else None,
@@ -318,8 +315,9 @@ def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:
 # The runtime plans what the public API plans: a 2-rank run per policy and options, the first
 # update compared with ``planning.plan`` on the window the heat recorder gathered, the table in
 # force and options built here (not from the config), and that window compared with the
-# routing counted independently here (each MoE block's top-k of its router, every step).
-API_STEPS, API_INTERVAL = 22, 12
+# routing counted independently here (each MoE block's top-k of its router, every step). A run
+# ends once its first window's update is over (the manager idle again).
+API_INTERVAL = 12
 
 API_CASES: dict[str, tuple[dict[str, Any], Any]] = {
     "flashlb": ({"eplb_policy_type": "flashlb", "episode_steps": 4, "z_score": 1.0, "update_threshold_value": 0.99},
@@ -357,16 +355,13 @@ def _serve_api_case(rank: int, world_size: int, tmp: str, case: str) -> None:
         "dynamic_eplb": True, "expert_heat_collection_interval": API_INTERVAL, "algorithm_execution_interval": 2,
         "num_redundant_experts": 2, "max_plan_wait_s": 30.0, **API_CASES[case][0],
     })  # fmt: skip
-    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
-    heat = HeatRecorder.from_config(config, plan)
-    model = ToyModel(shape, weights, plan, heat)
-    reference = reference_model(shape, weights, rank, world_size)
+    model, heat, reference = toy_replica(config, shape, weights, rank, world_size)
     manager = EplbUpdateManager(config, list(model.moe), heat)
     manager.warm_up()
     routing: list[np.ndarray] = []
     _count_routing(model, routing)
     submitted, mismatched, tables = None, [], []
-    for step in range(API_STEPS):
+    for step in range(200):
         x = toy_inputs(shape, weights, step, rank, phase=0)
         routing.append(np.zeros((shape.num_moe_layers, shape.num_experts), dtype=np.int64))
         table = manager.table
@@ -379,6 +374,8 @@ def _serve_api_case(rank: int, world_size: int, tmp: str, case: str) -> None:
         if not torch.equal(out, reference(x)):
             mismatched.append(step)
         tables.append(manager.table)
+        if submitted is not None and manager.idle:
+            break
     manager.close()
     assert submitted is not None, "no window was handed to the planner"
     window, table = submitted
@@ -459,10 +456,7 @@ def _serve_with_a_stopped_planner(rank: int, world_size: int, tmp: str) -> None:
         "dynamic_eplb": True, "expert_heat_collection_interval": 10, "algorithm_execution_interval": 2,
         "num_redundant_experts": 2,  # max_plan_wait_s 0: the serving thread never waits
     })  # fmt: skip
-    plan_in_force = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
-    heat = HeatRecorder.from_config(config, plan_in_force)
-    model = ToyModel(shape, weights, plan_in_force, heat)
-    reference = reference_model(shape, weights, rank, world_size)
+    model, heat, reference = toy_replica(config, shape, weights, rank, world_size)
     records = _Records()
     logging.getLogger("eplb_native.runtime.worker").addHandler(records)
     manager = EplbUpdateManager(config, list(model.moe), heat, heartbeat_timeout_s=1.0)

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from eplb_native import MoeLayerMap, Plan, default_placement
-from eplb_native.runtime import EplbMoE, HeatRecorder
+from eplb_native import EplbConfig, MoeLayerMap, Plan, default_placement
+from eplb_native.runtime import EplbMoE, HeatRecorder, initial_plan
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,17 @@ def reference_model(shape: ToyShape, weights: ToyWeights, rank: int, world_size:
     groups = [dist.new_group([r], backend="gloo") for r in range(world_size)]
     plan = default_placement(shape.num_moe_layers, shape.num_experts, 1)
     return ToyModel(shape, weights, plan, None, group=groups[rank])
+
+
+def toy_replica(
+    config: EplbConfig, shape: ToyShape, weights: ToyWeights, rank: int, world_size: int, **heat_args: object
+) -> tuple[ToyModel, HeatRecorder, ToyModel]:
+    """This rank's EPLB-ready model on ``config``'s initial placement with its heat recorder
+    (``heat_args`` as HeatRecorder.from_config), and the reference model without EPLB (building
+    it is collective: every rank calls this)."""
+    plan = initial_plan(config, shape.num_moe_layers, shape.num_experts, world_size)
+    heat = HeatRecorder.from_config(config, plan, **heat_args)
+    return ToyModel(shape, weights, plan, heat), heat, reference_model(shape, weights, rank, world_size)
 
 
 def toy_inputs(shape: ToyShape, weights: ToyWeights, step: int, rank: int, phase: int) -> torch.Tensor:

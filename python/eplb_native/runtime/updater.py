@@ -263,6 +263,12 @@ class EplbUpdateManager:
         """int64 [L, D, S], the placement in force."""
         return self.loader.table
 
+    @property
+    def idle(self) -> bool:
+        """True when no window is being planned, handed over or applied (the same on every
+        rank at the same step)."""
+        return self._request is None and self._round is None and self._current is None and not self.loader.pending
+
     def request_for(self, window: HeatWindow, table: IntArray | None = None) -> PlanRequest:
         """The planning request this manager makes from ``window`` and the placement ``table``
         int64 [L, D, S] (default: the one in force): its counts, policy, options, topology and
