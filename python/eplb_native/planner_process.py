@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from eplb_native.planning import PlanRequest
+
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<QI")
@@ -143,8 +145,6 @@ def _read_requests(stream: IO[bytes], newest: _Newest) -> None:
 
 
 def _plan_one(planner: Callable[[Any], Any], request_id: int, fields: dict[str, Any], channel: _Channel) -> None:
-    from eplb_native.planning import PlanRequest
-
     start = time.perf_counter()
     try:
         window = np.asarray(fields.pop("window"))

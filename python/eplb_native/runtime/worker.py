@@ -89,6 +89,9 @@ class PlannerWorker:
         answer = worker.poll(request_id)           # PlanResult, PlanFailure, or None (pending)
         worker.close()
 
+    The process forwards its log records at the level ``eplb_native``'s logger has when it
+    starts.
+
     Args:
         planner: picklable callable run in the process for each request (default ``plan``).
         heartbeat_s: the process's heartbeat period, s.
@@ -237,11 +240,23 @@ class PlannerWorker:
         env = dict(os.environ)
         paths = [path for path in sys.path if path and Path(path).is_dir()]
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "eplb_native.planner_process"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the server, not the planner
-        )  # fmt: skip
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "eplb_native.planner_process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the server, not the planner
+            )  # fmt: skip
+        except OSError as error:
+            with self._condition:
+                self.num_failures += 1
+                self._restart_at = time.monotonic() + self._backoff_s
+                if self._pending is not None:
+                    request_id, self._pending = self._pending[0], None
+                    self._answer = PlanFailure(request_id, f"planner process could not start: {error}")
+                self._log_failure(f"planner process could not start: {error}")
+                self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+                self._condition.notify_all()
+            return
         child = _Child(process)
         level = logging.getLogger("eplb_native").getEffectiveLevel()
         with self._condition:
