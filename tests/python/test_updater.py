@@ -117,14 +117,17 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     windows = []
     tables = []
     phases = []
-    for step in range(num_steps):
+    step = 0
+    # num_steps, then on until the update in progress (if any) is over: its placement recorded.
+    while step < num_steps or (manager.updating and step < num_steps + 300):
         phase = 0 if step < num_steps // 2 else 1
         x = toy_inputs(shape, weights, step, rank, phase)
+        step += 1
         manager.pre_forward()
         out = model(x)
         manager.post_forward()
         if not torch.equal(out, reference(x)):
-            mismatched_steps.append(step)
+            mismatched_steps.append(step - 1)
         if manager.last_window is not None and manager.last_window[0] == manager.step_idx:
             windows.append((manager.step_idx, rank_par(manager.last_window[1].rank_load)))
         tables.append(manager.table)

@@ -264,6 +264,11 @@ class EplbUpdateManager:
         return self.loader.table
 
     @property
+    def updating(self) -> bool:
+        """True while an update's layers are being moved (the same on every rank)."""
+        return self._current is not None
+
+    @property
     def idle(self) -> bool:
         """True when no window is being planned, handed over or applied (the same on every
         rank at the same step)."""
