@@ -1,9 +1,10 @@
 """Does FlashLB win the serving loop against upstream vllm-ascend FlashLB, on balance and on
 weight copies?
 
-The loop (``eplb_native.sim.replay``): the default placement first; every k steps each stateful
-policy re-plans from the per-slot heat of the last w = k steps (``rebalance(table,
-workload)``, default options), the returned table is installed, and the next k steps score it.
+The loop (``eplb_native.sim.replay``): the default placement first; every k steps each policy
+re-plans from the last w = k steps (ours through ``planning.plan``, as the runtime does;
+upstream FlashLB through its ``rebalance(table, workload)`` on the per-slot heat; default
+options), the returned table is installed, and the next k steps score it.
 Per setting and policy it prints the mean out-of-sample per-step PAR (max / mean rank load,
 layer mean), weight copies per rebalance, the in-sample per-step PAR (the installed table on
 the window it was planned from), and the windows won against upstream FlashLB with the
@@ -61,7 +62,7 @@ from workloads import TRACE_DIR, deepseek_v3_like
 
 from eplb_native.flashlb import plan_flashlb
 from eplb_native.plan import default_placement, slot_load_from_expert_load
-from eplb_native.policies import EplbPolicy, make_policy
+from eplb_native.policies import make_policy
 from eplb_native.sim import (
     PolicySpec,
     ReplayResult,
@@ -175,7 +176,7 @@ def load_upstream_flashlb(root: Path) -> tuple[Any, types.SimpleNamespace]:
         sys.dont_write_bytecode = False
 
 
-def run_setting(setting: Setting, make: Callable[..., Any], labels: list[str],
+def run_setting(setting: Setting, upstream: tuple[Any, types.SimpleNamespace] | None,
                 threads: int) -> ReplayResult:
     replay_settings = ReplaySettings(
         num_ranks=setting.num_ranks,
@@ -183,8 +184,10 @@ def run_setting(setting: Setting, make: Callable[..., Any], labels: list[str],
         interval=setting.interval,
         num_threads=threads,
     )
-    return replay(setting.load, [PolicySpec(label, label) for label in labels], replay_settings,
-                  make=make)
+    specs = [PolicySpec(label, label) for label in POLICIES]
+    if upstream is not None:
+        specs.append(PolicySpec(UPSTREAM, UpstreamFlashLB(*upstream)))  # a fresh one per replay
+    return replay(setting.load, specs, replay_settings)
 
 
 def report(setting: Setting, result: ReplayResult) -> dict[str, Any]:
@@ -306,19 +309,11 @@ def main() -> None:
 
     upstream = None if args.upstream_vllm_ascend is None else load_upstream_flashlb(
         args.upstream_vllm_ascend)
-    labels = list(POLICIES) + ([UPSTREAM] if upstream is not None else [])
-
-    def make(name: str, **kwargs: Any) -> EplbPolicy | UpstreamFlashLB:
-        if name == UPSTREAM:
-            assert upstream is not None
-            return UpstreamFlashLB(*upstream)
-        return make_policy(name, **kwargs)
-
     results: dict[str, Any] = {"threads": args.threads, "seed": args.seed, "settings": {}}
     for setting in settings(args.traces_dir, args.seed):
         if args.only and not setting.name.startswith(tuple(args.only)):
             continue
-        result = run_setting(setting, make, labels, args.threads)
+        result = run_setting(setting, upstream, args.threads)
         results["settings"][setting.name] = report(setting, result)
     if args.speed:
         results["speed"] = speed(upstream, args.threads, args.repeats, args.seed)

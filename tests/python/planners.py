@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from eplb_native.plan import Plan
 from eplb_native.planning import PlanOutcome, PlanRequest, plan
 
 logger = logging.getLogger("planners")
@@ -75,9 +76,9 @@ class HotReplicaPlanner:
             if not np.array_equal(new_row, row):
                 table[layer_idx] = new_row
                 layers.append(layer_idx)
-        outcome = plan(dataclasses.replace(request, policy="default_eplb", options=None))
-        return dataclasses.replace(outcome, layers=np.asarray(layers, dtype=np.int64), new_phy2log=table,
-                                   balance=np.full(len(layers), np.nan))
+        par = np.ones(request.num_layers)  # one rank: every placement has PAR 1
+        return PlanOutcome(Plan.from_phy2log(table, num_experts), np.asarray(layers, dtype=np.int64), table,
+                           par, par, np.full(len(layers), np.nan), 0.0)
 
 
 def _refuse_to_load() -> Any:

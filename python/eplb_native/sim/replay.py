@@ -10,7 +10,11 @@ Semantics (one run per policy, all from the same trace ``load`` float64 [T, L, N
   windows). The window stays per step: policies without episodes sum it, FlashLB folds it into
   episodes of its own ``FlashLBOptions.episode_steps`` (the CLI's ``--episode``). Only the
   layers ``plan`` selects are switched (their busiest rank gets lighter; FlashLB: only layers
-  whose balance fell below its thresholds), the others keep their row;
+  whose balance fell below its thresholds), the others keep their row. A policy from outside
+  the package (an upstream implementation, say) is called at its vllm-ascend edge instead:
+  ``rebalance(current_table [L, D, S], workload [interval, L, D, S])`` with the window's tokens
+  per slot under the placement in force (each replica carrying ``load / logcnt``), and the
+  whole table it returns is installed;
 - the table in force is then scored on the steps it serves, ``t .. t + interval - 1`` (out of
   sample: the policy never saw them).
 
@@ -24,7 +28,8 @@ runs the same default placement). A "static" row keeps the default placement thr
   (``evaluate``), averaged over layers and windows;
 - ``weight_copies_per_rebalance``: mean of ``count_weight_copies(old, new)``;
   ``layers_updated``: layers whose table changed, summed over all rebalances;
-  ``plan_ms``: mean wall time of one ``plan`` call (``time.perf_counter``).
+  ``plan_ms``: mean wall time of one ``plan`` (or outside policy's ``rebalance``) call
+  (``time.perf_counter``; building the request or the slot heat is not counted).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +46,7 @@ import numpy.typing as npt
 from eplb_native.checks import FloatArray, check_load
 from eplb_native.flashlb import PlannedBalance
 from eplb_native.metrics import count_weight_copies, evaluate, peak_to_average
-from eplb_native.plan import Plan, default_placement, rank_loads
+from eplb_native.plan import Plan, default_placement, rank_loads, slot_load_from_expert_load
 from eplb_native.planning import PlanOutcome, PlanRequest, check_options, plan, policy_name
 
 logger = logging.getLogger(__name__)
@@ -55,17 +60,26 @@ Planner = Callable[[PlanRequest], PlanOutcome]
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """One replayed policy: a registered policy name, its options, and the row's label.
+    """One replayed policy: a registered policy name and its options, or a policy object from
+    outside the package, and the row's label.
 
     Attributes:
         label: the row's name in the results (unique within a replay).
-        policy: a name in ``config.POLICY_NAMES``.
-        options: the policy's options dataclass (e.g. ``FlashLBOptions``), or None.
+        policy: a name in ``POLICY_NAMES``, or an object with vllm-ascend's
+            ``rebalance(current_table, workload) -> (changed, layers, new_table)`` (kept for the
+            whole replay).
+        options: the named policy's options dataclass (e.g. ``FlashLBOptions``), or None.
     """
 
     label: str
-    policy: str
+    policy: str | StatefulPolicy
     options: Any = None
+
+
+class StatefulPolicy(Protocol):
+    """vllm-ascend's policy interface: tables int [L, D, S], workload float [T, L, D, S]."""
+
+    def rebalance(self, current_table: Any, workload: Any) -> tuple[Any, Any, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -213,7 +227,8 @@ def replay(
         msg = f"policies: labels must be unique and not {STATIC!r}, got {labels}"
         raise ValueError(msg)
     for spec in specs:
-        check_options(policy_name(spec.policy, "policies"), spec.options)
+        if isinstance(spec.policy, str):
+            check_options(policy_name(spec.policy, "policies"), spec.options)
     initial = default_placement(
         num_layers, num_experts, settings.num_ranks, settings.num_redundant_experts
     )
@@ -247,16 +262,25 @@ def _replay_one(
     for window_idx, start in enumerate(starts):
         window = trace[start - settings.interval : start]  # [interval, L, N]
         if spec is not None:
-            request = PlanRequest(
-                window, num_ranks, spec.policy, spec.options,
-                current=placement.phy2log, num_groups=settings.num_groups, num_nodes=settings.num_nodes,
-                planned_balance=memory.balance.copy(), num_threads=settings.num_threads, seed=settings.seed,
-            )  # fmt: skip
-            begin = time.perf_counter()
-            outcome = planner(request)
-            plan_ms.append((time.perf_counter() - begin) * 1e3)
-            memory.record(outcome.layers, outcome.balance)
-            new_plan = Plan.from_phy2log(outcome.new_phy2log, placement.num_experts)
+            if isinstance(spec.policy, str):
+                request = PlanRequest(
+                    window, num_ranks, spec.policy, spec.options, current=placement.phy2log,
+                    num_groups=settings.num_groups, num_nodes=settings.num_nodes,
+                    planned_balance=memory.balance.copy(), num_threads=settings.num_threads, seed=settings.seed,
+                )  # fmt: skip
+                begin = time.perf_counter()
+                outcome = planner(request)
+                plan_ms.append((time.perf_counter() - begin) * 1e3)
+                memory.record(outcome.layers, outcome.balance)
+                new_phy2log = outcome.new_phy2log
+            else:
+                table = placement.table(num_ranks)  # [L, D, S]
+                workload = slot_load_from_expert_load(placement, window).reshape(window.shape[0], *table.shape)
+                begin = time.perf_counter()
+                _, _, new_table = spec.policy.rebalance(table, workload)
+                plan_ms.append((time.perf_counter() - begin) * 1e3)
+                new_phy2log = np.asarray(new_table, dtype=np.int64).reshape(placement.phy2log.shape)
+            new_plan = Plan.from_phy2log(new_phy2log, placement.num_experts)
             copies.append(count_weight_copies(placement, new_plan, num_ranks))
             changed.append(int(np.any(placement.phy2log != new_plan.phy2log, axis=1).sum()))
             placement = new_plan
@@ -302,5 +326,6 @@ __all__ = [
     "PolicySpec",
     "ReplayResult",
     "ReplaySettings",
+    "StatefulPolicy",
     "replay",
 ]
