@@ -1,6 +1,7 @@
-"""The torch_npu binding compiles against the headers of the torch-npu wheel (design §3.3-3.4).
+"""The torch_npu binding compiles against the headers of the torch-npu wheel.
 
-No CANN here, so the kernels are not built; the binding translation unit
+Marked ``network`` and ``slow``: plain ``pytest`` skips it; ``pytest -m network`` (the last stage
+of scripts/test.sh) runs it. No CANN here, so the kernels are not built; the binding translation unit
 (ascend_kernels/host/npu_ops.cpp) is compiled through the project's own CMake path
 (-DEPLB_NPU_COMPILE_CHECK=ON: C++20, torch's ABI, -Werror, launcher prototypes from
 ascend_kernels/host/kernel_launch_protos.h), linked with stand-ins for the NPU runtime symbols,
@@ -11,9 +12,10 @@ fails here instead of aborting the process on an NPU machine.
 torch_npu is never installed into this interpreter: its ``torch.backends`` entry point would make
 ``import torch`` fail without CANN. The wheel matching the installed torch is downloaded with
 ``pip download --no-deps`` and only its ``torch_npu/include`` tree and ``__init__.py`` are
-extracted into build/torch_npu_wheel/<version>/ (kept between runs). EPLB_TORCH_NPU_SITE may
-point at a folder that already holds such a ``torch_npu/``. Skips, with the reason, only when
-the headers cannot be obtained (no network) or cmake is missing.
+extracted into build/torch_npu_wheel/<version>/ (kept between runs), and the check builds in
+build/npu_compile_check/ (kept too: a second run recompiles only what changed).
+EPLB_TORCH_NPU_SITE may point at a folder that already holds such a ``torch_npu/``. Skips, with
+the reason, only when the headers cannot be obtained (no network) or cmake is missing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import eplb_native
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build" / "npu_compile_check"
 OP_COMMAND = Path("torch_npu/include/torch_npu/csrc/framework/OpCommand.h")
 
 
@@ -93,14 +96,14 @@ def torch_npu_site() -> Path:
     return site
 
 
+@pytest.mark.network
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not on PATH")
-def test_npu_binding_compiles_against_torch_npu_wheel_headers(
-    torch_npu_site: Path, tmp_path: Path
-) -> None:
+def test_npu_binding_compiles_against_torch_npu_wheel_headers(torch_npu_site: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_")}
     # Seen only by the configure-time find_spec probe; nothing imports torch_npu.
     env["PYTHONPATH"] = str(torch_npu_site)
-    build = tmp_path / "build"
+    build = BUILD
     configure = subprocess.run(
         [
             "cmake",
