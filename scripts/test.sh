@@ -84,16 +84,15 @@ fi
 step "build (incremental, $build) and install eplb-native with its test extra"
 mkdir -p "$build"
 log=$build/pip-install.log
-# pip -v streams the build; only ninja's [done/total] lines are shown, the rest goes to the log.
+# pip -v streams the build: ninja's [done/total] lines are shown as they come, all goes to the log.
 if ! "$python" -m pip install -v --no-build-isolation \
   --config-settings=build-dir="$build" \
   --config-settings=cmake.define.EPLB_BUILD_TESTS=ON \
   --config-settings=cmake.define.EPLB_WERROR=ON \
-  ".[test]" >"$log" 2>&1; then
+  ".[test]" 2>&1 | tee "$log" | { grep --line-buffered -E '^ *\[[0-9]+/[0-9]+\] ' || true; }; then
   tail -n 60 "$log" >&2
   fail "pip install failed; the whole output is in $log"
 fi
-grep -E '^ *\[[0-9]+/[0-9]+\] ' "$log" | sed 's/^ */   /' || echo "   nothing to rebuild"
 
 step "C++ tests (ctest)"
 if ! ctest --test-dir "$build" --output-on-failure --no-tests=error -j "$jobs" >"$build/ctest.log" 2>&1; then
