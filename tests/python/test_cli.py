@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eplb_native.cli import available_policies, default_policies, main, policy_options
+from eplb_native.cli import main, policy_options
 from eplb_native.expert_map import load_expert_map, load_expert_map_with_ranks
 from eplb_native.plan import validate_plan
 
@@ -74,12 +74,17 @@ def test_simulate_as_a_module_writes_the_json_schema(tiny_trace: Path, tmp_path:
     assert data["synthetic"] is None  # a recorded multi-step trace is replayed as is
 
 
-def test_default_policies_are_all_registered_but_random() -> None:
-    assert set(default_policies()) == set(available_policies()) - {"random"}
-    assert "default_eplb" in default_policies()
+def test_simulate_compares_every_policy_but_random_by_default(
+    tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--trace", str(tiny_trace), *TINY, "--json", str(out)]) == 0
+    rows = ["static", "default_eplb", "swift_balancer", "flashlb"]  # the README's table
+    assert list(json.loads(out.read_text())["policies"]) == rows
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table if line.split()[0] in rows] == rows
 
 
-@pytest.mark.skipif("flashlb" not in available_policies(), reason="flashlb not registered")
 def test_flashlb_gets_its_episode_length_from_the_command_line(
     tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

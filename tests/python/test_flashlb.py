@@ -1,4 +1,4 @@
-"""FlashLB: published example, exact optimum on tiny cases, validity, determinism,
+"""FlashLB: published example, exact optima (tiny layers and searched ones), validity, determinism,
 cherry-picking, minimal moves, incremental mode and bad input."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from exact_placement import exact_min_max_load
+from exact_placement import allotments, exact_min_max_load
 
 import eplb_native
 from eplb_native import _core, count_weight_copies, evaluate, rank_loads, validate_plan
@@ -29,18 +29,31 @@ def _lognormal_load(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     return np.round(1000 * rng.lognormal(0.0, 0.8, size=shape))
 
 
+# FlashLB tries every replica-count vector of a layer that has at most this many (one episode);
+# larger layers are planned by its tree search, target packing and polishing alone.
+EXHAUSTIVE_ALLOTMENTS = 2048
+
+
+def _num_allotments(num_experts: int, num_ranks: int, num_slots: int) -> int:
+    return sum(1 for _ in allotments(num_experts, num_ranks, num_slots))
+
+
 def test_flashlb_reaches_the_optimum_of_the_published_example() -> None:
     case = json.loads(GOLDEN.read_text())
     load = np.array([case["load"]], dtype=np.float64)
-    num_ranks = case["num_ranks"]
-    plan = plan_flashlb(load, num_ranks * case["slots_per_rank"], 1, 1, num_ranks)
+    num_ranks, num_slots = case["num_ranks"], case["slots_per_rank"]
+    assert _num_allotments(load.shape[1], num_ranks, num_slots) > EXHAUSTIVE_ALLOTMENTS
+    optimum = exact_min_max_load(case["load"], num_ranks, num_slots)
+    assert optimum == pytest.approx(case["optimal_max_rank_load"], rel=1e-9)
+    plan = plan_flashlb(load, num_ranks * num_slots, 1, 1, num_ranks)
     got = evaluate(plan, load, num_ranks).max_load[0]
-    assert got == pytest.approx(case["optimal_max_rank_load"], rel=1e-12)
+    assert got == pytest.approx(optimum, rel=1e-9)
     assert got < case["upstream_code_max_rank_load"]
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_flashlb_matches_the_exact_optimum_on_tiny_layers(seed: int) -> None:
+    # Layers of at most 5 experts on 3 ranks: FlashLB's exhaustive pass decides them.
     rng = np.random.default_rng(seed)
     checked = 0
     while checked < 8:
@@ -55,6 +68,25 @@ def test_flashlb_matches_the_exact_optimum_on_tiny_layers(seed: int) -> None:
         got = evaluate(plan, load[None], num_ranks).max_load[0]
         assert got == pytest.approx(optimum, rel=1e-9), f"{seed=} {load=} {num_ranks=} {num_slots=}"
         checked += 1
+
+
+def test_flashlb_search_is_near_the_exact_optimum_where_it_cannot_try_every_allotment() -> None:
+    # Layers with 2415 to 3823 replica-count vectors, so the tree search, target packing and
+    # polishing plan them; the optimum of each comes from exact_placement.py. Measured on these
+    # nine layers: 0 to 3.1% above the optimum, 0.9% on average (one of them optimal).
+    gaps = []
+    for num_experts, num_ranks, num_slots in [(7, 5, 3), (8, 4, 4), (6, 6, 3)]:
+        assert _num_allotments(num_experts, num_ranks, num_slots) > EXHAUSTIVE_ALLOTMENTS
+        for seed in range(3):
+            rng = np.random.default_rng([num_experts, num_ranks, num_slots, seed])
+            load = _lognormal_load(rng, (num_experts,))
+            optimum = exact_min_max_load(list(load), num_ranks, num_slots)
+            plan = plan_flashlb(load[None], num_ranks * num_slots, 1, 1, num_ranks)
+            got = evaluate(plan, load[None], num_ranks).max_load[0]
+            assert got >= optimum * (1 - 1e-9), "a plan beat the exact optimum"
+            gaps.append(got / optimum - 1)
+    assert max(gaps) <= 0.04, gaps
+    assert np.mean(gaps) <= 0.015, gaps
 
 
 def test_flashlb_plans_are_valid_with_and_without_history() -> None:

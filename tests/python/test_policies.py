@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from eplb_native import config
 from eplb_native.metrics import count_weight_copies
 from eplb_native.plan import Plan, default_placement, rank_loads, validate_plan
-from eplb_native.policies import POLICIES, SwiftBalancerOptions, make_policy, rebalance_experts
+from eplb_native.policies import SwiftBalancerOptions, make_policy, rebalance_experts
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deepseek_readme.json"
+FLASHLB_GOLDEN = GOLDEN.with_name("flashlb_published_example.json")
 
 
 def test_deepseek_readme_example_exact() -> None:
@@ -37,9 +38,39 @@ def test_flashlb_published_example_max_load_232() -> None:
     assert rank_loads(plan, load, 8).max() == pytest.approx(232.0)
 
 
-def test_registry_keys_are_config_names() -> None:
-    assert set(POLICIES) <= set(config.POLICY_NAMES)
-    assert {"default_eplb", "swift_balancer", "random"} <= set(POLICIES)
+# DeepSeek EPLB's eplb.py on FlashLB's published example: rebalance_experts(torch.tensor([[600,
+# 560, 120, 120, 20, 10, 10, 10]]), 16, 1, 1, 8) returns this phy2log (max rank load 232).
+DEEPSEEK_ON_FLASHLB_EXAMPLE = [[0, 1, 2, 1, 3, 1, 0, 4, 0, 5, 0, 6, 0, 7, 1, 1]]
+
+
+def test_each_policy_name_runs_its_own_algorithm() -> None:
+    # One input that tells the four algorithms apart: FlashLB's published example on 8 ranks x 2
+    # slots, starting from the default placement (max rank load 580).
+    case = json.loads(FLASHLB_GOLDEN.read_text())
+    load = np.array([case["load"]], dtype=np.float64)
+    num_ranks = case["num_ranks"]
+    num_physical = num_ranks * case["slots_per_rank"]
+    current = default_placement(1, load.shape[1], num_ranks, num_physical - load.shape[1])
+
+    def plan(name: str, seed: int = 0) -> Plan:
+        return rebalance_experts(
+            load, num_physical, 1, 1, num_ranks, policy=name, seed=seed,
+            current=current if name == "swift_balancer" else None,
+        )  # fmt: skip
+
+    def max_load(candidate: Plan) -> float:
+        return float(rank_loads(candidate, load, num_ranks).max())
+
+    plans = {name: plan(name) for name in config.POLICY_NAMES}
+    for name, candidate in plans.items():
+        validate_plan(candidate, num_ranks, allow_duplicate_on_rank=name != "swift_balancer")
+    assert plans["default_eplb"].phy2log.tolist() == DEEPSEEK_ON_FLASHLB_EXAMPLE
+    assert max_load(plans["flashlb"]) == pytest.approx(case["optimal_max_rank_load"], rel=1e-12)
+    assert max_load(plans["swift_balancer"]) < max_load(current) == 580
+    # Only random depends on the seed.
+    assert not np.array_equal(plan("random", seed=1).phy2log, plans["random"].phy2log)
+    for name in ("default_eplb", "swift_balancer", "flashlb"):
+        assert np.array_equal(plan(name, seed=1).phy2log, plans[name].phy2log), name
 
 
 def test_torch_tensor_in_torch_tensors_out() -> None:
