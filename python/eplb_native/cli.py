@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from eplb_native import __version__
 from eplb_native.expert_map import load_expert_map_with_ranks, save_expert_map
 from eplb_native.metrics import evaluate
 from eplb_native.plan import Plan, default_placement
@@ -54,20 +55,15 @@ _SYNTHETIC_HELP = (
 )
 
 
+_VERBOSE_HELP = "log one line per rebalance"
+
+
 class _UsageError(ValueError):
     """A bad combination of options, reported like argparse's own errors."""
 
 
-def available_policies() -> tuple[str, ...]:
-    """Policies registered in this build, in ``POLICY_NAMES`` order."""
-    from eplb_native.policies import POLICIES
-
-    return tuple(name for name in POLICY_NAMES if name in POLICIES)
-
-
-def default_policies() -> tuple[str, ...]:
-    """What ``simulate`` compares by default: every registered policy except ``random``."""
-    return tuple(name for name in available_policies() if name != "random")
+DEFAULT_POLICIES: tuple[str, ...] = tuple(name for name in POLICY_NAMES if name != "random")
+"""What ``simulate`` compares by default: every policy except ``random``."""
 
 
 def policy_options(policies: Sequence[str], episode: int | None) -> dict[str, Any]:
@@ -128,11 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eplb-native",
         description="Expert Parallelism Load Balancer: replay traces, compare policies, write expert maps.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log one line per rebalance")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    # -v after the command too; SUPPRESS keeps the value given before it when it is absent.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     simulate = commands.add_parser(
         "simulate",
+        parents=[verbose],
         help="replay a trace with each policy and print the balance table",
         description=(
             "Replays a trace as a server would: the default placement first, then every "
@@ -187,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan",
+        parents=[verbose],
         help="write a static plan for a whole trace as a vllm-ascend expert_map_path JSON",
         description="Plans once from the whole trace (load: its sum; history: its per-step heat, "
         "FlashLB episodes of --episode steps; current: the default placement) and writes the "
@@ -202,10 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--episode", type=_positive, help="FlashLB: steps per heat episode (default 1: per step)"
     )
+    plan.add_argument(
+        "--deepseek-parity",
+        action="store_true",
+        help="with --policy default_eplb: DeepSeek EPLB's own plan, made without the placement "
+        "in force: slots are reshuffled and a rank may hold two replicas of one expert "
+        "(vllm-ascend then routes to one of them only); default: the slot-stable plan",
+    )
     plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
 
     inspect = commands.add_parser(
         "inspect",
+        parents=[verbose],
         help="balance of an existing expert_map_path JSON on a trace",
         description="Evaluates the map on the trace: per-step PAR, PAR of the summed load, gap "
         "to the lower bound per layer, next to the default placement.",
@@ -247,25 +258,36 @@ def _trace_label(trace: Trace) -> str:
     return f"{SHIPPED_TRACE} (shipped)" if path == shipped_trace_path() else str(path)
 
 
-def _num_redundant(args: argparse.Namespace, num_experts: int) -> int:
-    """R from --slots or --redundant (default: one redundant slot per rank)."""
+def _num_redundant(args: argparse.Namespace, num_experts: int, duplicates: bool = False) -> int:
+    """R from --slots or --redundant (default: one redundant slot per rank). Unless
+    ``duplicates``, refuses more slots per rank than experts (a rank would hold an expert twice)."""
     if args.slots is not None:
         num_physical = int(args.ranks) * int(args.slots)
         if num_physical < num_experts:
             msg = f"--slots: {args.ranks} ranks x {args.slots} slots = {num_physical} < {num_experts} experts"
             raise _UsageError(msg)
-        return num_physical - num_experts
-    return int(args.ranks if args.redundant is None else args.redundant)
+        num_redundant = num_physical - num_experts
+    else:
+        num_redundant = int(args.ranks if args.redundant is None else args.redundant)
+    num_slots = -(-(num_experts + num_redundant) // int(args.ranks))
+    if num_slots > num_experts and not duplicates:
+        option = "--slots" if args.slots is not None else "--redundant"
+        msg = (
+            f"{option}: {num_slots} slots per rank for {num_experts} experts: some rank would hold "
+            "two replicas of one expert, which the slot-stable policies never plan; use fewer "
+            "slots, or 'plan --policy default_eplb --deepseek-parity' for DeepSeek EPLB's plan"
+        )
+        raise _UsageError(msg)
+    return num_redundant
 
 
 def _chosen_policies(requested: Sequence[str] | None) -> list[str]:
-    valid = available_policies()
     if not requested:
-        return list(default_policies())
+        return list(DEFAULT_POLICIES)
     names = [name for item in requested for name in item.split(",") if name]
     for name in names:
-        if name not in valid:
-            msg = f"--policies: unknown or unregistered policy {name!r}; available: {', '.join(valid)}"
+        if name not in POLICY_NAMES:
+            msg = f"--policies: unknown policy {name!r}; available: {', '.join(POLICY_NAMES)}"
             raise _UsageError(msg)
     return list(dict.fromkeys(names))
 
@@ -282,41 +304,32 @@ def _simulate(args: argparse.Namespace) -> None:
         drift=args.drift,
         seed=args.seed,
     )
-    trace = as_time_series(probe, series)
-    if args.plot is not None and args.layer >= trace.num_layers:
-        msg = f"--layer: the trace has layers 0..{trace.num_layers - 1}, got {args.layer}"
+    if args.plot is not None and args.layer >= probe.num_layers:
+        msg = f"--layer: the trace has layers 0..{probe.num_layers - 1}, got {args.layer}"
         raise _UsageError(msg)
     settings = ReplaySettings(
         num_ranks=args.ranks,
-        num_redundant_experts=_num_redundant(args, trace.num_experts),
+        num_redundant_experts=_num_redundant(args, probe.num_experts),
         interval=args.interval,
         num_threads=args.threads,
         seed=args.seed,
     )
+    trace = as_time_series(probe, series)
+    _print_trace(trace)
     num_windows = len(range(settings.interval, trace.num_steps, settings.interval))
-    bar = _progress_bar(len(policies) * num_windows)
     options = policy_options(policies, args.episode)
-    try:
-        result = replay(
-            trace.load,
-            policies,
-            settings,
-            options=options,
-            on_rebalance=None if bar is None else (lambda _name, _idx: bar.update(1)),
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    _print_header(trace, result, options["flashlb"].episode_steps if options else None)
+    with _progress_bar((1 + len(policies)) * num_windows) as bar:
+
+        def advance(label: str, _window: int) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
+        result = replay(trace.load, policies, settings, options=options, on_window=advance)
+    episode = options["flashlb"].episode_steps if options else None
+    _print_replay(trace, result, episode)
     _print_table(result)
     if args.json is not None:
-        payload: dict[str, Any] = {
-            "trace": trace.source,
-            "ranks": settings.num_ranks,
-            "slots": result.num_slots,
-            "policies": result.summary(),
-            "synthetic": trace.synthetic,
-        }
+        payload = _json_payload(trace, result, episode)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot is not None:
@@ -330,18 +343,45 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _progress_bar(total: int) -> Any:
-    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal; else None."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="rebalances", unit="plan", leave=False)
+    """A tqdm bar of ``total`` replay windows on stderr, shown once the run has taken a second
+    and only when stderr is a terminal (tqdm's ``disable=None``)."""
+    from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+
+    return tqdm(
+        total=total, desc="replay", unit="window", leave=False, delay=1.0, disable=None,
+        file=sys.stderr,
+    )  # fmt: skip
 
 
-def _print_header(trace: Trace, result: ReplayResult, episode: int | None) -> None:
+def _json_payload(trace: Trace, result: ReplayResult, episode: int | None) -> dict[str, Any]:
+    """What ``simulate --json`` writes: the package version, the trace, the replay settings and
+    one summary row per policy (``PolicyReplay.summary``)."""
     settings = result.settings
+    return {
+        "version": __version__,
+        "trace": trace.source,
+        "trace_name": _trace_label(trace),
+        "model": trace.metadata.get("model"),
+        "steps": trace.num_steps,
+        "layers": trace.num_layers,
+        "experts": trace.num_experts,
+        "synthetic": trace.synthetic,
+        "replay": {
+            "ranks": settings.num_ranks,
+            "slots": result.num_slots,
+            "redundant": settings.num_redundant_experts,
+            "interval": settings.interval,
+            "episode": episode,
+            "first_scored_step": result.first_step,
+            "threads": settings.num_threads,
+            "seed": settings.seed,
+        },
+        "policies": result.summary(),
+    }
+
+
+def _print_trace(trace: Trace) -> None:
+    """What is replayed: the trace, and how its synthetic series was made if it is one."""
     model = trace.metadata.get("model")
     print(
         f"trace: {_trace_label(trace)}{f', {model}' if model else ''}: "
@@ -355,6 +395,11 @@ def _print_header(trace: Trace, result: ReplayResult, episode: int | None) -> No
             f"multinomially from the aggregate shares, popularity drifting as a mean-reverting "
             f"log-normal random walk (drift {syn['drift']}, reversion {syn['reversion']}, seed {syn['seed']})"
         )
+
+
+def _print_replay(trace: Trace, result: ReplayResult, episode: int | None) -> None:
+    """How it was replayed: ranks, slots, re-plan interval, scored steps."""
+    settings = result.settings
     print(
         f"replay: {settings.num_ranks} ranks x {result.num_slots} slots "
         f"({settings.num_redundant_experts} redundant); re-plan every {settings.interval} steps "
@@ -391,14 +436,16 @@ def _print_table(result: ReplayResult) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    valid = available_policies()
-    if args.policy not in valid:
-        msg = f"--policy: unknown or unregistered policy {args.policy!r}; available: {', '.join(valid)}"
+    if args.policy not in POLICY_NAMES:
+        msg = f"--policy: unknown policy {args.policy!r}; available: {', '.join(POLICY_NAMES)}"
+        raise _UsageError(msg)
+    if args.deepseek_parity and args.policy != "default_eplb":
+        msg = f"--deepseek-parity: DeepSeek EPLB's plan is --policy default_eplb's, not {args.policy}'s"
         raise _UsageError(msg)
     from eplb_native.policies import rebalance_experts
 
     trace = load_trace(shipped_trace_path() if args.trace is None else args.trace)
-    num_redundant = _num_redundant(args, trace.num_experts)
+    num_redundant = _num_redundant(args, trace.num_experts, duplicates=args.deepseek_parity)
     initial = default_placement(trace.num_layers, trace.num_experts, args.ranks, num_redundant)
     plan = rebalance_experts(
         trace.load.sum(axis=0),
@@ -407,27 +454,21 @@ def _plan(args: argparse.Namespace) -> None:
         num_nodes=1,
         num_ranks=args.ranks,
         policy=args.policy,
-        current=initial.phy2log,
+        current=None if args.deepseek_parity else initial.phy2log,
         history=trace.load,
         options=policy_options([args.policy], args.episode).get(args.policy),
         num_threads=args.threads,
         seed=args.seed,
     )
-    try:
-        save_expert_map(plan, args.output, args.ranks)
-    except ValueError as error:
-        msg = (
-            f"--policy {args.policy}: the plan cannot be written as a vllm-ascend expert map "
-            f"({error}); vllm-ascend holds at most one replica of an expert per rank: try "
-            "--policy swift_balancer"
-        )
-        raise ValueError(msg) from error
+    save_expert_map(plan, args.output, args.ranks, allow_duplicate_on_rank=args.deepseek_parity)
     before = evaluate(initial, trace.load, args.ranks)
     after = evaluate(plan, trace.load, args.ranks)
     print(
         f"trace: {_trace_label(trace)}: {_steps(trace.num_steps)} x {trace.num_layers} layers x "
         f"{trace.num_experts} experts; {args.ranks} ranks x {initial.slots_per_rank(args.ranks)} slots "
-        f"({num_redundant} redundant); policy {args.policy} (in sample: planned and scored on the whole trace)"
+        f"({num_redundant} redundant); policy {args.policy}"
+        f"{' (DeepSeek parity)' if args.deepseek_parity else ''} (in sample: planned and scored "
+        "on the whole trace)"
     )
     print(
         f"PAR before (default placement): {before.par:.4f}  (summed load: {before.par_aggregate:.4f})"
@@ -440,7 +481,7 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    plan, num_ranks = load_expert_map_with_ranks(args.expert_map)
+    plan, num_ranks = load_expert_map_with_ranks(args.expert_map, allow_duplicate_on_rank=True)
     trace = load_trace(shipped_trace_path() if args.trace is None else args.trace)
     if (trace.num_layers, trace.num_experts) != (plan.num_layers, plan.num_experts):
         msg = (
@@ -477,4 +518,4 @@ def _inspect(args: argparse.Namespace) -> None:
     )
 
 
-__all__ = ["available_policies", "build_parser", "default_policies", "main"]
+__all__ = ["DEFAULT_POLICIES", "build_parser", "main"]

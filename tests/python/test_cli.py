@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eplb_native.cli import main, policy_options
+import eplb_native
+from eplb_native.cli import build_parser, main, policy_options
 from eplb_native.expert_map import load_expert_map, load_expert_map_with_ranks
 from eplb_native.plan import validate_plan
+from eplb_native.policies import rebalance_experts
 
 SUMMARY_TYPES = {
     "par_mean": float,
@@ -63,9 +65,13 @@ def test_simulate_as_a_module_writes_the_json_schema(tiny_trace: Path, tmp_path:
     assert "default_eplb" in completed.stdout
     assert "static" in completed.stdout
     data = json.loads(out.read_text())
-    assert {"trace", "ranks", "slots", "policies"} <= set(data)
-    assert data["trace"] == str(tiny_trace)
-    assert (data["ranks"], data["slots"]) == (2, 4)
+    assert data["version"] == eplb_native.__version__
+    assert (data["trace"], data["trace_name"], data["model"]) == (str(tiny_trace),) * 2 + ("tiny",)
+    assert (data["steps"], data["layers"], data["experts"]) == (16, 3, 6)
+    assert data["replay"] == {
+        "ranks": 2, "slots": 4, "redundant": 2, "interval": 5, "episode": None,
+        "first_scored_step": 5, "threads": 1, "seed": 0,
+    }  # fmt: skip
     assert list(data["policies"]) == ["static", "default_eplb", "swift_balancer"]
     for name, row in data["policies"].items():
         assert set(row) == set(SUMMARY_TYPES), name
@@ -96,7 +102,55 @@ def test_flashlb_gets_its_episode_length_from_the_command_line(
     )
     assert code == 0
     assert "FlashLB episodes of 2" in capsys.readouterr().out
-    assert set(json.loads(out.read_text())["policies"]) == {"static", "flashlb"}
+    data = json.loads(out.read_text())
+    assert set(data["policies"]) == {"static", "flashlb"}
+    assert data["replay"]["episode"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbose"),
+    [
+        (["simulate"], False),
+        (["-v", "simulate"], True),
+        (["simulate", "-v"], True),
+        (["plan", "--ranks", "2", "-o", "x.json", "--verbose"], True),
+        (["inspect", "x.json", "-v"], True),
+    ],
+)
+def test_verbose_is_accepted_before_and_after_the_command(argv: list[str], verbose: bool) -> None:
+    assert build_parser().parse_args(argv).verbose is verbose
+
+
+def test_plan_of_default_eplb_on_the_readme_setting_is_slot_stable(tmp_path: Path) -> None:
+    out = tmp_path / "map.json"
+    argv = ["plan", "--ranks", "8", "--redundant", "8", "--policy", "default_eplb", "-o", str(out)]
+    assert main(argv) == 0
+    validate_plan(load_expert_map(out), 8)  # no expert twice on a rank
+
+
+def test_deepseek_parity_writes_deepseeks_own_plan(
+    tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "map.json"
+    shape = ["--trace", str(tiny_trace), "--ranks", "2", "--slots", "7", "-o", str(out)]
+    # 7 slots per rank for 6 experts: some rank must hold an expert twice.
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", *shape, "--policy", "default_eplb"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert "--slots: 7 slots per rank for 6 experts" in error
+    assert "--deepseek-parity" in error
+    assert "allow_duplicate_on_rank" not in error
+    assert main(["plan", *shape, "--policy", "default_eplb", "--deepseek-parity"]) == 0
+    load = np.load(tiny_trace)["load"].sum(axis=0)
+    deepseek = rebalance_experts(load, 14, 1, 1, 2)  # no table in force: DeepSeek EPLB's output
+    written = load_expert_map(out, allow_duplicate_on_rank=True)
+    np.testing.assert_array_equal(written.phy2log, deepseek.phy2log)
+    assert main(["inspect", str(out), "--trace", str(tiny_trace)]) == 0
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", *shape, "--policy", "flashlb", "--deepseek-parity"])
+    assert stop.value.code == 2
+    assert "--deepseek-parity: DeepSeek EPLB's plan is --policy default_eplb's" in capsys.readouterr().err
 
 
 def test_simulate_single_step_trace_says_it_is_synthetic(
@@ -150,7 +204,7 @@ def test_simulate_slots_sets_the_physical_count(tiny_trace: Path, tmp_path: Path
         ]
     )
     assert code == 0
-    assert json.loads(out.read_text())["slots"] == 3
+    assert json.loads(out.read_text())["replay"]["slots"] == 3
 
 
 def test_plot_is_a_png(tiny_trace: Path, tmp_path: Path) -> None:

@@ -72,6 +72,20 @@ def test_flashlb_gets_its_options_and_its_memory_across_windows(trace: np.ndarra
     assert not np.isnan(memory).all(), "no layer was ever switched"
 
 
+def test_on_window_follows_every_scored_window_of_every_row(trace: np.ndarray) -> None:
+    seen: list[tuple[str, int, int]] = []
+    spy = SpyPlanner()
+    replay(
+        trace, ["default_eplb", "swift_balancer"], SETTINGS, planner=spy,
+        on_window=lambda label, window: seen.append((label, window, len(spy.calls))),
+    )  # fmt: skip
+    # Windows 0..2 of each row, static first; a policy's window is reported after its re-plan.
+    assert [(label, window) for label, window, _ in seen] == [
+        (label, window) for label in (STATIC, "default_eplb", "swift_balancer") for window in range(3)
+    ]
+    assert [calls for _, _, calls in seen] == [0, 0, 0, 1, 2, 3, 4, 5, 6]
+
+
 def test_scores_are_out_of_sample_per_step_par(trace: np.ndarray) -> None:
     spy = SpyPlanner()
     result = replay(trace, ["default_eplb"], SETTINGS, planner=spy)
@@ -177,3 +191,30 @@ def test_slot_count_not_divisible_by_ranks_is_rejected(trace: np.ndarray) -> Non
             ["default_eplb"],
             ReplaySettings(num_ranks=4, num_redundant_experts=1, interval=4),
         )
+
+
+def test_figure_gives_static_its_own_scale_and_keeps_legends_off_the_data(
+    trace: np.ndarray,
+) -> None:
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    from eplb_native.sim.plots import replay_figure
+
+    result = replay(trace, ["default_eplb", "swift_balancer"], SETTINGS)
+    figure = replay_figure(result, layer=1)
+    try:
+        static_axis, par_axis, *heatmaps = figure.axes[: 2 + len(result.policies)]
+        assert len(heatmaps) == len(result.policies)
+        drawn = {line.get_label(): line.get_ydata() for line in par_axis.get_lines()}
+        assert set(drawn) >= {"default_eplb", "swift_balancer"}
+        assert STATIC not in drawn  # the static row has the top axis to itself
+        static_line = static_axis.get_lines()[0].get_ydata()
+        np.testing.assert_array_equal(static_line, result.policies[STATIC].par_steps)
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        for axis in (static_axis, par_axis):
+            legend_box = axis.get_legend().get_window_extent(renderer)
+            assert legend_box.x0 >= axis.get_window_extent(renderer).x1  # right of the plot
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)

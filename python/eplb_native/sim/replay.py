@@ -190,7 +190,7 @@ def replay(
     *,
     options: dict[str, Any] | None = None,
     planner: Planner = plan,
-    on_rebalance: Callable[[str, int], None] | None = None,
+    on_window: Callable[[str, int], None] | None = None,
 ) -> ReplayResult:
     """Replays ``load`` with each policy (see the module docstring for the semantics).
 
@@ -201,8 +201,8 @@ def replay(
         settings: ranks, redundancy, interval, threads, seed.
         options: ``options=`` objects of the policies given by name, by name.
         planner: the planning call (default ``planning.plan``), e.g. to record its requests.
-        on_rebalance: called after each rebalance with (label, window index), e.g. to advance a
-            progress bar.
+        on_window: called after each scored window of every row (``STATIC`` first) with (label,
+            window index), e.g. to advance a progress bar.
 
     Returns:
         ReplayResult with one PolicyReplay per label.
@@ -234,10 +234,10 @@ def replay(
     )
     num_slots = initial.slots_per_rank(settings.num_ranks)
     result = ReplayResult(settings=settings, num_slots=num_slots, first_step=settings.interval)
-    result.policies[STATIC] = _replay_one(trace, STATIC, None, initial, settings, on_rebalance)
+    result.policies[STATIC] = _replay_one(trace, STATIC, None, initial, settings, on_window)
     for spec in specs:
         result.policies[spec.label] = _replay_one(
-            trace, spec.label, spec, initial, settings, on_rebalance, planner
+            trace, spec.label, spec, initial, settings, on_window, planner
         )
     return result
 
@@ -248,7 +248,7 @@ def _replay_one(
     spec: PolicySpec | None,
     initial: Plan,
     settings: ReplaySettings,
-    on_rebalance: Callable[[str, int], None] | None,
+    on_window: Callable[[str, int], None] | None,
     planner: Planner = plan,
 ) -> PolicyReplay:
     """One policy's replay (``spec`` None: the static row)."""
@@ -284,8 +284,6 @@ def _replay_one(
             copies.append(count_weight_copies(placement, new_plan, num_ranks))
             changed.append(int(np.any(placement.phy2log != new_plan.phy2log, axis=1).sum()))
             placement = new_plan
-            if on_rebalance is not None:
-                on_rebalance(name, window_idx)
         in_sample.append(float(peak_to_average(rank_loads(placement, window, num_ranks)).mean()))
         served = trace[start : start + settings.interval]  # [w, L, N]
         rank_load_parts.append(rank_loads(placement, served, settings.num_ranks))
@@ -293,6 +291,8 @@ def _replay_one(
         aggregate_par.append(stats.par_aggregate)
         gaps.append(float(stats.gap.mean()))
         logger.debug("%s window %d: par_aggregate %.4f", name, window_idx, stats.par_aggregate)
+        if on_window is not None:
+            on_window(name, window_idx)
     rank_load = np.concatenate(rank_load_parts, axis=0)  # [T - interval, L, D]
     par_steps = peak_to_average(rank_load).mean(axis=-1)  # [T - interval], layer mean
     window_ends = np.cumsum([part.shape[0] for part in rank_load_parts])[:-1]
