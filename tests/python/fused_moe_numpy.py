@@ -1,9 +1,10 @@
-"""Independent numpy golden of the fused decode MoE operator (design §7.2).
+"""Independent numpy golden of the fused decode MoE operator.
 
-Written from the specification, not from the C++: numpy float32 ufuncs never fuse a multiply
-and an add, bf16 rounding is an explicit round-to-nearest-even on the fp32 bits, fp16 rounding is
-numpy's own ``astype(np.float16)``, and ``exp`` is the C library's double ``exp`` (``math.exp``)
-rounded to float32, as the specification defines it.
+Written from the numerics stated at the top of csrc/include/eplb_native/reference/
+fused_moe_decode_ref.h, not from the C++ code: numpy float32 ufuncs never fuse a multiply and an
+add, bf16 rounding is an explicit round-to-nearest-even on the fp32 bits, fp16 rounding is
+numpy's own ``astype(np.float16)``, and ``exp`` is the C library's double ``exp``
+(``math.exp``) rounded to float32, as those numerics define it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Signature-drift and device-code lint for ascend_kernels/ (design §3.4 item 5).
+"""Signature-drift and device-code lint for ascend_kernels/.
 
 No CANN exists on CI machines, so the Ascend C sources are never compiled there. This lint keeps
 the three places that must agree in agreement:

@@ -1,4 +1,4 @@
-"""The CANN gate of the build (design §6): AUTO says why the Ascend part is off, ON fails."""
+"""The CANN gate of the build: AUTO says why the Ascend part is off, ON fails."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Ascend C kernel entry points, launcher prototypes and binding calls agree (design §3.4)."""
+"""The Ascend C kernel entry points, launcher prototypes and binding calls agree."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """EplbMoE over 4 gloo processes: all-to-all dispatch/combine equals one process; the gathered
-heat equals the true routing counts (issue 5 acceptance)."""
+heat equals the true routing counts."""
 
 from __future__ import annotations
 
