@@ -15,9 +15,8 @@ Workloads:
   top-8), 32 ranks x 9 slots;
 - ``shipped (synthetic)``: the shipped Qwen3-30B-A3B aggregate expanded into a synthetic
   series (``eplb_native.sim.as_time_series``), 8 ranks x 17 slots;
-- the multi-step traces of ../shared/traces when present (HarMoEny Qwen1.5-MoE, 6 ranks as
-  recorded, one redundant slot per rank; interval: a quarter of the trace). Benchmark only:
-  their numbers may be quoted, the data never copied.
+- the multi-step traces in ``--traces-dir`` (e.g. HarMoEny Qwen1.5-MoE: 6 ranks as recorded,
+  one redundant slot per rank; interval: a quarter of the trace).
 
 FlashLB folds each window into episodes of ``interval // 8`` steps (at least 1).
 Everything is seeded; the table is deterministic except ``plan_ms``.
@@ -33,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from workloads import deepseek_v3_like, trace_names
-from workloads import load_trace as load_shared_trace
+from workloads import add_traces_dir_argument, deepseek_v3_like, trace_names
+from workloads import load_trace as load_recorded_trace
 
 from eplb_native.flashlb import FlashLBOptions
 from eplb_native.sim import (
@@ -64,7 +63,7 @@ class Workload:
 
 
 def workloads(args: argparse.Namespace) -> list[Workload]:
-    """The synthetic DeepSeek-V3-like series, the shipped trace's series, the shared traces."""
+    """The synthetic DeepSeek-V3-like series, the shipped trace's series, the recorded traces."""
     found = [
         Workload(
             "deepseek_v3_like",
@@ -78,8 +77,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
         load_trace(shipped_trace_path()), SyntheticSeries(num_steps=args.steps, seed=args.seed)
     )
     found.append(Workload("shipped (synthetic)", shipped.load, 8, 8, args.interval))
-    for name in trace_names():
-        load = load_shared_trace(name)
+    for name in trace_names(args.traces_dir):
+        load = load_recorded_trace(args.traces_dir, name)
         if load.shape[0] < 2:
             continue  # an aggregate: nothing to replay
         found.append(Workload(name, load, 6, 6, max(1, load.shape[0] // 4)))
@@ -137,6 +136,7 @@ def print_tables(workload: Workload, result: ReplayResult) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=512, help="synthetic series length")
+    add_traces_dir_argument(parser)
     parser.add_argument("--interval", type=int, default=128, help="synthetic re-plan interval")
     parser.add_argument(
         "--max-moves", type=int, default=16, help="flashlb incremental: copies per layer at most"

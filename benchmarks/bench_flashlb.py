@@ -4,9 +4,9 @@ Sections: the published example; planning time on the synthetic DeepSeek-V3-like
 (58 layers, 256 experts, 32 ranks x 9 slots, 64 episodes) and its scaling in layers; the gap
 of the aggregated-load max rank load to ``lower_bound_max_load`` per layer; out-of-sample
 balance (plan on window k, per-step PAR on window k + 1) on the synthetic workload and the
-traces in ../shared/traces, and on the traces over 15 rank layouts and 4 window lengths.
+traces in ``--traces-dir``, and on those traces over 15 rank layouts and 4 window lengths.
 
-    PYTHONPATH=python python benchmarks/bench_flashlb.py --threads 2 --out flashlb.json
+    PYTHONPATH=python python benchmarks/bench_flashlb.py --threads 2 --traces-dir DIR --out flashlb.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import deepseek_v3_like, load_trace, trace_names
+from workloads import add_traces_dir_argument, deepseek_v3_like, load_trace, trace_names
 
 from eplb_native import Plan, evaluate
 from eplb_native.flashlb import FlashLBOptions, plan_flashlb
@@ -133,7 +133,7 @@ def out_of_sample(name: str, history: np.ndarray, window: int, num_ranks: int, n
     """Per-step PAR of plans made on one window and evaluated on another (lower is better).
 
     ``next``: the mean over k of window k's plan on window k + 1, windows on a fixed grid of
-    ``window`` steps (the issue's measure). ``sliding``: the same with the window starting at
+    ``window`` steps. ``sliding``: the same with the window starting at
     every ``max(1, window // 16)``-th step (plan on [s, s + W), evaluate on [s + W, s + 2W)):
     more samples, and windows that do not line up with the workload's switches. ``all_pairs``:
     the mean over every ordered pair of distinct grid windows. ``sliding_wins``: how many
@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=str, default=None, help="write the results as JSON here")
+    add_traces_dir_argument(parser)
     args = parser.parse_args()
 
     baseline = default_eplb()
@@ -261,8 +262,8 @@ def main() -> None:
           "and on every other grid window; lower is better)")
     oos = {"synthetic_deepseek_v3 (256-step windows)": out_of_sample(
         "synthetic_deepseek_v3", history, 256, 32, 9, args.threads, baseline)}
-    for trace in trace_names():
-        steps = load_trace(trace)
+    for trace in trace_names(args.traces_dir):
+        steps = load_trace(args.traces_dir, trace)
         if steps.shape[0] < 2:
             print(f"  {trace:<28} aggregate only (1 step): no out-of-sample window")
             continue
@@ -272,7 +273,9 @@ def main() -> None:
     if baseline is not None:
         print("out-of-sample per-step PAR on a fixed grid over 15 rank layouts (plan on window k, "
               "evaluate on k + 1; lower is better)")
-        traces = {trace: load_trace(trace) for trace in trace_names()}
+        traces = {
+            trace: load_trace(args.traces_dir, trace) for trace in trace_names(args.traces_dir)
+        }
         results["out_of_sample_layouts"] = {
             trace: layout_grid(trace, steps, args.threads, baseline)
             for trace, steps in traces.items() if steps.shape[0] >= 2

@@ -22,9 +22,10 @@ Settings:
 
 - ``synthetic_dsv3``: ``workloads.deepseek_v3_like`` (1024 steps, 58 layers, 256 experts,
   top-8; synthetic), 16 evenly spaced layers, 32 ranks x 9 slots, k = w = 16 and 64;
-- ``harmoeny_qwen15moe`` (``--traces-dir``; 80 steps x 12 layers x 60 experts, 4 datasets of
-  20 steps), 8 ranks x 8 slots, k = w = 5, 10, 20;
-- ``mbolt_qwen3_30b_a3b``: an aggregate (1 step), so, as ``eplb-native simulate`` does, a
+- ``harmoeny_qwen15moe`` (``--traces-dir``, where ``harmoeny_traces.py`` wrote it; 80 steps x
+  12 layers x 60 experts, 4 datasets of 20 steps), 8 ranks x 8 slots, k = w = 5, 10, 20;
+- ``mbolt_qwen3_30b_a3b``: the trace shipped in the package (mbolt, MIT), an aggregate (1 step),
+  so, as ``eplb-native simulate`` does, a
   synthetic series built from it by ``eplb_native.sim.synthesize_series`` with the simulate
   defaults (300 steps, 256 tokens per step, top-8, drift 0.05), 8 ranks x 17 slots, k = w = 10
   and 50.
@@ -58,7 +59,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from bench_flashlb import sign_test_p
-from workloads import TRACE_DIR, deepseek_v3_like
+from workloads import add_traces_dir_argument, deepseek_v3_like
 
 from eplb_native.flashlb import plan_flashlb
 from eplb_native.plan import default_placement, slot_load_from_expert_load
@@ -70,6 +71,7 @@ from eplb_native.sim import (
     SyntheticSeries,
     load_trace,
     replay,
+    shipped_trace_path,
     synthesize_series,
 )
 
@@ -91,35 +93,31 @@ class Setting:
     note: str
 
 
-def settings(traces_dir: Path, seed: int) -> list[Setting]:
-    """The benchmark's settings (see the module docstring); traces missing from
-    ``traces_dir`` are skipped with a note."""
+def settings(traces_dir: Path | None, seed: int) -> list[Setting]:
+    """The benchmark's settings (see the module docstring); the HarMoEny one is skipped with a
+    note without ``traces_dir`` or when it holds no harmoeny_qwen15moe.npz."""
     dsv3 = deepseek_v3_like(seed=seed)
     layers = np.linspace(0, dsv3.shape[1] - 1, 16).round().astype(np.int64)
     dsv3 = np.ascontiguousarray(dsv3[:, layers])
     found = [
         Setting(f"synthetic_dsv3 k=w={k}", dsv3, 32, 9, k, "synthetic") for k in (16, 64)
     ]
-    harmoeny = traces_dir / "harmoeny_qwen15moe.npz"
-    if harmoeny.is_file():
+    harmoeny = None if traces_dir is None else traces_dir / "harmoeny_qwen15moe.npz"
+    if harmoeny is not None and harmoeny.is_file():
         load = load_trace(harmoeny).load
         found += [
             Setting(f"harmoeny_qwen15moe k=w={k}", load, 8, 8, k, "real trace") for k in (5, 10, 20)
         ]
     else:
-        print(f"note: {harmoeny} not found: harmoeny_qwen15moe skipped")
-    mbolt = traces_dir / "mbolt_qwen3_30b_a3b.npz"
-    if mbolt.is_file():
-        trace = load_trace(mbolt)
-        top_k = int(trace.metadata.get("top_k", "8"))
-        series = synthesize_series(trace.load[0], SyntheticSeries(top_k=top_k, seed=seed))
-        found += [
-            Setting(f"mbolt_qwen3_30b_a3b k=w={k}", series, 8, 17, k,
-                    "synthetic series from the aggregate, as simulate builds it")
-            for k in (10, 50)
-        ]
-    else:
-        print(f"note: {mbolt} not found: mbolt_qwen3_30b_a3b skipped")
+        print("note: no harmoeny_qwen15moe.npz in --traces-dir: harmoeny_qwen15moe skipped")
+    trace = load_trace(shipped_trace_path())
+    top_k = int(trace.metadata.get("top_k", "8"))
+    series = synthesize_series(trace.load[0], SyntheticSeries(top_k=top_k, seed=seed))
+    found += [
+        Setting(f"mbolt_qwen3_30b_a3b k=w={k}", series, 8, 17, k,
+                "synthetic series from the aggregate, as simulate builds it")
+        for k in (10, 50)
+    ]
     return found
 
 
@@ -296,8 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream-vllm-ascend", type=Path, metavar="DIR",
                         help="a vllm-ascend checkout: compare against its FlashLB")
-    parser.add_argument("--traces-dir", type=Path, default=TRACE_DIR,
-                        help=f"folder of the trace .npz files (default {TRACE_DIR})")
+    add_traces_dir_argument(parser)
     parser.add_argument("--only", nargs="+", metavar="PREFIX",
                         help="run only the settings whose name starts with one of these")
     parser.add_argument("--speed", action="store_true", help="also time one planning call")

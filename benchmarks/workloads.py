@@ -2,13 +2,17 @@
 
 ``deepseek_v3_like``: a per-step expert-load series [T, L, N] shaped like DeepSeek-V3 serving
 (58 MoE layers, 256 routed experts, top-8): each layer has a log-normal expert popularity (the
-hottest expert carries about 5-10x the mean, as in the real traces of ../shared/traces), which
-drifts as a Gaussian random walk on the logits; each step routes ``tokens_per_step`` tokens
-(times top_k) by Poisson sampling. Synthetic: no real trace is copied.
+hottest expert carries about 5-10x the mean, as in recorded traces of Qwen1.5-MoE and
+Qwen3-30B-A3B), which drifts as a Gaussian random walk on the logits; each step routes
+``tokens_per_step`` tokens (times top_k) by Poisson sampling. Synthetic: no real trace is copied.
+
+Recorded traces are read from a folder the user names with ``--traces-dir`` (``.npz`` files with
+``load`` [T, L, N]; ``harmoeny_traces.py`` writes the HarMoEny ones from a HarMoEny checkout).
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +22,17 @@ from eplb_native import sim
 
 FloatArray = npt.NDArray[np.float64]
 
-# ../shared/traces next to the repository (a worktree sits one level deeper).
-TRACE_DIR = next(
-    (
-        root / "shared" / "traces"
-        for root in Path(__file__).resolve().parents[2:4]
-        if (root / "shared" / "traces").is_dir()
-    ),
-    Path("../shared/traces"),
-)
+
+
+def add_traces_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--traces-dir DIR`` (default: none, and the benchmark skips its recorded-trace rows)."""
+    parser.add_argument(
+        "--traces-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder of recorded .npz traces, e.g. the HarMoEny ones written by "
+        "benchmarks/harmoeny_traces.py; without it the recorded-trace rows are skipped",
+    )
 
 
 def deepseek_v3_like(
@@ -60,12 +66,17 @@ def deepseek_v3_like(
     return loads
 
 
-def load_trace(name: str) -> FloatArray:
-    """The ``load`` array [T, L, N] of ../shared/traces/<name>.npz as float64 (read and checked
+def load_trace(traces_dir: Path, name: str) -> FloatArray:
+    """The ``load`` array [T, L, N] of ``traces_dir/<name>.npz`` as float64 (read and checked
     by ``eplb_native.sim.load_trace``)."""
-    return sim.load_trace(TRACE_DIR / f"{name}.npz").load
+    return sim.load_trace(traces_dir / f"{name}.npz").load
 
 
-def trace_names() -> list[str]:
-    """Names of the traces present in ../shared/traces (empty when the folder is absent)."""
-    return sorted(path.stem for path in TRACE_DIR.glob("*.npz"))
+def trace_names(traces_dir: Path | None) -> list[str]:
+    """Names of the .npz traces in ``traces_dir`` (none when it is None)."""
+    if traces_dir is None:
+        return []
+    if not traces_dir.is_dir():
+        msg = f"--traces-dir: {traces_dir} is not a folder"
+        raise SystemExit(msg)
+    return sorted(path.stem for path in traces_dir.glob("*.npz"))
