@@ -83,7 +83,7 @@ def _reference() -> list[list[torch.Tensor]]:
     ]
 
 
-def _acceptance_worker(rank: int, world_size: int, reference: list[list[torch.Tensor]]) -> None:
+def _outputs_and_heat_worker(rank: int, world_size: int, reference: list[list[torch.Tensor]]) -> None:
     heat = HeatRecorder(PLAN, collection_interval=NUM_STEPS)
     layers = _model(PLAN, heat)
     local_log2phy = eplb_native.rank_log2phy(PLAN, world_size)[rank]  # [L, N]
@@ -110,7 +110,7 @@ def _acceptance_worker(rank: int, world_size: int, reference: list[list[torch.Te
 
 
 def test_four_ranks_match_one_process_and_heat_matches_routing() -> None:
-    run_on_ranks(_acceptance_worker, NUM_RANKS, _reference())
+    run_on_ranks(_outputs_and_heat_worker, NUM_RANKS, _reference())
 
 
 def _install_worker(rank: int, world_size: int, reference: list[list[torch.Tensor]]) -> None:
