@@ -8,21 +8,27 @@
 #include "bindings.h"
 #include "eplb_native/flashlb/flashlb.h"
 #include "numpy_views.h"
+#include "shared_pool.h"
 
 namespace eplb_native::bindings {
 
 void bind_flashlb(py::module_& m) {
     m.def(
         "plan_flashlb",
-        [](const CArray<double>& load, int64_t num_replicas, int64_t num_groups,
-           int64_t num_nodes, int64_t num_ranks, std::optional<CArray<int64_t>> current,
-           std::optional<py::array> history, int num_threads, double z_score,
-           int64_t max_depth, int64_t width, int64_t episode_steps, int64_t max_episodes,
-           bool incremental, int64_t max_moves_per_layer, double keep_margin) {
+        [](const py::object& load_object, int64_t num_replicas, int64_t num_groups,
+           int64_t num_nodes, int64_t num_ranks, const py::object& current_object,
+           const py::object& history, int64_t num_threads, double z_score, int64_t max_depth,
+           int64_t width, int64_t episode_steps, int64_t max_episodes, bool incremental,
+           int64_t max_moves_per_layer, double keep_margin) {
+            const auto load = as_carray<double>(load_object, "load");
+            std::optional<CArray<int64_t>> current;
+            if (!current_object.is_none()) {
+                current = as_carray<int64_t>(current_object, "current");
+            }
             require_ndim(load, 2, "load", "[layers, experts]");
             const auto shape = shape_of(load);
             Topology topo{shape[1], num_replicas, num_groups, num_nodes, num_ranks};
-            validate_topology(topo);
+            validate_topology(topo, shape[0]);
             std::vector<double> load_values(load.data(), load.data() + load.size());
             std::vector<int64_t> current_values;
             // Integer heat (int64 token counts) is read as is; anything else as float64.
@@ -32,17 +38,15 @@ void bind_flashlb(py::module_& m) {
             // Holds `history` as an array of its value type; the view points into it.
             const auto hold = [&history](auto& held, const auto*& values) {
                 using Array = typename std::decay_t<decltype(held)>::value_type;
-                held = Array::ensure(*history);
-                if (!*held) {
-                    throw_invalid("history", "expected a numeric array");
-                }
+                held = as_carray<typename Array::value_type>(history, "history");
                 require_ndim(*held, 3, "history", "[steps, layers, experts]");
                 values = held->data();
                 return shape_of(*held);
             };
-            if (history) {
+            if (!history.is_none()) {
+                const py::array given = py::array::ensure(history);
                 const std::vector<int64_t> h_shape =
-                    history->dtype().is(py::dtype::of<int64_t>())
+                    given && given.dtype().is(py::dtype::of<int64_t>())
                         ? hold(history_counts, history_view.counts)
                         : hold(history_loads, history_view.loads);
                 if (h_shape[1] != shape[0] || h_shape[2] != shape[1]) {
@@ -78,10 +82,10 @@ void bind_flashlb(py::module_& m) {
             // core only reads it.
             request.history = history_view;
             request.current = current ? current_values.data() : nullptr;
+            ThreadPool pool = shared_pool(num_threads);
             Plan plan;
             {
                 py::gil_scoped_release release;  // core touches no Python objects; inputs copied
-                ThreadPool pool(num_threads);
                 plan = flashlb::plan_flashlb(request, topo, options, pool);
             }
             return py::make_tuple(

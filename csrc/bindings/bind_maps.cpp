@@ -7,7 +7,8 @@
 namespace eplb_native::bindings {
 namespace {
 
-Plan plan_from_array(const CArray<int64_t>& phy2log, int64_t num_experts) {
+Plan plan_from_array(const py::object& phy2log_object, int64_t num_experts) {
+    const auto phy2log = as_carray<int64_t>(phy2log_object, "phy2log");
     require_ndim(phy2log, 2, "phy2log", "[layers, physical_slots]");
     const auto shape = shape_of(phy2log);
     // Copy out of the numpy buffer first; the core then runs without the GIL.
@@ -39,9 +40,10 @@ py::tuple plan_to_tuple(const Plan& plan) {
 }  // namespace
 
 void bind_maps(py::module_& m) {
+    m.attr("MAX_ARRAY_ELEMENTS") = kMaxArrayElements;
     m.def(
         "plan_from_phy2log",
-        [](const CArray<int64_t>& phy2log, int64_t num_experts) {
+        [](const py::object& phy2log, int64_t num_experts) {
             return plan_to_tuple(plan_from_array(phy2log, num_experts));
         },
         py::arg("phy2log"), py::arg("num_experts"),
@@ -50,8 +52,11 @@ void bind_maps(py::module_& m) {
 
     m.def(
         "validate_plan",
-        [](const CArray<int64_t>& phy2log, const CArray<int64_t>& log2phy,
-           const CArray<int64_t>& logcnt, int64_t num_ranks, bool allow_duplicate_on_rank) {
+        [](const py::object& phy2log_object, const py::object& log2phy_object,
+           const py::object& logcnt_object, int64_t num_ranks, bool allow_duplicate_on_rank) {
+            const auto phy2log = as_carray<int64_t>(phy2log_object, "phy2log");
+            const auto log2phy = as_carray<int64_t>(log2phy_object, "log2phy");
+            const auto logcnt = as_carray<int64_t>(logcnt_object, "logcnt");
             require_ndim(phy2log, 2, "phy2log", "[layers, physical_slots]");
             require_ndim(log2phy, 3, "log2phy", "[layers, experts, max_replicas]");
             require_ndim(logcnt, 2, "logcnt", "[layers, experts]");
@@ -85,7 +90,7 @@ void bind_maps(py::module_& m) {
 
     m.def(
         "rank_expert_maps",
-        [](const CArray<int64_t>& phy2log, int64_t num_experts, int64_t num_ranks) {
+        [](const py::object& phy2log, int64_t num_experts, int64_t num_ranks) {
             const Plan plan = plan_from_array(phy2log, num_experts);
             std::vector<int64_t> maps;
             {
@@ -99,8 +104,7 @@ void bind_maps(py::module_& m) {
 
     m.def(
         "rank_log2phy",
-        [](const CArray<int64_t>& phy2log, int64_t num_experts, int64_t num_ranks,
-           int64_t tp_size) {
+        [](const py::object& phy2log, int64_t num_experts, int64_t num_ranks, int64_t tp_size) {
             const Plan plan = plan_from_array(phy2log, num_experts);
             std::vector<int64_t> routes;
             {
@@ -117,8 +121,9 @@ void bind_maps(py::module_& m) {
     // and write a new numpy array without the GIL: the arguments hold both for the call.
     m.def(
         "expert_load_from_slot_load",
-        [](const CArray<int64_t>& phy2log, int64_t num_experts, const CArray<double>& slot_load) {
+        [](const py::object& phy2log, int64_t num_experts, const py::object& slot_load_object) {
             const Plan plan = plan_from_array(phy2log, num_experts);
+            const auto slot_load = as_carray<double>(slot_load_object, "slot_load");
             const int64_t rows = load_rows(slot_load, plan, plan.num_physical, "slot_load");
             py::array_t<double> out({rows, plan.num_layers, plan.num_experts});
             double* values = out.mutable_data();
@@ -134,9 +139,10 @@ void bind_maps(py::module_& m) {
 
     m.def(
         "rank_loads",
-        [](const CArray<int64_t>& phy2log, int64_t num_experts, const CArray<double>& load,
+        [](const py::object& phy2log, int64_t num_experts, const py::object& load_object,
            int64_t num_ranks) {
             const Plan plan = plan_from_array(phy2log, num_experts);
+            const auto load = as_carray<double>(load_object, "load");
             const int64_t rows = load_rows(load, plan, plan.num_experts, "load");
             require_positive(num_ranks, "num_ranks");
             py::array_t<double> out({rows, plan.num_layers, num_ranks});

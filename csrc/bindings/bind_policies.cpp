@@ -15,18 +15,24 @@
 #include "eplb_native/thread_pool.h"
 #include "eplb_native/topology.h"
 #include "numpy_views.h"
+#include "shared_pool.h"
 
 namespace eplb_native::bindings {
 namespace {
 
 constexpr const char* kCorePolicies = "default_eplb, swift_balancer, random";
 
-py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64_t num_replicas,
-                    int64_t num_groups, int64_t num_nodes, int64_t num_ranks,
-                    const std::optional<CArray<int64_t>>& current, int64_t num_threads,
+py::tuple rebalance(const std::string& policy, const py::object& load_object,
+                    int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
+                    int64_t num_ranks, const py::object& current_object, int64_t num_threads,
                     uint64_t seed, int64_t max_moves_per_layer) {
     if (policy != "default_eplb" && policy != "swift_balancer" && policy != "random") {
         throw_invalid("policy", "unknown policy '" + policy + "'; valid: " + kCorePolicies);
+    }
+    const auto load = as_carray<double>(load_object, "load");
+    std::optional<CArray<int64_t>> current;
+    if (!current_object.is_none()) {
+        current = as_carray<int64_t>(current_object, "current");
     }
     require_ndim(load, 2, "load", "[layers, experts]");
     const auto shape = shape_of(load);
@@ -36,11 +42,8 @@ py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64
     topo.num_groups = num_groups;
     topo.num_nodes = num_nodes;
     topo.num_ranks = num_ranks;
-    validate_topology(topo);
-    if (num_threads < 0) {
-        throw_invalid("num_threads", "expected >= 0 (0: all cores), got " +
-                                         std::to_string(num_threads));
-    }
+    validate_topology(topo, shape[0]);
+    ThreadPool pool = shared_pool(num_threads);
     // Copy the inputs out of the numpy buffers so the core runs without the GIL.
     std::vector<double> load_values(load.data(), load.data() + load.size());
     validate_load_values(load_values.data(), static_cast<int64_t>(load_values.size()), shape[1],
@@ -62,8 +65,6 @@ py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64
     {
         // Safe: the core reads only the copied vectors above and touches no Python object.
         py::gil_scoped_release release;
-        // More threads than layers would only idle: cap the pool at the layer count.
-        ThreadPool pool(static_cast<int>(num_threads == 0 ? 0 : std::min(num_threads, shape[0])));
         LoadView view{load_values.data(), shape[0], shape[1]};
         const int64_t* in_force = current.has_value() ? current_values.data() : nullptr;
         if (policy == "default_eplb") {
@@ -82,8 +83,10 @@ py::tuple rebalance(const std::string& policy, const CArray<double>& load, int64
         to_numpy(plan.logcnt, {plan.num_layers, plan.num_experts}));
 }
 
-py::array_t<int64_t> keep_slots(const CArray<int64_t>& phy2log, const CArray<int64_t>& current,
-                                int64_t num_ranks) {
+py::array_t<int64_t> keep_slots(const py::object& phy2log_object,
+                                const py::object& current_object, int64_t num_ranks) {
+    const auto phy2log = as_carray<int64_t>(phy2log_object, "phy2log");
+    const auto current = as_carray<int64_t>(current_object, "old_phy2log");
     require_ndim(phy2log, 2, "phy2log", "[layers, physical_slots]");
     const auto shape = shape_of(phy2log);
     if (shape_of(current) != shape) {
@@ -117,7 +120,7 @@ py::array_t<int64_t> keep_slots(const CArray<int64_t>& phy2log, const CArray<int
 void bind_policies(py::module_& m) {
     m.def("rebalance_experts", &rebalance, py::arg("policy"), py::arg("load"),
           py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"),
-          py::arg("num_ranks"), py::arg("current") = std::nullopt, py::arg("num_threads") = 0,
+          py::arg("num_ranks"), py::arg("current") = py::none(), py::arg("num_threads") = 0,
           py::arg("seed") = 0, py::arg("max_moves_per_layer") = 32,
           "(policy, load float64 [L, N], P, G, H, D, current int64 [L, P] | None, num_threads, "
           "seed, max_moves_per_layer) -> (phy2log [L, P], log2phy [L, N, max_replicas], "

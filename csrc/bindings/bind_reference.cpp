@@ -10,6 +10,7 @@
 #include "eplb_native/thread_pool.h"
 #include "eplb_native/tiling/fused_moe_tiling.h"
 #include "numpy_views.h"
+#include "shared_pool.h"
 
 namespace eplb_native::bindings {
 namespace {
@@ -139,7 +140,7 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
                           const py::list& w1, const py::list& w2, const py::object& x_active_mask,
                           const py::object& out_obj, const py::object& counts_obj,
                           const py::object& moe_load, const py::object& load_counter,
-                          int num_threads, const py::object& w1_scale, const py::object& w2_scale,
+                          int64_t num_threads, const py::object& w1_scale, const py::object& w2_scale,
                           const std::string& w1_scale_dtype, const std::string& w2_scale_dtype) {
     const py::array x = as_array(x_obj, "x");
     const py::array expert_ids = as_array(ids_obj, "expert_ids");
@@ -251,9 +252,9 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
     } else if (!load_counter.is_none()) {
         throw_invalid("load_counter", "given without moe_load");
     }
+    ThreadPool pool = shared_pool(num_threads);
     // The arrays stay referenced by the caller's arguments; the core touches no Python object.
     py::gil_scoped_release release;
-    ThreadPool pool(num_threads);
     reference::fused_moe_decode(p, in, o, pool);
 }
 
@@ -342,7 +343,8 @@ void bind_reference(py::module_& m) {
 
     m.def(
         "fused_moe_route",
-        [](const CArray<int32_t>& expert_ids, int64_t num_experts, const py::object& mask) {
+        [](const py::object& expert_ids_object, int64_t num_experts, const py::object& mask) {
+            const auto expert_ids = as_carray<int32_t>(expert_ids_object, "expert_ids");
             require_ndim(expert_ids, 2, "expert_ids", "[BS, K]");
             shared::FusedMoeParams p{};
             p.num_tokens = expert_ids.shape(0);
@@ -351,6 +353,7 @@ void bind_reference(py::module_& m) {
             if (num_experts < 1) {
                 throw_invalid("num_experts", "must be >= 1");
             }
+            require_array_size("num_experts", {num_experts}, "the per-expert counts");
             std::vector<uint8_t> mask_values;
             if (!mask.is_none()) {
                 const auto mask_array = py::cast<CArray<bool>>(mask);

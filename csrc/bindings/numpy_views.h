@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "eplb_native/error.h"
@@ -17,6 +18,37 @@ namespace py = pybind11;
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// `object` (an array or nested sequences) as a C-contiguous array of T, converted only when no
+// value changes meaning: for an integer T, integer dtypes that numpy casts safely (not bool,
+// float, or uint64 into int64); for a floating T, bool, integer and float dtypes that cast
+// safely. Throws ValueError naming `field` otherwise (complex, object, string, ...).
+template <typename T>
+[[nodiscard]] CArray<T> as_carray(const py::handle& object, const std::string& field) {
+    const py::array array = py::array::ensure(object);
+    if (!array) {
+        throw_invalid(field, "expected an array (not a ragged sequence), got " +
+                                 std::string(py::str(py::type::of(object).attr("__name__"))));
+    }
+    const py::dtype target = py::dtype::of<T>();
+    const bool kind_ok = std::is_integral_v<T> ? (array.dtype().kind() == 'i' ||
+                                                   array.dtype().kind() == 'u')
+                                                : array.dtype().kind() != 'c';
+    const bool safe = kind_ok && py::module_::import("numpy")
+                                     .attr("can_cast")(array.dtype(), target, "safe")
+                                     .template cast<bool>();
+    if (!safe) {
+        throw_invalid(field, std::string(std::is_integral_v<T> ? "expected integers" : "expected "
+                                                                 "real numbers") +
+                                 " that fit " + std::string(py::str(target)) + ", got dtype " +
+                                 std::string(py::str(array.dtype())));
+    }
+    CArray<T> converted = CArray<T>::ensure(array);
+    if (!converted) {
+        throw py::error_already_set();
+    }
+    return converted;
+}
 
 // The array's shape as a vector (for messages and extents).
 template <typename T>

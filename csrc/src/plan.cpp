@@ -46,24 +46,41 @@ PlanArrays view_of(const Plan& plan) {
     return arrays;
 }
 
-void validate_load_values(const double* data, int64_t size, int64_t num_experts,
-                          const std::string& field, int64_t first_row) {
-    // Fast pass without branches (NaN fails both comparisons, inf the second); the slow pass
-    // below only runs to name the first bad value.
+double validate_load_values(const double* data, int64_t size, int64_t num_experts,
+                            const std::string& field, int64_t first_row) {
+    // Fast pass without branches (NaN fails both comparisons, inf the second), summing in
+    // independent lanes so that it vectorises; the slow pass below only runs to name the first
+    // bad value.
+    constexpr int64_t kLanes = 8;
     bool all_valid = true;
-    for (int64_t i = 0; i < size; ++i) {
-        all_valid &= (data[i] >= 0.0) & (data[i] <= std::numeric_limits<double>::max());
-    }
-    if (all_valid) {
-        return;
-    }
-    for (int64_t i = 0; i < size; ++i) {
-        const double value = data[i];
-        if (std::isnan(value) || std::isinf(value) || value < 0.0) {
-            const char* what = std::isnan(value) ? "NaN" : (std::isinf(value) ? "inf" : "negative");
-            throw_bad_value(field, what, std::to_string(value), i, num_experts, first_row);
+    double lanes[kLanes] = {};
+    const int64_t whole = size - size % kLanes;
+    for (int64_t i = 0; i < whole; i += kLanes) {
+        for (int64_t k = 0; k < kLanes; ++k) {
+            const double value = data[i + k];
+            all_valid &= (value >= 0.0) & (value <= std::numeric_limits<double>::max());
+            lanes[k] += value;
         }
     }
+    for (int64_t i = whole; i < size; ++i) {
+        all_valid &= (data[i] >= 0.0) & (data[i] <= std::numeric_limits<double>::max());
+        lanes[0] += data[i];
+    }
+    if (all_valid) {
+        double total = 0.0;
+        for (const double lane : lanes) {
+            total += lane;
+        }
+        require_load_total(total, field);
+        return total;
+    }
+    int64_t bad = 0;  // the first value the fast pass refused (there is one)
+    while (data[bad] >= 0.0 && data[bad] <= std::numeric_limits<double>::max()) {
+        ++bad;
+    }
+    const double value = data[bad];
+    const char* what = std::isnan(value) ? "NaN" : (std::isinf(value) ? "inf" : "negative");
+    throw_bad_value(field, what, std::to_string(value), bad, num_experts, first_row);
 }
 
 void validate_load_values(const int64_t* data, int64_t size, int64_t num_experts,
@@ -82,11 +99,22 @@ void validate_load_values(const int64_t* data, int64_t size, int64_t num_experts
     }
 }
 
+void require_load_total(double total, const std::string& field) {
+    if (!(total <= kMaxLoadTotal)) {  // inf and NaN fail too
+        throw_invalid(field, "the values sum beyond 1e300, where sums over ranks, layers and "
+                             "steps overflow float64 (scale them down)");
+    }
+}
+
 Plan plan_from_phy2log(const int64_t* phy2log, int64_t num_layers, int64_t num_physical,
                        int64_t num_experts) {
     require_positive(num_layers, "phy2log");
     require_positive(num_physical, "phy2log");
     require_positive(num_experts, "num_experts");
+    if (num_experts > num_physical) {
+        throw_invalid("phy2log", std::to_string(num_physical) + " physical slots cannot hold num_experts=" +
+                                     std::to_string(num_experts) + " experts (each needs a slot)");
+    }
     Plan plan;
     plan.num_layers = num_layers;
     plan.num_experts = num_experts;
@@ -115,6 +143,8 @@ Plan plan_from_phy2log(const int64_t* phy2log, int64_t num_layers, int64_t num_p
         }
     }
     const int64_t max_rep = plan.max_replicas;
+    require_array_size("phy2log", {num_layers, num_experts, max_rep},
+                       "log2phy [layers, experts, max replicas]");
     plan.log2phy.assign(static_cast<size_t>(num_layers * num_experts * max_rep), -1);
     std::vector<int64_t> filled(static_cast<size_t>(num_experts));
     for (int64_t l = 0; l < num_layers; ++l) {
@@ -210,6 +240,7 @@ std::vector<int64_t> rank_expert_maps(const Plan& plan, int64_t num_ranks) {
     const int64_t N = plan.num_experts;
     const int64_t P = plan.num_physical;
     const int64_t S = slots_per_rank(P, num_ranks);
+    require_array_size("num_ranks", {num_ranks, L, N}, "per-rank maps [ranks, layers, experts]");
     std::vector<int64_t> maps(static_cast<size_t>(num_ranks * L * N), -1);
     for (int64_t l = 0; l < L; ++l) {
         // Descending slots so that the first (lowest) local slot of an expert wins.
@@ -233,6 +264,7 @@ std::vector<int64_t> rank_log2phy(const Plan& plan, int64_t num_ranks, int64_t t
     const int64_t P = plan.num_physical;
     const int64_t R = plan.max_replicas;
     const int64_t S = slots_per_rank(P, num_ranks);
+    require_array_size("num_ranks", {num_ranks, L, N}, "per-rank routes [ranks, layers, experts]");
     std::vector<int64_t> routes(static_cast<size_t>(num_ranks * L * N), -1);
     std::vector<int64_t> holder_slot(static_cast<size_t>(num_ranks));
     std::vector<int64_t> ranks_served;

@@ -34,4 +34,12 @@ void validate_topology(const Topology& topo) {
     }
 }
 
+void validate_topology(const Topology& topo, int64_t num_layers) {
+    validate_topology(topo);
+    if (num_layers <= 0) {
+        throw_invalid("load", "expected at least one layer");
+    }
+    require_array_size("num_replicas", {num_layers, topo.num_replicas}, "a plan of layers x slots");
+}
+
 }  // namespace eplb_native

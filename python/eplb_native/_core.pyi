@@ -8,8 +8,8 @@ import typing
 import numpy
 import numpy.typing
 
-__all__: list[str] = ['expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'validate_plan']
-def expert_load_from_slot_load(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, slot_load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64]) -> numpy.typing.NDArray[numpy.float64]:
+__all__: list[str] = ['MAX_ARRAY_ELEMENTS', 'MAX_THREADS', 'expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'usable_cores', 'validate_plan']
+def expert_load_from_slot_load(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, slot_load: numpy.typing.ArrayLike) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [rows, L, N]: tokens per expert, its slots' tokens (slot_load [rows, L, P]) summed.
     """
@@ -21,40 +21,46 @@ def fused_moe_npu_tiling(num_tokens: typing.SupportsInt | typing.SupportsIndex, 
     """
     Tiling of the Ascend kernels for one call (block counts, GEMM output row strides, workspace bytes) after checking it against their limits (ValueError naming the field). dtype 'bfloat16' | 'float16'; W8A8 when both scale dtypes are given ('float32' or the activation dtype); load 'none' | 'total' | 'ring' (load_steps rows).
     """
-def fused_moe_route(expert_ids: typing.Annotated[numpy.typing.ArrayLike, numpy.int32], num_experts: typing.SupportsInt | typing.SupportsIndex, x_active_mask: typing.Any = None) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def fused_moe_route(expert_ids: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, x_active_mask: typing.Any = None) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
     Routing phase only: (counts int64 [E], offsets int64 [E + 1], row_of int64 [BS, K], -1 for skipped pairs). Row order: by expert, then (token, k).
     """
-def keep_slots(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], old_phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+def keep_slots(phy2log: numpy.typing.ArrayLike, old_phy2log: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """
     int64 [L, P]: phy2log with, inside each rank, the experts old_phy2log (-1: empty slot) has there back in their old slots; the others fill the free slots in order.
     """
-def plan_flashlb(load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, history: numpy.ndarray | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 1, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1, keep_margin: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def plan_flashlb(load: numpy.typing.ArrayLike, num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: numpy.typing.ArrayLike | None = None, history: numpy.typing.ArrayLike | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 1, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1, keep_margin: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
     FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history int64 or float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).
     """
-def plan_from_phy2log(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def plan_from_phy2log(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
     (phy2log int64 [L, P], N) -> (phy2log, log2phy int64 [L, N, max_replicas] -1 padded, logcnt int64 [L, N]).
     """
-def rank_expert_maps(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+def rank_expert_maps(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """
     int64 [D, L, N]: local slot of expert e on rank r, -1 if absent.
     """
-def rank_loads(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+def rank_loads(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, load: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [rows, L, D]: tokens per rank, each expert's tokens (load [rows, L, N]) split evenly among its replicas.
     """
-def rank_log2phy(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, tp_size: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.int64]:
+def rank_log2phy(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, tp_size: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.int64]:
     """
     int64 [D, L, N]: physical slot that rank r routes expert e's tokens to (tp_size 0: own replica, else an even spread; >= 1: vllm-ascend's generate_log2phy_map rule).
     """
-def rebalance_experts(policy: str, load: typing.Annotated[numpy.typing.ArrayLike, numpy.float64], num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: typing.Annotated[numpy.typing.ArrayLike, numpy.int64] | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = 32) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def rebalance_experts(policy: str, load: numpy.typing.ArrayLike, num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: numpy.typing.ArrayLike | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = 32) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
     """
     (policy, load float64 [L, N], P, G, H, D, current int64 [L, P] | None, num_threads, seed, max_moves_per_layer) -> (phy2log [L, P], log2phy [L, N, max_replicas], logcnt [L, N]) for policy in default_eplb, swift_balancer, random.
     """
-def validate_plan(phy2log: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], log2phy: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], logcnt: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
+def usable_cores() -> int:
+    """
+    Cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
+    """
+def validate_plan(phy2log: numpy.typing.ArrayLike, log2phy: numpy.typing.ArrayLike, logcnt: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
     """
     Raise ValueError naming the field unless the three maps form a valid placement.
     """
+MAX_ARRAY_ELEMENTS: int
+MAX_THREADS: int
 __version__: str

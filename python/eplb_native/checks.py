@@ -3,43 +3,79 @@ the field."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
+#: Integers handed to the C++ core are int64: below this.
+INT64_LIMIT = 2**63
+#: The largest sum of a load array accepted (the C++ core's kMaxLoadTotal): far enough below
+#: the float64 limit (1.8e308) that no sum of its values in any order overflows.
+MAX_LOAD_TOTAL = 1e300
 
-def check_int(value: object, field: str, *, minimum: int, below: int | None = None) -> int:
-    """``value`` as an int when it is an integer (not a bool) with ``minimum <= value`` (and
-    ``value < below`` when given); ValueError naming ``field`` otherwise."""
+
+def check_int(value: object, field: str, *, minimum: int, below: int = INT64_LIMIT) -> int:
+    """``value`` as an int when it is an integer (not a bool) with ``minimum <= value < below``
+    (by default: within int64); ValueError naming ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         msg = f"{field}: expected an integer >= {minimum}, got {value!r}"
         raise ValueError(msg)
-    if below is not None and value >= below:
-        msg = f"{field}: expected an integer < {below}, got {value!r}"
+    if value >= below:
+        bound = "2**63" if below == INT64_LIMIT else str(below)
+        msg = f"{field}: expected an integer < {bound}, got {value!r}"
         raise ValueError(msg)
     return int(value)
 
 
 def check_positive_int(value: object, field: str) -> int:
-    """``value`` as an int when it is an integer > 0; ValueError naming ``field`` otherwise."""
+    """``value`` as an int when it is an integer > 0 (within int64); ValueError naming
+    ``field`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         msg = f"{field}: expected a positive integer, got {value!r}"
         raise ValueError(msg)
-    return int(value)
+    return check_int(value, field, minimum=1)
+
+
+def as_array(values: npt.ArrayLike, field: str) -> npt.NDArray[Any]:
+    """``np.asarray(values)``, a ragged or unconvertible sequence being a ValueError naming
+    ``field``."""
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as error:
+        msg = f"{field}: expected a rectangular array of numbers ({error})"
+        raise ValueError(msg) from error
+
+
+def as_float_array(values: npt.ArrayLike, field: str) -> FloatArray:
+    """C-contiguous float64 copy (or view) of a bool, integer or float array; complex, string
+    and object arrays are a ValueError naming ``field``."""
+    array = as_array(values, field)
+    if array.dtype.kind not in "biuf":
+        msg = f"{field}: expected a numeric array, got dtype {array.dtype}"
+        raise ValueError(msg)
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 def as_int_array(values: npt.ArrayLike, field: str) -> IntArray:
-    """``values`` as a C-contiguous int64 array: integer dtypes, or floats holding whole
-    numbers; ValueError naming ``field`` otherwise."""
-    array = np.asarray(values)
+    """``values`` as a C-contiguous int64 array: integer dtypes within int64, or floats holding
+    whole numbers; anything else (fractions, bool, complex, strings, objects, ragged lists) is a
+    ValueError naming ``field``."""
+    array = as_array(values, field)
     if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(array) & (array == np.round(array)) & (np.abs(array) < 2.0**63)
+        if not np.all(whole):
             msg = f"{field}: expected integer expert ids, got non-integer floats"
             raise ValueError(msg)
     elif array.dtype.kind not in "iu":
         msg = f"{field}: expected an integer array, got dtype {array.dtype}"
+        raise ValueError(msg)
+    elif array.dtype.kind == "u" and array.size and int(array.max()) >= INT64_LIMIT:
+        msg = f"{field}: id {int(array.max())} does not fit int64"
         raise ValueError(msg)
     return np.ascontiguousarray(array, dtype=np.int64)
 
@@ -51,12 +87,9 @@ def check_load(
     ``allow_steps``), non-empty, finite and >= 0. Raises ValueError naming ``field``.
 
     ``check_values=False`` skips the finite / >= 0 scan, for arrays handed to a C++ core that
-    scans them itself (a long history is 100+ MB: one scan, not two)."""
-    array = np.asarray(load)
-    if array.dtype.kind not in "biuf":
-        msg = f"{field}: expected a numeric array, got dtype {array.dtype}"
-        raise ValueError(msg)
-    array = np.ascontiguousarray(array, dtype=np.float64)
+    scans them itself (a long history is 100+ MB: one scan, not two). Values summing beyond
+    ``MAX_LOAD_TOTAL`` are refused too (every rank load and PAR is a sum of them)."""
+    array = as_float_array(load, field)
     allowed = (2, 3) if allow_steps else (2,)
     if array.ndim not in allowed or array.size == 0:
         dims = "[layers, experts] or [steps, layers, experts]" if allow_steps else "[layers, experts]"
@@ -73,6 +106,12 @@ def check_load(
         bad = np.argwhere(array < 0)[0]
         msg = f"{field}: negative value at index {tuple(int(i) for i in bad)} (loads must be >= 0)"
         raise ValueError(msg)
+    with np.errstate(over="ignore"):
+        total = array.sum()
+    if not total <= MAX_LOAD_TOTAL:
+        msg = (f"{field}: the values sum beyond 1e300, where sums over ranks, layers and steps "
+               "overflow float64 (scale them down)")
+        raise ValueError(msg)
     return array
 
 
@@ -84,7 +123,7 @@ def check_history(
 
     Checks the dtype and that the shape is [T, *expert_shape] with T >= 1; raises ValueError
     naming ``field``. Values (NaN, inf, negative) are left to the C++ core's single scan."""
-    array = np.asarray(history)
+    array = as_array(history, field)
     checked: IntArray | FloatArray
     if array.dtype.kind in "iu" and np.can_cast(array.dtype, np.int64):
         checked = np.ascontiguousarray(array, dtype=np.int64)
@@ -97,4 +136,14 @@ def check_history(
     return checked
 
 
-__all__ = ["as_int_array", "check_history", "check_int", "check_load", "check_positive_int"]
+__all__ = [
+    "INT64_LIMIT",
+    "MAX_LOAD_TOTAL",
+    "as_array",
+    "as_float_array",
+    "as_int_array",
+    "check_history",
+    "check_int",
+    "check_load",
+    "check_positive_int",
+]

@@ -23,6 +23,7 @@ import numpy as np
 
 from eplb_native import __version__
 from eplb_native.expert_map import load_expert_map_with_ranks, save_expert_map
+from eplb_native.limits import MAX_THREADS, check_num_threads
 from eplb_native.metrics import evaluate
 from eplb_native.plan import Plan, default_placement
 from eplb_native.planning import POLICY_NAMES
@@ -93,6 +94,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _thread_count(text: str) -> int:
+    try:
+        return check_num_threads(int(text), "--threads")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--threads: ")) from error
+
+
 def _add_shape_options(parser: argparse.ArgumentParser, default_ranks: int | None) -> None:
     parser.add_argument(
         "--ranks",
@@ -109,7 +117,10 @@ def _add_shape_options(parser: argparse.ArgumentParser, default_ranks: int | Non
         help="R, redundant slots beyond the N experts (P = N + R); default: one per rank",
     )
     parser.add_argument(
-        "--threads", type=_non_negative, default=0, help="planner threads (0: all cores)"
+        "--threads",
+        type=_thread_count,
+        default=0,
+        help=f"planner threads, at most the usable cores (0: all of them; up to {MAX_THREADS})",
     )
     parser.add_argument(
         "--seed",
@@ -243,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _inspect(args)
     except _UsageError as error:
         parser.error(str(error))
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, OSError) as error:
         print(f"eplb-native {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -292,8 +303,18 @@ def _chosen_policies(requested: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _require_folder(path: Path | None, option: str) -> None:
+    """A usage error unless the folder ``path`` is to be written in exists (checked before the
+    work, not after it)."""
+    if path is not None and not path.parent.is_dir():
+        msg = f"{option}: folder {str(path.parent)!r} does not exist"
+        raise _UsageError(msg)
+
+
 def _simulate(args: argparse.Namespace) -> None:
     policies = _chosen_policies(args.policies)
+    _require_folder(args.json, "--json")
+    _require_folder(args.plot, "--plot")
     probe = load_trace(shipped_trace_path() if args.trace is None else args.trace)
     trace_top_k = probe.metadata.get("top_k", "")
     top_k = args.top_k or (int(trace_top_k) if trace_top_k.isdigit() else 8)
@@ -442,6 +463,7 @@ def _plan(args: argparse.Namespace) -> None:
     if args.deepseek_parity and args.policy != "default_eplb":
         msg = f"--deepseek-parity: DeepSeek EPLB's plan is --policy default_eplb's, not {args.policy}'s"
         raise _UsageError(msg)
+    _require_folder(args.output, "-o")
     from eplb_native.policies import rebalance_experts
 
     trace = load_trace(shipped_trace_path() if args.trace is None else args.trace)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from eplb_native.json_files import read_json_file
 from eplb_native.plan import Plan, validate_plan
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,18 @@ def plan_from_expert_map_dict(
                 device_where,
                 f"has {len(experts)} slots, expected {num_slots} (every device holds the same number)",
             )
+            # Experts are 0..N-1, each on >= 1 of the layer's D * S slots: ids are below D * S.
+            bad = next((e for e in experts if not 0 <= e < num_ranks * num_slots), None)
+            _require(
+                bad is None,
+                device_where,
+                f"expert id {bad} outside [0, {num_ranks * num_slots}) (experts are numbered "
+                f"0..N-1 and each needs one of the layer's {num_ranks * num_slots} slots)",
+            )
             row.extend(experts)
         tables.append(row)
     table = np.asarray(tables, dtype=np.int64)
     num_experts = int(table.max()) + 1
-    _require(int(table.min()) >= 0, source, f"negative expert id {int(table.min())}")
     for layer_idx, row_ids in enumerate(table):
         missing = np.setdiff1d(np.arange(num_experts), row_ids)
         _require(
@@ -125,12 +133,9 @@ def load_expert_map_with_ranks(
     """As ``load_expert_map``, also returning D, the number of devices in the file."""
     file_path = Path(path)
     try:
-        data = json.loads(file_path.read_text())
-    except FileNotFoundError as error:
-        msg = f"expert_map: {file_path}: no such file"
-        raise ValueError(msg) from error
-    except json.JSONDecodeError as error:
-        msg = f"expert_map: {file_path}: not valid JSON ({error})"
+        data = read_json_file(file_path)
+    except ValueError as error:
+        msg = f"expert_map: {file_path}: {error}"
         raise ValueError(msg) from error
     return plan_from_expert_map_dict(
         data, str(file_path), allow_duplicate_on_rank=allow_duplicate_on_rank
@@ -176,6 +181,10 @@ def save_expert_map(
         expert_map_dict(plan, num_ranks, allow_duplicate_on_rank=allow_duplicate_on_rank), indent=1
     )
     tmp_path = file_path.with_name(file_path.name + ".tmp")
-    tmp_path.write_text(payload)
-    tmp_path.replace(file_path)
+    try:
+        tmp_path.write_text(payload)
+        tmp_path.replace(file_path)
+    except OSError as error:
+        msg = f"expert_map: cannot write {file_path} ({error.strerror or error})"
+        raise ValueError(msg) from error
     logger.info("wrote expert map (%d layers, %d devices) to %s", plan.num_layers, num_ranks, file_path)

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from eplb_native import _core
 from eplb_native.checks import FloatArray, IntArray, check_history, check_int, check_load
+from eplb_native.limits import check_num_threads
 from eplb_native.plan import Plan, rank_loads
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class FlashLBOptions:
 
     Attributes:
         z_score: weight of the deviation in a rank's risk ``mean + z * std`` (0.674: the 75th
-            percentile of a normal load); >= 0.
+            percentile of a normal load); in [0, 100].
         max_depth: groups of hot experts whose replica counts are searched one after another.
         width: candidate replica counts tried per group.
         episode_steps: history steps summed into one episode (1: per-step heat as is).
@@ -58,8 +59,8 @@ class FlashLBOptions:
         max_moves_per_layer: incremental mode's cap on weight copies per layer; None: no cap.
         keep_margin: with a current table, a rank that holds an expert now counts as lighter
             by this fraction of the mean rank load when a replica of that expert is placed, so
-            near ties keep experts where they are (fewer weight copies); >= 0; None: 0.01, or
-            0.002 below 32 ranks.
+            near ties keep experts where they are (fewer weight copies); in [0, 1]; None: 0.01,
+            or 0.002 below 32 ranks.
     """
 
     z_score: float = 0.674
@@ -75,15 +76,15 @@ class FlashLBOptions:
     keep_margin: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("z_score", "keep_margin"):
+        for name, upper in (("z_score", 100), ("keep_margin", 1)):
             value = getattr(self, name)
             if value is None and name == "keep_margin":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 msg = f"{name}: expected a number, got {value!r}"
                 raise ValueError(msg)
-            if not np.isfinite(value) or value < 0:
-                msg = f"{name}: expected a finite value >= 0, got {value!r}"
+            if not 0 <= value <= upper:  # NaN fails too
+                msg = f"{name}: expected a value in [0, {upper}], got {value!r}"
                 raise ValueError(msg)
         for name in ("max_depth", "width", "episode_steps", "max_episodes"):
             check_int(getattr(self, name), name, minimum=1)
@@ -168,7 +169,8 @@ def plan_flashlb(
         history: int or float [T, L, N], tokens per expert per step (int64 counts are read
             in place, other dtypes as float64); split into episodes of
             ``options.episode_steps`` steps whose mean, deviation and covariance drive the plan.
-        num_threads: planner threads (0: all cores); the plan is identical for any count.
+        num_threads: planner threads, at most the usable cores (0: all of them); the plan is
+            identical for any count.
         seed: accepted for the common policy signature; FlashLB draws no random numbers.
         options: FlashLBOptions (defaults when None).
 
@@ -190,7 +192,7 @@ def plan_flashlb(
         (num_ranks, "num_ranks"),
     ):
         check_int(value, name, minimum=1)
-    check_int(num_threads, "num_threads", minimum=0)
+    check_num_threads(num_threads)
     opts = (FlashLBOptions() if options is None else options).resolved(int(num_ranks))
     assert opts.keep_margin is not None
     phy2log, log2phy, logcnt = _core.plan_flashlb(

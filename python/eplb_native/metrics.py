@@ -8,8 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import FloatArray, IntArray, as_int_array, check_load, check_positive_int
-from eplb_native.plan import Plan, rank_loads
+from eplb_native.checks import (
+    FloatArray,
+    IntArray,
+    as_float_array,
+    as_int_array,
+    check_load,
+    check_positive_int,
+)
+from eplb_native.limits import check_array_size
+from eplb_native.plan import Plan, check_plan, rank_loads
 
 
 def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:
@@ -20,15 +28,21 @@ def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int)
     greedy min-max allotment is exact for this). Any placement's busiest rank carries at least
     both.
     """
-    expert_load = np.asarray(load, dtype=np.float64)
+    expert_load = as_float_array(load, "load")
+    if expert_load.ndim < 1 or expert_load.size == 0:
+        msg = f"load: expected a non-empty array [..., L, N], got shape {expert_load.shape}"
+        raise ValueError(msg)
     num_experts = expert_load.shape[-1]
-    if num_physical < num_experts:
+    check_positive_int(num_ranks, "num_ranks")
+    if check_positive_int(num_physical, "num_physical") < num_experts:
         msg = f"num_physical: {num_physical} slots cannot hold {num_experts} experts"
         raise ValueError(msg)
     mean_bound = expert_load.sum(axis=-1) / num_ranks
     flat = expert_load.reshape(-1, num_experts)
     replica_bound = np.empty(flat.shape[0], dtype=np.float64)
-    max_replicas = num_ranks
+    # With every expert on >= 1 slot, none can hold more than P - N + 1.
+    max_replicas = min(num_ranks, num_physical - num_experts + 1)
+    check_array_size("num_physical", "the candidate per-replica loads", num_experts, max_replicas)
     for row_idx, row in enumerate(flat):
         replica_bound[row_idx] = _min_max_per_replica(row, num_physical, max_replicas)
     return np.asarray(np.maximum(mean_bound, replica_bound.reshape(mean_bound.shape)), dtype=np.float64)
@@ -92,6 +106,7 @@ def peak_to_average(rank_load: npt.ArrayLike) -> FloatArray:
 
 def _plan_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
     """``load`` checked as float [L, N] or [T, L, N] for ``plan``'s L layers and N experts."""
+    check_plan(plan)
     expert_load = check_load(load, "load", allow_steps=True)
     if expert_load.shape[-2:] != plan.logcnt.shape:
         msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
@@ -162,12 +177,13 @@ def weight_copies_per_layer(
     if num_physical % num_ranks:
         msg = f"num_ranks: {num_physical} slots cannot be split evenly over {num_ranks} ranks"
         raise ValueError(msg)
-    num_slots = num_physical // num_ranks
-    old_ranks = old_table.reshape(num_layers, num_ranks, num_slots)
-    new_ranks = new_table.reshape(num_layers, num_ranks, num_slots)
-    # present[l, r, s] = new expert of slot s already somewhere on rank r in old.
-    present = (new_ranks[:, :, :, None] == old_ranks[:, :, None, :]).any(axis=-1)
-    copies: IntArray = (~present).sum(axis=(1, 2)).astype(np.int64)
+    # One key per (layer, rank, expert), ids renumbered densely: a new slot needs a copy unless
+    # its key is among the old keys (memory linear in the tables, whatever S is).
+    _, dense_ids = np.unique(np.concatenate([old_table.ravel(), new_table.ravel()]), return_inverse=True)
+    rank_of_slot = np.repeat(np.arange(num_layers * num_ranks), num_physical // num_ranks)
+    keys = rank_of_slot * (int(dense_ids.max()) + 1) + dense_ids.reshape(2, -1)
+    present = np.isin(keys[1], keys[0]).reshape(num_layers, num_physical)
+    copies: IntArray = (~present).sum(axis=1).astype(np.int64)
     return copies
 
 

@@ -15,8 +15,16 @@ import numpy as np
 import numpy.typing as npt
 
 from eplb_native import _core
-from eplb_native.checks import FloatArray, IntArray, as_int_array, check_positive_int
+from eplb_native.checks import (
+    FloatArray,
+    IntArray,
+    as_float_array,
+    as_int_array,
+    check_int,
+    check_positive_int,
+)
 from eplb_native.layers import MoeLayerMap
+from eplb_native.limits import check_array_size
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +59,13 @@ class Plan(NamedTuple):
             msg = f"phy2log: expected a non-empty [layers, physical_slots] array, got shape {table.shape}"
             raise ValueError(msg)
         if num_experts is None:
-            num_experts = int(table.max()) + 1
+            largest = int(table.max())
+            if largest >= table.shape[1]:
+                msg = (f"phy2log: expert id {largest} implies {largest + 1} experts, but a layer has "
+                       f"only {table.shape[1]} slots (every expert needs one)")
+                raise ValueError(msg)
+            num_experts = largest + 1
+        check_positive_int(num_experts, "num_experts")
         phy2log_out, log2phy, logcnt = _core.plan_from_phy2log(table, int(num_experts))
         return cls(phy2log_out, log2phy, logcnt)
 
@@ -83,6 +97,23 @@ class Plan(NamedTuple):
         return self.phy2log.reshape(self.num_layers, num_ranks, self.slots_per_rank(num_ranks))
 
 
+def check_plan(plan: object) -> Plan:
+    """``plan`` when it is a Plan of int64 arrays with agreeing shapes (phy2log [L, P], log2phy
+    [L, N, R], logcnt [L, N]); TypeError or ValueError naming "plan" otherwise. Ids are checked
+    where they are read."""
+    if not isinstance(plan, Plan):
+        msg = f"plan: expected a Plan, got {type(plan).__name__}"
+        raise TypeError(msg)
+    arrays_ok = all(isinstance(a, np.ndarray) and a.dtype == np.int64 for a in plan)
+    if not (arrays_ok and plan.phy2log.ndim == 2 and plan.logcnt.ndim == 2 and plan.log2phy.ndim == 3
+            and plan.phy2log.size > 0 and plan.logcnt.size > 0
+            and plan.logcnt.shape[0] == plan.phy2log.shape[0] == plan.log2phy.shape[0]
+            and plan.log2phy.shape[1] == plan.logcnt.shape[1]):
+        msg = "plan: expected int64 arrays phy2log [L, P], log2phy [L, N, R], logcnt [L, N] (build it with Plan.from_phy2log)"
+        raise ValueError(msg)
+    return plan
+
+
 def validate_plan(plan: Plan, num_ranks: int, allow_duplicate_on_rank: bool = False) -> None:
     """Raises ValueError naming the field unless ``plan`` is one valid placement.
 
@@ -108,6 +139,7 @@ def rank_expert_maps(plan: Plan, num_ranks: int) -> IntArray:
     ``maps[r, l, e]`` is the local slot (0..S-1) of expert ``e`` on rank ``r`` in layer ``l``,
     or -1 when rank ``r`` holds no replica of it.
     """
+    plan = check_plan(plan)
     check_positive_int(num_ranks, "num_ranks")
     return _core.rank_expert_maps(plan.phy2log, plan.num_experts, int(num_ranks))
 
@@ -124,6 +156,7 @@ def rank_log2phy(plan: Plan, num_ranks: int, tp_size: int | None = None) -> IntA
     ``(r % tp_size + r // tp_size + e) % k``: ranks of one tensor-parallel group, and successive
     experts, take different replicas.
     """
+    plan = check_plan(plan)
     check_positive_int(num_ranks, "num_ranks")
     if tp_size is not None:
         check_positive_int(tp_size, "tp_size")
@@ -162,14 +195,9 @@ def default_placement(
         (num_ranks, "num_ranks"),
     ):
         check_positive_int(value, field)
-    if (
-        isinstance(num_redundant_experts, bool)
-        or not isinstance(num_redundant_experts, (int, np.integer))
-        or num_redundant_experts < 0
-    ):
-        msg = f"num_redundant_experts: expected an integer >= 0, got {num_redundant_experts!r}"
-        raise ValueError(msg)
+    check_int(num_redundant_experts, "num_redundant_experts", minimum=0)
     num_physical = num_experts + num_redundant_experts
+    check_array_size("num_layers", "a plan of layers x slots", num_layers, num_physical)
     if num_physical % num_ranks:
         msg = (
             f"num_redundant_experts: {num_experts} experts + {num_redundant_experts} redundant = "
@@ -190,7 +218,14 @@ def slot_load_from_expert_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
     Returns:
         float64 [..., L, P], tokens handled by each physical slot.
     """
-    expert_load = np.asarray(load, dtype=np.float64)
+    plan = check_plan(plan)
+    expert_load = as_float_array(load, "load")
+    if expert_load.ndim < 2 or expert_load.shape[-2:] != plan.logcnt.shape:
+        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
+        raise ValueError(msg)
+    if plan.phy2log.min() < 0 or plan.phy2log.max() >= plan.num_experts or plan.logcnt.min() < 1:
+        msg = f"plan: phy2log ids must lie in [0, {plan.num_experts}) and logcnt be >= 1"
+        raise ValueError(msg)
     per_replica = expert_load / plan.logcnt  # [..., L, N]
     layer_idx = np.arange(plan.num_layers)[:, None]
     return np.ascontiguousarray(per_replica[..., layer_idx, plan.phy2log])
@@ -206,7 +241,8 @@ def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArr
     Returns:
         float64 [..., L, N], the tokens of all replicas of each expert summed.
     """
-    slots = np.asarray(slot_load, dtype=np.float64)
+    plan = check_plan(plan)
+    slots = as_float_array(slot_load, "slot_load")
     if slots.ndim < 2 or slots.shape[-2:] != plan.phy2log.shape:
         msg = f"slot_load: expected [..., L, P] = [..., {plan.num_layers}, {plan.num_physical}], got {slots.shape}"
         raise ValueError(msg)
@@ -219,7 +255,8 @@ def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
 
     ``load`` is float [..., L, N]; each rank adds load / logcnt of its slots' experts in slot
     order (``slot_load_from_expert_load`` summed over each rank's slots)."""
-    expert_load = np.asarray(load, dtype=np.float64)
+    plan = check_plan(plan)
+    expert_load = as_float_array(load, "load")
     if expert_load.ndim < 2 or expert_load.shape[-2:] != plan.logcnt.shape:
         msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
         raise ValueError(msg)

@@ -24,6 +24,8 @@ from eplb_native import _core
 from eplb_native.checks import (
     FloatArray,
     IntArray,
+    as_array,
+    as_float_array,
     as_int_array,
     check_history,
     check_int,
@@ -31,6 +33,7 @@ from eplb_native.checks import (
     check_positive_int,
 )
 from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
+from eplb_native.limits import check_num_threads
 from eplb_native.metrics import count_weight_copies, peak_to_average
 from eplb_native.plan import Plan, rank_loads
 
@@ -196,7 +199,7 @@ class PlanRequest:
             not folded here: a policy that uses them (FlashLB) folds ``episode_steps`` steps
             per episode, as its options say.
         num_ranks: D.
-        policy: a name in ``POLICY_NAMES``.
+        policy: a name in ``POLICY_NAMES`` (or a vllm-ascend id, stored as its name).
         options: the policy's options dataclass (``OPTIONS_TYPES``), or None for its defaults.
         current: int64 [L, P], phy2log of the placement in force; None: plan from scratch (all
             layers are then switched).
@@ -225,9 +228,9 @@ class PlanRequest:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        policy_name(self.policy, "policy")
+        object.__setattr__(self, "policy", policy_name(self.policy, "policy"))  # an id: its name
         check_options(self.policy, self.options)
-        window = np.asarray(self.window)
+        window = as_array(self.window, "window")
         if window.ndim != 3:
             msg = f"window: expected a non-empty array [steps, layers, experts], got shape {window.shape}"
             raise ValueError(msg)
@@ -236,7 +239,7 @@ class PlanRequest:
         for value, field in ((self.num_ranks, "num_ranks"), (self.num_groups, "num_groups"),
                              (self.num_nodes, "num_nodes")):  # fmt: skip
             check_positive_int(value, field)
-        check_int(self.num_threads, "num_threads", minimum=0, below=2**31)
+        check_num_threads(self.num_threads)
         check_int(self.seed, "seed", minimum=0, below=2**64)
         num_replicas = self.num_replicas
         current = None
@@ -253,7 +256,7 @@ class PlanRequest:
         check_positive_int(num_replicas, "num_replicas")
         balance = None
         if self.planned_balance is not None:
-            balance = np.ascontiguousarray(self.planned_balance, dtype=np.float64)
+            balance = as_float_array(self.planned_balance, "planned_balance")
             if balance.shape != (num_layers,):
                 msg = f"planned_balance: expected float64 [L={num_layers}], got shape {balance.shape}"
                 raise ValueError(msg)
@@ -315,7 +318,8 @@ def _window_load(request: PlanRequest) -> FloatArray:
             bad = np.argwhere(window < 0)[0]
             msg = f"window: negative count at index {tuple(int(i) for i in bad)} (counts must be >= 0)"
             raise ValueError(msg)
-        return np.ascontiguousarray(window.sum(axis=0), dtype=np.float64)
+        # Summed as float64: int64 counts could wrap around.
+        return check_load(window.sum(axis=0, dtype=np.float64), "window")
     summed: FloatArray = check_load(window, "window", allow_steps=True).sum(axis=0)
     return summed
 

@@ -16,10 +16,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import IntArray, as_int_array, check_history, check_load, check_positive_int
+from eplb_native.checks import (
+    IntArray,
+    as_float_array,
+    as_int_array,
+    check_history,
+    check_load,
+    check_positive_int,
+)
 from eplb_native.flashlb import FlashLBOptions, PlannedBalance
 from eplb_native.metrics import count_weight_copies, evaluate
-from eplb_native.plan import Plan, expert_load_from_slot_load, placement_violations
+from eplb_native.plan import (
+    Plan,
+    default_placement,
+    expert_load_from_slot_load,
+    placement_violations,
+)
 from eplb_native.planning import (
     POLICIES,
     PlanRequest,
@@ -145,7 +157,7 @@ def _log_rebalance(
     if current is not None:
         copies = count_weight_copies(current, proposal, num_ranks)
         before = "-"  # no PAR for a table with empty slots or missing experts
-        if all(np.unique(row[row >= 0]).size == proposal.num_experts for row in current):
+        if (current >= 0).all() and all(np.unique(row).size == proposal.num_experts for row in current):
             old_plan = Plan.from_phy2log(current, proposal.num_experts)
             before = f"{evaluate(old_plan, load, num_ranks).par:.4f}"
         line = (f"{policy}: {proposal.num_layers} layers, PAR {before} -> {after.par:.4f}, "
@@ -178,8 +190,7 @@ class EplbPolicy:
         num_threads: int = 0,
         seed: int = 0,
     ) -> None:
-        policy_name(name, "policy")
-        self.name = name
+        self.name = policy_name(name, "policy")
         self.num_groups = num_groups
         self.num_nodes = num_nodes
         self.options = options
@@ -209,7 +220,7 @@ class EplbPolicy:
             )
             raise ValueError(msg)
         num_layers, num_ranks, num_slots = table.shape
-        slots = np.ascontiguousarray(_as_numpy(workload), dtype=np.float64)  # reshapes: views
+        slots = as_float_array(_as_numpy(workload), "workload")  # reshapes below are views
         if slots.ndim not in (3, 4) or slots.shape[-3:] != table.shape:
             msg = f"workload: expected [L, D, S] or [T, L, D, S] with [L, D, S] = {table.shape}, got {slots.shape}"
             raise ValueError(msg)
@@ -258,6 +269,28 @@ class FlashLBPolicy(EplbPolicy):
         super().__init__("flashlb", num_groups, num_nodes, options or FlashLBOptions(), num_threads, seed)
 
 
+def check_policy_shape(
+    policy: str,
+    num_experts: int,
+    num_physical: int,
+    num_ranks: int,
+    num_groups: int = 1,
+    num_nodes: int = 1,
+    options: Any = None,
+) -> None:
+    """Raises the ValueError (naming the argument) that planning with ``policy`` on this shape
+    would raise, so that a server refuses it at start-up instead of failing every rebalance;
+    e.g. FlashLB holds no expert twice on a rank, so P > N * D is refused.
+
+    Plans one layer of zero load from the default placement (the same checks as a real call).
+    """
+    load = np.zeros((1, check_positive_int(num_experts, "num_experts")))
+    num_redundant = check_positive_int(num_physical, "num_physical") - num_experts
+    current = default_placement(1, num_experts, num_ranks, num_redundant)
+    rebalance_experts(load, num_physical, num_groups, num_nodes, num_ranks, policy=policy,
+                      current=current, options=options, num_threads=1)  # fmt: skip
+
+
 def make_policy(
     name: str,
     num_groups: int = 1,
@@ -278,6 +311,7 @@ __all__ = [
     "FlashLBPolicy",
     "PolicyFn",
     "SwiftBalancerOptions",
+    "check_policy_shape",
     "make_policy",
     "rebalance_experts",
 ]

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "eplb_native/error.h"
+
 namespace eplb_native {
 namespace {
 
@@ -114,6 +116,32 @@ TEST(Plan, ValidateLoadValuesNamesTheProblem) {
     EXPECT_NE(message_of([&] { validate_load_values(negative.data(), 2, 2, "load"); })
                   .find("load: negative value"),
               std::string::npos);
+}
+
+TEST(Plan, ValidateLoadValuesRefusesFiniteValuesWhoseSumOverflows) {
+    const std::vector<double> huge(16, 5e307);
+    EXPECT_NE(message_of([&] { validate_load_values(huge.data(), 16, 16, "load"); })
+                  .find("load: the values sum beyond 1e300"),
+              std::string::npos);
+    const std::vector<double> fine = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0};
+    EXPECT_EQ(validate_load_values(fine.data(), 9, 3, "load"), 45.0);
+}
+
+TEST(Plan, RefusesSizesBeyondTheSlotsBeforeAllocating) {
+    // 2^40 experts cannot each have one of 10 slots: refused before logcnt [L, N] is allocated.
+    EXPECT_NE(message_of([&] { (void)plan_from_phy2log(kFixture.data(), 1, 10, int64_t{1} << 40); })
+                  .find("phy2log: 10 physical slots cannot hold num_experts=1099511627776"),
+              std::string::npos);
+    EXPECT_NE(message_of([&] { (void)require_array_size("num_replicas", {2, int64_t{1} << 40}, "a plan"); })
+                  .find("num_replicas: a plan (2 x 1099511627776 elements) exceeds the limit"),
+              std::string::npos);
+    // The product is formed without overflowing int64.
+    EXPECT_NE(message_of([&] {
+                  (void)require_array_size("x", {int64_t{1} << 62, int64_t{1} << 62, 4}, "x");
+              }).find("exceeds the limit"),
+              std::string::npos);
+    EXPECT_EQ(require_array_size("x", {3, 0, int64_t{1} << 62}, "x"), 0);
+    EXPECT_EQ(require_array_size("x", {1 << 14, 1 << 14}, "x"), kMaxArrayElements);
 }
 
 // The fixture by hand: rank 0 holds slots 0-4 (experts 7, 2, 0, 3, 5), rank 1 slots 5-9

@@ -189,6 +189,16 @@ TEST(Policies, BadInputThrowsInvalidArgument) {
     EXPECT_THROW((void)plan_swift_balancer({load.data(), 1, 4}, make_topo(4, 4, 1, 1, 2), nullptr,
                                            {}, pool),
                  std::invalid_argument);
+    // 2^40 slots per layer: refused before the [L, P] plan is allocated.
+    EXPECT_THROW((void)plan_default_eplb({load.data(), 1, 4},
+                                         make_topo(4, int64_t{1} << 40, 1, 1, 2), pool),
+                 std::invalid_argument);
+    EXPECT_THROW((void)plan_random(1, make_topo(4, int64_t{1} << 40, 1, 1, 2), 0, pool),
+                 std::invalid_argument);
+    // Finite loads whose sum overflows float64.
+    const std::vector<double> huge(4, 1e308);
+    EXPECT_THROW((void)plan_default_eplb({huge.data(), 1, 4}, make_topo(4, 4, 1, 1, 2), pool),
+                 std::invalid_argument);
 }
 
 TEST(BuildingBlocks, HungarianFindsTheMinimumOfEveryPermutation) {

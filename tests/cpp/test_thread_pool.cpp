@@ -1,11 +1,27 @@
 #include "eplb_native/thread_pool.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <numeric>
+#include <set>
 #include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define EPLB_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define EPLB_SANITIZED 1
+#endif
+#endif
 
 namespace eplb_native {
 namespace {
@@ -22,9 +38,87 @@ TEST(ThreadPool, RunsEveryIndexExactlyOnce) {
     }
 }
 
-TEST(ThreadPool, ZeroMeansHardwareConcurrency) {
+TEST(ThreadPool, ZeroMeansTheUsableCores) {
+    const int cores = usable_cores();
+    EXPECT_GE(cores, 1);
+    EXPECT_LE(cores, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     ThreadPool pool(0);
-    EXPECT_GE(pool.num_threads(), 1);
+    EXPECT_EQ(pool.num_threads(), cores);
+}
+
+TEST(ThreadPool, APoolOnSharedWorkersUsesAtMostItsThreads) {
+    ThreadPool shared(4);
+    ThreadPool one(shared, 1);
+    ThreadPool all(shared, 0);
+    ThreadPool more(shared, 64);
+    EXPECT_EQ(one.num_threads(), 1);
+    EXPECT_EQ(all.num_threads(), shared.num_threads());
+    EXPECT_EQ(more.num_threads(), shared.num_threads());
+    // One thread: everything runs on the caller.
+    std::set<std::thread::id> ran_on;
+    one.parallel_for(100, [&](int64_t) { ran_on.insert(std::this_thread::get_id()); });
+    EXPECT_EQ(ran_on, std::set<std::thread::id>{std::this_thread::get_id()});
+}
+
+TEST(ThreadPool, ConcurrentCallersOnSharedWorkersEachGetTheirIndices) {
+    ThreadPool shared(3);
+    constexpr int kCallers = 6;
+    constexpr int64_t kIndices = 2000;
+    std::vector<std::vector<int>> hits(kCallers, std::vector<int>(kIndices, 0));
+    std::vector<std::thread> callers;
+    for (int c = 0; c < kCallers; ++c) {
+        callers.emplace_back([&, c] {
+            ThreadPool pool(shared, 1 + c % 3);
+            for (int round = 0; round < 20; ++round) {
+                pool.parallel_for(kIndices, [&](int64_t i) { ++hits[c][static_cast<size_t>(i)]; });
+            }
+        });
+    }
+    for (auto& caller : callers) {
+        caller.join();
+    }
+    for (int c = 0; c < kCallers; ++c) {
+        for (int64_t i = 0; i < kIndices; ++i) {
+            ASSERT_EQ(hits[c][static_cast<size_t>(i)], 20) << "caller " << c << " index " << i;
+        }
+    }
+}
+
+// Under an address-space limit that leaves room for only a few thread stacks, a pool asked for
+// 64 threads runs on those it could start (it neither throws nor hangs). Runs in a child process
+// (the limit must not touch this one) with an alarm as the timeout; sanitizers reserve far more
+// address space than any such limit allows, so sanitized builds skip it.
+TEST(ThreadPool, RunsOnTheThreadsItGetsWhenTheSystemRefusesMore) {
+#ifdef EPLB_SANITIZED
+    GTEST_SKIP() << "address-space limits do not mix with sanitizer shadow memory";
+#else
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        alarm(20);
+        std::ifstream status("/proc/self/status");
+        std::string key;
+        long long vm_kib = 0;
+        while (status >> key && key != "VmSize:") {
+        }
+        status >> vm_kib;
+        const rlim_t limit = static_cast<rlim_t>(vm_kib + 48 * 1024) * 1024;  // ~5 stacks of 8 MiB
+        const rlimit cap{limit, limit};
+        if (vm_kib == 0 || setrlimit(RLIMIT_AS, &cap) != 0) {
+            _exit(3);
+        }
+        ThreadPool pool(64);
+        std::atomic<int64_t> sum{0};
+        pool.parallel_for(1000, [&](int64_t i) { sum += i; });
+        const bool ok = pool.num_threads() >= 1 && pool.num_threads() < 64 && sum == 499500;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child was killed (signal " << WTERMSIG(status)
+                                   << "): the pool hung or crashed";
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+#endif
 }
 
 TEST(ThreadPool, EmptyRangeDoesNothing) {

@@ -25,13 +25,23 @@ struct LoadView {
     }
 };
 
-// Throws std::invalid_argument naming `field` when any value is NaN, infinite or negative; the
-// message names the value's row (counted from `first_row`: `data` may be a slice) and expert.
-void validate_load_values(const double* data, int64_t size, int64_t num_experts,
-                          const std::string& field, int64_t first_row = 0);
-// The same for integer token counts: throws when any value is negative.
+// The largest sum of loads accepted: far enough below the float64 limit (1.8e308) that no sum
+// of them in any order (per rank, layer, step or window) overflows.
+constexpr double kMaxLoadTotal = 1e300;
+
+// Throws std::invalid_argument naming `field` when any value is NaN, infinite or negative (the
+// message names the value's row, counted from `first_row`: `data` may be a slice, and expert)
+// or when their sum exceeds kMaxLoadTotal; returns the sum.
+double validate_load_values(const double* data, int64_t size, int64_t num_experts,
+                            const std::string& field, int64_t first_row = 0);
+// The same for integer token counts: throws when any value is negative (their sum, at most
+// size * 2^63, cannot overflow a double).
 void validate_load_values(const int64_t* data, int64_t size, int64_t num_experts,
                           const std::string& field, int64_t first_row = 0);
+
+// Throws std::invalid_argument naming `field` unless `total`, a sum of loads, is at most
+// kMaxLoadTotal.
+void require_load_total(double total, const std::string& field);
 
 struct Plan {
     int64_t num_layers = 0;

@@ -1,43 +1,54 @@
 #pragma once
-// A caller-owned pool of std::thread workers with a deterministic parallel_for.
+// A pool of std::thread workers with a deterministic parallel_for, and the number of cores this
+// process may use.
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
+#include <memory>
 
 namespace eplb_native {
 
-// Owns `num_threads - 1` worker threads; the calling thread is the last worker, so a pool of
-// one thread runs everything inline. No global state: every planner call takes a pool.
+// The most threads a pool may be asked for; larger requests are bad input, not a machine size.
+constexpr int kMaxThreads = 4096;
+
+// Cores this process may run on: its CPU affinity mask, further capped by a cgroup CPU quota
+// (v2 cpu.max of its cgroup and their parents, or v1 cpu.cfs_quota_us / cpu.cfs_period_us),
+// rounded up; at least 1.
+[[nodiscard]] int usable_cores();
+
+// A pool of `num_threads - 1` workers; the thread calling parallel_for is the last worker, so a
+// pool of one thread runs everything inline. No global state: the caller owns its pools.
 //
 // parallel_for(n, fn) runs fn(i) for every i in [0, n) and returns when all are done. If any
 // call throws, the exception of the lowest index is rethrown on the caller after all tasks have
-// finished, whatever the thread count. Calls from inside a task of the same pool (nested
+// finished, whatever the thread count. Calls from inside a task on the same workers (nested
 // parallelism, e.g. a tree search inside a per-layer task) run inline instead of deadlocking.
+// Several threads may call parallel_for on pools sharing the same workers at once: each call
+// runs its own indices and waits only for the indices other threads took from it.
 class ThreadPool {
 public:
-    // num_threads <= 0 means std::thread::hardware_concurrency().
+    // Starts num_threads - 1 workers (num_threads <= 0: usable_cores()). When the system
+    // refuses a thread (a pids or memory limit), the pool keeps the workers it started:
+    // num_threads() says how many threads run.
     explicit ThreadPool(int num_threads = 0);
+    // A pool on `shared`'s workers whose parallel_for uses at most `num_threads` threads
+    // (<= 0 or more than `shared` has: all of them). The workers live while any pool on them
+    // does.
+    ThreadPool(const ThreadPool& shared, int num_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
-    [[nodiscard]] int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+    // Threads a parallel_for of this pool runs on, the caller included.
+    [[nodiscard]] int num_threads() const { return num_threads_; }
 
     void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 
 private:
-    void worker_loop();
+    class Workers;
 
-    std::vector<std::thread> workers_;
-    std::deque<std::function<void()>> tasks_;
-    std::mutex mutex_;
-    std::condition_variable task_ready_;
-    bool stopping_ = false;
+    std::shared_ptr<Workers> workers_;
+    int num_threads_ = 1;
 };
 
 }  // namespace eplb_native

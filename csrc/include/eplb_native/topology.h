@@ -23,4 +23,8 @@ struct Topology {
 // num_ranks % num_nodes == 0.
 void validate_topology(const Topology& topo);
 
+// validate_topology, and a plan of `num_layers` layers: num_layers > 0 (named "load", whose rows
+// the layers are) and num_layers x num_replicas slots within kMaxArrayElements.
+void validate_topology(const Topology& topo, int64_t num_layers);
+
 }  // namespace eplb_native

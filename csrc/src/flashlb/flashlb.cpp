@@ -4,7 +4,9 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "eplb_native/error.h"
 #include "eplb_native/flashlb/minimal_moves.h"
@@ -317,35 +319,58 @@ void search_all_allotments(const LayerInputs& layer, Candidate& best) {
     }
 }
 
+// FlashLB squares episode loads (their deviation, scaled by z_score <= kMaxZScore): a load or
+// history whose values sum beyond this would overflow float64 on the way.
+constexpr double kMaxSquarableTotal = 1e150;
+constexpr double kMaxZScore = 100.0;
+
+// Throws naming `field` unless 0 <= value <= upper (NaN fails).
+void require_in_range(double value, double upper, const char* field) {
+    if (!(value >= 0.0 && value <= upper)) {
+        std::ostringstream message;
+        message << "expected a value in [0, " << upper << "], got " << value;
+        throw_invalid(field, message.str());
+    }
+}
+
+void require_squarable_total(double total, const std::string& field) {
+    if (total > kMaxSquarableTotal) {
+        throw_invalid(field, "the values sum beyond 1e150, which FlashLB cannot square "
+                             "without overflowing float64 (scale the loads down)");
+    }
+}
+
 // validate_load_values over [rows, N] in parallel chunks of rows. The error of the lowest failing
-// chunk is the one raised, so the message names the first bad value, as one scan would.
+// chunk is the one raised, so the message names the first bad value, as one scan would. A float
+// history's total is checked too (integer counts cannot reach the limit).
 template <typename Value>
 void validate_history(const Value* data, int64_t num_rows, int64_t num_experts, ThreadPool& pool) {
     constexpr int64_t kRowsPerChunk = 512;
     const int64_t num_chunks = (num_rows + kRowsPerChunk - 1) / kRowsPerChunk;
+    std::vector<double> totals(idx(num_chunks), 0.0);
     pool.parallel_for(num_chunks, [&](int64_t chunk) {
         const int64_t begin = chunk * kRowsPerChunk;
         const int64_t rows = std::min(kRowsPerChunk, num_rows - begin);
-        validate_load_values(data + begin * num_experts, rows * num_experts, num_experts,
-                             "history", begin);
+        const Value* values = data + begin * num_experts;
+        if constexpr (std::is_same_v<Value, double>) {
+            totals[idx(chunk)] =
+                validate_load_values(values, rows * num_experts, num_experts, "history", begin);
+        } else {
+            validate_load_values(values, rows * num_experts, num_experts, "history", begin);
+        }
     });
+    require_squarable_total(std::accumulate(totals.begin(), totals.end(), 0.0), "history");
 }
 
 }  // namespace
 
 void validate_options(const Options& options) {
-    if (!std::isfinite(options.z_score) || options.z_score < 0.0) {
-        throw_invalid("z_score", "expected a finite value >= 0, got " +
-                                     std::to_string(options.z_score));
-    }
+    require_in_range(options.z_score, kMaxZScore, "z_score");
     require_positive(options.max_depth, "max_depth");
     require_positive(options.width, "width");
     require_positive(options.episode_steps, "episode_steps");
     require_positive(options.max_episodes, "max_episodes");
-    if (!std::isfinite(options.keep_margin) || options.keep_margin < 0.0) {
-        throw_invalid("keep_margin", "expected a finite value >= 0, got " +
-                                         std::to_string(options.keep_margin));
-    }
+    require_in_range(options.keep_margin, 1.0, "keep_margin");  // a fraction of the mean load
 }
 
 std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& shape,
@@ -393,7 +418,7 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
 
 Plan plan_flashlb(const Request& request, const Topology& topo, const Options& options,
                   ThreadPool& pool) {
-    validate_topology(topo);
+    validate_topology(topo, request.load.num_layers);
     validate_options(options);
     const LoadView& load = request.load;
     if (load.data == nullptr || load.num_layers <= 0 || load.num_experts != topo.num_experts) {
@@ -409,7 +434,8 @@ Plan plan_flashlb(const Request& request, const Topology& topo, const Options& o
     }
     const int64_t num_layers = load.num_layers;
     const int64_t num_experts = topo.num_experts;
-    validate_load_values(load.data, num_layers * num_experts, num_experts, "load");
+    require_squarable_total(
+        validate_load_values(load.data, num_layers * num_experts, num_experts, "load"), "load");
     std::vector<int64_t> bounds;
     const HistoryView& history = request.history;
     if (!history.empty()) {

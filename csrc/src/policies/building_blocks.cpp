@@ -407,10 +407,7 @@ std::vector<int64_t> align_to_current(const std::vector<int64_t>& proposed, cons
 }
 
 void validate_problem(const LoadView& load, const Topology& topo) {
-    validate_topology(topo);
-    if (load.data == nullptr || load.num_layers <= 0) {
-        throw_invalid("load", "expected at least one layer");
-    }
+    validate_topology(topo, load.data == nullptr ? 0 : load.num_layers);
     if (load.num_experts != topo.num_experts) {
         throw_invalid("load", "has " + std::to_string(load.num_experts) +
                                   " experts per layer, topology says " +
@@ -454,6 +451,17 @@ void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology
                                          std::to_string(e) + " has no replica");
             }
         }
+    }
+}
+
+void validate_slot_stable(const int64_t* current, int64_t num_layers, const Topology& topo,
+                          int64_t num_nodes) {
+    validate_current(current, num_layers, topo, "current", {false, false, true});
+    if (topo.num_replicas * num_nodes > topo.num_experts * topo.num_ranks) {
+        throw_invalid("num_replicas", std::to_string(topo.num_replicas) + " slots over " +
+                                          std::to_string(num_nodes) +
+                                          " node(s) exceed experts x ranks per node: some rank "
+                                          "would hold two replicas of one expert");
     }
 }
 

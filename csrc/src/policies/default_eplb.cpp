@@ -93,14 +93,7 @@ Plan plan_default_eplb(const LoadView& load, const Topology& topo, ThreadPool& p
     validate_problem(load, topo);
     const int64_t num_nodes = topo.hierarchical() ? topo.num_nodes : 1;
     if (current != nullptr) {
-        validate_current(current, load.num_layers, topo, "current", {false, false, true});
-        // Each node's replicas over its ranks, at most one per rank and expert.
-        if (topo.num_replicas * num_nodes > topo.num_experts * topo.num_ranks) {
-            throw_invalid("num_replicas",
-                          std::to_string(topo.num_replicas) + " slots over " +
-                              std::to_string(num_nodes) + " node(s) exceed experts x ranks per "
-                              "node: some rank would hold two replicas of one expert");
-        }
+        validate_slot_stable(current, load.num_layers, topo, num_nodes);
     }
     std::vector<int64_t> phy2log(static_cast<size_t>(load.num_layers * topo.num_replicas));
     pool.parallel_for(load.num_layers, [&](int64_t layer_idx) {

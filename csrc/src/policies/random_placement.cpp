@@ -73,12 +73,9 @@ std::vector<int64_t> random_layer(const Topology& topo, uint64_t seed) {
 
 Plan plan_random(int64_t num_layers, const Topology& topo, uint64_t seed, ThreadPool& pool,
                  const int64_t* current) {
-    validate_topology(topo);
-    if (num_layers <= 0) {
-        throw_invalid("load", "expected at least one layer");
-    }
+    validate_topology(topo, num_layers);
     if (current != nullptr) {
-        validate_current(current, num_layers, topo, "current", {false, false, true});
+        validate_slot_stable(current, num_layers, topo, 1);
     }
     std::vector<int64_t> phy2log(static_cast<size_t>(num_layers * topo.num_replicas));
     pool.parallel_for(num_layers, [&](int64_t layer_idx) {

@@ -38,6 +38,8 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
+from eplb_native.checks import as_int_array
+from eplb_native.plan import Plan
 from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 
 logger = logging.getLogger(__name__)
@@ -199,18 +201,33 @@ class WeightLoader:
     def schedule(self, new_table: npt.ArrayLike, layers: Sequence[int]) -> None:
         """Queues ``layers`` (priority order) to move to their rows of ``new_table`` int64
         [L, D, S]; layers whose row is unchanged are skipped. Raises RuntimeError while a
-        previous update is still pending and ValueError for a bad table or layer id."""
+        previous update is still pending, and ValueError, before anything is queued, unless
+        ``layers`` are distinct layer ids and each of their rows places every expert of the
+        current table (ids 0..N-1) at least once and nothing else."""
         if self.pending:
             msg = f"schedule: {self.pending} layers of the previous update are still pending"
             raise RuntimeError(msg)
-        table = np.asarray(new_table, dtype=np.int64)
+        table = as_int_array(new_table, "new_table")
         if table.shape != self._table.shape:
             msg = f"new_table: expected shape {self._table.shape}, got {table.shape}"
             raise ValueError(msg)
-        for layer_idx in layers:
-            if not 0 <= int(layer_idx) < table.shape[0]:
-                msg = f"layers: layer {layer_idx} outside [0, {table.shape[0]})"
-                raise ValueError(msg)
+        layer_ids = as_int_array(list(layers), "layers").reshape(-1)
+        num_layers = table.shape[0]
+        if layer_ids.size and (layer_ids.min() < 0 or layer_ids.max() >= num_layers
+                               or np.unique(layer_ids).size != layer_ids.size):
+            msg = f"layers: expected distinct layer ids in [0, {num_layers}), got {layer_ids.tolist()}"
+            raise ValueError(msg)
+        # The placement once these layers commit: every expert of the table in force still
+        # placed, in every layer.
+        num_experts = int(self._table.max()) + 1
+        after = self._table.copy()
+        after[layer_ids] = table[layer_ids]
+        try:
+            Plan.from_phy2log(after.reshape(num_layers, -1), num_experts)
+        except ValueError as error:
+            msg = f"new_table: {error} (the table in force has experts 0..{num_experts - 1})"
+            raise ValueError(msg) from error
+        for layer_idx in layer_ids:
             if not np.array_equal(table[layer_idx], self._table[layer_idx]):
                 self._queue.append((int(layer_idx), table[layer_idx].copy()))
 

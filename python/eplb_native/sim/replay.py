@@ -43,8 +43,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import FloatArray, check_load
+from eplb_native.checks import FloatArray, check_int, check_load
 from eplb_native.flashlb import PlannedBalance
+from eplb_native.limits import check_num_threads
 from eplb_native.metrics import count_weight_copies, evaluate, peak_to_average
 from eplb_native.plan import Plan, default_placement, rank_loads, slot_load_from_expert_load
 from eplb_native.planning import PlanOutcome, PlanRequest, check_options, plan, policy_name
@@ -93,7 +94,7 @@ class ReplaySettings:
         interval: steps between re-plans (> 0); also the window each plan is made from.
         num_groups: expert groups passed to the policies (1: no group constraint).
         num_nodes: nodes passed to the policies.
-        num_threads: planner threads (0: all cores).
+        num_threads: planner threads, at most the usable cores (0: all of them; see ``limits``).
         seed: seed passed to the policies.
     """
 
@@ -107,15 +108,10 @@ class ReplaySettings:
 
     def __post_init__(self) -> None:
         for name in ("num_ranks", "interval", "num_groups", "num_nodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                msg = f"{name}: expected a positive integer, got {value!r}"
-                raise ValueError(msg)
-        for name in ("num_redundant_experts", "num_threads", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                msg = f"{name}: expected an integer >= 0, got {value!r}"
-                raise ValueError(msg)
+            check_int(getattr(self, name), name, minimum=1)
+        for name in ("num_redundant_experts", "seed"):
+            check_int(getattr(self, name), name, minimum=0)
+        check_num_threads(self.num_threads)
 
 
 @dataclass

@@ -43,19 +43,24 @@ simulator then replays a synthetic series built by ``synthesize_series`` from it
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import math
 import os
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import FloatArray, check_load
+from eplb_native.checks import FloatArray, check_int, check_load
+from eplb_native.json_files import read_json_file
+from eplb_native.limits import check_array_size
 from eplb_native.plan import Plan, expert_load_from_slot_load
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,18 @@ logger = logging.getLogger(__name__)
 TRACE_EXTENSIONS: tuple[str, ...] = (".npz", ".npy", ".csv", ".pt", ".pth", ".json")
 SHIPPED_TRACE = "qwen3_30b_a3b_decode.npz"
 _LONG_COLUMNS = ("step", "layer", "expert", "count")
+# An archive member (.npz, .pt) larger than _SMALL_MEMBER_BYTES may expand at most
+# _MAX_EXPANSION times; recorded traces compress 2-20x, DEFLATE'd zeros about 1000x.
+_MAX_EXPANSION = 200
+_SMALL_MEMBER_BYTES = 64 << 20
+# A CSV gives counts sparsely (absent cells are 0); its dense array may have at most
+# _MAX_DENSE_PER_COUNT cells per count given, or _SMALL_DENSE_CELLS cells in all.
+_MAX_DENSE_PER_COUNT = 1024
+_SMALL_DENSE_CELLS = 1 << 20
+# numpy refuses .npy headers longer than this unless told otherwise.
+_MAX_NPY_HEADER_BYTES = 10_000
+# Per-step std of the synthetic series' log popularity: beyond this one expert takes a step.
+_MAX_DRIFT = 100.0
 
 
 @dataclass(frozen=True)
@@ -133,8 +150,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     except ValueError as error:
         msg = f"trace {file_path}: {error}"
         raise ValueError(msg) from error
-    except (OSError, EOFError) as error:
-        msg = f"trace {file_path}: unreadable ({error})"
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, csv.Error, RecursionError) as error:
+        msg = f"trace {file_path}: unreadable ({type(error).__name__}: {error})"
         raise ValueError(msg) from error
     return Trace(load=_checked_load(raw, file_path), source=str(file_path), metadata=metadata)
 
@@ -158,32 +175,96 @@ def _checked_load(raw: npt.ArrayLike, file_path: Path) -> FloatArray:
     return load
 
 
-def _read_npz(file_path: Path) -> tuple[npt.NDArray[Any], dict[str, str]]:
+def _open_archive(file_path: Path, kind: str) -> zipfile.ZipFile:
+    """The zip archive at ``file_path`` once every member is plainly readable and expands at
+    most ``_MAX_EXPANSION`` times (a member of a few MB must not claim GBs: a zip bomb);
+    ValueError otherwise."""
     try:
-        archive = np.load(file_path, allow_pickle=False)
-    except ValueError as error:
-        msg = f"not a readable .npz archive ({error})"
+        archive = zipfile.ZipFile(file_path)
+    except (zipfile.BadZipFile, NotImplementedError) as error:
+        msg = f"not a readable {kind} archive ({error})"
         raise ValueError(msg) from error
-    with archive:
-        if "load" not in archive.files:
-            msg = f"missing array 'load' (found: {', '.join(archive.files) or 'nothing'})"
+    try:
+        _check_members(archive)
+    except ValueError:
+        archive.close()
+        raise
+    return archive
+
+
+def _check_members(archive: zipfile.ZipFile) -> None:
+    for info in archive.infolist():
+        if info.flag_bits & 0x1:
+            msg = f"member {info.filename!r} is encrypted"
+            raise ValueError(msg)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            msg = f"member {info.filename!r}: compression method {info.compress_type} is not read"
+            raise ValueError(msg)
+        if info.file_size > _SMALL_MEMBER_BYTES and info.file_size > _MAX_EXPANSION * info.compress_size:
+            msg = (f"member {info.filename!r} expands {info.compress_size} compressed bytes into "
+                   f"{info.file_size}, more than {_MAX_EXPANSION}x (a zip bomb?)")
+            raise ValueError(msg)
+
+
+def _npy_header(stream: IO[bytes], size: int, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """(shape, dtype) of the .npy data at the start of ``stream`` (``size`` bytes in all), after
+    checking that the array the header declares fits in the bytes that follow it."""
+    # The header length sits after the magic and the version (2 bytes in format 1, 4 later):
+    # numpy would read that many bytes before judging them.
+    prelude = stream.read(12)
+    length_bytes = prelude[8:10] if prelude[6:7] == b"\x01" else prelude[8:12]
+    if int.from_bytes(length_bytes, "little") > min(size, _MAX_NPY_HEADER_BYTES):
+        msg = f"{name}: the header claims {int.from_bytes(length_bytes, 'little')} bytes"
+        raise ValueError(msg)
+    stream.seek(0)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _fortran_order, dtype = read_header(stream)
+    except (SyntaxError, tokenize.TokenError, TypeError, RecursionError) as error:
+        # numpy parses the header as a Python literal: a corrupt one fails in the parser.
+        msg = f"{name}: unreadable .npy header ({type(error).__name__}: {error})"
+        raise ValueError(msg) from error
+    declared = math.prod(shape) * dtype.itemsize
+    available = size - stream.tell()
+    # Extents far beyond the bytes available are absurd even when another extent is 0.
+    nonzero = math.prod(extent for extent in shape if extent) * max(dtype.itemsize, 1)
+    if declared > available or nonzero > max(available, 1 << 20):
+        msg = (f"{name}: the header declares shape {shape} of {dtype} ({declared} bytes), but "
+               f"only {available} bytes follow it")
+        raise ValueError(msg)
+    return shape, dtype
+
+
+def _read_npz(file_path: Path) -> tuple[npt.NDArray[Any], dict[str, str]]:
+    with _open_archive(file_path, ".npz") as archive:
+        members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()}
+        if "load" not in members:
+            msg = f"missing array 'load' (found: {', '.join(members) or 'nothing'})"
             raise ValueError(msg)
         metadata = {}
-        for key in archive.files:
-            if key == "load":
+        for key, info in members.items():
+            with archive.open(info) as stream:
+                shape, _ = _npy_header(stream, info.file_size, info.filename)
+            if key == "load" or math.prod(shape) > 16:
                 continue
-            value = archive[key]
-            if value.size <= 16:
-                metadata[key] = str(value.item() if value.ndim == 0 else value.tolist())
-        return archive["load"], metadata
+            with archive.open(info) as stream:
+                value = np.lib.format.read_array(stream, allow_pickle=False)
+            metadata[key] = str(value.item() if value.ndim == 0 else value.tolist())
+        with archive.open(members["load"]) as stream:
+            return np.lib.format.read_array(stream, allow_pickle=False), metadata
 
 
 def _read_npy(file_path: Path) -> npt.NDArray[Any]:
-    try:
-        return np.asarray(np.load(file_path, allow_pickle=False))
-    except ValueError as error:
-        msg = f"not a readable .npy array ({error})"
-        raise ValueError(msg) from error
+    with file_path.open("rb") as stream:
+        try:
+            _npy_header(stream, file_path.stat().st_size, "load")
+            stream.seek(0)
+            return np.lib.format.read_array(stream, allow_pickle=False)
+        except ValueError as error:
+            msg = f"not a readable .npy array ({error})"
+            raise ValueError(msg) from error
 
 
 def _read_csv(file_path: Path) -> npt.NDArray[np.float64]:
@@ -193,33 +274,31 @@ def _read_csv(file_path: Path) -> npt.NDArray[np.float64]:
         msg = "expected a header row and at least one data row"
         raise ValueError(msg)
     header = [name.strip().lower() for name in rows[0]]
-    body = rows[1:]
-    try:
-        values = np.asarray(
-            [[float(cell) for cell in row] for row in body if row], dtype=np.float64
-        )
-    except ValueError as error:
-        msg = f"non-numeric cell ({error})"
-        raise ValueError(msg) from error
-    widths = {len(row) for row in body if row}
+    body = [row for row in rows[1:] if row]
+    widths = {len(row) for row in body}
     if widths != {len(header)}:
         msg = (
             f"every row needs {len(header)} cells like the header, found rows with {sorted(widths)}"
         )
         raise ValueError(msg)
+    try:
+        values = np.asarray([[float(cell) for cell in row] for row in body], dtype=np.float64)
+    except ValueError as error:
+        msg = f"non-numeric cell ({error})"
+        raise ValueError(msg) from error
     if sorted(header) == sorted(_LONG_COLUMNS):
         columns = [header.index(name) for name in _LONG_COLUMNS]
         step, layer, expert = (
             _index_column(values[:, c], name)
             for c, name in zip(columns[:3], _LONG_COLUMNS[:3], strict=True)
         )
-        load = np.zeros((step.max() + 1, layer.max() + 1, expert.max() + 1), dtype=np.float64)
+        load = _dense_zeros((step.max() + 1, layer.max() + 1, expert.max() + 1), len(body))
         np.add.at(load, (step, layer, expert), values[:, columns[3]])
         return load
     if header[:2] == ["step", "layer"] and len(header) > 2:
         step = _index_column(values[:, 0], "step")
         layer = _index_column(values[:, 1], "layer")
-        load = np.zeros((step.max() + 1, layer.max() + 1, len(header) - 2), dtype=np.float64)
+        load = _dense_zeros((step.max() + 1, layer.max() + 1, len(header) - 2), values[:, 2:].size)
         np.add.at(load, (step, layer), values[:, 2:])
         return load
     msg = (
@@ -230,28 +309,41 @@ def _read_csv(file_path: Path) -> npt.NDArray[np.float64]:
 
 
 def _index_column(column: npt.NDArray[np.float64], name: str) -> npt.NDArray[np.int64]:
-    if np.any(column < 0) or np.any(column != np.round(column)):
+    if not np.all((column >= 0) & (column == np.round(column)) & (column < 2.0**62)):
         msg = f"column {name!r}: expected integers >= 0"
         raise ValueError(msg)
     return column.astype(np.int64)
 
 
+def _dense_zeros(shape: tuple[int, ...], num_given: int) -> npt.NDArray[np.float64]:
+    """The zero [T, L, N] array a CSV's ``num_given`` counts are added into; ValueError when the
+    indices make it more than ``_MAX_DENSE_PER_COUNT`` times larger than the counts given (an
+    index such as step 2**40 in one short row)."""
+    extents = [int(extent) for extent in shape]
+    cells = math.prod(extents)
+    if cells > max(_SMALL_DENSE_CELLS, _MAX_DENSE_PER_COUNT * num_given):
+        msg = (f"indices span [steps, layers, experts] = {extents} ({cells} cells) but the file "
+               f"gives only {num_given} counts: an index is far too large")
+        raise ValueError(msg)
+    return np.zeros(shape, dtype=np.float64)
+
+
 def _read_json(file_path: Path) -> npt.ArrayLike:
-    try:
-        data = json.loads(file_path.read_text())
-    except json.JSONDecodeError as error:
-        msg = f"not valid JSON ({error})"
-        raise ValueError(msg) from error
+    data = read_json_file(file_path)
     if not isinstance(data, dict):
         msg = "expected a JSON object with 'logical_count' or 'load'"
         raise ValueError(msg)
     for key in ("logical_count", "load"):
         if key in data:
             try:
-                return np.asarray(data[key], dtype=np.float64)
-            except (TypeError, ValueError) as error:
+                values = np.asarray(data[key])
+            except (TypeError, ValueError, OverflowError, RecursionError) as error:
                 msg = f"{key!r}: not a rectangular array of numbers ({error})"
                 raise ValueError(msg) from error
+            if values.dtype.kind not in "iuf":
+                msg = f"{key!r}: expected nested lists of numbers within float64, got {values.dtype} values"
+                raise ValueError(msg)
+            return values
     msg = f"missing key 'logical_count' or 'load' (found: {', '.join(map(str, data)) or 'nothing'})"
     raise ValueError(msg)
 
@@ -262,6 +354,8 @@ def _read_torch(file_path: Path) -> npt.ArrayLike:
     except ImportError as error:
         msg = "reading .pt traces needs torch: pip install 'eplb-native[torch]'"
         raise ValueError(msg) from error
+    if zipfile.is_zipfile(file_path):  # torch.save's format since torch 1.6
+        _open_archive(file_path, "torch").close()
     try:
         data = torch.load(file_path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types (UnpicklingError, RuntimeError, ...)
@@ -272,10 +366,24 @@ def _read_torch(file_path: Path) -> npt.ArrayLike:
 
 def _from_torch_object(data: object, torch: Any) -> npt.ArrayLike:
     def numpy_of(value: object, key: str) -> npt.NDArray[Any]:
+        """The tensor's values: integer tensors as they are, floating ones as float64."""
         if not isinstance(value, torch.Tensor):
             msg = f"{key!r}: expected a tensor, got {type(value).__name__}"
             raise ValueError(msg)
-        return np.asarray(value.detach().to(torch.float64).numpy())
+        if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized:
+            msg = (f"{key!r}: expected a dense CPU tensor, got layout {value.layout} on "
+                   f"{value.device.type}{' (quantized)' if value.is_quantized else ''}")
+            raise ValueError(msg)
+        if value.is_complex() or value.dtype == torch.bool:
+            msg = f"{key!r}: expected real numbers, got dtype {value.dtype}"
+            raise ValueError(msg)
+        stored = value.untyped_storage().nbytes() // value.element_size()
+        if value.numel() > stored:
+            msg = (f"{key!r}: an expanded view ({value.numel()} elements over {stored} stored); "
+                   "save the tensor itself")
+            raise ValueError(msg)
+        tensor: Any = value.detach()
+        return np.asarray((tensor.to(torch.float64) if tensor.is_floating_point() else tensor).numpy())
 
     if isinstance(data, torch.Tensor):
         return numpy_of(data, "tensor")
@@ -307,7 +415,7 @@ def _logical_from_records(
     if not isinstance(records, list) or not records:
         msg = "'records': expected a non-empty list"
         raise ValueError(msg)
-    by_pass: dict[int, npt.NDArray[np.float64]] = {}
+    by_pass: dict[Any, npt.NDArray[np.float64]] = {}
     for position, record in enumerate(records):
         if not isinstance(record, Mapping) or "global_physical_count" not in record:
             msg = f"'records'[{position}]: expected a dict with 'global_physical_count'"
@@ -315,7 +423,18 @@ def _logical_from_records(
         counts = numpy_of(
             record["global_physical_count"], f"records[{position}].global_physical_count"
         )
-        pass_id = int(record.get("forward_pass_id", position))
+        if counts.shape != phy2log.shape:
+            msg = (f"'records'[{position}].global_physical_count: expected the map's shape "
+                   f"{phy2log.shape} [layers, physical], got {counts.shape}")
+            raise ValueError(msg)
+        pass_id = record.get("forward_pass_id", position)
+        if not isinstance(pass_id, (int, np.integer)):  # a one-element integer tensor
+            key = f"records[{position}].forward_pass_id"
+            values = numpy_of(pass_id, key)
+            if values.size != 1 or values.dtype.kind not in "iu":
+                msg = f"{key!r}: expected one integer, got {values.dtype} values of shape {values.shape}"
+                raise ValueError(msg)
+            pass_id = values.item()
         by_pass[pass_id] = by_pass[pass_id] + counts if pass_id in by_pass else counts
     physical = np.stack([by_pass[pass_id] for pass_id in sorted(by_pass)])  # [T, L, P]
     return _logical_from_physical(physical, phy2log, "records")
@@ -396,11 +515,12 @@ def synthesize_series(aggregate: npt.ArrayLike, series: SyntheticSeries) -> Floa
         (series.tokens_per_step, "tokens_per_step"),
         (series.top_k, "top_k"),
     ):
-        if value <= 0:
-            msg = f"{name}: expected a positive integer, got {value}"
-            raise ValueError(msg)
-    if series.drift < 0 or not 0 <= series.reversion <= 1:
-        msg = f"drift, reversion: expected drift >= 0 and 0 <= reversion <= 1, got {series.drift}, {series.reversion}"
+        check_int(value, name, minimum=1)
+    check_int(series.tokens_per_step * series.top_k, "tokens_per_step", minimum=1)  # draws per layer
+    check_array_size("num_steps", "the series [steps, layers, experts]", series.num_steps, *shares.shape)
+    if not 0 <= series.drift <= _MAX_DRIFT or not 0 <= series.reversion <= 1:  # NaN fails too
+        msg = (f"drift, reversion: expected 0 <= drift <= {_MAX_DRIFT} and 0 <= reversion <= 1, "
+               f"got {series.drift}, {series.reversion}")
         raise ValueError(msg)
     totals = shares.sum(axis=1, keepdims=True)
     if np.any(totals <= 0):
@@ -413,7 +533,8 @@ def synthesize_series(aggregate: npt.ArrayLike, series: SyntheticSeries) -> Floa
     selections = series.tokens_per_step * series.top_k
     out = np.empty((series.num_steps, *base.shape), dtype=np.float64)
     for step in range(series.num_steps):
-        probabilities = base * np.exp(log_popularity)
+        # Shifted by each layer's largest exponent so that exp cannot overflow.
+        probabilities = base * np.exp(log_popularity - log_popularity.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         out[step] = rng.multinomial(selections, probabilities)
         log_popularity = (

@@ -21,7 +21,7 @@ struct Options {
     int64_t max_episodes = 64;     // episodes at most (adjacent chunks merge beyond it)
     bool incremental = false;      // edit `current` instead of replacing it (needs current)
     int64_t max_moves_per_layer = -1;  // incremental mode's cap on weight copies; < 0 = none
-    double keep_margin = 0.0;      // LptObjective::keep_margin of every placement (>= 0)
+    double keep_margin = 0.0;      // LptObjective::keep_margin of every placement (in [0, 1])
 };
 
 // Throws std::invalid_argument naming the field when an option is out of range.

@@ -109,6 +109,13 @@ struct CurrentChecks {
 void validate_current(const int64_t* phy2log, int64_t num_layers, const Topology& topo,
                       const char* field, CurrentChecks checks = {});
 
+// The table in force of a slot-stable plan: validate_current (empty slots allowed), and room
+// for the replicas with at most one per rank and expert (each of `num_nodes` nodes places its
+// P / H replicas over its D / H ranks: P * H <= N * D). Throws std::invalid_argument naming the
+// field.
+void validate_slot_stable(const int64_t* current, int64_t num_layers, const Topology& topo,
+                          int64_t num_nodes);
+
 // A fixed 64-bit seed for (seed, layer_idx): the same layer gets the same stream whatever
 // thread plans it (splitmix64 finaliser).
 [[nodiscard]] uint64_t layer_seed(uint64_t seed, int64_t layer_idx);
