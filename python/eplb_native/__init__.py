@@ -42,6 +42,7 @@ from eplb_native.policies import (
     make_policy,
     rebalance_experts,
 )
+from eplb_native.routing import REPLICA_ROUTINGS, ReplicaRouting, rank_loads_under_routing
 
 
 def npu_available() -> bool:
@@ -61,6 +62,7 @@ def npu_available() -> bool:
 __all__ = [
     "POLICIES",
     "POLICY_NAMES",
+    "REPLICA_ROUTINGS",
     "EplbConfig",
     "EplbPolicy",
     "FlashLBOptions",
@@ -73,6 +75,7 @@ __all__ = [
     "PlannedBalance",
     "PolicyFn",
     "PolicyName",
+    "ReplicaRouting",
     "SwiftBalancerOptions",
     "__version__",
     "count_weight_copies",
@@ -90,6 +93,7 @@ __all__ = [
     "propose",
     "rank_expert_maps",
     "rank_loads",
+    "rank_loads_under_routing",
     "rank_log2phy",
     "rebalance_experts",
     "save_expert_map",

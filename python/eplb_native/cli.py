@@ -156,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Columns: per-step PAR (max/mean rank load, layer mean) mean and p99; PAR of each "
             "window's summed load; gap of its max rank load to the lower bound; weight copies per "
             "rebalance; layers updated (all rebalances); planning ms per call. 'static' keeps the "
-            "default placement. " + _SYNTHETIC_HELP
+            "default placement. Policy rows split each expert's tokens evenly over its replicas; "
+            "the 'fixed' and 'spread' rows under each score the same placements under the "
+            "runtime's replica routing (fixed: each rank sends an expert's tokens to one replica; "
+            "spread: a rank's own replica first, the rest spread over the replicas), tokens "
+            "coming from every rank in equal parts. " + _SYNTHETIC_HELP
         ),
     )
     simulate.add_argument("--trace", type=Path, help=_TRACE_HELP)
@@ -376,7 +380,8 @@ def _progress_bar(total: int) -> Any:
 
 def _json_payload(trace: Trace, result: ReplayResult, episode: int | None) -> dict[str, Any]:
     """What ``simulate --json`` writes: the package version, the trace, the replay settings and
-    one summary row per policy (``PolicyReplay.summary``)."""
+    one summary row per policy (``PolicyReplay.summary``) and its scores under each replica
+    routing rule (``PolicyReplay.routing_summary``)."""
     settings = result.settings
     return {
         "version": __version__,
@@ -398,6 +403,7 @@ def _json_payload(trace: Trace, result: ReplayResult, episode: int | None) -> di
             "seed": settings.seed,
         },
         "policies": result.summary(),
+        "routing": result.routing_summary(),
     }
 
 
@@ -450,10 +456,18 @@ def _print_table(result: ReplayResult) -> None:
             for (title, _, key), w in zip(_COLUMNS, widths, strict=True)
         )
     )
+    routed = result.routing_summary()
     for name, row in result.summary().items():
         label = f"{name} (no rebal.)" if name == STATIC else name
         cells = [fmt.format(label if key is None else row[key]) for _, fmt, key in _COLUMNS]
         print(" ".join(cells))
+        for rule, scores in routed[name].items():
+            cells = [
+                fmt.format(f"  {rule} routing") if key is None
+                else fmt.format(scores[key]) if key in scores else "-".rjust(width)
+                for (_, fmt, key), width in zip(_COLUMNS, widths, strict=True)
+            ]  # fmt: skip
+            print(" ".join(cells))
 
 
 def _plan(args: argparse.Namespace) -> None:

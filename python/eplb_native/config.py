@@ -41,9 +41,9 @@ RENAMED_KEYS: dict[str, str | None] = {
 
 @dataclass(frozen=True)
 class _Bounds:
-    """What one key accepts: ``kind`` int, number (finite float), bool, choice or path; the
-    closed range [low, high] of numbers (``open_low``: low excluded); the choices; the
-    policies whose options it sets (empty: it is no policy option)."""
+    """What one key accepts: ``kind`` int, number (finite float), bool, choice or path (ending
+    in ``suffix``); the closed range [low, high] of numbers (``open_low``: low excluded); the
+    choices; the policies whose options it sets (empty: it is no policy option)."""
 
     kind: Literal["int", "number", "bool", "choice", "path"]
     low: float | None = None
@@ -51,6 +51,7 @@ class _Bounds:
     open_low: bool = False
     choices: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
+    suffix: str = ".json"
 
 
 _FLASHLB = ("flashlb",)
@@ -63,6 +64,7 @@ _KEYS: dict[str, _Bounds] = {
     "num_redundant_experts": _Bounds("int", 0, 65_536),
     "expert_map_path": _Bounds("path"),
     "expert_map_record_path": _Bounds("path"),
+    "expert_heat_dump_path": _Bounds("path", suffix=".npz"),
     "eplb_heat_collection_stage": _Bounds("choice", choices=HEAT_STAGES),
     "eplb_policy_type": _Bounds("choice", choices=POLICY_NAMES),
     "max_layers_per_step": _Bounds("int", 1, 1024),
@@ -124,6 +126,10 @@ class EplbConfig:
             is due (0 .. 3600 s). 0 (default): never; the plan is picked up at the first step
             that finds it ready. A positive value gives a fixed schedule when planning is
             quicker than that.
+        expert_heat_dump_path: a ``.npz`` path where rank 0 writes each heat window, in the
+            simulator's trace format (``load`` int64 [T, L, N]), replacing the previous one;
+            ``eplb-native plan --trace`` turns it into an ``expert_map_path`` file for the next
+            start.
 
     Policy options (None: the policy's default; a key the chosen policy does not take is an
     error, so every key set reaches its policy):
@@ -150,6 +156,7 @@ class EplbConfig:
     num_planner_threads: int = 0
     planner_placement: PlannerPlacement = "rank0"
     max_plan_wait_s: float = 0.0
+    expert_heat_dump_path: str | None = None
     update_threshold_ratio: float | None = None
     update_threshold_value: float | None = None
     max_layers_per_update: int | None = None
@@ -273,8 +280,8 @@ def _check(key: str, value: object, bounds: _Bounds) -> object:
             msg += f" (did you mean {close[0]!r}?)"
         raise ValueError(msg)
     if bounds.kind == "path":
-        if not isinstance(value, (str, os.PathLike)) or Path(value).suffix != ".json":
-            msg = f"{key}: expected a path ending in .json, got {value!r}"
+        if not isinstance(value, (str, os.PathLike)) or Path(value).suffix != bounds.suffix:
+            msg = f"{key}: expected a path ending in {bounds.suffix}, got {value!r}"
             raise ValueError(msg)
         return str(value)
     if bounds.kind == "int":

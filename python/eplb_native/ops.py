@@ -344,6 +344,15 @@ def fused_moe_decode_torch(
 
     Same routing, counts and ``moe_load`` update as the reference (exact); the GEMMs use the
     backend's matmul in fp32, so ``out`` matches the reference within float tolerance only.
+
+    Fixed-shape and sync-free: every expert runs on all BS tokens (a dense [E, BS, H] result;
+    no per-expert row count reaches the host) and each routed (token, k) pair then takes its
+    expert's row, combined in k order as the reference does. So it runs on the ``meta`` device,
+    traces with ``torch.compile(fullgraph=True)`` and can be captured in a CUDA graph, at E x BS
+    GEMM rows instead of the BS x K routed ones (decode batches are small: the weight reads,
+    the same either way, dominate). An expert given empty weights yields NaN rows (the
+    reference raises ValueError when such an expert is routed; this kernel cannot look
+    without a host sync).
     """
     validate_inputs(
         x,
@@ -363,43 +372,17 @@ def fused_moe_decode_torch(
     valid = (expert_ids >= 0) & (expert_ids < num_experts)
     if x_active_mask is not None:
         valid = valid & x_active_mask[:, None]
-    keys = torch.where(valid, expert_ids, num_experts).reshape(-1).long()
+    keys = torch.where(valid, expert_ids, num_experts).long()  # [BS, K], E: not routed
     counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=x.device)
-    counts.scatter_add_(0, keys, torch.ones_like(keys))
+    counts.scatter_add_(0, keys.reshape(-1), torch.ones_like(keys.reshape(-1)))
     expert_token_nums = counts[:num_experts].clone()
-    order = torch.argsort(keys, stable=True)
-    sizes = expert_token_nums.tolist()  # host sync: per-expert slice sizes
-    num_rows = sum(sizes)
-    order = order[:num_rows]
-    row_tokens = torch.div(order, top_k, rounding_mode="floor")
-    x_rows = x[row_tokens].float()
-    y_rows = []
-    start = 0
-    for e, size in enumerate(sizes):
-        if size == 0:
-            continue
-        rows_e = x_rows[start : start + size]
-        if w1_scale is not None and w2_scale is not None:
-            h1 = _int8_matmul(rows_e, w1[e], w1_scale[e])
-        else:
-            h1 = rows_e @ w1[e].float()
-        gate, up = h1.chunk(2, dim=1)
-        silu = gate / (torch.exp(-gate) + 1.0)
-        if w1_scale is not None and w2_scale is not None:
-            y_rows.append(_int8_matmul(silu * up, w2[e], w2_scale[e]).to(x.dtype))
-        else:
-            a = (silu * up).to(x.dtype).float()
-            y_rows.append((a @ w2[e].float()).to(x.dtype))
-        start += size
-    y = torch.cat(y_rows) if y_rows else x.new_empty((0, hidden))
-    row_of = torch.full((num_tokens * top_k,), -1, dtype=torch.int64, device=x.device)
-    row_of[order] = torch.arange(num_rows, device=x.device)
-    row_of = row_of.view(num_tokens, top_k)
+    x_rows = x.float()
+    y = torch.stack([_expert_rows(x_rows, e, x.dtype, w1, w2, w1_scale, w2_scale) for e in range(num_experts)])
+    tokens = torch.arange(num_tokens, device=x.device)
     acc = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
     for k in range(top_k):
-        routed = row_of[:, k] >= 0
-        rows = y[row_of[:, k].clamp(min=0)].float() if num_rows else acc
-        acc = torch.where(routed[:, None], acc + expert_scales[:, k : k + 1] * rows, acc)
+        rows = y[keys[:, k].clamp(max=num_experts - 1), tokens].float()  # [BS, H]
+        acc = torch.where(valid[:, k : k + 1], acc + expert_scales[:, k : k + 1] * rows, acc)
     if moe_load is not None and moe_load.dim() == 1:
         moe_load.add_(expert_token_nums)
     elif moe_load is not None and load_counter is not None:
@@ -407,6 +390,31 @@ def fused_moe_decode_torch(
         moe_load.index_add_(0, slot.view(1), expert_token_nums.to(torch.int32).view(1, -1))
         load_counter.add_(1)
     return acc.to(x.dtype), expert_token_nums
+
+
+def _expert_rows(
+    x_rows: torch.Tensor,
+    expert: int,
+    dtype: torch.dtype,
+    w1: list[torch.Tensor],
+    w2: list[torch.Tensor],
+    w1_scale: list[torch.Tensor] | None,
+    w2_scale: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """One expert's SwiGLU MLP on fp32 rows [M, H] -> [M, H] in ``dtype`` (NaN for an expert
+    with empty weights)."""
+    if w1[expert].numel() == 0 or w2[expert].numel() == 0:
+        return torch.full(x_rows.shape, float("nan"), dtype=dtype, device=x_rows.device)
+    if w1_scale is not None and w2_scale is not None:
+        h1 = _int8_matmul(x_rows, w1[expert], w1_scale[expert])
+    else:
+        h1 = x_rows @ w1[expert].float()
+    gate, up = h1.chunk(2, dim=1)
+    silu = gate / (torch.exp(-gate) + 1.0)
+    if w1_scale is not None and w2_scale is not None:
+        return _int8_matmul(silu * up, w2[expert], w2_scale[expert]).to(dtype)
+    a = (silu * up).to(dtype).float()
+    return (a @ w2[expert].float()).to(dtype)
 
 
 def _int8_matmul(rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,17 @@ def _worker(rank: int, fn: WorkerFn, world_size: int, port: int, args: tuple[Any
         dist.destroy_process_group()
 
 
+def warm_operator() -> None:
+    """Calls ``fused_moe_decode`` once in this process: its first call imports torch's
+    dispatcher helpers (sympy and ~800 modules, seconds), which forked ranks then inherit
+    instead of each importing them."""
+    from eplb_native import ops
+
+    x = torch.zeros(1, 2)
+    ops.fused_moe_decode(x, torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, 1), [torch.zeros(2, 2)],
+                         [torch.zeros(1, 2)])
+
+
 def run_on_ranks(fn: WorkerFn, world_size: int, *args: Any, daemon: bool = False) -> None:
     """Calls ``fn(rank, world_size, *args)`` on ``world_size`` gloo processes and waits.
 

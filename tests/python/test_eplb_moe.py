@@ -9,6 +9,7 @@ import torch
 import eplb_native
 from eplb_native import Plan
 from eplb_native.runtime import EplbMoE, HeatRecorder, RankExperts
+from eplb_native.runtime.routing import ReplicaRouter
 
 NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K = 6, 16, 8, 2
 
@@ -117,13 +118,17 @@ def test_install_swaps_placement_and_weights_atomically() -> None:
     x = _tokens(7)
     want = moe(x)
     before = moe.experts
+    pointers = [t.data_ptr() for t in (*moe.replica_router.tables, *before.w1, *before.w2)]
     _, w1, w2 = _weights(0)
     row = [3, 1, 4, 5, 0, 2]
     moe.install(row, [w1[e].clone() for e in row], [w2[e].clone() for e in row])
     assert moe.experts is not before
     assert before.phy2log.tolist() == [0, 1, 2, 3, 4, 5]
     assert moe.experts.phy2log.tolist() == row
-    assert moe.experts.expert_map.tolist() == [4, 1, 5, 0, 2, 3]
+    assert moe.replica_router.expert_map.tolist() == [4, 1, 5, 0, 2, 3]
+    # Copied in place: every table and slot tensor keeps its memory (captured graphs read it).
+    after = [t.data_ptr() for t in (*moe.replica_router.tables, *moe.experts.w1, *moe.experts.w2)]
+    assert after == pointers
     assert heat.phy2log.tolist() == [row]
     assert torch.equal(moe(x), want)
     # One slot replaced by another expert's weights (a bad install) changes the output.
@@ -148,15 +153,17 @@ def test_failed_install_changes_nothing() -> None:
     assert heat.phy2log.tolist() == [[0, 1, 2, 3, 4, 5]]
 
 
-def test_rank_experts_maps_follow_the_plan() -> None:
+def test_rank_experts_and_routing_tables_follow_the_plan() -> None:
     _, w1, w2 = _weights(0)
     row = [4, 2, 5, 0, 2, 1, 3, 4, 5]  # 3 ranks of 3 slots
     experts = RankExperts.build(row, NUM_EXPERTS, w1[:3], w2[:3], rank=1, num_ranks=3)
-    assert experts.expert_map.tolist() == [0, 2, 1, -1, -1, -1]
-    plan = Plan.from_phy2log([row], NUM_EXPERTS)
-    assert experts.log2phy.tolist() == eplb_native.rank_log2phy(plan, 3)[1, 0].tolist()
     assert experts.num_slots == 3
     assert experts.num_experts == NUM_EXPERTS
+    router = ReplicaRouter(row, NUM_EXPERTS, rank=1, num_ranks=3)
+    assert router.expert_map.tolist() == [0, 2, 1, -1, -1, -1]
+    plan = Plan.from_phy2log([row], NUM_EXPERTS)
+    assert router.log2phy.tolist() == eplb_native.rank_log2phy(plan, 3)[1, 0].tolist()
+    assert router.replica_count.tolist() == plan.logcnt[0].tolist()
 
 
 def _bad_calls():

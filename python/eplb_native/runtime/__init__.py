@@ -12,13 +12,18 @@ except ImportError as error:
     raise ImportError(msg) from error
 
 from eplb_native.runtime.heat import HeatRecorder, HeatWindow
+from eplb_native.runtime.heat_dump import HeatDump
 from eplb_native.runtime.loader import LayerUpdate, WeightLoader
 from eplb_native.runtime.moe import EplbMoE, RankExperts
+from eplb_native.runtime.routing import ReplicaRouter
+from eplb_native.runtime.telemetry import EplbStats, PrometheusCollector
 from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
 from eplb_native.runtime.worker import PlanFailure, PlannerWorker, PlanResult
 
-__all__ = ["EplbMoE", "HeatRecorder", "HeatWindow", "RankExperts"]
+__all__ = ["EplbMoE", "HeatRecorder", "HeatWindow", "RankExperts", "ReplicaRouter"]
 # The dynamic EPLB loop: transfer planning, weight loading, planner worker, update manager.
 __all__ += ["EplbUpdateManager", "LayerTransfers", "LayerUpdate", "PlanFailure", "PlanResult",
             "PlannerWorker", "WeightLoader", "initial_plan", "plan_transfers"]
+# What a serving stack observes: counters (Prometheus when installed) and the heat dump.
+__all__ += ["EplbStats", "HeatDump", "PrometheusCollector"]

@@ -54,7 +54,10 @@ class HeatRecorder:
 
     Each MoE layer owns one row of a preallocated int64 ``[L, S]`` counter, reused every step.
     The fused operator accumulates into it in place (pass ``buffer(layer)`` as ``moe_load``);
-    layers that use another kernel call ``record(layer, topk_ids)``. ``step()`` adds the step's
+    layers that use another kernel call ``record(layer, topk_ids)`` (fixed-shape, sync-free:
+    graph-capturable, like the operator's accumulation). The counts are what this rank's slots
+    processed, so the window's ``rank_load`` is the measured load under whatever replica routing
+    the layers use (``eplb_native.routing``: ``fixed`` or ``spread``). ``step()`` adds the step's
     counts to row t of an int64 ``[T, L, N]`` window in expert space (each local slot's count
     goes to the logical expert the slot holds; ``T = collection_interval``) and, every
     ``collection_interval`` counted steps, sums all ranks' windows with one all-reduce and
@@ -119,7 +122,8 @@ class HeatRecorder:
         self.layer_map = layer_map
         self.collection_interval = collection_interval
         self.num_slots = num_physical // self._num_ranks
-        self._step_counts = torch.zeros((num_layers, self.num_slots), dtype=torch.int64, device=device)  # [L, S]
+        # [L, S + 1]: each layer's slot counts, then a discard bucket for ids of other ranks.
+        self._step_counts = torch.zeros((num_layers, self.num_slots + 1), dtype=torch.int64, device=device)
         # The logical expert of each local slot, [L, S]: where a slot's count goes.
         self._slot_expert = torch.as_tensor(self._local_experts(self._phy2log), device=device).contiguous()
         # The window and the rank loads, one flat buffer so that one all-reduce sums both:
@@ -175,7 +179,7 @@ class HeatRecorder:
         """MoE layer ``layer_idx``'s step counter, int64 [S], contiguous: the operator's
         ``moe_load`` (it adds each local slot's token count in place). Always the same memory."""
         self._check_layer(layer_idx)
-        return self._step_counts[layer_idx]
+        return self._step_counts[layer_idx, : self.num_slots]
 
     def buffer_for_model_layer(self, model_layer_idx: int) -> torch.Tensor | None:
         """As ``buffer`` for a model layer index; None for a dense layer (nothing to record)."""
@@ -190,6 +194,10 @@ class HeatRecorder:
             topk_ids: integer tensor of any shape (e.g. [BS, K]), this rank's local physical
                 slot ids of the routed (token, k) pairs; ids outside [0, S) are skipped, as
                 the operator skips them.
+
+        Fixed-shape and sync-free (ids outside [0, S) are counted into a discard bucket, never
+        filtered out), so it runs on the ``meta`` device, traces with
+        ``torch.compile(fullgraph=True)`` and can be captured in a CUDA graph.
         """
         self._check_layer(layer_idx)
         if not isinstance(topk_ids, torch.Tensor):
@@ -199,8 +207,8 @@ class HeatRecorder:
             msg = f"topk_ids: expected an integer tensor, got dtype {topk_ids.dtype}"
             raise TypeError(msg)
         ids = topk_ids.reshape(-1).to(device=self._step_counts.device, dtype=torch.int64)
-        local = ids[(ids >= 0) & (ids < self.num_slots)]
-        self._step_counts[layer_idx] += torch.bincount(local, minlength=self.num_slots)
+        slots = torch.where((ids >= 0) & (ids < self.num_slots), ids, self.num_slots)
+        self._step_counts[layer_idx].scatter_add_(0, slots, torch.ones_like(slots))
 
     def set_layer_placement(self, layer_idx: int, phy2log_row: npt.ArrayLike) -> None:
         """Installs a new placement for one MoE layer: steps recorded from now on attribute
@@ -245,9 +253,10 @@ class HeatRecorder:
             return deferred
         num_layers, num_experts = self.num_layers, self._num_experts
         row = self._buffer[: self._window_size].view(-1, num_layers, num_experts)[self._steps_in_window]
-        row.scatter_add_(1, self._slot_expert, self._step_counts)  # [L, N] += [L, S] by expert
+        step_counts = self._step_counts[:, : self.num_slots]  # [L, S]
+        row.scatter_add_(1, self._slot_expert, step_counts)  # [L, N] += [L, S] by expert
         rank_load = self._buffer[self._window_size :].view(num_layers, self._num_ranks)[:, self._rank]
-        rank_load += self._step_counts.sum(dim=1)
+        rank_load += step_counts.sum(dim=1)
         self._step_counts.zero_()
         self._steps_in_window += 1
         self._num_counted += 1

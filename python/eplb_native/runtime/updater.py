@@ -42,9 +42,11 @@ from eplb_native.plan import Plan, default_placement
 from eplb_native.planning import PlanRequest, plan
 from eplb_native.runtime._dist import group_rank_and_size
 from eplb_native.runtime.heat import HeatRecorder, HeatWindow
+from eplb_native.runtime.heat_dump import HeatDump
 from eplb_native.runtime.loader import LayerUpdate, WeightLoader
 from eplb_native.runtime.moe import EplbMoE
 from eplb_native.runtime.plan_exchange import PlanExchange, SharedPlan
+from eplb_native.runtime.telemetry import EplbStats, register_prometheus
 from eplb_native.runtime.worker import (
     PlanFailure,
     Planner,
@@ -169,6 +171,9 @@ class EplbUpdateManager:
             step, stopping the world (the baseline the asynchronous path is measured against).
         side_stream: the loader's transfer mode (``WeightLoader``): a side stream posted from
             this thread (GPU/NPU weights) or a background thread (CPU); None: by the device.
+        metrics_registry: the ``prometheus_client`` registry ``stats`` are exported to (None:
+            its default ``REGISTRY``); nothing is exported without ``prometheus_client``.
+            ``close`` unregisters them.
 
     Attributes:
         step_phases: the update work the last step did, in order: ``"planning"`` (a planner
@@ -179,6 +184,10 @@ class EplbUpdateManager:
             (some leader's plan was not ready; the hand-over starts over). Empty on steady
             steps (recording heat and summing a window that is not planned from are not update
             work).
+        stats: the serving counters (``EplbStats``: balancedness, updates, layers applied and
+            abandoned, bytes moved, stall), exported to Prometheus when it is installed.
+        heat_dump: rank 0 with ``config.expert_heat_dump_path``: writes every heat window
+            there (``HeatDump``); None elsewhere.
     """
 
     def __init__(
@@ -196,6 +205,7 @@ class EplbUpdateManager:
         profile: bool = False,
         synchronous: bool = False,
         side_stream: bool | None = None,
+        metrics_registry: Any = None,
     ) -> None:
         if len(moe_layers) != heat.num_layers:
             msg = f"moe_layers: {len(moe_layers)} blocks, the heat recorder has {heat.num_layers} MoE layers"
@@ -215,7 +225,7 @@ class EplbUpdateManager:
         table = np.stack([layer.experts.phy2log for layer in self._layers])  # [L, P]
         table = table.reshape(len(self._layers), self._num_ranks, -1)  # [L, D, S]
         self.loader = WeightLoader(
-            [[list(layer.experts.w1), list(layer.experts.w2)] for layer in self._layers],
+            [layer.experts.weight_kinds for layer in self._layers],
             self._install, table, self._rank,
             ranks_per_node=ranks_per_node, max_layers_per_step=config.max_layers_per_step,
             timeout_s=transfer_timeout_s, side_stream=side_stream,
@@ -237,6 +247,13 @@ class EplbUpdateManager:
         self._round: _Request | None = None  # the request whose answers are in the hand-over
         self._current: UpdateRecord | None = None
         self._balance: dict[int, float] = {}  # FlashLB memory of the layers being applied
+        self.stats = EplbStats()
+        self._pre_forward_ms = 0.0  # this step's pre_forward time, counted as stall
+        self._collector = register_prometheus(self.stats, rank=self._rank, registry=metrics_registry)
+        self._metrics_registry = metrics_registry
+        self.heat_dump = None
+        if config.expert_heat_dump_path is not None and self._rank == 0:
+            self.heat_dump = HeatDump(config.expert_heat_dump_path, num_ranks=self._num_ranks)
         self._record_placement()
 
     def _planning_leader(
@@ -317,12 +334,14 @@ class EplbUpdateManager:
 
     def pre_forward(self) -> None:
         """Before the forward step: posts this step's weight transfers (background)."""
+        start = time.perf_counter()
         self.step_phases = []
         if self._request is not None:
             self.step_phases.append("planning")
         self.loader.pre_forward()
         if self.loader.pending:
             self.step_phases.append("transfer")
+        self._pre_forward_ms = (time.perf_counter() - start) * 1e3
 
     def post_forward(self, stage: str | None = None) -> None:
         """After the forward step: records the heat, commits layers that arrived on all ranks,
@@ -337,22 +356,41 @@ class EplbUpdateManager:
         if window is not None:
             self.last_window = (self.step_idx, window)
             self._log_balancedness(window)
+            if self.heat_dump is not None:
+                self.heat_dump.write(window)
             if self.config.dynamic_eplb and self._current is None and not self.loader.pending:
                 self._submit(window, gather_ms)
         self._advance_plan()
+        stall_ms = self._pre_forward_ms + (time.perf_counter() - start) * 1e3
+        self._pre_forward_ms = 0.0
+        self.stats.steps += 1
+        self.stats.stall_ms += stall_ms
+        self.stats.max_stall_ms = max(self.stats.max_stall_ms, stall_ms)
 
     def close(self) -> None:
-        """Stops the worker process and the loader thread."""
+        """Stops the worker process, the loader thread and the heat dump, and unregisters the
+        Prometheus metrics."""
         if self.worker is not None:
             self.worker.close()
         self.loader.close()
+        if self.heat_dump is not None:
+            self.heat_dump.close()
+        if self._collector is not None:
+            import prometheus_client
+
+            registry = prometheus_client.REGISTRY if self._metrics_registry is None else self._metrics_registry
+            registry.unregister(self._collector)
+            self._collector = None
 
     def _log_balancedness(self, window: HeatWindow) -> None:
-        """Rank 0, every window: PAR (busiest / mean rank) of the window's tokens, mean and max
-        over layers (vLLM's log_balancedness reports the same balance as mean / max)."""
+        """Every window: ``stats.balancedness`` (mean / max rank load, mean over layers, as
+        vLLM's log_balancedness); rank 0 logs PAR (busiest / mean rank), mean and max over
+        layers."""
+        par = peak_to_average(window.rank_load)  # [L]
+        self.stats.windows += 1
+        self.stats.balancedness = float(np.mean(1.0 / par))
         if self._rank != 0 or not logger.isEnabledFor(logging.INFO):
             return
-        par = peak_to_average(window.rank_load)  # [L]
         logger.info("EPLB balancedness, steps %d..%d (%d counted): PAR mean %.3f, max %.3f (layer %d) over %d layers",
                     window.first_step, window.first_step + window.num_steps - 1, window.num_steps,
                     float(par.mean()), float(par.max()), int(par.argmax()), par.size)
@@ -422,6 +460,7 @@ class EplbUpdateManager:
             check_plan_result(outcome, request.phy2log, self._num_ranks, self._num_experts)
         except ValueError as error:
             self.num_rejected_plans += 1
+            self.stats.rejected_plans += 1
             logger.error("EPLB plan rejected, nothing applied: %s", error)
             return None
         request.balance = dict(zip(outcome.layers.tolist(), outcome.balance.tolist(), strict=True))
@@ -450,6 +489,10 @@ class EplbUpdateManager:
     def _finish_layers(self, results: list[LayerUpdate]) -> None:
         if results:
             self.step_phases.append("commit")
+        for update in results:  # also layers scheduled on the loader directly
+            self.stats.layers_applied += int(update.applied)
+            self.stats.layers_abandoned += int(not update.applied)
+            self.stats.bytes_moved += update.global_bytes
         record = self._current
         if not results or record is None:
             return
@@ -474,6 +517,7 @@ class EplbUpdateManager:
         if record is None:
             return
         self.updates.append(record)
+        self.stats.updates += 1
         self._record_placement()
         log: Any = logger.info if self._rank == 0 or self._profile else logger.debug
         log(
@@ -488,9 +532,10 @@ class EplbUpdateManager:
         )  # fmt: skip
 
     def _install(self, layer_idx: int, row: IntArray) -> None:
-        """The loader's commit: swap the layer's maps and weight list (weights already copied)."""
+        """The loader's commit: the layer's maps copied in place (the slot tensors, scales
+        included, already hold the new weights)."""
         layer = self._layers[layer_idx]
-        layer.install(row.reshape(-1), list(layer.experts.w1), list(layer.experts.w2))
+        layer.install(row.reshape(-1), *layer.experts.weight_kinds)
 
     def _record_placement(self) -> None:
         path = self.config.expert_map_record_path

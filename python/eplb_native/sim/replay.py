@@ -21,6 +21,12 @@ Semantics (one run per policy, all from the same trace ``load`` float64 [T, L, N
 Scores cover the served steps ``interval .. T - 1`` only (before the first re-plan every policy
 runs the same default placement). A "static" row keeps the default placement throughout.
 
+Rank loads split each expert's tokens evenly over its replicas (what the policies plan for).
+Each placement is also scored under the runtime's replica routing rules
+(``eplb_native.routing``, each expert's tokens coming from the D ranks in equal parts):
+``fixed`` (each rank sends an expert's tokens to one replica) and ``spread`` (a rank's own
+replica first, the rest spread over the replicas); ``PolicyReplay.routing_summary``.
+
 - per-step PAR: max rank load / mean rank load of a step, averaged over layers;
   ``par_mean`` and ``par_p99`` are its mean and 99th percentile over the served steps;
 - ``par_aggregate``: PAR of each window's summed load under its plan, averaged over layers and
@@ -49,6 +55,7 @@ from eplb_native.limits import check_num_threads
 from eplb_native.metrics import count_weight_copies, evaluate, peak_to_average
 from eplb_native.plan import Plan, default_placement, rank_loads, slot_load_from_expert_load
 from eplb_native.planning import PlanOutcome, PlanRequest, check_options, plan, policy_name
+from eplb_native.routing import REPLICA_ROUTINGS, rank_loads_under_routing
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +138,10 @@ class PolicyReplay:
         layers_updated: int64 [W], layers whose table changed at each rebalance.
         plan_ms: float64 [W], planning wall time of each rebalance, milliseconds.
         final_plan: the placement in force at the end.
+        routed_rank_load: routing rule (``fixed``, ``spread``) -> float64 [T - interval, L, D],
+            tokens per rank at each served step under that rule.
+        routed_par_aggregate_windows: routing rule -> float64 [W], per window: PAR of the
+            summed load under that rule, layer mean.
     """
 
     name: str
@@ -144,6 +155,8 @@ class PolicyReplay:
     layers_updated: npt.NDArray[np.int64]
     plan_ms: FloatArray
     final_plan: Plan
+    routed_rank_load: dict[str, FloatArray] = field(default_factory=dict)
+    routed_par_aggregate_windows: dict[str, FloatArray] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float | int]:
         """The row of the results table / JSON (keys fixed by the ``--json`` schema)."""
@@ -157,6 +170,19 @@ class PolicyReplay:
             "layers_updated": int(self.layers_updated.sum()),
             "plan_ms": float(self.plan_ms.mean()) if rebalanced else 0.0,
         }
+
+    def routing_summary(self) -> dict[str, dict[str, float]]:
+        """Per routing rule: ``par_mean``, ``par_p99`` (per-step PAR, layer mean, over the served
+        steps) and ``par_aggregate`` (as in ``summary``) under that rule."""
+        rows = {}
+        for rule, rank_load in self.routed_rank_load.items():
+            par_steps = peak_to_average(rank_load).mean(axis=-1)
+            rows[rule] = {
+                "par_mean": float(par_steps.mean()),
+                "par_p99": float(np.percentile(par_steps, 99)),
+                "par_aggregate": float(self.routed_par_aggregate_windows[rule].mean()),
+            }
+        return rows
 
 
 @dataclass
@@ -177,6 +203,10 @@ class ReplayResult:
 
     def summary(self) -> dict[str, dict[str, float | int]]:
         return {name: run.summary() for name, run in self.policies.items()}
+
+    def routing_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Label -> routing rule -> its scores (``PolicyReplay.routing_summary``)."""
+        return {name: run.routing_summary() for name, run in self.policies.items()}
 
 
 def replay(
@@ -255,6 +285,8 @@ def _replay_one(
     memory = PlannedBalance.empty(initial.num_layers)
     rank_load_parts, aggregate_par, gaps, copies, changed, plan_ms = [], [], [], [], [], []
     in_sample = []
+    routed_parts: dict[str, list[FloatArray]] = {rule: [] for rule in REPLICA_ROUTINGS}
+    routed_aggregate: dict[str, list[float]] = {rule: [] for rule in REPLICA_ROUTINGS}
     for window_idx, start in enumerate(starts):
         window = trace[start - settings.interval : start]  # [interval, L, N]
         if spec is not None:
@@ -284,6 +316,10 @@ def _replay_one(
         served = trace[start : start + settings.interval]  # [w, L, N]
         rank_load_parts.append(rank_loads(placement, served, settings.num_ranks))
         stats = evaluate(placement, served, settings.num_ranks)
+        for rule in REPLICA_ROUTINGS:
+            routed_parts[rule].append(rank_loads_under_routing(placement, served, num_ranks, rule))
+            summed = rank_loads_under_routing(placement, served.sum(axis=0), num_ranks, rule)
+            routed_aggregate[rule].append(float(peak_to_average(summed).mean()))
         aggregate_par.append(stats.par_aggregate)
         gaps.append(float(stats.gap.mean()))
         logger.debug("%s window %d: par_aggregate %.4f", name, window_idx, stats.par_aggregate)
@@ -304,6 +340,8 @@ def _replay_one(
         layers_updated=np.asarray(changed, dtype=np.int64),
         plan_ms=np.asarray(plan_ms, dtype=np.float64),
         final_plan=placement,
+        routed_rank_load={rule: np.concatenate(parts, axis=0) for rule, parts in routed_parts.items()},
+        routed_par_aggregate_windows={rule: np.asarray(v, dtype=np.float64) for rule, v in routed_aggregate.items()},
     )
     summary = run.summary()
     logger.info(
