@@ -8,6 +8,12 @@ shape's noise is far above the accumulation's cost, so the same three modes are 
 tiny shape (H = I = 1), where the call is almost only routing and bookkeeping: the absolute
 extra time there, divided by the realistic median, bounds the overhead ("bound %"). Target < 1 %.
 
+Layers whose kernel does not accumulate count with ``HeatRecorder.record`` instead: fixed-shape
+and sync-free (``scatter_add_`` into a preallocated buffer, ids of other ranks into a discard
+bucket), so it can be captured in a CUDA graph. Its time per call on the same ids is reported
+next to the boolean-mask + ``bincount`` counting it replaced (data-dependent shapes: a host
+sync per call on a GPU), and as a share of the realistic operator call.
+
     python benchmarks/bench_heat_overhead.py --repeats 21 --out results.json
 """
 
@@ -21,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+import eplb_native
 from eplb_native import ops
+from eplb_native.runtime import HeatRecorder
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 MODES = ("none", "total int64 [E]", "ring int32 [T, E]")
@@ -38,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     parser.add_argument("--repeats", type=int, default=21, help="timed rounds (median)")
     parser.add_argument("--small-repeats", type=int, default=2001, help="rounds, tiny shape")
+    parser.add_argument("--record-repeats", type=int, default=2001, help="rounds, recording")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -89,6 +98,32 @@ def measure(
     return times
 
 
+def measure_recording(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per call of ``HeatRecorder.record`` and of mask + bincount counting, same ids."""
+    gen = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, 2 * args.experts, (args.batch, args.top_k), generator=gen, dtype=torch.int32)
+    heat = HeatRecorder(eplb_native.default_placement(1, args.experts, 1), collection_interval=1)
+    masked_counts = torch.zeros(args.experts, dtype=torch.int64)
+
+    def mask_and_bincount() -> None:
+        flat = ids.reshape(-1).long()
+        masked_counts.add_(torch.bincount(flat[(flat >= 0) & (flat < args.experts)], minlength=args.experts))
+
+    runs = {"record (scatter_add_)": lambda: heat.record(0, ids), "mask + bincount": mask_and_bincount}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_idx in range(args.warmup + args.record_repeats):
+        for name, run in runs.items() if round_idx % 2 else reversed(runs.items()):
+            start = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            if round_idx >= args.warmup:
+                times[name].append(elapsed)
+    if not torch.equal(heat.buffer(0), masked_counts):
+        message = "the two counting methods disagree"
+        raise RuntimeError(message)
+    return times
+
+
 def paired_pct(samples: list[float], base: list[float]) -> float:
     """Median over rounds of (t / t_none - 1) in percent."""
     return statistics.median(100.0 * (t / t0 - 1.0) for t, t0 in zip(samples, base, strict=True))
@@ -134,12 +169,21 @@ def main() -> None:
             f"{extra_s * 1e6:>10.2f}{row['bound_pct']:>10.4f}"
         )
     print(f"tiny-shape baseline: {small_base * 1e6:.1f} us per call")
+    recording = measure_recording(args)
+    print(f"counting {args.batch} x {args.top_k} ids without the operator, median of {args.record_repeats}:")
+    print(f"{'method':<24}{'median us':>11}{'% of op':>10}")
+    record_rows = []
+    for name, samples in recording.items():
+        median = statistics.median(samples)
+        record_rows.append({"method": name, "median_s": median, "pct_of_op": 100.0 * median / base})
+        print(f"{name:<24}{median * 1e6:>11.2f}{100.0 * median / base:>10.4f}")
     if args.out:
         result = {
             "config": vars(args),
             "threads": torch.get_num_threads(),
             "results": rows,
-            "samples_s": {"realistic": real, "tiny": small},
+            "recording": record_rows,
+            "samples_s": {"realistic": real, "tiny": small, "recording": recording},
             "target_overhead_pct": 1.0,
         }
         with Path(args.out).open("w", encoding="utf-8") as handle:
