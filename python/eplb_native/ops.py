@@ -2,8 +2,8 @@
 
 Importing this module imports torch, defines the schema in the ``eplb_native`` namespace and
 registers the CPU kernel (the bit-exact C++ reference in ``_core``, on tensor memory without
-copies), a CUDA kernel built from torch ops, and a fake kernel so ``torch.compile`` traces the
-op. The Ascend kernels are loaded lazily by :func:`npu_available` (never at import).
+copies), a CUDA kernel built from torch ops (fixed-shape and sync-free, so CUDA graphs can
+capture it), and a fake kernel so ``torch.compile`` traces the op. The Ascend kernels are loaded lazily by :func:`npu_available` (never at import).
 
 Example::
 

@@ -78,6 +78,11 @@ def test_simulate_as_a_module_writes_the_json_schema(tiny_trace: Path, tmp_path:
         for key, kind in SUMMARY_TYPES.items():
             assert type(row[key]) is kind, f"{name}.{key} is {type(row[key]).__name__}"
     assert data["synthetic"] is None  # a recorded multi-step trace is replayed as is
+    assert list(data["routing"]) == list(data["policies"])
+    for name, rules in data["routing"].items():
+        assert set(rules) == {"fixed", "spread"}, name
+        assert all(set(row) == {"par_mean", "par_p99", "par_aggregate"} for row in rules.values())
+    assert "  spread routing" in completed.stdout
 
 
 def test_simulate_compares_every_policy_but_random_by_default(

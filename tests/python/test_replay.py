@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from eplb_native.flashlb import FlashLBOptions
-from eplb_native.metrics import count_weight_copies, evaluate
+from eplb_native.metrics import count_weight_copies, evaluate, peak_to_average
 from eplb_native.plan import Plan, default_placement
 from eplb_native.planning import PlanOutcome, PlanRequest, SwiftBalancerOptions, plan
+from eplb_native.routing import rank_loads_under_routing
 from eplb_native.sim.replay import STATIC, PolicySpec, ReplaySettings, replay
 
 SETTINGS = ReplaySettings(num_ranks=2, num_redundant_experts=2, interval=4, num_threads=1)
@@ -218,3 +219,18 @@ def test_figure_gives_static_its_own_scale_and_keeps_legends_off_the_data(
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+
+def test_routing_rows_score_the_tables_in_force_under_each_rule(trace: np.ndarray) -> None:
+    spy = SpyPlanner()
+    run = replay(trace, ["default_eplb"], SETTINGS, planner=spy).policies["default_eplb"]
+    plans = spy.plans()
+    for rule in ("fixed", "spread"):
+        want = [rank_loads_under_routing(plans[window + 1], trace[start : start + 4], 2, rule)
+                for window, start in enumerate((4, 8, 12))]  # fmt: skip
+        np.testing.assert_allclose(run.routed_rank_load[rule], np.concatenate(want))
+    rows = run.routing_summary()
+    assert set(rows) == {"fixed", "spread"}
+    par_steps = peak_to_average(run.routed_rank_load["fixed"]).mean(axis=-1)
+    assert rows["fixed"]["par_mean"] == pytest.approx(par_steps.mean())
+    assert rows["fixed"]["par_p99"] >= rows["fixed"]["par_mean"]

@@ -100,9 +100,11 @@ class WeightLoader:
             loader.pre_forward(); model(x); updates = loader.post_forward()
 
     Args:
-        slot_weights: per MoE layer, per weight kind (e.g. w1, w2), the S slot tensors
-            ``[L][K][S]``; each kind has one shape and dtype in every layer and slot. New weights
-            are copied into these tensors in place.
+        slot_weights: per MoE layer, per weight kind (e.g. w1, w2, and for W8A8 their
+            per-channel scale lists: ``RankExperts.weight_kinds``), the S slot tensors
+            ``[L][K][S]``; each kind has one shape and dtype in every layer and slot. An
+            expert's kinds move together, bitwise. New weights are copied into these tensors in
+            place.
         install: called as ``install(layer_idx, row)`` with row int64 [D, S] once the layer's
             slot tensors hold the new weights on this rank and on all others.
         table: int64 [L, D, S], the placement in force now (the slot tensors hold it).
