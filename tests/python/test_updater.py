@@ -148,7 +148,7 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         "slots_ok": _slots_hold_named_experts(model, weights, manager.table, rank),
         "same_buffers": staging == [t.data_ptr() for t in manager.loader.staging_buffers()]
         and heat_buffers == [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)],
-        "num_rejected": manager.num_rejected_plans,
+        "num_rejected": manager.stats.rejected_plans,
         "num_mismatches": manager.exchange.num_mismatches,
         "phases": phases,
         "has_worker": manager.worker is not None,

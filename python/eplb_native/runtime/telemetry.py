@@ -62,6 +62,7 @@ class PrometheusCollector:
     def __init__(self, stats: EplbStats, *, rank: int) -> None:
         self.stats = stats
         self.rank = str(rank)
+        self.registry: Any = None  # where ``register_prometheus`` registered it
 
     def collect(self) -> Iterator[Any]:
         """The metric families, built from the stats as they are now."""
@@ -100,9 +101,10 @@ class PrometheusCollector:
 
 def register_prometheus(stats: EplbStats, *, rank: int, registry: Any = None) -> PrometheusCollector | None:
     """Exports ``stats`` through a ``PrometheusCollector`` registered in ``registry`` (default:
-    ``prometheus_client.REGISTRY``). Returns the collector (unregister it when done), or None
-    when ``prometheus_client`` is not installed or the registry already holds these metrics
-    (logged; serving goes on without them)."""
+    ``prometheus_client.REGISTRY``). Returns the collector (its ``registry`` holds it: call
+    ``collector.registry.unregister(collector)`` when done), or None when ``prometheus_client``
+    is not installed or the registry already holds these metrics (logged; serving goes on
+    without them)."""
     try:
         import prometheus_client
     except ImportError:
@@ -115,6 +117,7 @@ def register_prometheus(stats: EplbStats, *, rank: int, registry: Any = None) ->
     except ValueError as error:  # the names are taken (e.g. a second manager in one process)
         logger.warning("EPLB metrics not exported: %s", error)
         return None
+    collector.registry = target
     return collector
 
 

@@ -242,7 +242,6 @@ class EplbUpdateManager:
         self.step_phases: list[str] = []
         self.updates: list[UpdateRecord] = []  # finished updates, oldest first
         self.last_window: tuple[int, HeatWindow] | None = None  # (step, heat) of the last window
-        self.num_rejected_plans = 0
         self._request: _Request | None = None  # the newest window handed to the planners
         self._round: _Request | None = None  # the request whose answers are in the hand-over
         self._current: UpdateRecord | None = None
@@ -250,7 +249,6 @@ class EplbUpdateManager:
         self.stats = EplbStats()
         self._pre_forward_ms = 0.0  # this step's pre_forward time, counted as stall
         self._collector = register_prometheus(self.stats, rank=self._rank, registry=metrics_registry)
-        self._metrics_registry = metrics_registry
         self.heat_dump = None
         if config.expert_heat_dump_path is not None and self._rank == 0:
             self.heat_dump = HeatDump(config.expert_heat_dump_path, num_ranks=self._num_ranks)
@@ -376,10 +374,7 @@ class EplbUpdateManager:
         if self.heat_dump is not None:
             self.heat_dump.close()
         if self._collector is not None:
-            import prometheus_client
-
-            registry = prometheus_client.REGISTRY if self._metrics_registry is None else self._metrics_registry
-            registry.unregister(self._collector)
+            self._collector.registry.unregister(self._collector)
             self._collector = None
 
     def _log_balancedness(self, window: HeatWindow) -> None:
@@ -459,7 +454,6 @@ class EplbUpdateManager:
         try:
             check_plan_result(outcome, request.phy2log, self._num_ranks, self._num_experts)
         except ValueError as error:
-            self.num_rejected_plans += 1
             self.stats.rejected_plans += 1
             logger.error("EPLB plan rejected, nothing applied: %s", error)
             return None
