@@ -4,6 +4,7 @@ staging buffers are allocated once."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def _worker(rank: int, world_size: int, scenario: str, out_dir: str) -> None:
         installed.append((layer_idx, row[rank].tolist()))
         commit_steps.append(steps)
 
-    kwargs: dict[str, Any] = {"max_layers_per_step": 2, "timeout_s": 1.0, "ranks_per_node": 2,
+    # The default transfer timeout (30 s): a failure must reach the other ranks long before it.
+    kwargs: dict[str, Any] = {"max_layers_per_step": 2, "timeout_s": 30.0, "ranks_per_node": 2,
                               "side_stream": mode == "stream"}
     if scenario == "fail":
         loader: WeightLoader = FailingLoader(slot_weights, install, old, rank, fail_rank=2, fail_layer=1, **kwargs)
@@ -83,9 +85,12 @@ def _worker(rank: int, world_size: int, scenario: str, out_dir: str) -> None:
     loader.schedule(new, layers=[2, 1, 0])
     steps = 0
     results = []
+    step_s = []
     while loader.pending:
+        start = time.perf_counter()
         loader.pre_forward()
         results.extend(loader.post_forward())
+        step_s.append(time.perf_counter() - start)
         steps += 1
     if scenario == "fail":
         # The transfer group was replaced; a retry of the abandoned layer now succeeds.
@@ -99,6 +104,7 @@ def _worker(rank: int, world_size: int, scenario: str, out_dir: str) -> None:
                 assert torch.equal(slot_weights[layer_idx][kind][slot], want), (layer_idx, kind, slot)
     torch.save(
         {"table": table, "installed": installed, "steps": steps, "commit_steps": commit_steps,
+         "round_s": sum(step_s),
          "results": [(u.layer_idx, u.applied, u.num_copies, u.global_bytes) for u in results],
          "same_staging": ptrs == [t.data_ptr() for t in loader.staging_buffers()]},
         Path(out_dir) / f"rank{rank}.pt",
@@ -148,6 +154,9 @@ def test_failed_transfer_on_one_rank_abandons_the_layer_everywhere(tmp_path: Any
         # Layer 1 was installed only by the retry, after layers 2 and 0.
         assert [layer for layer, _ in out["installed"]] == [2, 0, 1]
         assert np.array_equal(out["table"], new)
+        # The failure reached every rank through the step flags: no rank waited for its 30 s
+        # transfer timeout, neither within a step nor before abandoning the layer.
+        assert out["round_s"] < 5.0, f"{rank=}: the first round took {out['round_s']:.1f} s"
 
 
 def test_schedule_rejects_a_table_of_the_wrong_shape() -> None:

@@ -93,23 +93,22 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
     model, heat, reference = toy_replica(config, shape, weights, rank, world_size, layer_map=layer_map)
     manager = EplbUpdateManager(config, list(model.moe), heat, **({"planner": planner} if planner else {}),
                                 ranks_per_node=ranks_per_node, synchronous=scenario == "sync",
-                                side_stream=True if scenario == "ok_stream" else None,
-                                transfer_timeout_s=2.0 if scenario == "faults" else 30.0)
+                                side_stream=True if scenario == "ok_stream" else None)
     manager.warm_up()
     if scenario == "faults" and rank == 2:
-        # Rank 2 fails its first layer once the weights arrived (a bad copy into staging): its
-        # peers finish at once, nobody waits for a timeout.
-        finish = manager.loader._finish_layer
+        # Rank 2 fails its first layer before posting anything (a dead link): the peers that
+        # wait for its weights learn it from the step flags, not from their 30 s timeout.
+        post = manager.loader._post_layer
         failed: list[int] = []
 
-        def fail_once(position: int, transfers: Any, works: Any, deadline: float, **kwargs: Any) -> None:
-            finish(position, transfers, works, deadline, **kwargs)
+        def fail_once(position: int, transfers: Any, tag: int) -> Any:
             if not failed:
                 failed.append(transfers.layer_idx)
-                msg = "injected staging failure"
+                msg = "injected link failure"
                 raise RuntimeError(msg)
+            return post(position, transfers, tag)
 
-        manager.loader._finish_layer = fail_once  # type: ignore[method-assign]
+        manager.loader._post_layer = fail_once  # type: ignore[method-assign]
     initial_table = manager.table
     staging = [t.data_ptr() for t in manager.loader.staging_buffers()]
     heat_buffers = [heat.buffer(i).data_ptr() for i in range(shape.num_moe_layers)]
@@ -153,6 +152,8 @@ def _serve(rank: int, world_size: int, tmp: str, scenario: str, num_steps: int) 
         "phases": phases,
         "has_worker": manager.worker is not None,
         "restarts": manager.worker.num_restarts if manager.worker is not None else 0,
+        "max_stall_ms": manager.stats.max_stall_ms,
+        "first_update_ms": manager.updates[0].transfer_ms + manager.updates[0].apply_ms if manager.updates else 0.0,
     }
     manager.close()
     torch.save(result, Path(tmp) / f"rank{rank}.pt")
@@ -216,6 +217,9 @@ def test_failed_transfer_and_killed_worker_leave_serving_consistent(tmp_path: Pa
     assert applied == layers[1:], updates[0]
     tables = results[0]["tables"]
     assert np.array_equal(tables[first_step + INTERVAL - 1, layers[0]], results[0]["initial_table"][layers[0]])
+    for rank, result in enumerate(results):  # nobody waited for the 30 s transfer timeout
+        assert result["max_stall_ms"] < 5000, f"{rank=}: a step stalled {result['max_stall_ms']:.0f} ms"
+        assert result["first_update_ms"] < 5000, f"{rank=}: the update took {result['first_update_ms']:.0f} ms"
     # The worker was killed while planning the window of step 41: no plan from that window;
     # it restarted and a later window was planned and applied.
     assert results[0]["restarts"] >= 1

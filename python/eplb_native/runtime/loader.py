@@ -5,14 +5,20 @@ Per step: ``pre_forward()`` hands the next layers to a background thread, which 
 point-to-point transfers (``torch.distributed.batch_isend_irecv``) into preallocated staging
 buffers, waits for them and then agrees with every rank on which layers arrived everywhere (one
 small all-reduce on a group only that thread uses), all while the forward steps run. Each
-``post_forward()`` while a batch is in flight posts a one-flag all-reduce ("finished here") and
-reads the one it posted a step earlier (normally complete by then); once every rank's flag says
-finished, that ``post_forward`` takes the thread's answer (ready, not waited for), copies the
-agreed layers' staging buffers into the expert slots and installs the new placement rows. So a
-transfer may span several forward steps and no step waits for it; every rank commits a batch
-at the same step, at the earliest one step after the step whose ``pre_forward`` posted it. A
-layer that failed or timed out on any rank is abandoned on all ranks with its old weights and
-maps.
+``post_forward()`` while a batch is in flight posts a small all-reduce of this rank's flags
+("finished here", and per layer "failed here") and reads the one it posted a step earlier
+(normally complete by then); once every rank's flag says finished, that ``post_forward`` takes
+the thread's answer (ready, not waited for), copies the agreed layers' staging buffers into the
+expert slots and installs the new placement rows. So a transfer may span several forward steps
+and no step waits for it; every rank commits a batch at the same step, at the earliest one step
+after the step whose ``pre_forward`` posted it. A layer that failed or timed out on any rank is
+abandoned on all ranks with its old weights and maps.
+
+A failure reaches the other ranks through those flags, not through their timeouts: at the step
+that reads "layer k failed on some rank" every rank stops waiting for it (the transfers still
+pending on the transfer group are made to fail at once; the background thread also skips the
+batch's layers after k), takes the vote and abandons it, about one step after the failure.
+``timeout_s`` only bounds a transfer that stops without any rank failing (e.g. a dead peer).
 
 Weights on a GPU/NPU use the side-stream mode instead of the thread: ``pre_forward()`` posts the
 transfers on a side stream of the weights' device (on the device's process-group backend, e.g.
@@ -26,11 +32,12 @@ on the CPU here (``side_stream=True``, torch's CPU stream stand-ins), never on a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import numpy as np
@@ -43,6 +50,9 @@ from eplb_native.plan import Plan
 from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 
 logger = logging.getLogger(__name__)
+
+_NUM_TAGS = 1 << 20  # batches cycle through tags 0.._NUM_TAGS-1
+_BREAK_TAG = _NUM_TAGS  # a receive no rank ever sends to
 
 IntArray = npt.NDArray[np.int64]
 # install(layer_idx, table_row int64 [D, S]): switch the layer's expert_map, log2phy and weight
@@ -77,15 +87,27 @@ class LayerUpdate:
 class _Batch:
     """Layers in flight: their transfers, new rows, and either the background thread's future
     (one flag per layer: its weights arrived on every rank) or, in side-stream mode, each
-    layer's posted works (None: posting failed); ``finished``: the "finished on every rank"
-    all-reduce posted at the last ``post_forward``."""
+    layer's posted works (None: posting failed).
+
+    ``flags``: the all-reduce of every rank's flags posted at the last ``post_forward``;
+    ``failed_here``: the layers (batch positions) that failed on this rank so far;
+    ``failed_anywhere``: the positions some rank reported failed (read from ``flags``).
+    Thread mode: ``position`` is the layer the thread is at (``len(transfers)`` once done),
+    ``stop_at`` makes it skip the layers from that position on; both under ``progress``.
+    """
 
     transfers: list[LayerTransfers]
     rows: list[IntArray]
-    future: Future[list[bool]] | None
+    tag: int
     started: float
+    future: Future[list[bool]] | None = None
     posted: list[list[dist.Work] | None] | None = None
-    finished: dist.Work | None = None
+    flags: dist.Work | None = None
+    failed_here: list[bool] = field(default_factory=list)
+    failed_anywhere: tuple[int, ...] = ()
+    position: int = 0
+    stop_at: int | None = None
+    progress: threading.Condition = field(default_factory=threading.Condition)
 
 
 class WeightLoader:
@@ -154,9 +176,10 @@ class WeightLoader:
         self._transfer_backend = "gloo" if device.type == "cpu" else None
         self._control_group = dist.new_group(backend="gloo") if self._distributed else None
         self._transfer_group = dist.new_group(backend=self._transfer_backend) if self._distributed else None
-        # The "finished on every rank" flag, all-reduced by the calling thread only.
-        self._finished_group = dist.new_group(backend="gloo") if self._distributed else None
-        self._finished_flag = torch.zeros(1, dtype=torch.int32)
+        # The flags "finished here" and, per batch position, "not failed here", all-reduced
+        # (minimum) by the calling thread only.
+        self._flag_group = dist.new_group(backend="gloo") if self._distributed else None
+        self._flags = torch.zeros(1 + max_layers_per_step, dtype=torch.int32)
         self._device_module = torch.get_device_module(device)
         use_stream = device.type != "cpu" if side_stream is None else side_stream
         self._stream = self._device_module.Stream() if use_stream else None
@@ -246,29 +269,34 @@ class WeightLoader:
             old = self._table[layer_idx][None]
             planned = plan_transfers(old, row[None], self._rank, ranks_per_node=self._ranks_per_node)
             transfers.append(replace(planned[0], layer_idx=layer_idx))
-        self._tag = (self._tag + 1) % (1 << 20)
-        rows = [row for _, row in picked]
+        self._tag = (self._tag + 1) % _NUM_TAGS
+        batch = _Batch(transfers, [row for _, row in picked], self._tag, time.perf_counter(),
+                       failed_here=[False] * len(transfers))
         if self._stream is None:
-            future = self._executor.submit(self._exchange, transfers, self._tag)
-            self._in_flight = _Batch(transfers, rows, future, time.perf_counter())
+            batch.future = self._executor.submit(self._exchange, batch)
+            self._in_flight = batch
             return
         # The staging buffers are free once the main stream's earlier commit copies ran.
         self._stream.wait_stream(self._device_module.current_stream())
         with self._device_module.stream(self._stream):
-            posted = [self._post_or_none(position, t, self._tag) for position, t in enumerate(transfers)]
-        self._in_flight = _Batch(transfers, rows, None, time.perf_counter(), posted)
+            batch.posted = [self._post_or_none(batch, position) for position in range(len(transfers))]
+        self._in_flight = batch
 
     def post_forward(self) -> list[LayerUpdate]:
-        """Once the layers in flight finished on every rank (agreed one step after each check):
-        takes the verdict on them (the loader thread's, or in side-stream mode the vote taken
+        """Once the layers in flight finished on every rank, or some rank failed one of them
+        (agreed one step after each check): takes the verdict on them (the loader thread's, or in side-stream mode the vote taken
         here; all ranks agree on it) and applies those that arrived everywhere; returns one
         LayerUpdate per layer of the batch (empty when idle or still in flight)."""
         batch = self._in_flight
-        if batch is None or (self._distributed and not self._finished_everywhere(batch)):
+        if batch is None or (self._distributed and not self._settled_everywhere(batch)):
             return []
         self._in_flight = None
         try:
-            agreed = batch.future.result() if batch.future is not None else self._finish_on_stream(batch)
+            if batch.future is not None:
+                self._stop_failed_layers(batch)
+                agreed = batch.future.result()
+            else:
+                agreed = self._finish_on_stream(batch)
             voted = True
         except Exception:
             # Only the vote itself can raise here (a broken control group): no agreement exists,
@@ -298,14 +326,17 @@ class WeightLoader:
             for t, ok in updates
         ]
 
-    def _finished_everywhere(self, batch: _Batch) -> bool:
+    def _settled_everywhere(self, batch: _Batch) -> bool:
         """True when the flags all-reduced since the last call say every rank finished ``batch``
-        (the same answer on every rank, at the same step); otherwise posts this rank's flag for
-        the next call and returns False."""
-        if batch.finished is not None:
-            batch.finished.wait()  # posted a step ago: normally complete
-            batch.finished = None
-            if int(self._finished_flag[0]) == 1:
+        or some rank failed one of its layers (then ``batch.failed_anywhere`` lists their
+        positions); the same answer on every rank, at the same step. Otherwise posts this rank's
+        flags for the next call and returns False."""
+        if batch.flags is not None:
+            batch.flags.wait()  # posted a step ago: normally complete
+            batch.flags = None
+            ok = self._flags[1 : 1 + len(batch.transfers)].tolist()
+            batch.failed_anywhere = tuple(position for position, flag in enumerate(ok) if not flag)
+            if int(self._flags[0]) == 1 or batch.failed_anywhere:
                 return True
         if batch.future is not None:
             finished = batch.future.done()
@@ -315,10 +346,28 @@ class WeightLoader:
             finished = overdue or all(work.is_completed() for works in batch.posted if works for work in works)
         else:  # side-stream stand-in on the CPU: gloo's point-to-point works complete only when waited
             finished = True
-        self._finished_flag[0] = int(finished)
-        batch.finished = dist.all_reduce(self._finished_flag, op=dist.ReduceOp.MIN, group=self._finished_group,
-                                         async_op=True)
+        self._flags.fill_(1)
+        self._flags[0] = int(finished)
+        with batch.progress:
+            for position, failed_here in enumerate(batch.failed_here):
+                self._flags[1 + position] = int(not failed_here)
+        batch.flags = dist.all_reduce(self._flags, op=dist.ReduceOp.MIN, group=self._flag_group, async_op=True)
         return False
+
+    def _stop_failed_layers(self, batch: _Batch) -> None:
+        """Thread mode, when some rank failed a layer of the batch: the thread skips the layers
+        from the first failed one on, and once it is past the layers before it (their
+        transfers complete: every rank posted them) the transfers it still waits for are made
+        to fail now instead of at their timeout."""
+        if not batch.failed_anywhere:
+            return
+        first = batch.failed_anywhere[0]
+        with batch.progress:
+            batch.stop_at = first
+            batch.progress.wait_for(lambda: batch.position >= first, timeout=self._timeout_s)
+            waiting = batch.position < len(batch.transfers)
+        if waiting:
+            self._break_transfer_group()
 
     def run_to_completion(self) -> list[LayerUpdate]:
         """Moves every queued layer now, stopping the world (the synchronous alternative)."""
@@ -332,32 +381,54 @@ class WeightLoader:
         """Stops the background thread (abandons nothing: call when idle)."""
         self._executor.shutdown(wait=True)
 
-    def _exchange(self, batch: list[LayerTransfers], tag: int) -> list[bool]:
+    def _exchange(self, batch: _Batch) -> list[bool]:
         """Background thread: posts and waits for each layer's transfers, fills the staging
         buffers of local copies, then votes. One flag per layer: its weights are staged on every
-        rank (the vote's minimum, identical on all ranks)."""
+        rank (the vote's minimum, identical on all ranks). Layers from ``batch.stop_at`` on
+        are skipped (some rank failed one of them)."""
         deadline = time.monotonic() + self._timeout_s
         arrived = []
-        for position, transfers in enumerate(batch):
+        for position, transfers in enumerate(batch.transfers):
+            with batch.progress:
+                batch.position = position
+                batch.progress.notify_all()
+                skip = batch.stop_at is not None and position >= batch.stop_at
             try:
-                works = self._post_layer(position, transfers, tag)
+                if skip:
+                    arrived.append(False)
+                    continue
+                works = self._post_layer(position, transfers, batch.tag)
                 self._finish_layer(position, transfers, works, deadline)
                 arrived.append(True)
             except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
                 self._log_failure(transfers, error)
                 arrived.append(False)
+                with batch.progress:
+                    batch.failed_here[position] = True
+        with batch.progress:
+            batch.position = len(batch.transfers)
+            batch.progress.notify_all()
         return self._vote(arrived)
 
     def _finish_on_stream(self, batch: _Batch) -> list[bool]:
         """Side-stream mode, after forward: waits for each layer's works and finishes its
-        staging on the side stream, waits for the side stream on the host, then votes."""
+        staging on the side stream, waits for the side stream on the host, then votes. When some
+        rank failed a layer, the layers that failed nowhere are waited for first (on the CPU
+        every rank posted them; on a device the communicator is aborted first: a receive that
+        never completes would block the side stream), then the failed ones' pending transfers
+        are made to fail instead of waited for."""
         assert batch.posted is not None
         assert self._stream is not None
         deadline = batch.started + self._timeout_s  # perf_counter based, like ``started``
+        failed = set(batch.failed_anywhere)
+        if failed and self._works_report_completion:
+            # NOTE: never run on a GPU/NPU; NCCL / HCCL need the abort to release the side stream.
+            self._break_transfer_group()
+            failed = set(range(len(batch.transfers)))
         arrived = []
         with self._device_module.stream(self._stream):
             for position, (transfers, works) in enumerate(zip(batch.transfers, batch.posted, strict=True)):
-                if works is None:
+                if works is None or position in failed:
                     arrived.append(False)
                     continue
                 try:
@@ -366,6 +437,8 @@ class WeightLoader:
                 except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
                     self._log_failure(transfers, error)
                     arrived.append(False)
+        if failed and not self._works_report_completion:
+            self._break_transfer_group()
         staged = self._device_module.Event()
         staged.record(self._stream)
         staged.synchronize()  # the host waits: the staged weights are in memory
@@ -373,11 +446,13 @@ class WeightLoader:
         self._device_module.current_stream().wait_stream(self._stream)  # commit copies after it
         return agreed
 
-    def _post_or_none(self, position: int, transfers: LayerTransfers, tag: int) -> list[dist.Work] | None:
+    def _post_or_none(self, batch: _Batch, position: int) -> list[dist.Work] | None:
+        transfers = batch.transfers[position]
         try:
-            return self._post_layer(position, transfers, tag)
+            return self._post_layer(position, transfers, batch.tag)
         except Exception as error:  # noqa: BLE001 -- any failure abandons the layer
             self._log_failure(transfers, error)
+            batch.failed_here[position] = True
             return None
 
     def _log_failure(self, transfers: LayerTransfers, error: Exception) -> None:
@@ -439,6 +514,25 @@ class WeightLoader:
                 kind_weights[receive.slot].copy_(kind_staging[receive.slot])
         self._install(transfers.layer_idx, row)
         self._table[transfers.layer_idx] = row
+
+    def _break_transfer_group(self) -> None:
+        """Makes every transfer still pending on this rank's transfer group fail now (the group
+        is replaced after the vote). gloo: a receive that times out closes all connections of
+        its group, failing their pending operations, so one receive nobody sends to is waited
+        for 1 ms; other backends: the group is aborted."""
+        group = self._transfer_group
+        if group is None or dist.get_world_size() < 2:
+            return
+        if self._transfer_backend != "gloo":
+            group.abort()
+            return
+        peer = (self._rank + 1) % dist.get_world_size()
+        try:
+            probe = dist.irecv(torch.zeros(1), src=peer, group=group, tag=_BREAK_TAG)
+            if probe is not None:
+                probe.wait(timeout=timedelta(milliseconds=1))
+        except Exception:  # noqa: BLE001 -- the expected timeout (or the group already closed)
+            logger.debug("EPLB transfer group closed on rank %d", self._rank)
 
     def _replace_transfer_group(self) -> None:
         """A timed-out gloo transfer closes its connections: every rank (they all saw the failed
