@@ -33,7 +33,7 @@ from eplb_native import (
 )
 from eplb_native.metrics import weight_copies_per_layer
 from eplb_native.planning import PlanOutcome, PlanRequest, SwiftBalancerOptions, plan
-from eplb_native.runtime import HeatRecorder
+from eplb_native.runtime import EplbMoE, HeatRecorder
 from eplb_native.runtime.updater import EplbUpdateManager, initial_plan
 
 NUM_RANKS = 4
@@ -317,6 +317,23 @@ def test_manager_rejects_layers_that_do_not_match_the_recorder() -> None:
     heat = HeatRecorder(plan, collection_interval=2)
     with pytest.raises(ValueError, match=r"^moe_layers:"):
         EplbUpdateManager(EplbConfig(), [], heat)
+
+
+def test_manager_refuses_a_policy_that_cannot_plan_the_shape_at_start_up() -> None:
+    # FlashLB holds no expert twice on a rank: 4 experts on one rank cannot fill its 6 slots.
+    plan = default_placement(1, 4, 1, 2)
+    config = EplbConfig(dynamic_eplb=True, eplb_policy_type="flashlb", num_redundant_experts=2)
+    heat = HeatRecorder.from_config(config, plan)
+    gen = torch.Generator().manual_seed(0)
+    layer = EplbMoE.from_logical_weights(
+        torch.randn(4, 8, generator=gen), [torch.randn(8, 4, generator=gen) for _ in range(4)],
+        [torch.randn(2, 8, generator=gen) for _ in range(4)], plan, top_k=2, heat=heat,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"^eplb_policy_type: flashlb cannot plan 4 experts on 1 ranks x 6 slots "
+                                         r"\(num_redundant_experts / expert_map_path\): num_replicas: "):
+        EplbUpdateManager(config, [layer], heat)
+    # Without dynamic EPLB nothing is planned: the same shape serves.
+    EplbUpdateManager(config.with_updates(dynamic_eplb=False), [layer], heat).close()
 
 
 # The runtime plans what the public API plans: a 2-rank run per policy and options, the first

@@ -40,6 +40,7 @@ from eplb_native.flashlb import PlannedBalance
 from eplb_native.metrics import peak_to_average
 from eplb_native.plan import Plan, default_placement
 from eplb_native.planning import PlanRequest, plan
+from eplb_native.policies import check_policy_shape
 from eplb_native.runtime._dist import group_rank_and_size
 from eplb_native.runtime.heat import HeatRecorder, HeatWindow
 from eplb_native.runtime.heat_dump import HeatDump
@@ -175,6 +176,11 @@ class EplbUpdateManager:
             its default ``REGISTRY``); nothing is exported without ``prometheus_client``.
             ``close`` unregisters them.
 
+    Raises:
+        ValueError naming ``eplb_policy_type`` at construction when ``dynamic_eplb`` is on and
+        the policy cannot plan the model's shape (``policies.check_policy_shape``; e.g.
+        flashlb, which holds no expert twice on a rank, with more slots than experts x ranks).
+
     Attributes:
         step_phases: the update work the last step did, in order: ``"planning"`` (a planner
             worker holds a request during its forward), ``"transfer"`` (weights in flight
@@ -223,6 +229,8 @@ class EplbUpdateManager:
         if config.expert_map_record_path is not None:
             Path(config.expert_map_record_path).parent.mkdir(parents=True, exist_ok=True)
         table = np.stack([layer.experts.phy2log for layer in self._layers])  # [L, P]
+        if config.dynamic_eplb:
+            self._check_shape(table.shape[1])
         table = table.reshape(len(self._layers), self._num_ranks, -1)  # [L, D, S]
         self.loader = WeightLoader(
             [layer.experts.weight_kinds for layer in self._layers],
@@ -253,6 +261,19 @@ class EplbUpdateManager:
         if config.expert_heat_dump_path is not None and self._rank == 0:
             self.heat_dump = HeatDump(config.expert_heat_dump_path, num_ranks=self._num_ranks)
         self._record_placement()
+
+    def _check_shape(self, num_physical: int) -> None:
+        """ValueError naming the key at start-up when the policy cannot plan this model's
+        shape (e.g. flashlb with more slots than experts x ranks), instead of failing every
+        rebalance while serving."""
+        try:
+            check_policy_shape(self._policy, self._num_experts, num_physical, self._num_ranks,
+                               self._num_groups, self._num_nodes, self._options)  # fmt: skip
+        except ValueError as error:
+            num_slots = num_physical // self._num_ranks
+            msg = (f"eplb_policy_type: {self._policy} cannot plan {self._num_experts} experts on "
+                   f"{self._num_ranks} ranks x {num_slots} slots (num_redundant_experts / expert_map_path): {error}")
+            raise ValueError(msg) from error
 
     def _planning_leader(
         self, config: EplbConfig, ranks_per_node: int | None
