@@ -5,7 +5,6 @@ the policy and options that plan."""
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 from dataclasses import dataclass, fields
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from eplb_native.flashlb import FlashLBOptions
+from eplb_native.json_files import parse_json, read_json_file
 from eplb_native.planning import (
     OPTIONS_TYPES,
     POLICY_IDS,
@@ -88,7 +88,9 @@ _KEYS: dict[str, _Bounds] = {
 @dataclass(frozen=True)
 class EplbConfig:
     """EPLB settings, validated key by key when built (``EplbConfig(...)``, ``from_dict``,
-    ``from_json``), immutable afterwards. Bad values raise ValueError naming the key.
+    ``from_json``), immutable afterwards. Bad values raise ValueError naming the key. None (JSON
+    null) for any key means "not set": the key's default below applies (for a policy option,
+    the policy's own default).
 
     Example:
         >>> cfg = EplbConfig.from_dict({"eplb_config": {"dynamic_eplb": True, "eplb_policy_type": 3,
@@ -170,6 +172,9 @@ class EplbConfig:
     keep_margin: float | None = None
 
     def __post_init__(self) -> None:
+        for key in _KEYS:
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, _DEFAULTS[key])
         policy = policy_name(self.eplb_policy_type)
         object.__setattr__(self, "eplb_policy_type", policy)
         for key, bounds in _KEYS.items():
@@ -242,18 +247,25 @@ class EplbConfig:
 
     @classmethod
     def from_json(cls, text: str) -> EplbConfig:
-        """Parses a JSON object string (vLLM's ``additional_config`` style) and validates it."""
+        """Parses a JSON object string (vLLM's ``additional_config`` style) and validates it;
+        text that is no readable JSON is a ValueError naming ``eplb_config``."""
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            msg = f"eplb_config: not valid JSON ({error})"
+            data = parse_json(text)
+        except ValueError as error:
+            msg = f"eplb_config: {error}"
             raise ValueError(msg) from error
         return cls.from_dict(data)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> EplbConfig:
-        """Reads and validates a JSON config file."""
-        return cls.from_json(Path(path).read_text())
+        """Reads and validates a JSON config file; a file that cannot be read as JSON is a
+        ValueError naming ``eplb_config`` and the path."""
+        try:
+            data = read_json_file(path)
+        except ValueError as error:
+            msg = f"eplb_config: {path}: {error}"
+            raise ValueError(msg) from error
+        return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         """The keys set (not None) as a plain dict that ``from_dict`` accepts."""
@@ -262,6 +274,10 @@ class EplbConfig:
     def with_updates(self, **changes: Any) -> EplbConfig:
         """A copy with some keys changed, validated like ``from_dict``."""
         return type(self).from_dict({**self.to_dict(), **changes})
+
+
+#: Each key's default (what None stands for).
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(EplbConfig)}
 
 
 def _check(key: str, value: object, bounds: _Bounds) -> object:

@@ -137,3 +137,22 @@ def test_from_json_and_with_updates():
         EplbConfig.from_json("{")
     with pytest.raises(ValueError, match="expected a mapping"):
         EplbConfig.from_json("[1, 2]")
+
+
+def test_null_means_the_keys_default_for_every_key():
+    nulls = dict.fromkeys(EplbConfig.keys())
+    assert EplbConfig.from_dict(nulls) == EplbConfig()
+    assert EplbConfig.from_json(json.dumps({"eplb_config": nulls})) == EplbConfig()
+    assert EplbConfig(dynamic_eplb=None).dynamic_eplb is False  # type: ignore[arg-type]
+    assert EplbConfig.from_dict({"eplb_policy_type": 3, "episode_steps": None}).policy_options()[1] == FlashLBOptions()
+
+
+def test_unreadable_json_names_its_source(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"^eplb_config: not readable JSON: arrays or objects nested too deeply"):
+        EplbConfig.from_json("[" * 100_000)
+    with pytest.raises(ValueError, match=r"^eplb_config: not readable JSON \(Exceeds the limit"):
+        EplbConfig.from_json('{"episode_steps": ' + "9" * 5000 + "}")
+    with pytest.raises(ValueError, match=r"^eplb_config: .*missing.json: no such file"):
+        EplbConfig.from_file(tmp_path / "missing.json")
+    (tmp_path / "c.json").write_text('{"dynamic_eplb": true}')
+    assert EplbConfig.from_file(tmp_path / "c.json").dynamic_eplb
