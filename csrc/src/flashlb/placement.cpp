@@ -9,6 +9,10 @@
 #include <tuple>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "eplb_native/error.h"
 
 namespace eplb_native::flashlb {
@@ -65,6 +69,11 @@ bool rank_holds(const std::vector<int64_t>& phy2log, int64_t rank, int64_t num_s
     return false;
 }
 
+// Bit `rank` of a row of 64-bit words.
+bool test_bit(const uint64_t* row, int64_t rank) {
+    return (row[idx(rank) >> 6U] >> (idx(rank) & 63U) & 1U) != 0;
+}
+
 // Incremental table of a partial placement: each rank's filled slots and load.
 struct PartialPlacement {
     explicit PartialPlacement(const LayerShape& shape)
@@ -75,8 +84,10 @@ struct PartialPlacement {
           words_(idx((shape.num_ranks + 63) / 64)),
           holds(idx(shape.num_experts) * words_, 0) {}
 
-    bool has(int64_t rank, int64_t expert) const {
-        return (holds[word(rank, expert)] >> bit(rank) & 1U) != 0;
+    bool has(int64_t rank, int64_t expert) const { return test_bit(holds_row(expert), rank); }
+    // Bits [D] of the ranks that hold `expert`.
+    [[nodiscard]] const uint64_t* holds_row(int64_t expert) const {
+        return holds.data() + idx(expert) * words_;
     }
     [[nodiscard]] size_t word(int64_t rank, int64_t expert) const {
         return idx(expert) * words_ + (idx(rank) >> 6U);
@@ -133,12 +144,47 @@ struct PartialPlacement {
     std::vector<uint64_t> holds;  // [N, words_] bit r: rank r holds expert e
 };
 
-// Dot product of two float vectors of length n, in eight running sums (a fixed order, so the
-// result never depends on the machine, and wide enough for the compiler's vector registers).
+// The eight running sums of dot() and add_scaled() added as ((0 + 1) + (2 + 3)) + ((4 + 5) +
+// (6 + 7)).
+#if defined(__SSE2__)
+float sum_lanes(__m128 low, __m128 high) {  // lanes 0-3, lanes 4-7
+    // (0 + 1, 2 + 3, 4 + 5, 6 + 7), then their pairs, then the two halves.
+    const __m128 pairs = _mm_add_ps(_mm_shuffle_ps(low, high, _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm_shuffle_ps(low, high, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m128 quads = _mm_add_ps(pairs, _mm_shuffle_ps(pairs, pairs, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtss_f32(_mm_add_ss(quads, _mm_movehl_ps(quads, quads)));
+}
+#else
+float sum_lanes(const float* part) {
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+#endif
+
+// Dot product of two float vectors of length n in eight running sums, lane j adding the
+// products of elements j, j + 8, ... in order (the tail beyond a multiple of 8 goes to lane 0),
+// then summed as ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)): a fixed order, so the result never
+// depends on the machine. With SSE2 the lanes are two vector registers; the generic loop
+// performs the same operations one by one.
 float dot(const float* a, const float* b, size_t n) {
     constexpr size_t kLanes = 8;
-    float part[kLanes] = {};
     size_t k = 0;
+#if defined(__SSE2__)
+    __m128 low = _mm_setzero_ps();   // lanes 0-3
+    __m128 high = _mm_setzero_ps();  // lanes 4-7
+    for (; k + kLanes <= n; k += kLanes) {
+        low = _mm_add_ps(low, _mm_mul_ps(_mm_loadu_ps(a + k), _mm_loadu_ps(b + k)));
+        high = _mm_add_ps(high, _mm_mul_ps(_mm_loadu_ps(a + k + 4), _mm_loadu_ps(b + k + 4)));
+    }
+    if (k < n) {
+        float lane0 = _mm_cvtss_f32(low);
+        for (; k < n; ++k) {
+            lane0 += a[k] * b[k];
+        }
+        low = _mm_move_ss(low, _mm_set_ss(lane0));
+    }
+    return sum_lanes(low, high);
+#else
+    float part[kLanes] = {};
     for (; k + kLanes <= n; k += kLanes) {
         for (size_t j = 0; j < kLanes; ++j) {
             part[j] += a[k + j] * b[k + j];
@@ -147,7 +193,52 @@ float dot(const float* a, const float* b, size_t n) {
     for (; k < n; ++k) {
         part[0] += a[k] * b[k];
     }
-    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    return sum_lanes(part);
+#endif
+}
+
+// have += deviation * scale (float), returning dot(have, have, n) of the result, both in the
+// operations of dot().
+float add_scaled(float* have, const float* deviation, float scale, size_t n) {
+    constexpr size_t kLanes = 8;
+    size_t k = 0;
+#if defined(__SSE2__)
+    const __m128 factor = _mm_set1_ps(scale);
+    __m128 low = _mm_setzero_ps();
+    __m128 high = _mm_setzero_ps();
+    for (; k + kLanes <= n; k += kLanes) {
+        const __m128 first = _mm_add_ps(_mm_loadu_ps(have + k),
+                                        _mm_mul_ps(_mm_loadu_ps(deviation + k), factor));
+        const __m128 second = _mm_add_ps(_mm_loadu_ps(have + k + 4),
+                                         _mm_mul_ps(_mm_loadu_ps(deviation + k + 4), factor));
+        _mm_storeu_ps(have + k, first);
+        _mm_storeu_ps(have + k + 4, second);
+        low = _mm_add_ps(low, _mm_mul_ps(first, first));
+        high = _mm_add_ps(high, _mm_mul_ps(second, second));
+    }
+    if (k < n) {
+        float lane0 = _mm_cvtss_f32(low);
+        for (; k < n; ++k) {
+            have[k] += deviation[k] * scale;
+            lane0 += have[k] * have[k];
+        }
+        low = _mm_move_ss(low, _mm_set_ss(lane0));
+    }
+    return sum_lanes(low, high);
+#else
+    float part[kLanes] = {};
+    for (; k + kLanes <= n; k += kLanes) {
+        for (size_t j = 0; j < kLanes; ++j) {
+            have[k + j] += deviation[k + j] * scale;
+            part[j] += have[k + j] * have[k + j];
+        }
+    }
+    for (; k < n; ++k) {
+        have[k] += deviation[k] * scale;
+        part[0] += have[k] * have[k];
+    }
+    return sum_lanes(part);
+#endif
 }
 
 // The episode-load deviations of the ranks of a partial placement, for the risk objective:
@@ -155,23 +246,37 @@ float dot(const float* a, const float* b, size_t n) {
 // variance over the episodes. A replica of expert e adds deviation[e] / counts[e].
 class RankEpisodes {
 public:
+    // A replica about to be placed, as the risk objective sees it.
+    struct Replica {
+        const float* deviation = nullptr;  // [K] its expert's deviation
+        double twice_scale = 0.0;          // 2 / counts[e]
+        double variance = 0.0;             // (stddev[e] / counts[e])^2
+        double stddev = 0.0;               // stddev[e] / counts[e]
+    };
+
     RankEpisodes(const EpisodeStats& stats, const std::vector<int64_t>& counts, int64_t num_ranks)
         : stats_(stats),
           counts_(counts),
           num_episodes_(idx(stats.num_episodes)),
+          exact_inverse_((num_episodes_ & (num_episodes_ - 1)) == 0),
+          inverse_episodes_(1.0 / static_cast<double>(num_episodes_)),
           rank_deviation_(idx(num_ranks) * num_episodes_, 0.0F),
           rank_variance_(idx(num_ranks), 0.0),
           rank_stddev_(idx(num_ranks), 0.0) {}
+
+    [[nodiscard]] Replica replica(int64_t expert) const {
+        const auto count = static_cast<double>(counts_[idx(expert)]);
+        const double scale = 1.0 / count;
+        const double spread = stats_.stddev[idx(expert)] * scale;
+        return {stats_.deviation.data() + idx(expert) * num_episodes_, 2.0 * scale,
+                spread * spread, stats_.stddev[idx(expert)] / count};
+    }
 
     void add(int64_t rank, int64_t expert) {
         const auto scale = static_cast<float>(1.0 / static_cast<double>(counts_[idx(expert)]));
         const float* deviation = stats_.deviation.data() + idx(expert) * num_episodes_;
         float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
-        for (size_t k = 0; k < num_episodes_; ++k) {
-            have[k] += deviation[k] * scale;
-        }
-        rank_variance_[idx(rank)] = static_cast<double>(dot(have, have, num_episodes_)) /
-                                    static_cast<double>(num_episodes_);
+        rank_variance_[idx(rank)] = per_episode(add_scaled(have, deviation, scale, num_episodes_));
         rank_stddev_[idx(rank)] = std::sqrt(rank_variance_[idx(rank)]);
     }
 
@@ -186,31 +291,76 @@ public:
         }
     }
 
-    // Variance over the episodes of rank `rank`'s load once it takes a replica of `expert`:
+    // Variance over the episodes of rank `rank`'s load once it takes `replica`:
     // var(rank) + var(replica) + 2 cov(rank, replica).
-    [[nodiscard]] double variance_after(int64_t rank, int64_t expert) const {
-        const double scale = 1.0 / static_cast<double>(counts_[idx(expert)]);
-        const float* deviation = stats_.deviation.data() + idx(expert) * num_episodes_;
+    [[nodiscard]] double variance_after(int64_t rank, const Replica& replica) const {
         const float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
-        const double covariance = static_cast<double>(dot(have, deviation, num_episodes_)) /
-                                  static_cast<double>(num_episodes_);
-        const double spread = stats_.stddev[idx(expert)] * scale;
-        return std::max(0.0,
-                        rank_variance_[idx(rank)] + spread * spread + 2.0 * scale * covariance);
+        const double covariance = per_episode(dot(have, replica.deviation, num_episodes_));
+        return std::max(0.0, rank_variance_[idx(rank)] + replica.variance +
+                                 replica.twice_scale * covariance);
     }
 
     [[nodiscard]] double stddev(int64_t rank) const { return rank_stddev_[idx(rank)]; }
-    [[nodiscard]] double expert_stddev(int64_t expert) const {
-        return stats_.stddev[idx(expert)] / static_cast<double>(counts_[idx(expert)]);
-    }
 
 private:
+    // sum / K; a product where 1 / K is exact (K a power of two), the same value sooner.
+    [[nodiscard]] double per_episode(float sum) const {
+        return exact_inverse_ ? static_cast<double>(sum) * inverse_episodes_
+                              : static_cast<double>(sum) / static_cast<double>(num_episodes_);
+    }
+
     const EpisodeStats& stats_;
     const std::vector<int64_t>& counts_;
     size_t num_episodes_;
+    bool exact_inverse_;
+    double inverse_episodes_;  // 1 / K
     std::vector<float> rank_deviation_;
     std::vector<double> rank_variance_;
     std::vector<double> rank_stddev_;
+};
+
+// The ranks that hold each expert in the table in force (-1 slots skipped), in slot order,
+// and a bit per (expert, rank) for the test.
+class HeldRanks {
+public:
+    HeldRanks(const std::vector<int64_t>& current, const LayerShape& shape)
+        : words_(idx((shape.num_ranks + 63) / 64)),
+          offset_(idx(shape.num_experts) + 1, 0),
+          ranks_(current.size()),
+          bits_(idx(shape.num_experts) * words_, 0) {
+        for (const int64_t expert : current) {
+            if (expert >= 0) {
+                ++offset_[idx(expert) + 1];
+            }
+        }
+        std::partial_sum(offset_.begin(), offset_.end(), offset_.begin());
+        std::vector<int64_t> next(offset_.begin(), offset_.end() - 1);
+        for (size_t slot = 0; slot < current.size(); ++slot) {
+            const int64_t expert = current[slot];
+            if (expert >= 0) {
+                const int64_t rank = static_cast<int64_t>(slot) / shape.num_slots;
+                ranks_[idx(next[idx(expert)]++)] = rank;
+                bits_[idx(expert) * words_ + (idx(rank) >> 6U)] |= uint64_t{1} << (idx(rank) & 63U);
+            }
+        }
+    }
+
+    [[nodiscard]] const int64_t* begin(int64_t expert) const {
+        return ranks_.data() + offset_[idx(expert)];
+    }
+    [[nodiscard]] const int64_t* end(int64_t expert) const {
+        return ranks_.data() + offset_[idx(expert) + 1];
+    }
+    // Bits [D] of the ranks that hold `expert`.
+    [[nodiscard]] const uint64_t* row(int64_t expert) const {
+        return bits_.data() + idx(expert) * words_;
+    }
+
+private:
+    size_t words_;
+    std::vector<int64_t> offset_;  // [N + 1] expert e's ranks: ranks_[offset_[e], offset_[e+1])
+    std::vector<int64_t> ranks_;
+    std::vector<uint64_t> bits_;   // [N, words_]
 };
 
 std::vector<double> shares_of(const std::vector<double>& weight,
@@ -435,17 +585,11 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     if (by_risk) {
         episodes.emplace(*risk_stats, counts, num_ranks);
     }
-    // holders[e]: the ranks that hold expert e in the current table (keep margin only).
-    std::vector<std::vector<int64_t>> holders;
+    // The ranks that hold each expert in the current table (keep margin only).
+    std::optional<HeldRanks> held;
     double keep_bonus = 0.0;
     if (objective.current != nullptr && objective.keep_margin > 0.0) {
-        holders.resize(idx(shape.num_experts));
-        for (size_t slot = 0; slot < objective.current->size(); ++slot) {
-            const int64_t expert = (*objective.current)[slot];  // -1: an empty slot
-            if (expert >= 0) {
-                holders[idx(expert)].push_back(static_cast<int64_t>(slot) / shape.num_slots);
-            }
-        }
+        held.emplace(*objective.current, shape);
         keep_bonus = objective.keep_margin *
                      std::accumulate(weight.begin(), weight.end(), 0.0) /
                      static_cast<double>(num_ranks);
@@ -487,11 +631,13 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     // best cost (no later rank can beat it without the bonus) or kRiskRanks risks were
     // evaluated; then the expert's current ranks not visited yet are tried with the bonus.
     constexpr size_t npos = std::numeric_limits<size_t>::max();
+    const double z_squared = z_score * z_score;
     const auto choose = [&](int64_t expert, double share) {
         size_t chosen = npos;
         double best = std::numeric_limits<double>::infinity();
-        // Offers open_ranks[i] at cost mean + z * stddev - bonus; returns false once the risk
-        // evaluations are used up.
+        const RankEpisodes::Replica replica =
+            by_risk ? episodes->replica(expert) : RankEpisodes::Replica{};
+        // Offers open_ranks[i] at cost mean + z * stddev - bonus.
         int64_t evaluated = 0;
         const auto offer = [&](size_t i, double bonus) {
             const int64_t rank = open_ranks[i];
@@ -507,33 +653,33 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                 chosen = i;
                 return;
             }
-            if (z_score * std::abs(episodes->stddev(rank) - episodes->expert_stddev(expert)) >=
-                slack) {
+            if (z_score * std::abs(episodes->stddev(rank) - replica.stddev) >= slack) {
                 return;
             }
             ++evaluated;
-            const double variance = episodes->variance_after(rank, expert);
-            if (z_score * z_score * variance < slack * slack) {
+            const double variance = episodes->variance_after(rank, replica);
+            if (z_squared * variance < slack * slack) {
                 best = mean - bonus + z_score * std::sqrt(variance);
                 chosen = i;
             }
         };
-        const std::vector<int64_t> no_holders;
-        const std::vector<int64_t>& kept = holders.empty() ? no_holders : holders[idx(expert)];
-        const auto holds_now = [&](int64_t rank) {
-            return std::find(kept.begin(), kept.end(), rank) != kept.end();
-        };
+        const uint64_t* taken = placement.holds_row(expert);
+        const uint64_t* kept = held ? held->row(expert) : nullptr;
         size_t i = 0;
         for (; i < open_ranks.size() && evaluated < kRiskRanks; ++i) {
             const int64_t rank = open_ranks[i];
             if (placement.load[idx(rank)] + share >= best) {
                 break;
             }
-            if (!placement.has(rank, expert)) {
-                offer(i, holds_now(rank) ? keep_bonus : 0.0);
+            if (!test_bit(taken, rank)) {
+                offer(i, kept != nullptr && test_bit(kept, rank) ? keep_bonus : 0.0);
             }
         }
-        for (const int64_t rank : kept) {
+        if (!held) {
+            return chosen;
+        }
+        for (const int64_t* holder = held->begin(expert); holder != held->end(expert); ++holder) {
+            const int64_t rank = *holder;
             const auto at = std::find(open_ranks.begin() + static_cast<std::ptrdiff_t>(i),
                                       open_ranks.end(), rank);
             if (at != open_ranks.end() && !placement.has(rank, expert)) {
