@@ -15,11 +15,13 @@ void finish_stats(EpisodeStats& stats, double z_score) {
     stats.stddev.assign(num_experts, 0.0);
     stats.risk.assign(num_experts, 0.0);
     stats.deviation.assign(num_experts * num_episodes, 0.0F);
+    stats.total.assign(num_episodes, 0.0);
     for (size_t e = 0; e < num_experts; ++e) {
         const double* row = stats.loads.data() + e * num_episodes;
         double sum = 0.0;
         for (size_t k = 0; k < num_episodes; ++k) {
             sum += row[k];
+            stats.total[k] += row[k];
         }
         const double mean = sum / static_cast<double>(num_episodes);
         double squares = 0.0;

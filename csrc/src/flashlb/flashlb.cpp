@@ -41,12 +41,19 @@ struct LayerInputs {
     LptObjective objective;
 
     // The placement of `counts` (LPT on the episodes' risk when there are several) and its
-    // episode score.
-    [[nodiscard]] Candidate place(std::vector<int64_t> counts) const {
+    // episode score; with several episodes, a placement certain to score at least
+    // `give_up_at` is abandoned (an empty candidate, score infinity).
+    [[nodiscard]] Candidate place(
+        std::vector<int64_t> counts,
+        double give_up_at = std::numeric_limits<double>::infinity()) const {
+        LptObjective bounded = objective;
+        bounded.give_up_at = give_up_at;
         Candidate cand;
-        cand.phy2log = place_lpt(stats.mean, by_mean, counts, shape, objective);
-        cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
-        cand.counts = std::move(counts);
+        cand.phy2log = place_lpt(stats.mean, by_mean, counts, shape, bounded);
+        if (!cand.phy2log.empty()) {
+            cand.score = episode_score(stats, cand.phy2log, counts, shape.num_ranks);
+            cand.counts = std::move(counts);
+        }
         return cand;
     }
 };
@@ -59,12 +66,7 @@ struct ScoreBound {
     explicit ScoreBound(const EpisodeStats& stats, int64_t num_ranks)
         : share_sum(idx(stats.num_experts), 0.0) {
         const auto num_episodes = idx(stats.num_episodes);
-        std::vector<double> total(num_episodes, 0.0);
-        for (size_t e = 0; e < share_sum.size(); ++e) {
-            for (size_t k = 0; k < num_episodes; ++k) {
-                total[k] += stats.loads[e * num_episodes + k];
-            }
-        }
+        const std::vector<double>& total = stats.total;
         for (size_t k = 0; k < num_episodes; ++k) {
             (total[k] > 0.0 ? busy_episodes : zero_episodes) += 1.0;
         }
@@ -168,7 +170,8 @@ Candidate search_allotment(const LayerInputs& layer, const Options& options, Thr
             if (total != shape.num_physical() || score_bound(counts) >= incumbent) {
                 return;  // infeasible split, or pruned: cannot beat the incumbent
             }
-            candidates[idx(c)] = layer.place(std::move(counts));
+            // Only a score below incumbent * (1 - margin) can replace the best.
+            candidates[idx(c)] = layer.place(std::move(counts), incumbent * (1.0 - kScoreMargin));
         });
         for (Candidate& cand : candidates) {
             if (clearly_better(cand.score, best.score)) {

@@ -22,6 +22,7 @@ constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_targe
 constexpr int64_t kRiskRanks = 16;           // risk LPT: eligible ranks evaluated per replica
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
 constexpr double kBoundSlack = 1e-12;        // rounding slack on refine_swaps' rank bound
+constexpr double kFloorSlack = 1e-4;         // ScoreFloor's float32 error is below this
 
 size_t idx(int64_t value) { return static_cast<size_t>(value); }
 
@@ -301,6 +302,10 @@ public:
     }
 
     [[nodiscard]] double stddev(int64_t rank) const { return rank_stddev_[idx(rank)]; }
+    // Rank `rank`'s summed episode loads minus their mean, [K].
+    [[nodiscard]] const float* deviation(int64_t rank) const {
+        return rank_deviation_.data() + idx(rank) * num_episodes_;
+    }
 
 private:
     // sum / K; a product where 1 / K is exact (K a power of two), the same value sooner.
@@ -317,6 +322,72 @@ private:
     std::vector<float> rank_deviation_;
     std::vector<double> rank_variance_;
     std::vector<double> rank_stddev_;
+};
+
+// A lower bound on episode_score() of every completion of a partial placement under the risk
+// objective, kept up to date as replicas are added. A rank's load in episode k is its mean
+// load plus its episode deviation. With T_k > 0 the busiest rank at the end carries at least
+// the busiest rank's load now (loads only grow while no replica moves), T_k / D, and the mean
+// over the ranks with a free slot of T_k less the full ranks' loads (all of it ends on them).
+// The float32 deviations make it approximate to about 1e-6; see kFloorSlack.
+class ScoreFloor {
+public:
+    ScoreFloor(const EpisodeStats& stats, const RankEpisodes& episodes,
+               const PartialPlacement& placement)
+        : stats_(stats),
+          episodes_(episodes),
+          placement_(placement),
+          num_episodes_(idx(stats.num_episodes)),
+          peak_(num_episodes_, 0.0),
+          full_load_(num_episodes_, 0.0),
+          rank_share_(num_episodes_, 0.0) {
+        const int64_t num_ranks = placement.shape_.num_ranks;
+        for (size_t k = 0; k < num_episodes_; ++k) {
+            if (stats.total[k] > 0.0) {
+                rank_share_[k] = static_cast<double>(num_ranks) / stats.total[k];
+            }
+        }
+        for (int64_t rank = 0; rank < num_ranks; ++rank) {
+            add(rank);
+        }
+    }
+
+    // Rank `rank` took a replica (its load and deviations are updated already); or, from the
+    // constructor, each rank once.
+    void add(int64_t rank) {
+        const double mean = placement_.load[idx(rank)];
+        const float* deviation = episodes_.deviation(rank);
+        for (size_t k = 0; k < num_episodes_; ++k) {
+            peak_[k] = std::max(peak_[k], mean + static_cast<double>(deviation[k]));
+        }
+        if (placement_.fill[idx(rank)] == placement_.shape_.num_slots) {
+            ++num_full_;
+            for (size_t k = 0; k < num_episodes_; ++k) {
+                full_load_[k] += mean + static_cast<double>(deviation[k]);
+            }
+        }
+    }
+
+    [[nodiscard]] double score() const {
+        const int64_t num_open = placement_.shape_.num_ranks - num_full_;
+        const double open_ranks = static_cast<double>(std::max<int64_t>(num_open, 1));
+        double sum = 0.0;
+        for (size_t k = 0; k < num_episodes_; ++k) {
+            const double spread = (stats_.total[k] - full_load_[k]) / open_ranks;
+            sum += std::max({1.0, peak_[k] * rank_share_[k], spread * rank_share_[k]});
+        }
+        return sum / static_cast<double>(num_episodes_);
+    }
+
+private:
+    const EpisodeStats& stats_;
+    const RankEpisodes& episodes_;
+    const PartialPlacement& placement_;
+    size_t num_episodes_;
+    std::vector<double> peak_;        // [K] the busiest rank's load
+    std::vector<double> full_load_;   // [K] summed over the full ranks
+    std::vector<double> rank_share_;  // [K] D / T_k; 0 where T_k = 0 (score 1)
+    int64_t num_full_ = 0;
 };
 
 // The ranks that hold each expert in the table in force (-1 slots skipped), in slot order,
@@ -688,7 +759,19 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         }
         return chosen;
     };
+    // Giving up: the score floor decides only near the end, so it is kept over the last eighth
+    // of the replicas, while no make_room has moved a replica.
+    const bool may_give_up =
+        by_risk && objective.give_up_at < std::numeric_limits<double>::infinity();
+    const int64_t floor_from = shape.num_physical() - shape.num_physical() / 8;
+    const double give_up_at = objective.give_up_at * (1.0 + kFloorSlack);
+    std::optional<ScoreFloor> floor;
+    bool moved = false;
+    int64_t placed = 0;
     for (const auto& [expert, share] : replicas_by_weight(weight, counts, by_weight)) {
+        if (may_give_up && !moved && placed++ == floor_from) {
+            floor.emplace(*risk_stats, *episodes, placement);
+        }
         const size_t pos = choose(expert, share);
         if (pos == npos) {
             const int64_t rank = placement.make_room(expert, share_of);
@@ -698,6 +781,8 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             if (by_risk) {
                 episodes->rebuild(placement.phy2log, shape.num_slots);
             }
+            moved = true;
+            floor.reset();
             continue;
         }
         const int64_t rank = open_ranks[pos];
@@ -705,6 +790,12 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         reorder(pos);
         if (by_risk) {
             episodes->add(rank, expert);
+        }
+        if (floor) {
+            floor->add(rank);
+            if (floor->score() >= give_up_at) {
+                return {};
+            }
         }
     }
     return placement.phy2log;

@@ -16,6 +16,7 @@ struct EpisodeStats {
     std::vector<double> mean;   // [N]
     std::vector<double> stddev; // [N]
     std::vector<double> risk;   // [N] mean + z * stddev
+    std::vector<double> total;  // [K] tokens per episode, all experts
     std::vector<float> deviation;  // [N, K] loads - mean, float32 (the placement's covariances)
 };
 

@@ -5,6 +5,7 @@
 // No rank ever holds two replicas of one expert.
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "eplb_native/flashlb/episodes.h"
@@ -47,6 +48,9 @@ struct LptObjective {
     // ties keep experts where they are.
     const std::vector<int64_t>* current = nullptr;
     double keep_margin = 0.0;
+    // With risk_stats of several episodes: place_lpt gives up, returning an empty row, once
+    // the placement's episode_score is certain to be at least this (infinity: never).
+    double give_up_at = std::numeric_limits<double>::infinity();
 };
 
 // Longest-processing-time placement of the replicas of `counts` (sum = P): replicas in order
