@@ -263,7 +263,8 @@ public:
           inverse_episodes_(1.0 / static_cast<double>(num_episodes_)),
           rank_deviation_(idx(num_ranks) * num_episodes_, 0.0F),
           rank_variance_(idx(num_ranks), 0.0),
-          rank_stddev_(idx(num_ranks), 0.0) {}
+          rank_stddev_(idx(num_ranks), 0.0),
+          num_members_(idx(num_ranks), 0) {}
 
     [[nodiscard]] Replica replica(int64_t expert) const {
         const auto count = static_cast<double>(counts_[idx(expert)]);
@@ -278,12 +279,14 @@ public:
         const float* deviation = stats_.deviation.data() + idx(expert) * num_episodes_;
         float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
         rank_variance_[idx(rank)] = per_episode(add_scaled(have, deviation, scale, num_episodes_));
+        ++num_members_[idx(rank)];
         rank_stddev_[idx(rank)] = std::sqrt(rank_variance_[idx(rank)]);
     }
 
     void rebuild(const std::vector<int64_t>& phy2log, int64_t num_slots) {
         std::fill(rank_deviation_.begin(), rank_deviation_.end(), 0.0F);
         std::fill(rank_variance_.begin(), rank_variance_.end(), 0.0);
+        std::fill(num_members_.begin(), num_members_.end(), 0);
         std::fill(rank_stddev_.begin(), rank_stddev_.end(), 0.0);
         for (size_t slot = 0; slot < phy2log.size(); ++slot) {
             if (phy2log[slot] >= 0) {
@@ -296,7 +299,11 @@ public:
     // var(rank) + var(replica) + 2 cov(rank, replica).
     [[nodiscard]] double variance_after(int64_t rank, const Replica& replica) const {
         const float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
-        const double covariance = per_episode(dot(have, replica.deviation, num_episodes_));
+        // An empty rank's deviations are zeros and their product with any row a signed zero,
+        // which adds nothing: the covariance is 0 without the sum.
+        const double covariance = num_members_[idx(rank)] == 0
+                                      ? 0.0
+                                      : per_episode(dot(have, replica.deviation, num_episodes_));
         return std::max(0.0, rank_variance_[idx(rank)] + replica.variance +
                                  replica.twice_scale * covariance);
     }
@@ -322,6 +329,7 @@ private:
     std::vector<float> rank_deviation_;
     std::vector<double> rank_variance_;
     std::vector<double> rank_stddev_;
+    std::vector<int64_t> num_members_;  // [D] replicas added to each rank
 };
 
 // A lower bound on episode_score() of every completion of a partial placement under the risk
@@ -703,11 +711,22 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     // evaluated; then the expert's current ranks not visited yet are tried with the bonus.
     constexpr size_t npos = std::numeric_limits<size_t>::max();
     const double z_squared = z_score * z_score;
+    // Variances after taking a replica of the expert placed last, by rank, valid where
+    // variance_stamp[rank] == stamp: the expert's next replica (placed next) meets the same
+    // ranks, unchanged but for the one that took the last replica (its stamp is cleared).
+    std::vector<double> cached_variance(idx(num_ranks));
+    std::vector<int64_t> variance_stamp(idx(num_ranks), -1);
+    int64_t stamp = -1;
+    int64_t stamp_expert = -1;
     const auto choose = [&](int64_t expert, double share) {
         size_t chosen = npos;
         double best = std::numeric_limits<double>::infinity();
         const RankEpisodes::Replica replica =
             by_risk ? episodes->replica(expert) : RankEpisodes::Replica{};
+        if (expert != stamp_expert) {
+            stamp_expert = expert;
+            ++stamp;
+        }
         // Offers open_ranks[i] at cost mean + z * stddev - bonus.
         int64_t evaluated = 0;
         const auto offer = [&](size_t i, double bonus) {
@@ -728,7 +747,11 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                 return;
             }
             ++evaluated;
-            const double variance = episodes->variance_after(rank, replica);
+            if (variance_stamp[idx(rank)] != stamp) {
+                cached_variance[idx(rank)] = episodes->variance_after(rank, replica);
+                variance_stamp[idx(rank)] = stamp;
+            }
+            const double variance = cached_variance[idx(rank)];
             if (z_squared * variance < slack * slack) {
                 best = mean - bonus + z_score * std::sqrt(variance);
                 chosen = i;
@@ -780,6 +803,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             rebuild_open_ranks();  // make_room changed two ranks
             if (by_risk) {
                 episodes->rebuild(placement.phy2log, shape.num_slots);
+                ++stamp;  // every rank's variance may have changed
             }
             moved = true;
             floor.reset();
@@ -790,6 +814,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         reorder(pos);
         if (by_risk) {
             episodes->add(rank, expert);
+            variance_stamp[idx(rank)] = -1;
         }
         if (floor) {
             floor->add(rank);
