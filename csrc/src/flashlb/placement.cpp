@@ -718,6 +718,10 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     std::vector<int64_t> variance_stamp(idx(num_ranks), -1);
     int64_t stamp = -1;
     int64_t stamp_expert = -1;
+    // visited[rank] == visit: rank was visited by the current choose() (open ranks not visited
+    // are offered again when they hold the expert now).
+    std::vector<int64_t> visited(idx(num_ranks), -1);
+    int64_t visit = -1;
     const auto choose = [&](int64_t expert, double share) {
         size_t chosen = npos;
         double best = std::numeric_limits<double>::infinity();
@@ -727,10 +731,11 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             stamp_expert = expert;
             ++stamp;
         }
-        // Offers open_ranks[i] at cost mean + z * stddev - bonus.
+        // Offers `rank`, at position i of open_ranks (npos: not looked up), at cost mean +
+        // z * stddev - bonus.
         int64_t evaluated = 0;
-        const auto offer = [&](size_t i, double bonus) {
-            const int64_t rank = open_ranks[i];
+        int64_t chosen_rank = -1;
+        const auto offer = [&](size_t i, int64_t rank, double bonus) {
             const double mean = placement.load[idx(rank)] + share;
             // cost beats `best` when z * stddev < slack; the deviations of the rank and the
             // replica cancel at most down to |stddev(rank) - stddev(replica)|.
@@ -741,6 +746,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             if (!by_risk) {
                 best = mean - bonus;
                 chosen = i;
+                chosen_rank = rank;
                 return;
             }
             if (z_score * std::abs(episodes->stddev(rank) - replica.stddev) >= slack) {
@@ -755,30 +761,36 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             if (z_squared * variance < slack * slack) {
                 best = mean - bonus + z_score * std::sqrt(variance);
                 chosen = i;
+                chosen_rank = rank;
             }
         };
         const uint64_t* taken = placement.holds_row(expert);
         const uint64_t* kept = held ? held->row(expert) : nullptr;
-        size_t i = 0;
-        for (; i < open_ranks.size() && evaluated < kRiskRanks; ++i) {
+        ++visit;
+        for (size_t i = 0; i < open_ranks.size() && evaluated < kRiskRanks; ++i) {
             const int64_t rank = open_ranks[i];
             if (placement.load[idx(rank)] + share >= best) {
                 break;
             }
+            visited[idx(rank)] = visit;
             if (!test_bit(taken, rank)) {
-                offer(i, kept != nullptr && test_bit(kept, rank) ? keep_bonus : 0.0);
+                offer(i, rank, kept != nullptr && test_bit(kept, rank) ? keep_bonus : 0.0);
             }
         }
         if (!held) {
             return chosen;
         }
+        // The expert's current ranks that are open and were not visited above.
         for (const int64_t* holder = held->begin(expert); holder != held->end(expert); ++holder) {
             const int64_t rank = *holder;
-            const auto at = std::find(open_ranks.begin() + static_cast<std::ptrdiff_t>(i),
-                                      open_ranks.end(), rank);
-            if (at != open_ranks.end() && !placement.has(rank, expert)) {
-                offer(static_cast<size_t>(at - open_ranks.begin()), keep_bonus);
+            if (placement.fill[idx(rank)] < shape.num_slots && visited[idx(rank)] != visit &&
+                !test_bit(taken, rank)) {
+                offer(npos, rank, keep_bonus);
             }
+        }
+        if (chosen == npos && chosen_rank >= 0) {
+            chosen = static_cast<size_t>(
+                std::find(open_ranks.begin(), open_ranks.end(), chosen_rank) - open_ranks.begin());
         }
         return chosen;
     };
