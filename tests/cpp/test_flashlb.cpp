@@ -209,5 +209,34 @@ TEST(FlashLB, IntegerHistoryPlansLikeFloatHistory) {
     }
 }
 
+// A placement given a score it cannot reach gives up (an empty row); given one above its score,
+// it is the placement made without the threshold.
+TEST(FlashLB, PlacementGivesUpOnlyOnAScoreItCannotBeat) {
+    const int64_t num_steps = 12;
+    const int64_t num_experts = 24;
+    const LayerShape shape{num_experts, 6, 5};
+    const std::vector<double> history = random_load(num_steps, num_experts, 11);
+    const EpisodeStats stats =
+        stats_from_history(HistoryView{history.data(), nullptr, num_steps}, 1, num_experts, 0,
+                           episode_bounds(num_steps, 1, 64), 0.674);
+    std::vector<int64_t> experts(static_cast<size_t>(num_experts));
+    std::iota(experts.begin(), experts.end(), 0);
+    std::vector<int64_t> counts(experts.size(), 1);
+    allot_min_max(stats.risk, experts, shape.num_physical() - num_experts, shape.num_ranks,
+                  counts);
+    std::vector<int64_t> by_mean = experts;
+    std::stable_sort(by_mean.begin(), by_mean.end(), [&](int64_t a, int64_t b) {
+        return stats.mean[static_cast<size_t>(a)] > stats.mean[static_cast<size_t>(b)];
+    });
+    LptObjective objective{&stats, 0.674};
+    const std::vector<int64_t> row = place_lpt(stats.mean, by_mean, counts, shape, objective);
+    const double score = episode_score(stats, row, counts, shape.num_ranks);
+    ASSERT_GT(score, 1.0);
+    objective.give_up_at = 0.99 * score;
+    EXPECT_TRUE(place_lpt(stats.mean, by_mean, counts, shape, objective).empty());
+    objective.give_up_at = 1.01 * score;
+    EXPECT_EQ(place_lpt(stats.mean, by_mean, counts, shape, objective), row);
+}
+
 }  // namespace
 }  // namespace eplb_native::flashlb
