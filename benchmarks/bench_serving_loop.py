@@ -34,10 +34,14 @@ Settings:
 side in one run (best of ``--repeats``; CPU time of this process and wall time): one stateful
 call from the default placement, upstream FlashLB (single-threaded numba) against ours with
 one and ``--threads`` planner threads, on 32 x 9 and 128 x 3 slots; and our planner alone
-(``plan_flashlb``, no current table, one thread) on both layouts.
+(``plan_flashlb``, no current table, one thread) on both layouts. Run it with the numerical
+libraries on one thread (``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1``): otherwise the CPU time
+also counts torch's and OpenBLAS's idle worker threads spinning after upstream's small tensor
+operations (about twice upstream's wall time on 2 cores). The settings in force are printed.
 
-    PYTHONPATH=python python benchmarks/bench_serving_loop.py \\
-        --upstream-vllm-ascend ../upstream/vllm-ascend --speed --json serving_loop.json
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONPATH=python python \\
+        benchmarks/bench_serving_loop.py --upstream-vllm-ascend ../upstream/vllm-ascend \\
+        --speed --json serving_loop.json
 """
 
 from __future__ import annotations
@@ -264,9 +268,12 @@ def speed(upstream: tuple[Any, types.SimpleNamespace] | None, threads: int, repe
              call(lambda: make_policy("flashlb", num_threads=threads), num_ranks, num_slots)),
             (f"flashlb planner {layout} 1 thread", planner(num_ranks, num_slots)),
         ]
+    library_threads = {name: os.environ.get(name, "unset")
+                       for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     print(f"\nplanning time, 64 one-step samples, {num_layers} layers x {num_experts} experts "
-          f"(best of {repeats}; a call starts from the default placement)")
-    rows: dict[str, Any] = {}
+          f"(best of {repeats}; a call starts from the default placement; "
+          f"{', '.join(f'{k}={v}' for k, v in library_threads.items())})")
+    rows: dict[str, Any] = {"library_threads": library_threads}
     for label, fn in cases:
         rows[label] = {"cpu_ms": best_of(fn, repeats, time.process_time),
                        "wall_ms": best_of(fn, repeats, time.perf_counter)}
