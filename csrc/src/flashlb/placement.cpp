@@ -22,7 +22,6 @@ constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_targe
 constexpr int64_t kRiskRanks = 16;           // risk LPT: eligible ranks evaluated per replica
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
 constexpr double kBoundSlack = 1e-12;        // rounding slack on refine_swaps' rank bound
-constexpr double kFloorSlack = 1e-4;         // ScoreFloor's float32 error is below this
 
 size_t idx(int64_t value) { return static_cast<size_t>(value); }
 
@@ -145,101 +144,101 @@ struct PartialPlacement {
     std::vector<uint64_t> holds;  // [N, words_] bit r: rank r holds expert e
 };
 
-// The eight running sums of dot() and add_scaled() added as ((0 + 1) + (2 + 3)) + ((4 + 5) +
-// (6 + 7)).
-#if defined(__SSE2__)
-float sum_lanes(__m128 low, __m128 high) {  // lanes 0-3, lanes 4-7
-    // (0 + 1, 2 + 3, 4 + 5, 6 + 7), then their pairs, then the two halves.
-    const __m128 pairs = _mm_add_ps(_mm_shuffle_ps(low, high, _MM_SHUFFLE(2, 0, 2, 0)),
-                                    _mm_shuffle_ps(low, high, _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m128 quads = _mm_add_ps(pairs, _mm_shuffle_ps(pairs, pairs, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtss_f32(_mm_add_ss(quads, _mm_movehl_ps(quads, quads)));
-}
-#else
-float sum_lanes(const float* part) {
-    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-#endif
+// Eight running float sums: lane j adds the products of elements j, j + 8, j + 16, ... in
+// order (past the last multiple of 8, everything goes to lane 0), and the total is ((0 + 1) +
+// (2 + 3)) + ((4 + 5) + (6 + 7)). A fixed order, so the result never depends on the machine:
+// with SSE2 the lanes are two vector registers, elsewhere the same operations one by one.
+class EightLanes {
+public:
+    static constexpr size_t kWidth = 8;
 
-// Dot product of two float vectors of length n in eight running sums, lane j adding the
-// products of elements j, j + 8, ... in order (the tail beyond a multiple of 8 goes to lane 0),
-// then summed as ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)): a fixed order, so the result never
-// depends on the machine. With SSE2 the lanes are two vector registers; the generic loop
-// performs the same operations one by one.
-float dot(const float* a, const float* b, size_t n) {
-    constexpr size_t kLanes = 8;
-    size_t k = 0;
+    // Lane j += x[j] * y[j] for j < 8.
+    void add_products(const float* x, const float* y) {
 #if defined(__SSE2__)
-    __m128 low = _mm_setzero_ps();   // lanes 0-3
-    __m128 high = _mm_setzero_ps();  // lanes 4-7
-    for (; k + kLanes <= n; k += kLanes) {
-        low = _mm_add_ps(low, _mm_mul_ps(_mm_loadu_ps(a + k), _mm_loadu_ps(b + k)));
-        high = _mm_add_ps(high, _mm_mul_ps(_mm_loadu_ps(a + k + 4), _mm_loadu_ps(b + k + 4)));
-    }
-    if (k < n) {
-        float lane0 = _mm_cvtss_f32(low);
-        for (; k < n; ++k) {
-            lane0 += a[k] * b[k];
-        }
-        low = _mm_move_ss(low, _mm_set_ss(lane0));
-    }
-    return sum_lanes(low, high);
+        low_ = _mm_add_ps(low_, _mm_mul_ps(_mm_loadu_ps(x), _mm_loadu_ps(y)));
+        high_ = _mm_add_ps(high_, _mm_mul_ps(_mm_loadu_ps(x + 4), _mm_loadu_ps(y + 4)));
 #else
-    float part[kLanes] = {};
-    for (; k + kLanes <= n; k += kLanes) {
-        for (size_t j = 0; j < kLanes; ++j) {
-            part[j] += a[k + j] * b[k + j];
+        for (size_t j = 0; j < kWidth; ++j) {
+            part_[j] += x[j] * y[j];
         }
+#endif
+    }
+
+    // x[j] += y[j] * scale, then lane j += x[j] * x[j], for j < 8.
+    void add_scaled_squares(float* x, const float* y, float scale) {
+#if defined(__SSE2__)
+        const __m128 factor = _mm_set1_ps(scale);
+        const __m128 first = _mm_add_ps(_mm_loadu_ps(x), _mm_mul_ps(_mm_loadu_ps(y), factor));
+        const __m128 second =
+            _mm_add_ps(_mm_loadu_ps(x + 4), _mm_mul_ps(_mm_loadu_ps(y + 4), factor));
+        _mm_storeu_ps(x, first);
+        _mm_storeu_ps(x + 4, second);
+        low_ = _mm_add_ps(low_, _mm_mul_ps(first, first));
+        high_ = _mm_add_ps(high_, _mm_mul_ps(second, second));
+#else
+        for (size_t j = 0; j < kWidth; ++j) {
+            x[j] += y[j] * scale;
+            part_[j] += x[j] * x[j];
+        }
+#endif
+    }
+
+    void add_to_first(float value) {
+#if defined(__SSE2__)
+        low_ = _mm_add_ss(low_, _mm_set_ss(value));
+#else
+        part_[0] += value;
+#endif
+    }
+
+    [[nodiscard]] float sum() const {
+#if defined(__SSE2__)
+        // (0 + 1, 2 + 3, 4 + 5, 6 + 7), then their pairs, then the two halves.
+        const __m128 pairs = _mm_add_ps(_mm_shuffle_ps(low_, high_, _MM_SHUFFLE(2, 0, 2, 0)),
+                                        _mm_shuffle_ps(low_, high_, _MM_SHUFFLE(3, 1, 3, 1)));
+        const __m128 quads =
+            _mm_add_ps(pairs, _mm_shuffle_ps(pairs, pairs, _MM_SHUFFLE(2, 3, 0, 1)));
+        return _mm_cvtss_f32(_mm_add_ss(quads, _mm_movehl_ps(quads, quads)));
+#else
+        return ((part_[0] + part_[1]) + (part_[2] + part_[3])) +
+               ((part_[4] + part_[5]) + (part_[6] + part_[7]));
+#endif
+    }
+
+private:
+#if defined(__SSE2__)
+    __m128 low_ = _mm_setzero_ps();   // lanes 0-3
+    __m128 high_ = _mm_setzero_ps();  // lanes 4-7
+#else
+    float part_[kWidth] = {};
+#endif
+};
+
+// Dot product of two float vectors of length n, summed in EightLanes.
+float dot(const float* a, const float* b, size_t n) {
+    EightLanes lanes;
+    size_t k = 0;
+    for (; k + EightLanes::kWidth <= n; k += EightLanes::kWidth) {
+        lanes.add_products(a + k, b + k);
     }
     for (; k < n; ++k) {
-        part[0] += a[k] * b[k];
+        lanes.add_to_first(a[k] * b[k]);
     }
-    return sum_lanes(part);
-#endif
+    return lanes.sum();
 }
 
-// have += deviation * scale (float), returning dot(have, have, n) of the result, both in the
-// operations of dot().
+// have += deviation * scale (float), returning dot(have, have, n) of the result in one pass.
 float add_scaled(float* have, const float* deviation, float scale, size_t n) {
-    constexpr size_t kLanes = 8;
+    EightLanes lanes;
     size_t k = 0;
-#if defined(__SSE2__)
-    const __m128 factor = _mm_set1_ps(scale);
-    __m128 low = _mm_setzero_ps();
-    __m128 high = _mm_setzero_ps();
-    for (; k + kLanes <= n; k += kLanes) {
-        const __m128 first = _mm_add_ps(_mm_loadu_ps(have + k),
-                                        _mm_mul_ps(_mm_loadu_ps(deviation + k), factor));
-        const __m128 second = _mm_add_ps(_mm_loadu_ps(have + k + 4),
-                                         _mm_mul_ps(_mm_loadu_ps(deviation + k + 4), factor));
-        _mm_storeu_ps(have + k, first);
-        _mm_storeu_ps(have + k + 4, second);
-        low = _mm_add_ps(low, _mm_mul_ps(first, first));
-        high = _mm_add_ps(high, _mm_mul_ps(second, second));
-    }
-    if (k < n) {
-        float lane0 = _mm_cvtss_f32(low);
-        for (; k < n; ++k) {
-            have[k] += deviation[k] * scale;
-            lane0 += have[k] * have[k];
-        }
-        low = _mm_move_ss(low, _mm_set_ss(lane0));
-    }
-    return sum_lanes(low, high);
-#else
-    float part[kLanes] = {};
-    for (; k + kLanes <= n; k += kLanes) {
-        for (size_t j = 0; j < kLanes; ++j) {
-            have[k + j] += deviation[k + j] * scale;
-            part[j] += have[k + j] * have[k + j];
-        }
+    for (; k + EightLanes::kWidth <= n; k += EightLanes::kWidth) {
+        lanes.add_scaled_squares(have + k, deviation + k, scale);
     }
     for (; k < n; ++k) {
         have[k] += deviation[k] * scale;
-        part[0] += have[k] * have[k];
+        lanes.add_to_first(have[k] * have[k]);
     }
-    return sum_lanes(part);
-#endif
+    return lanes.sum();
 }
 
 // The episode-load deviations of the ranks of a partial placement, for the risk objective:
@@ -334,10 +333,12 @@ private:
 
 // A lower bound on episode_score() of every completion of a partial placement under the risk
 // objective, kept up to date as replicas are added. A rank's load in episode k is its mean
-// load plus its episode deviation. With T_k > 0 the busiest rank at the end carries at least
-// the busiest rank's load now (loads only grow while no replica moves), T_k / D, and the mean
-// over the ranks with a free slot of T_k less the full ranks' loads (all of it ends on them).
-// The float32 deviations make it approximate to about 1e-6; see kFloorSlack.
+// load plus its float32 episode deviation. With T_k > 0 the busiest rank at the end carries at
+// least the busiest rank's load now (loads only grow while no replica moves), T_k / D, and the
+// mean over the ranks with a free slot of T_k less the full ranks' loads (all of it ends on
+// them). Each of those loads is taken `error_[k]` lower: the float32 sums of at most S scaled
+// deviations are within (S + 3) * 2^-24 * sum_e (|x_ek - mean_e| + mean_e) of the exact ones,
+// and that sum is at most T_k + 2 * (mean of the T_k).
 class ScoreFloor {
 public:
     ScoreFloor(const EpisodeStats& stats, const RankEpisodes& episodes,
@@ -348,12 +349,19 @@ public:
           num_episodes_(idx(stats.num_episodes)),
           peak_(num_episodes_, 0.0),
           full_load_(num_episodes_, 0.0),
-          rank_share_(num_episodes_, 0.0) {
+          rank_share_(num_episodes_, 0.0),
+          error_(num_episodes_, 0.0) {
         const int64_t num_ranks = placement.shape_.num_ranks;
+        const double mean_total = std::accumulate(stats.total.begin(), stats.total.end(), 0.0) /
+                                  static_cast<double>(num_episodes_);
+        // Twice the rounding bound above (2^-24: float32's unit roundoff).
+        const double relative =
+            2.0 * static_cast<double>(placement.shape_.num_slots + 3) * std::ldexp(1.0, -24);
         for (size_t k = 0; k < num_episodes_; ++k) {
             if (stats.total[k] > 0.0) {
                 rank_share_[k] = static_cast<double>(num_ranks) / stats.total[k];
             }
+            error_[k] = relative * (stats.total[k] + 2.0 * mean_total);
         }
         for (int64_t rank = 0; rank < num_ranks; ++rank) {
             add(rank);
@@ -381,8 +389,9 @@ public:
         const double open_ranks = static_cast<double>(std::max<int64_t>(num_open, 1));
         double sum = 0.0;
         for (size_t k = 0; k < num_episodes_; ++k) {
-            const double spread = (stats_.total[k] - full_load_[k]) / open_ranks;
-            sum += std::max({1.0, peak_[k] * rank_share_[k], spread * rank_share_[k]});
+            const double peak = peak_[k] - error_[k];
+            const double spread = (stats_.total[k] - full_load_[k] - error_[k]) / open_ranks;
+            sum += std::max({1.0, peak * rank_share_[k], spread * rank_share_[k]});
         }
         return sum / static_cast<double>(num_episodes_);
     }
@@ -395,6 +404,7 @@ private:
     std::vector<double> peak_;        // [K] the busiest rank's load
     std::vector<double> full_load_;   // [K] summed over the full ranks
     std::vector<double> rank_share_;  // [K] D / T_k; 0 where T_k = 0 (score 1)
+    std::vector<double> error_;       // [K] bound on the float32 error of a rank's load
     int64_t num_full_ = 0;
 };
 
@@ -799,7 +809,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     const bool may_give_up =
         by_risk && objective.give_up_at < std::numeric_limits<double>::infinity();
     const int64_t floor_from = shape.num_physical() - shape.num_physical() / 8;
-    const double give_up_at = objective.give_up_at * (1.0 + kFloorSlack);
+    const double give_up_at = objective.give_up_at * (1.0 + kRelativeTolerance);
     std::optional<ScoreFloor> floor;
     bool moved = false;
     int64_t placed = 0;
