@@ -249,6 +249,7 @@ public:
     // A replica about to be placed, as the risk objective sees it.
     struct Replica {
         const float* deviation = nullptr;  // [K] its expert's deviation
+        float scale = 0.0F;                // 1 / counts[e]
         double twice_scale = 0.0;          // 2 / counts[e]
         double variance = 0.0;             // (stddev[e] / counts[e])^2
         double stddev = 0.0;               // stddev[e] / counts[e]
@@ -269,15 +270,15 @@ public:
         const auto count = static_cast<double>(counts_[idx(expert)]);
         const double scale = 1.0 / count;
         const double spread = stats_.stddev[idx(expert)] * scale;
-        return {stats_.deviation.data() + idx(expert) * num_episodes_, 2.0 * scale,
-                spread * spread, stats_.stddev[idx(expert)] / count};
+        return {stats_.deviation.data() + idx(expert) * num_episodes_, static_cast<float>(scale),
+                2.0 * scale, spread * spread, stats_.stddev[idx(expert)] / count};
     }
 
-    void add(int64_t rank, int64_t expert) {
-        const auto scale = static_cast<float>(1.0 / static_cast<double>(counts_[idx(expert)]));
-        const float* deviation = stats_.deviation.data() + idx(expert) * num_episodes_;
+    // Rank `rank` takes `replica`.
+    void add(int64_t rank, const Replica& replica) {
         float* have = rank_deviation_.data() + idx(rank) * num_episodes_;
-        rank_variance_[idx(rank)] = per_episode(add_scaled(have, deviation, scale, num_episodes_));
+        rank_variance_[idx(rank)] =
+            per_episode(add_scaled(have, replica.deviation, replica.scale, num_episodes_));
         ++num_members_[idx(rank)];
         rank_stddev_[idx(rank)] = std::sqrt(rank_variance_[idx(rank)]);
     }
@@ -289,7 +290,7 @@ public:
         std::fill(rank_stddev_.begin(), rank_stddev_.end(), 0.0);
         for (size_t slot = 0; slot < phy2log.size(); ++slot) {
             if (phy2log[slot] >= 0) {
-                add(static_cast<int64_t>(slot) / num_slots, phy2log[slot]);
+                add(static_cast<int64_t>(slot) / num_slots, replica(phy2log[slot]));
             }
         }
     }
@@ -732,11 +733,9 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
     // are offered again when they hold the expert now).
     std::vector<int64_t> visited(idx(num_ranks), -1);
     int64_t visit = -1;
-    const auto choose = [&](int64_t expert, double share) {
+    const auto choose = [&](int64_t expert, double share, const RankEpisodes::Replica& replica) {
         size_t chosen = npos;
         double best = std::numeric_limits<double>::infinity();
-        const RankEpisodes::Replica replica =
-            by_risk ? episodes->replica(expert) : RankEpisodes::Replica{};
         if (expert != stamp_expert) {
             stamp_expert = expert;
             ++stamp;
@@ -782,7 +781,9 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
             if (placement.load[idx(rank)] + share >= best) {
                 break;
             }
-            visited[idx(rank)] = visit;
+            if (held) {
+                visited[idx(rank)] = visit;
+            }
             if (!test_bit(taken, rank)) {
                 offer(i, rank, kept != nullptr && test_bit(kept, rank) ? keep_bonus : 0.0);
             }
@@ -817,7 +818,9 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         if (may_give_up && !moved && placed++ == floor_from) {
             floor.emplace(*risk_stats, *episodes, placement);
         }
-        const size_t pos = choose(expert, share);
+        const RankEpisodes::Replica replica =
+            by_risk ? episodes->replica(expert) : RankEpisodes::Replica{};
+        const size_t pos = choose(expert, share, replica);
         if (pos == npos) {
             const int64_t rank = placement.make_room(expert, share_of);
             EPLB_CHECK(rank >= 0, "no rank can take a replica of expert " << expert);
@@ -835,7 +838,7 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
         placement.put(rank, expert, share);
         reorder(pos);
         if (by_risk) {
-            episodes->add(rank, expert);
+            episodes->add(rank, replica);
             variance_stamp[idx(rank)] = -1;
         }
         if (floor) {
