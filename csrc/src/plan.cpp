@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "eplb_native/error.h"
+#include "eplb_native/policies/building_blocks.h"
 
 namespace eplb_native {
 namespace {
@@ -334,29 +335,16 @@ void expert_load_from_slot_load(const Plan& plan, const double* slot_load, int64
 
 void rank_loads(const Plan& plan, const double* load, int64_t rows, int64_t num_ranks,
                 double* out) {
-    const auto S = static_cast<size_t>(slots_per_rank(plan.num_physical, num_ranks));
+    slots_per_rank(plan.num_physical, num_ranks);  // throws unless the ranks split the slots
     const auto L = static_cast<size_t>(plan.num_layers);
     const auto N = static_cast<size_t>(plan.num_experts);
     const auto P = static_cast<size_t>(plan.num_physical);
     const auto D = static_cast<size_t>(num_ranks);
-    std::fill(out, out + static_cast<size_t>(rows) * L * D, 0.0);
-    std::vector<double> share(N);
     for (size_t row = 0; row < static_cast<size_t>(rows) * L; ++row) {
         const size_t layer = row % L;
-        const int64_t* experts = plan.phy2log.data() + layer * P;
-        const int64_t* counts = plan.logcnt.data() + layer * N;
-        const double* expert_load = load + row * N;
-        for (size_t e = 0; e < N; ++e) {
-            // x / 1 == x: most experts have one replica and skip the division.
-            share[e] = counts[e] == 1 ? expert_load[e]
-                                      : expert_load[e] / static_cast<double>(counts[e]);
-        }
-        double* rank_load = out + row * D;
-        for (size_t rank = 0; rank < D; ++rank) {
-            for (size_t slot = rank * S; slot < (rank + 1) * S; ++slot) {
-                rank_load[rank] += share[static_cast<size_t>(experts[slot])];
-            }
-        }
+        policies::row_rank_loads(load + row * N, plan.logcnt.data() + layer * N,
+                                 plan.phy2log.data() + layer * P, plan.num_physical, num_ranks,
+                                 out + row * D);
     }
 }
 

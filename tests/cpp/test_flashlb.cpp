@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "eplb_native/flashlb/minimal_moves.h"
+#include "eplb_native/policies/building_blocks.h"
 
 namespace eplb_native::flashlb {
 namespace {
@@ -85,7 +86,6 @@ TEST(FlashLB, AlignmentKeepsBalanceAndNeverAddsCopies) {
     const int64_t num_experts = 32;
     const int64_t num_ranks = 8;
     const Topology topo = topology(num_experts, num_ranks, 5);
-    const LayerShape shape{num_experts, num_ranks, 5};
     const std::vector<double> old_load = random_load(3, num_experts, 11);
     const std::vector<double> new_load = random_load(3, num_experts, 12);
     const Plan current = run(old_load, topo, 1);
@@ -98,8 +98,11 @@ TEST(FlashLB, AlignmentKeepsBalanceAndNeverAddsCopies) {
         };
         EXPECT_DOUBLE_EQ(max_rank_load(aligned, new_load, layer, num_ranks),
                          max_rank_load(fresh, new_load, layer, num_ranks));
-        EXPECT_LE(weight_copies(row(current), row(aligned), shape),
-                  weight_copies(row(current), row(fresh), shape))
+        const auto copies = [&](const Plan& plan) {
+            return policies::weight_copies(row(current).data(), row(plan).data(),
+                                           plan.num_physical, num_ranks);
+        };
+        EXPECT_LE(copies(aligned), copies(fresh))
             << "layer=" << layer;
     }
     // Replanning the load the current plan was made for, aligned to it, moves nothing.
@@ -123,7 +126,8 @@ TEST(FlashLB, IncrementalModeRespectsMaxMoves) {
                                                current.phy2log.begin() + (layer + 1) * 40);
             const std::vector<int64_t> new_row(plan.phy2log.begin() + layer * 40,
                                                plan.phy2log.begin() + (layer + 1) * 40);
-            EXPECT_LE(weight_copies(old_row, new_row, shape), cap) << "cap=" << cap;
+            EXPECT_LE(policies::weight_copies(old_row.data(), new_row.data(), 40, shape.num_ranks),
+                      cap) << "cap=" << cap;
         }
     }
 }
@@ -231,7 +235,7 @@ TEST_P(PlacementGivesUp, OnlyOnAScoreItCannotBeat) {
     std::vector<int64_t> experts(static_cast<size_t>(num_experts));
     std::iota(experts.begin(), experts.end(), 0);
     std::vector<int64_t> counts(experts.size(), 1);
-    allot_min_max(stats.risk, experts, shape.num_physical() - num_experts, shape.num_ranks,
+    policies::allot_min_max(stats.risk, experts, shape.num_physical() - num_experts, shape.num_ranks,
                   counts);
     std::vector<int64_t> by_mean = experts;
     std::stable_sort(by_mean.begin(), by_mean.end(), [&](int64_t a, int64_t b) {

@@ -81,16 +81,10 @@ std::vector<std::vector<int64_t>> rank_sets(const std::vector<int64_t>& row, int
     return sets;
 }
 
-// Slots whose expert was not on that rank in `before` (count_weight_copies' rule).
 int64_t copies(const std::vector<int64_t>& before, const std::vector<int64_t>& after,
                int64_t num_ranks) {
-    const auto num_slots = static_cast<int64_t>(before.size()) / num_ranks;
-    int64_t total = 0;
-    for (size_t p = 0; p < after.size(); ++p) {
-        const auto first = before.begin() + static_cast<int64_t>(p) / num_slots * num_slots;
-        total += std::find(first, first + num_slots, after[p]) == first + num_slots;
-    }
-    return total;
+    return weight_copies(before.data(), after.data(), static_cast<int64_t>(after.size()),
+                         num_ranks);
 }
 
 // Source: deepseek-ai/EPLB README.md (usage example and its printed phy2log).
@@ -157,13 +151,7 @@ TEST(SwiftBalancer, NeverWorseAndRespectsMoveBudget) {
                 const int64_t* after = plan.phy2log.data() + l * topo.num_replicas;
                 EXPECT_LE(max_rank_load(after, load.data() + l * n, topo),
                           max_rank_load(before, load.data() + l * n, topo));
-                int64_t copies = 0;  // slots whose expert was not on that rank before
-                for (int64_t p = 0; p < topo.num_replicas; ++p) {
-                    const int64_t rank = p / s;
-                    copies += std::find(before + rank * s, before + (rank + 1) * s, after[p]) ==
-                              before + (rank + 1) * s;
-                }
-                EXPECT_LE(copies, budget);
+                EXPECT_LE(weight_copies(before, after, topo.num_replicas, d), budget);
             }
         }
     }
@@ -199,6 +187,28 @@ TEST(Policies, BadInputThrowsInvalidArgument) {
     const std::vector<double> huge(4, 1e308);
     EXPECT_THROW((void)plan_default_eplb({huge.data(), 1, 4}, make_topo(4, 4, 1, 1, 2), pool),
                  std::invalid_argument);
+}
+
+// Hand-computed: expert 0 (load 6) has two replicas of 3 each.
+TEST(BuildingBlocks, RowRankLoadsSplitEachExpertOverItsReplicas) {
+    const std::vector<double> load = row_rank_loads({6.0, 2.0, 4.0}, {2, 1, 1}, {0, 1, 0, 2}, 2);
+    EXPECT_EQ(load, (std::vector<double>{5.0, 7.0}));
+}
+
+// Hand-computed: rank 0 keeps its experts in other slots (free); rank 1 gains expert 0.
+TEST(BuildingBlocks, WeightCopiesCountExpertsNewToTheirRank) {
+    const std::vector<int64_t> current = {0, 1, 2, -1};
+    const std::vector<int64_t> proposed = {1, 0, 0, 2};
+    EXPECT_EQ(weight_copies(current.data(), proposed.data(), 4, 2), 1);
+    EXPECT_EQ(weight_copies(current.data(), current.data(), 4, 2), 0);
+    EXPECT_EQ(weight_copies(proposed.data(), current.data(), 4, 1), 1);  // -1 is never held
+}
+
+// Hand-computed: {9, 3, 3, 1} on 6 slots of 3 ranks: replicas of 3 at best, mean 16 / 3;
+// {10, 1, 1, 1, 1}: the one extra replica halves 10, above the mean 14 / 3.
+TEST(BuildingBlocks, MaxLoadLowerBoundIsMeanOrLargestReplica) {
+    EXPECT_DOUBLE_EQ(max_load_lower_bound({9.0, 3.0, 3.0, 1.0}, 6, 3), 16.0 / 3.0);
+    EXPECT_DOUBLE_EQ(max_load_lower_bound({10.0, 1.0, 1.0, 1.0, 1.0}, 6, 3), 5.0);
 }
 
 TEST(BuildingBlocks, HungarianFindsTheMinimumOfEveryPermutation) {

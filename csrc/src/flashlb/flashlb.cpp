@@ -15,7 +15,9 @@
 namespace eplb_native::flashlb {
 namespace {
 
-size_t idx(int64_t value) { return static_cast<size_t>(value); }
+using policies::allot_min_max;
+using policies::idx;
+using policies::min_max_order;
 
 // Robustness margin: a candidate replaces an earlier one (closer to the min-max allotment,
 // which spreads replicas over the hottest experts and so generalises best to the next window)
@@ -185,22 +187,6 @@ Candidate search_allotment(const LayerInputs& layer, const Options& options, Thr
     return best;
 }
 
-// Lower bound on the busiest rank's share of `weight` [N]: the mean rank load, and the largest
-// replica of the min-max allotment (exact for that quantity).
-double mean_lower_bound(const std::vector<double>& weight, const LayerShape& shape) {
-    std::vector<int64_t> counts(idx(shape.num_experts), 1);
-    std::vector<int64_t> all(idx(shape.num_experts));
-    std::iota(all.begin(), all.end(), 0);
-    allot_min_max(weight, all, shape.num_physical() - shape.num_experts, shape.num_ranks, counts);
-    double total = 0.0;
-    double replica_bound = 0.0;
-    for (size_t e = 0; e < weight.size(); ++e) {
-        total += weight[e];
-        replica_bound = std::max(replica_bound, weight[e] / static_cast<double>(counts[e]));
-    }
-    return std::max(total / static_cast<double>(shape.num_ranks), replica_bound);
-}
-
 // Rounds of replica moves between the `kPolishExperts` heaviest experts: every (donor,
 // receiver, 1..kPolishMaxShift replicas) move that keeps the donor >= 1 and the receiver <= D
 // replicas is re-placed and scored; the best improving move is applied (LPT placement; swap
@@ -218,7 +204,8 @@ void polish_allotment(const LayerInputs& layer, double lower_bound, ThreadPool& 
     const EpisodeStats& stats = layer.stats;
     const std::vector<int64_t>& by_risk = layer.by_risk;
     const LayerShape& shape = layer.shape;
-    const std::vector<double> load = rank_weights(stats.mean, best.counts, best.phy2log, shape);
+    const std::vector<double> load =
+        policies::row_rank_loads(stats.mean, best.counts, best.phy2log, shape.num_ranks);
     if (*std::max_element(load.begin(), load.end()) <= lower_bound * (1.0 + kPolishSkipGap)) {
         return;  // already at the bound: no move can help
     }
@@ -396,10 +383,11 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
     }
     // One episode: target packing between the allotment bound and the searched plan's busiest
     // rank replaces the searched plan when clearly better; swap refinement then polishes it.
-    const std::vector<double> searched_load = rank_weights(weight, best.counts, best.phy2log, shape);
+    const std::vector<double> searched_load =
+        policies::row_rank_loads(weight, best.counts, best.phy2log, num_ranks);
     const double upper = *std::max_element(searched_load.begin(), searched_load.end());
-    std::vector<int64_t> packed =
-        pack_to_target(weight, by_risk, shape, mean_lower_bound(weight, shape), upper);
+    const double lower = policies::max_load_lower_bound(weight, shape.num_physical(), num_ranks);
+    std::vector<int64_t> packed = pack_to_target(weight, by_risk, shape, lower, upper);
     if (!packed.empty()) {
         std::vector<int64_t> counts = counts_of(packed, shape.num_experts);
         const double score = episode_score(stats, packed, counts, num_ranks);
@@ -415,7 +403,9 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
         best.score = refined_score;
     }
     search_all_allotments(layer, best);
-    polish_allotment(layer, mean_lower_bound(stats.mean, shape), pool, best);
+    polish_allotment(layer,
+                     policies::max_load_lower_bound(stats.mean, shape.num_physical(), num_ranks),
+                     pool, best);
     return best.phy2log;
 }
 

@@ -4,11 +4,12 @@
 #include <limits>
 
 #include "eplb_native/error.h"
+#include "eplb_native/policies/building_blocks.h"
 
 namespace eplb_native::flashlb {
 namespace {
 
-size_t idx(int64_t value) { return static_cast<size_t>(value); }
+using policies::idx;
 
 bool row_holds(const std::vector<int64_t>& phy2log, int64_t rank, int64_t num_slots,
                int64_t expert) {
@@ -27,15 +28,6 @@ int64_t slot_copy(const std::vector<int64_t>& table, const std::vector<int64_t>&
 }
 
 }  // namespace
-
-int64_t weight_copies(const std::vector<int64_t>& current, const std::vector<int64_t>& proposed,
-                      const LayerShape& shape) {
-    int64_t copies = 0;
-    for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
-        copies += slot_copy(proposed, current, slot, shape.num_slots);
-    }
-    return copies;
-}
 
 std::vector<int64_t> incremental_update(const std::vector<double>& weight,
                                         const std::vector<int64_t>& target_counts,
@@ -59,7 +51,8 @@ std::vector<int64_t> incremental_update(const std::vector<double>& weight,
         if (gainer < 0) {
             break;
         }
-        const std::vector<double> load = rank_weights(weight, counts, table, shape);
+        const std::vector<double> load =
+            policies::row_rank_loads(weight, counts, table, shape.num_ranks);
         int64_t best_slot = -1;
         double best_load = std::numeric_limits<double>::infinity();
         for (int64_t slot = 0; slot < shape.num_physical(); ++slot) {
@@ -93,7 +86,7 @@ std::vector<int64_t> incremental_update(const std::vector<double>& weight,
         ++counts[idx(gainer)];
     }
     // Phase 2: swaps off the busiest rank while they lower it and the copies allow.
-    std::vector<double> load = rank_weights(weight, counts, table, shape);
+    std::vector<double> load = policies::row_rank_loads(weight, counts, table, shape.num_ranks);
     for (int64_t iteration = 0; iteration < shape.num_physical(); ++iteration) {
         const auto busiest = static_cast<int64_t>(
             std::max_element(load.begin(), load.end()) - load.begin());
@@ -143,7 +136,8 @@ std::vector<int64_t> incremental_update(const std::vector<double>& weight,
         load[idx(best_b / num_slots)] += delta;
         copies += best_cost;
     }
-    EPLB_CHECK(weight_copies(current, table, shape) == copies, "copy bookkeeping drifted");
+    EPLB_CHECK(policies::weight_copies(current.data(), table.data(), shape.num_physical(),
+                                       shape.num_ranks) == copies, "copy bookkeeping drifted");
     return table;
 }
 

@@ -5,7 +5,6 @@
 #include <limits>
 #include <numeric>
 #include <optional>
-#include <queue>
 #include <tuple>
 #include <utility>
 
@@ -14,16 +13,17 @@
 #endif
 
 #include "eplb_native/error.h"
+#include "eplb_native/policies/building_blocks.h"
 
 namespace eplb_native::flashlb {
 namespace {
+
+using policies::idx;
 
 constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_target
 constexpr int64_t kRiskRanks = 16;           // risk LPT: eligible ranks evaluated per replica
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
 constexpr double kBoundSlack = 1e-12;        // rounding slack on refine_swaps' rank bound
-
-size_t idx(int64_t value) { return static_cast<size_t>(value); }
 
 // The replicas of `counts` as (expert, per-replica weight), heaviest first, lowest id on ties;
 // the replicas of one expert are adjacent. Experts with one replica keep their place in
@@ -617,50 +617,6 @@ void fill_spare(const std::vector<double>& weight, const LayerShape& shape,
 
 }  // namespace
 
-std::vector<int64_t> min_max_order(const std::vector<double>& weight,
-                                   const std::vector<int64_t>& experts,
-                                   const std::vector<int64_t>& counts, int64_t budget,
-                                   int64_t max_count) {
-    // Max-heap on (weight / count, -id), with each listed expert's count as it grows.
-    struct Entry {
-        double share;
-        int64_t expert;
-        int64_t count;
-    };
-    const auto lower = [](const Entry& a, const Entry& b) {
-        return a.share < b.share || (a.share == b.share && a.expert > b.expert);
-    };
-    std::vector<Entry> storage;
-    storage.reserve(experts.size());
-    for (const int64_t e : experts) {
-        if (counts[idx(e)] < max_count) {
-            storage.push_back({weight[idx(e)] / static_cast<double>(counts[idx(e)]), e,
-                               counts[idx(e)]});
-        }
-    }
-    // Built in O(n); the pops follow the total order above whatever the heap's layout.
-    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
-    std::vector<int64_t> order;
-    order.reserve(idx(std::max<int64_t>(0, budget)));
-    for (int64_t i = 0; i < budget && !heap.empty(); ++i) {
-        Entry top = heap.top();
-        heap.pop();
-        order.push_back(top.expert);
-        if (++top.count < max_count) {
-            top.share = weight[idx(top.expert)] / static_cast<double>(top.count);
-            heap.push(top);
-        }
-    }
-    return order;
-}
-
-void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
-                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts) {
-    for (const int64_t e : min_max_order(weight, experts, counts, budget, max_count)) {
-        ++counts[idx(e)];
-    }
-}
-
 std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                                const std::vector<int64_t>& by_weight,
                                const std::vector<int64_t>& counts, const LayerShape& shape,
@@ -885,22 +841,11 @@ std::vector<int64_t> counts_of(const std::vector<int64_t>& phy2log, int64_t num_
     return counts;
 }
 
-std::vector<double> rank_weights(const std::vector<double>& weight,
-                                 const std::vector<int64_t>& counts,
-                                 const std::vector<int64_t>& phy2log, const LayerShape& shape) {
-    std::vector<double> load(idx(shape.num_ranks), 0.0);
-    for (size_t slot = 0; slot < phy2log.size(); ++slot) {
-        const auto e = idx(phy2log[slot]);
-        load[slot / idx(shape.num_slots)] += weight[e] / static_cast<double>(counts[e]);
-    }
-    return load;
-}
-
 void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>& counts,
                   const LayerShape& shape, int64_t max_iterations, std::vector<int64_t>& phy2log) {
     const int64_t num_slots = shape.num_slots;
     const std::vector<double> share = shares_of(weight, counts);
-    std::vector<double> load = rank_weights(weight, counts, phy2log, shape);
+    std::vector<double> load = policies::row_rank_loads(weight, counts, phy2log, shape.num_ranks);
     for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
         const auto busiest = static_cast<int64_t>(
             std::max_element(load.begin(), load.end()) - load.begin());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <numeric>
+#include <queue>
 #include <string>
 
 #include "eplb_native/error.h"
@@ -21,6 +22,103 @@ std::vector<int64_t> descending_order(const T* values, int64_t n) {
 }
 
 }  // namespace
+
+void row_rank_loads(const double* weight, const int64_t* counts, const int64_t* phy2log,
+                    int64_t num_physical, int64_t num_ranks, double* out) {
+    const int64_t num_slots = num_physical / num_ranks;
+    for (int64_t rank = 0; rank < num_ranks; ++rank) {
+        double sum = 0.0;
+        for (int64_t slot = rank * num_slots; slot < (rank + 1) * num_slots; ++slot) {
+            const int64_t e = phy2log[slot];
+            // x / 1 == x: most experts have one replica and skip the division.
+            sum += counts[e] == 1 ? weight[e] : weight[e] / static_cast<double>(counts[e]);
+        }
+        out[rank] = sum;
+    }
+}
+
+std::vector<double> row_rank_loads(const std::vector<double>& weight,
+                                   const std::vector<int64_t>& counts,
+                                   const std::vector<int64_t>& phy2log, int64_t num_ranks) {
+    std::vector<double> load(idx(num_ranks));
+    row_rank_loads(weight.data(), counts.data(), phy2log.data(),
+                   static_cast<int64_t>(phy2log.size()), num_ranks, load.data());
+    return load;
+}
+
+int64_t weight_copies(const int64_t* current, const int64_t* proposed, int64_t num_physical,
+                      int64_t num_ranks) {
+    const int64_t num_slots = num_physical / num_ranks;
+    int64_t copies = 0;
+    for (int64_t slot = 0; slot < num_physical; ++slot) {
+        const int64_t* rank_begin = current + slot / num_slots * num_slots;
+        copies += std::find(rank_begin, rank_begin + num_slots, proposed[slot]) ==
+                          rank_begin + num_slots
+                      ? 1
+                      : 0;
+    }
+    return copies;
+}
+
+std::vector<int64_t> min_max_order(const std::vector<double>& weight,
+                                   const std::vector<int64_t>& experts,
+                                   const std::vector<int64_t>& counts, int64_t budget,
+                                   int64_t max_count) {
+    // Max-heap on (weight / count, -id), with each listed expert's count as it grows.
+    struct Entry {
+        double share;
+        int64_t expert;
+        int64_t count;
+    };
+    const auto lower = [](const Entry& a, const Entry& b) {
+        return a.share < b.share || (a.share == b.share && a.expert > b.expert);
+    };
+    std::vector<Entry> storage;
+    storage.reserve(experts.size());
+    for (const int64_t e : experts) {
+        if (counts[idx(e)] < max_count) {
+            storage.push_back({weight[idx(e)] / static_cast<double>(counts[idx(e)]), e,
+                               counts[idx(e)]});
+        }
+    }
+    // Built in O(n); the pops follow the total order above whatever the heap's layout.
+    std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower, std::move(storage));
+    std::vector<int64_t> order;
+    order.reserve(idx(std::max<int64_t>(0, budget)));
+    for (int64_t i = 0; i < budget && !heap.empty(); ++i) {
+        Entry top = heap.top();
+        heap.pop();
+        order.push_back(top.expert);
+        if (++top.count < max_count) {
+            top.share = weight[idx(top.expert)] / static_cast<double>(top.count);
+            heap.push(top);
+        }
+    }
+    return order;
+}
+
+void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
+                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts) {
+    for (const int64_t e : min_max_order(weight, experts, counts, budget, max_count)) {
+        ++counts[idx(e)];
+    }
+}
+
+double max_load_lower_bound(const std::vector<double>& weight, int64_t num_physical,
+                            int64_t num_ranks) {
+    const auto num_experts = static_cast<int64_t>(weight.size());
+    std::vector<int64_t> counts(idx(num_experts), 1);
+    std::vector<int64_t> all(idx(num_experts));
+    std::iota(all.begin(), all.end(), 0);
+    allot_min_max(weight, all, num_physical - num_experts, num_ranks, counts);
+    double total = 0.0;
+    double replica_bound = 0.0;
+    for (size_t e = 0; e < weight.size(); ++e) {
+        total += weight[e];
+        replica_bound = std::max(replica_bound, weight[e] / static_cast<double>(counts[e]));
+    }
+    return std::max(total / static_cast<double>(num_ranks), replica_bound);
+}
 
 std::vector<int64_t> order_descending(const float* values, int64_t n) {
     return descending_order(values, n);

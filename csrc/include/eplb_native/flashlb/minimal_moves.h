@@ -10,10 +10,6 @@
 
 namespace eplb_native::flashlb {
 
-// Weight copies from `current` to `proposed`: slots whose expert is not on that rank in current.
-[[nodiscard]] int64_t weight_copies(const std::vector<int64_t>& current,
-                                    const std::vector<int64_t>& proposed, const LayerShape& shape);
-
 // Incremental re-placement: starting from `current`, first moves replicas from experts that
 // have more than target_counts to the hottest experts that have fewer (one copy each, onto the
 // least loaded eligible rank), then swaps replicas off the busiest rank while that lowers it;

@@ -1,8 +1,9 @@
 #pragma once
-// Building blocks of FlashLB's joint allotment and placement for one layer: min-max replica
-// allotment, LPT placement (mean or risk objective), target-driven packing with splitting,
-// and swap refinement. A placement is a phy2log row [P]; rank r owns slots [r*S, (r+1)*S).
-// No rank ever holds two replicas of one expert.
+// Building blocks of FlashLB's joint allotment and placement for one layer: LPT placement
+// (mean or risk objective), target-driven packing with splitting, and swap refinement (the
+// min-max allotment and the plan metrics are in policies/building_blocks.h). A placement is a
+// phy2log row [P]; rank r owns slots [r*S, (r+1)*S). No rank ever holds two replicas of one
+// expert.
 
 #include <cstdint>
 #include <limits>
@@ -18,19 +19,6 @@ struct LayerShape {
     int64_t num_slots = 0;    // S slots per rank
     [[nodiscard]] int64_t num_physical() const { return num_ranks * num_slots; }
 };
-
-// The order in which min-max-per-replica allotment hands out `budget` extra replicas from
-// `counts`: each goes to the expert among `experts` with the largest weight[e] / count that
-// still has fewer than max_count replicas (lowest id on ties). Shorter than `budget` when every
-// listed expert reaches max_count. A smaller budget's allotment is a prefix of this order.
-[[nodiscard]] std::vector<int64_t> min_max_order(const std::vector<double>& weight,
-                                                 const std::vector<int64_t>& experts,
-                                                 const std::vector<int64_t>& counts,
-                                                 int64_t budget, int64_t max_count);
-
-// Adds the first `budget` replicas of min_max_order to `counts` (in place).
-void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
-                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts);
 
 // `by_weight` below: the experts by decreasing weight, lowest id on ties
 // (policies::order_descending, computed once per layer).
@@ -82,11 +70,5 @@ void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>&
 // Replica counts [N] of a phy2log row.
 [[nodiscard]] std::vector<int64_t> counts_of(const std::vector<int64_t>& phy2log,
                                              int64_t num_experts);
-
-// Rank loads [D] of a phy2log row under `weight` split evenly over `counts`.
-[[nodiscard]] std::vector<double> rank_weights(const std::vector<double>& weight,
-                                               const std::vector<int64_t>& counts,
-                                               const std::vector<int64_t>& phy2log,
-                                               const LayerShape& shape);
 
 }  // namespace eplb_native::flashlb

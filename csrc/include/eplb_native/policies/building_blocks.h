@@ -8,6 +8,7 @@
 // DeepSeek EPLB does (`weight.float()`), so ties and rounding match its torch implementation;
 // sort ties are broken by the lower index (torch.sort(stable=True)).
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -16,6 +17,50 @@
 #include "eplb_native/topology.h"
 
 namespace eplb_native::policies {
+
+// A non-negative int64 index or size as size_t (for std::vector subscripts).
+constexpr size_t idx(int64_t value) { return static_cast<size_t>(value); }
+
+// Plan metrics of one layer. A layer's placement is a phy2log row [P]; with D ranks, rank r
+// owns slots [r * S, (r + 1) * S), S = P / D.
+
+// Rank loads of one layer: out[r] (D values, overwritten) sums weight[e] / counts[e] over the
+// experts e of rank r's slots, in slot order. weight [N] (tokens per expert), counts [N]
+// (replicas per expert), phy2log [num_physical] with ids in [0, N).
+void row_rank_loads(const double* weight, const int64_t* counts, const int64_t* phy2log,
+                    int64_t num_physical, int64_t num_ranks, double* out);
+// As above, into a new vector [D].
+[[nodiscard]] std::vector<double> row_rank_loads(const std::vector<double>& weight,
+                                                 const std::vector<int64_t>& counts,
+                                                 const std::vector<int64_t>& phy2log,
+                                                 int64_t num_ranks);
+
+// Weight copies from `current` to `proposed` (rows [num_physical] of one layer): the slots of
+// `proposed` whose expert is not on the same rank in `current` (-1 in `current`: an empty
+// slot, holding nothing). A replica that only changes slot within its rank costs nothing.
+[[nodiscard]] int64_t weight_copies(const int64_t* current, const int64_t* proposed,
+                                    int64_t num_physical, int64_t num_ranks);
+
+// The order in which min-max-per-replica allotment hands out `budget` extra replicas from
+// `counts`: each goes to the expert among `experts` with the largest weight[e] / count that
+// still has fewer than max_count replicas (lowest id on ties). Shorter than `budget` when every
+// listed expert reaches max_count. A smaller budget's allotment is a prefix of this order.
+[[nodiscard]] std::vector<int64_t> min_max_order(const std::vector<double>& weight,
+                                                 const std::vector<int64_t>& experts,
+                                                 const std::vector<int64_t>& counts,
+                                                 int64_t budget, int64_t max_count);
+
+// Adds the first `budget` replicas of min_max_order to `counts` (in place).
+void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
+                   int64_t budget, int64_t max_count, std::vector<int64_t>& counts);
+
+// Lower bound on the busiest rank's load of any placement of `weight` [N] on num_physical
+// slots over num_ranks ranks with at most one replica of an expert per rank: the larger of the
+// mean rank load (sum / D) and the largest per-replica load weight[e] / counts[e] of the
+// min-max allotment with at most D replicas per expert (the smallest such maximum over all
+// allotments). Needs N <= num_physical <= N * D.
+[[nodiscard]] double max_load_lower_bound(const std::vector<double>& weight,
+                                          int64_t num_physical, int64_t num_ranks);
 
 // Indices of values[0..n) ordered by descending value; equal values keep ascending index.
 [[nodiscard]] std::vector<int64_t> order_descending(const float* values, int64_t n);
