@@ -202,7 +202,8 @@ def _run_ep(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from eplb_native import moe_dispatch, ops
+    from eplb_native import ops
+    from eplb_native.ops import dispatch as moe_dispatch
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.npu.set_device(local_rank)

@@ -107,14 +107,14 @@ step "lint (ruff) and types (mypy --strict on the package)"
 
 step "Python tests (pytest)"
 # python/ is not on sys.path here, so the installed package is what the tests import.
-"$python" -m pytest -c pyproject.toml --rootdir . tests/python
+"$python" -m pytest -c pyproject.toml --rootdir . tests/python tests/operator/python
 
 step "torch_npu binding against the torch-npu wheel's headers (pytest -m network)"
 if [ -n "${EPLB_SKIP_NPU_CHECK:-}" ]; then
   echo "   skipped (EPLB_SKIP_NPU_CHECK is set)"
 else
   # Downloads the wheel once into build/torch_npu_wheel/ and builds in build/npu_compile_check/.
-  "$python" -m pytest -c pyproject.toml --rootdir . -m network -q tests/python
+  "$python" -m pytest -c pyproject.toml --rootdir . -m network -q tests/python tests/operator/python
 fi
 
 elapsed=$((SECONDS - started))

@@ -6,8 +6,8 @@
 
 #include "kernel_operator.h"
 
-#include "eplb_native/shared/fused_moe_params.h"
-#include "eplb_native/shared/fused_moe_tiling_data.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
+#include "eplb_native/operator/shared/fused_moe_tiling_data.h"
 
 namespace eplb_native::kernels {
 

@@ -1,7 +1,7 @@
 // CPU reference of the fused decode MoE operator; see the header for the numerics contract.
 // Compiled with -ffp-contract=off: every a * b + c below is a rounded multiply then a rounded add.
 
-#include "eplb_native/reference/fused_moe_decode_ref.h"
+#include "eplb_native/operator/reference/fused_moe_decode_ref.h"
 
 #include <algorithm>
 #include <array>
@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "eplb_native/error.h"
-#include "eplb_native/shared/float16.h"
+#include "eplb_native/operator/shared/float16.h"
 
 namespace eplb_native::reference {
 

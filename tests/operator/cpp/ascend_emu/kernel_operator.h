@@ -51,7 +51,7 @@
 #include <utility>
 #include <vector>
 
-#include "eplb_native/shared/float16.h"
+#include "eplb_native/operator/shared/float16.h"
 
 #define __aicore__
 #define __global__

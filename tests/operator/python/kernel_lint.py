@@ -11,7 +11,7 @@ the three places that must agree in agreement:
   ``ascend_kernels/host/npu_ops.cpp``;
 
 and it rejects host-only constructs in device code (the kernels, ascend_kernels/include and the
-csrc/include headers they include): ``std::``, ``new``/``delete``, ``malloc``/``free``,
+csrc/operator/include headers they include): ``std::``, ``new``/``delete``, ``malloc``/``free``,
 exceptions, standard-library includes, and ``printf`` outside an ``ASCENDC_DUMP`` guard. Every
 entry point must declare the cores it runs on, ``KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY)``
 (vector) or ``KERNEL_TYPE_AIC_ONLY`` (cube), first thing in its body: the launch block count
@@ -278,6 +278,6 @@ def lint_tree(root: Path) -> list[str]:
     kernel_files = sorted(kernels_dir.glob("*.cpp"))
     host = root / "ascend_kernels" / "host"
     problems = check_signatures(kernel_files, host / "kernel_launch_protos.h", host / "npu_ops.cpp")
-    include_dirs = [root / "ascend_kernels" / "include", root / "csrc" / "include"]
+    include_dirs = [root / "ascend_kernels" / "include", root / "csrc" / "operator" / "include"]
     problems += check_device_code(device_files(kernel_files, include_dirs), root)
     return problems

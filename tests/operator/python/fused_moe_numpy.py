@@ -1,6 +1,6 @@
 """Independent numpy golden of the fused decode MoE operator.
 
-Written from the numerics stated at the top of csrc/include/eplb_native/reference/
+Written from the numerics stated at the top of csrc/operator/include/eplb_native/operator/reference/
 fused_moe_decode_ref.h, not from the C++ code: numpy float32 ufuncs never fuse a multiply and an
 add, bf16 rounding is an explicit round-to-nearest-even on the fp32 bits, fp16 rounding is
 numpy's own ``astype(np.float16)``, and ``exp`` is the C library's double ``exp``

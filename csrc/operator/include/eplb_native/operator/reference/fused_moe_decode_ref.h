@@ -31,7 +31,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "eplb_native/shared/fused_moe_params.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
 #include "eplb_native/thread_pool.h"
 
 namespace eplb_native::reference {

@@ -5,8 +5,8 @@
 
 #include <cstdint>
 
-#include "eplb_native/shared/fused_moe_params.h"
-#include "eplb_native/shared/fused_moe_tiling_data.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
+#include "eplb_native/operator/shared/fused_moe_tiling_data.h"
 
 namespace eplb_native::tiling {
 

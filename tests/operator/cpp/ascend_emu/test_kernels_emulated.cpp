@@ -20,12 +20,12 @@
 #include <utility>
 #include <vector>
 
-#include "eplb_native/reference/fused_moe_decode_ref.h"
-#include "eplb_native/shared/float16.h"
-#include "eplb_native/shared/fused_moe_params.h"
-#include "eplb_native/shared/fused_moe_tiling_data.h"
+#include "eplb_native/operator/reference/fused_moe_decode_ref.h"
+#include "eplb_native/operator/shared/float16.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
+#include "eplb_native/operator/shared/fused_moe_tiling_data.h"
+#include "eplb_native/operator/tiling/fused_moe_tiling.h"
 #include "eplb_native/thread_pool.h"
-#include "eplb_native/tiling/fused_moe_tiling.h"
 #include "kernel_operator.h"
 
 extern "C" {

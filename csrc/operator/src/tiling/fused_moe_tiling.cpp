@@ -1,4 +1,4 @@
-#include "eplb_native/tiling/fused_moe_tiling.h"
+#include "eplb_native/operator/tiling/fused_moe_tiling.h"
 
 #include <algorithm>
 #include <string>

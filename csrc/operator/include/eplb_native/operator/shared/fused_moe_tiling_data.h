@@ -5,7 +5,7 @@
 // the budgets here are the ones the kernels size their TPipe buffers with, so the host check and
 // the device allocation cannot drift apart. No std::, no exceptions, no allocation.
 
-#include "eplb_native/shared/fused_moe_params.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
 
 namespace eplb_native::shared {
 

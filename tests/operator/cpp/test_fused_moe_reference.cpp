@@ -8,9 +8,9 @@
 #include <stdexcept>
 #include <vector>
 
-#include "eplb_native/reference/fused_moe_decode_ref.h"
-#include "eplb_native/shared/float16.h"
-#include "eplb_native/shared/fused_moe_params.h"
+#include "eplb_native/operator/reference/fused_moe_decode_ref.h"
+#include "eplb_native/operator/shared/float16.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
 
 namespace eplb_native {
 namespace {

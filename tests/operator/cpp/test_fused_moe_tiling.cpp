@@ -10,10 +10,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "eplb_native/shared/fused_moe_params.h"
-#include "eplb_native/shared/fused_moe_tiling_data.h"
-#include "eplb_native/tiling/fused_moe_tiling.h"
-#include "eplb_native/tiling/pointer_table_cache.h"
+#include "eplb_native/operator/shared/fused_moe_params.h"
+#include "eplb_native/operator/shared/fused_moe_tiling_data.h"
+#include "eplb_native/operator/tiling/fused_moe_tiling.h"
+#include "eplb_native/operator/tiling/pointer_table_cache.h"
 
 namespace {
 

@@ -33,7 +33,7 @@ import eplb_native
 
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD = ROOT / "build" / "npu_compile_check"
 OP_COMMAND = Path("torch_npu/include/torch_npu/csrc/framework/OpCommand.h")
 

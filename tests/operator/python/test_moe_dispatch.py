@@ -16,7 +16,7 @@ import torch
 from dist_utils import run_on_ranks
 from fused_moe_numpy import f32_to_bf16_bits, fused_moe_decode_golden
 
-from eplb_native import moe_dispatch
+from eplb_native.ops import dispatch as moe_dispatch
 
 NUM_RANKS, LOCAL_EXPERTS, TOP_K, HIDDEN, INTER = 4, 3, 3, 24, 10
 TOKENS = [5, 0, 7, 3]  # rank 1 sends nothing but still receives pairs

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "bindings.h"
-#include "eplb_native/reference/fused_moe_decode_ref.h"
+#include "eplb_native/operator/reference/fused_moe_decode_ref.h"
+#include "eplb_native/operator/tiling/fused_moe_tiling.h"
 #include "eplb_native/thread_pool.h"
-#include "eplb_native/tiling/fused_moe_tiling.h"
 #include "numpy_views.h"
 #include "shared_pool.h"
 

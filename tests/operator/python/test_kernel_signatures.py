@@ -8,7 +8,7 @@ from pathlib import Path
 import kernel_lint
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_kernels_prototypes_and_binding_agree_and_device_code_is_clean() -> None:
@@ -42,7 +42,7 @@ def tree(tmp_path: Path) -> Path:
     """A copy of the Ascend sources the lint reads, to break on purpose."""
     for sub in ("ascend_kernels/kernels", "ascend_kernels/host", "ascend_kernels/include"):
         shutil.copytree(ROOT / sub, tmp_path / sub)
-    shutil.copytree(ROOT / "csrc/include", tmp_path / "csrc/include")
+    shutil.copytree(ROOT / "csrc/operator/include", tmp_path / "csrc/operator/include")
     assert kernel_lint.lint_tree(tmp_path) == []
     return tmp_path
 
