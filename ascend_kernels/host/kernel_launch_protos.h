@@ -3,8 +3,8 @@
 // <build>/include/eplb_ascend_kernels/aclrtlaunch_<kernel>.h: one extern "C" function per
 // kernel entry, (blockDim, stream, then one void* per GM_ADDR parameter in order), returning 0
 // on success. Used instead of the generated headers when the binding is only compile-checked
-// (EPLB_NPU_COMPILE_CHECK, no CANN). tests/python/test_kernel_signatures.py checks that this
-// file, the kernel entry points and the binding's calls agree.
+// (EPLB_NPU_COMPILE_CHECK, no CANN). tests/operator/python/test_kernel_signatures.py checks that
+// this file, the kernel entry points and the binding's calls agree.
 
 #include <cstdint>
 

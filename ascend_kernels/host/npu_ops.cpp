@@ -1,6 +1,6 @@
 // torch_npu binding of eplb_native::fused_moe_decode for the PrivateUse1 (NPU) key.
 //
-// The schema is defined in Python (eplb_native/ops.py); this library only adds the NPU
+// The schema is defined in Python (eplb_native/ops/schema.py); this library only adds the NPU
 // implementation, so it must be loaded after the schema exists. One call validates the tensors
 // (W8A8: int8 weights with fp32 or activation-dtype scale lists, the published
 // DispatchGmmCombineDecode rule), builds the host tiling (csrc/src/tiling, shared with gtest),

@@ -105,29 +105,21 @@ TEST(FusedMoeTiling, WorkspaceRegionsAreAlignedDisjointAndInOrder) {
     }
 }
 
+// The workspace offsets in layout order, then the total: ws_offsets .. ws_h2, ws_bytes.
+std::vector<int64_t> workspace_layout(const FusedMoeTilingData& t) {
+    return {t.ws_offsets, t.ws_row_of, t.ws_row_token, t.ws_x_rows, t.ws_x_scale,
+            t.ws_h1,      t.ws_act,    t.ws_act_scale, t.ws_h2,     t.ws_bytes};
+}
+
 TEST(FusedMoeTiling, WorkspaceSizeOfAKnownShape) {
     // BS=2, K=2, E=3, H=10, I=6, bf16: offsets 16 B, row maps 16 B each, x rows 80 B, no scales,
     // h1 4 x 16 fp32 = 256 B, act 48 B, h2 4 x 16 fp32 = 256 B, each rounded up to 512 B.
-    const FusedMoeTilingData t = make_fused_moe_tiling(decode_params(2, 10, 6, 2, 3));
-    EXPECT_EQ(t.ws_offsets, 0);
-    EXPECT_EQ(t.ws_row_of, 512);
-    EXPECT_EQ(t.ws_row_token, 1024);
-    EXPECT_EQ(t.ws_x_rows, 1536);
-    EXPECT_EQ(t.ws_x_scale, 2048);
-    EXPECT_EQ(t.ws_h1, 2048);
-    EXPECT_EQ(t.ws_act, 2560);
-    EXPECT_EQ(t.ws_act_scale, 3072);
-    EXPECT_EQ(t.ws_h2, 3072);
-    EXPECT_EQ(t.ws_bytes, 3584);
+    const FusedMoeParams p = decode_params(2, 10, 6, 2, 3);
+    EXPECT_EQ(workspace_layout(make_fused_moe_tiling(p)),
+              (std::vector<int64_t>{0, 512, 1024, 1536, 2048, 2048, 2560, 3072, 3072, 3584}));
     // W8A8: int8 rows (40 B, 24 B) and fp32 scales of the 4 rows (16 B each).
-    const FusedMoeTilingData q = make_fused_moe_tiling(w8a8(decode_params(2, 10, 6, 2, 3)));
-    EXPECT_EQ(q.ws_x_rows, 1536);
-    EXPECT_EQ(q.ws_x_scale, 2048);
-    EXPECT_EQ(q.ws_h1, 2560);
-    EXPECT_EQ(q.ws_act, 3072);
-    EXPECT_EQ(q.ws_act_scale, 3584);
-    EXPECT_EQ(q.ws_h2, 4096);
-    EXPECT_EQ(q.ws_bytes, 4608);
+    EXPECT_EQ(workspace_layout(make_fused_moe_tiling(w8a8(p))),
+              (std::vector<int64_t>{0, 512, 1024, 1536, 2048, 2560, 3072, 3584, 4096, 4608}));
 }
 
 TEST(FusedMoeTiling, EveryVectorKernelFitsTheUnifiedBufferAtTheLimits) {

@@ -53,42 +53,39 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def test_lint_reports_a_kernel_parameter_missing_from_prototype_and_binding(tree: Path) -> None:
-    # Deliberate break: moe_permute grows a parameter the launcher and the binding do not know.
-    _edit(
-        tree / "ascend_kernels/kernels/moe_permute.cpp",
+# Deliberate breaks: (file, text, replacement, the start of every problem the lint must report).
+SIGNATURE_BREAKS = {
+    "a kernel parameter missing from the prototype and the binding": (
+        "ascend_kernels/kernels/moe_permute.cpp",
         "void moe_permute(GM_ADDR x, GM_ADDR workspace",
         "void moe_permute(GM_ADDR x, GM_ADDR row_scale, GM_ADDR workspace",
-    )
-    problems = kernel_lint.lint_tree(tree)
-    assert any(p.startswith("moe_permute: prototype parameters") for p in problems), problems
-    assert any(
-        p.startswith("moe_permute: binding passes 5 arguments, the launcher takes 6")
-        for p in problems
-    ), problems
-
-
-def test_lint_reports_a_prototype_that_reorders_parameters(tree: Path) -> None:
-    _edit(
-        tree / "ascend_kernels/host/kernel_launch_protos.h",
+        [
+            "moe_permute: prototype parameters",
+            "moe_permute: binding passes 5 arguments, the launcher takes 6",
+        ],
+    ),
+    "a prototype that reorders parameters": (
+        "ascend_kernels/host/kernel_launch_protos.h",
         "void* expert_ids, void* expert_scales,",
         "void* expert_scales, void* expert_ids,",
-    )
-    problems = kernel_lint.lint_tree(tree)
-    assert [p for p in problems if p.startswith("moe_combine: prototype parameters")], problems
-
-
-def test_lint_reports_a_binding_call_with_a_dropped_argument(tree: Path) -> None:
-    _edit(
-        tree / "ascend_kernels/host/npu_ops.cpp",
+        ["moe_combine: prototype parameters"],
+    ),
+    "a binding call with a dropped argument": (
+        "ascend_kernels/host/npu_ops.cpp",
         "stream, w2_ptr,\n                                           ws_ptr, tiling_ptr)",
         "stream, w2_ptr,\n                                           tiling_ptr)",
-    )
+        ["moe_gemm2: binding passes 4 arguments, the launcher takes 5 (blockDim, stream + 3)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SIGNATURE_BREAKS))
+def test_lint_reports_a_signature_break(tree: Path, name: str) -> None:
+    path, old, new, expected = SIGNATURE_BREAKS[name]
+    _edit(tree / path, old, new)
     problems = kernel_lint.lint_tree(tree)
-    assert (
-        "moe_gemm2: binding passes 4 arguments, the launcher takes 5 (blockDim, stream + 3)"
-        in problems
-    )
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, problems)
 
 
 def test_lint_reports_a_kernel_nobody_launches(tree: Path) -> None:

@@ -2,8 +2,8 @@
 
 Every rank builds the same global inputs (4 ranks x uneven token counts, one idle rank, masks,
 ids outside [0, D*E), 12 experts, 3 per rank), runs ``fused_moe_decode_ep`` on its own tokens and
-experts, and checks: its output equals the independent numpy golden (tests/python/
-fused_moe_numpy.py) run densely over all tokens and all 12 experts, bit for bit; its
+experts, and checks: its output equals the independent numpy golden (tests/operator/
+python/fused_moe_numpy.py) run densely over all tokens and all 12 experts, bit for bit; its
 ``expert_token_nums`` and ``moe_load`` equal the pairs the whole group routed to its 3 experts.
 Once with bf16 weights, once with W8A8 (int8 weights, fp32 w1 scales and bf16 w2 scales).
 """

@@ -389,6 +389,15 @@ def test_cuda_matches_cpu_reference() -> None:
     torch.testing.assert_close(c_out.cpu().float(), out.float(), rtol=0.03, atol=0.03)
 
 
+def _int8_weights(**scales: object) -> dict[str, object]:
+    """Override of the bad-input call: int8 weights (E = 2, H = 8, I = 3) and ``scales``."""
+    return {
+        "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
+        "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
+        **scales,
+    }
+
+
 def _bad_inputs() -> list[tuple[str, dict[str, object], type[Exception], str]]:
     bf = torch.bfloat16
     return [
@@ -431,55 +440,40 @@ def _bad_inputs() -> list[tuple[str, dict[str, object], type[Exception], str]]:
         ),
         (
             "w8a8 one scale list",
-            {
-                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
-                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
-                "w1_scale": [torch.ones(6)] * 2,
-            },
+            _int8_weights(w1_scale=[torch.ones(6)] * 2),
             ValueError,
             "w2_scale",
         ),
         (
             "w8a8 scale shape",
-            {
-                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
-                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
-                "w1_scale": [torch.ones(6)] * 2,
-                "w2_scale": [torch.ones(7)] * 2,
-            },
+            _int8_weights(w1_scale=[torch.ones(6)] * 2, w2_scale=[torch.ones(7)] * 2),
             ValueError,
             r"w2_scale\[0\]",
         ),
         (
             "w8a8 scale dtype",
-            {
-                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
-                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
-                "w1_scale": [torch.ones(6, dtype=torch.int32)] * 2,
-                "w2_scale": [torch.ones(8)] * 2,
-            },
+            _int8_weights(
+                w1_scale=[torch.ones(6, dtype=torch.int32)] * 2,
+                w2_scale=[torch.ones(8)] * 2,
+            ),
             TypeError,
             r"w1_scale\[0\]",
         ),
         (
             "w8a8 fp16 scales with bf16 activations (published rule)",
-            {
-                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
-                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
-                "w1_scale": [torch.ones(6, dtype=torch.float16)] * 2,
-                "w2_scale": [torch.ones(8)] * 2,
-            },
+            _int8_weights(
+                w1_scale=[torch.ones(6, dtype=torch.float16)] * 2,
+                w2_scale=[torch.ones(8)] * 2,
+            ),
             TypeError,
             r"w1_scale\[0\]: with torch.bfloat16 activations the scales must be torch.float32",
         ),
         (
             "w8a8 one list of two dtypes",
-            {
-                "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
-                "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
-                "w1_scale": [torch.ones(6)] * 2,
-                "w2_scale": [torch.ones(8), torch.ones(8, dtype=bf)],
-            },
+            _int8_weights(
+                w1_scale=[torch.ones(6)] * 2,
+                w2_scale=[torch.ones(8), torch.ones(8, dtype=bf)],
+            ),
             TypeError,
             r"w2_scale\[1\]",
         ),

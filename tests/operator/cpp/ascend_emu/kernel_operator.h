@@ -1,7 +1,7 @@
 #pragma once
 // Host emulation of the subset of the Ascend C API (namespace AscendC) that
 // ascend_kernels/kernels/*.cpp use, so the unchanged kernel sources compile with g++ and run on
-// the CPU against the C++ reference (tests/cpp/ascend_emu/test_kernels_emulated.cpp).
+// the CPU against the C++ reference (tests/operator/cpp/ascend_emu/test_kernels_emulated.cpp).
 //
 // Written from the API documentation (asc-devkit docs, dav-2201 = Atlas A2/A3), not from its
 // sources. It models what the kernels rely on and checks the hardware rules that host code would
