@@ -42,7 +42,7 @@ def fused_moe_decode_cpu(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
     moe_load and load_counter updated in place. Returns out [BS, H] dtype of x and
     expert_token_nums int64 [E]."""
     inputs = DecodeInputs(*args)
-    validate_inputs(*inputs)
+    validate_inputs(inputs)
     x = inputs.x
     out = torch.empty_like(x)
     expert_token_nums = torch.empty(len(inputs.w1), dtype=torch.int64)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from eplb_native import _core
-from eplb_native.ops.schema import ACT_DTYPE_NAMES, is_w8a8, validate_inputs
+from eplb_native.ops.schema import ACT_DTYPE_NAMES, DecodeInputs, is_w8a8, validate_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ def validate_npu_inputs(
     Raises TypeError / ValueError naming the argument.
     """
     validate_inputs(
-        x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
-        w1_scale, w2_scale,
+        DecodeInputs(
+            x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
+            w1_scale, w2_scale,
+        )
     )  # fmt: skip
     if x.dtype not in NPU_ACT_DTYPES:
         message = f"x: the Ascend kernels take bfloat16 or float16 activations, got {x.dtype}"

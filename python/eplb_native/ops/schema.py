@@ -210,32 +210,18 @@ def _check_devices(inputs: DecodeInputs) -> None:
             raise ValueError(message)
 
 
-def validate_inputs(
-    x: torch.Tensor,
-    expert_ids: torch.Tensor,
-    expert_scales: torch.Tensor,
-    w1: Sequence[torch.Tensor],
-    w2: Sequence[torch.Tensor],
-    x_active_mask: torch.Tensor | None = None,
-    moe_load: torch.Tensor | None = None,
-    load_counter: torch.Tensor | None = None,
-    w1_scale: Sequence[torch.Tensor] | None = None,
-    w2_scale: Sequence[torch.Tensor] | None = None,
-) -> None:
+def validate_inputs(inputs: DecodeInputs) -> None:
     """Raise TypeError (wrong type/dtype) or ValueError (shape, length, layout) naming the argument.
 
     Works on fake tensors (shapes and dtypes only). Ids outside ``[0, E)`` are valid input: they
     are skipped by definition.
     """
-    inputs = DecodeInputs(
-        x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
-        w1_scale, w2_scale,
-    )  # fmt: skip
     _check_tokens(inputs)
     _check_expert_weights(inputs)
-    if x_active_mask is not None:
-        check_tensor(x_active_mask, "x_active_mask", (torch.bool,), (x.shape[0],))
-    _check_load(moe_load, load_counter, len(w1))
+    if inputs.x_active_mask is not None:
+        mask_shape = (inputs.x.shape[0],)
+        check_tensor(inputs.x_active_mask, "x_active_mask", (torch.bool,), mask_shape)
+    _check_load(inputs.moe_load, inputs.load_counter, len(inputs.w1))
     _check_devices(inputs)
 
 
@@ -243,7 +229,7 @@ def fused_moe_decode_fake(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Fake kernel (``args``: :class:`DecodeInputs`): out like x [BS, H], expert_token_nums int64
     [E]."""
     inputs = DecodeInputs(*args)
-    validate_inputs(*inputs)
+    validate_inputs(inputs)
     return torch.empty_like(inputs.x), inputs.x.new_empty((len(inputs.w1),), dtype=torch.int64)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from eplb_native.ops.schema import LIBRARY, OP_NAME, validate_inputs
+from eplb_native.ops.schema import LIBRARY, OP_NAME, DecodeInputs, validate_inputs
 
 
 def fused_moe_decode_torch(
@@ -36,8 +36,10 @@ def fused_moe_decode_torch(
     without a host sync).
     """
     validate_inputs(
-        x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
-        w1_scale, w2_scale,
+        DecodeInputs(
+            x, expert_ids, expert_scales, w1, w2, x_active_mask, moe_load, load_counter,
+            w1_scale, w2_scale,
+        )
     )  # fmt: skip
     num_tokens, hidden = x.shape
     top_k = expert_ids.shape[1]
