@@ -2,6 +2,7 @@
 // place (no copies: torch hands over `tensor.view(torch.int16).numpy()`-style views), validates
 // every argument by name, and releases the GIL around the computation.
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,83 @@ std::vector<const void*> weight_pointers(const py::list& weights, const std::str
     return pointers;
 }
 
+// w1, w2 (and the W8A8 scale lists with their dtype names) into `in`; sets I (from the first
+// non-empty w2: all are checked against it) and the W8A8 fields of `p`.
+void bind_weights(const py::list& w1, const py::list& w2, const std::array<py::object, 2>& scales,
+                  const std::array<std::string, 2>& scale_dtypes, shared::FusedMoeParams& p,
+                  reference::FusedMoeInputs& in) {
+    p.intermediate = 0;
+    for (const auto& item : w2) {
+        const py::array w = as_array(item, "w2");
+        if (w.size() > 0 && w.ndim() == 2) {
+            p.intermediate = w.shape(0);
+            break;
+        }
+    }
+    const bool w8a8 = !scales[0].is_none() || !scales[1].is_none();
+    if (w8a8 && (scales[0].is_none() || scales[1].is_none())) {
+        throw_invalid(scales[0].is_none() ? "w1_scale" : "w2_scale",
+                      "W8A8 needs both w1_scale and w2_scale");
+    }
+    if (p.intermediate > 0) {
+        in.w1 = weight_pointers(w1, "w1", {p.hidden, 2 * p.intermediate}, p.act_dtype,
+                                p.num_experts, w8a8);
+        in.w2 = weight_pointers(w2, "w2", {p.intermediate, p.hidden}, p.act_dtype,
+                                p.num_experts, w8a8);
+    } else {
+        in.w1.assign(static_cast<size_t>(p.num_experts), nullptr);
+        in.w2 = weight_pointers(w2, "w2", {0, p.hidden}, p.act_dtype, p.num_experts, w8a8);
+        p.intermediate = 1;  // every weight is empty: only valid if no expert receives rows
+    }
+    if (w8a8) {
+        p.w8a8 = 1;
+        p.w1_scale_dtype = parse_dtype(scale_dtypes[0], "w1_scale_dtype");
+        p.w2_scale_dtype = parse_dtype(scale_dtypes[1], "w2_scale_dtype");
+        in.w1_scale = weight_pointers(as_list(scales[0], "w1_scale"), "w1_scale",
+                                      {2 * p.intermediate}, p.w1_scale_dtype, p.num_experts,
+                                      false);
+        in.w2_scale = weight_pointers(as_list(scales[1], "w2_scale"), "w2_scale", {p.hidden},
+                                      p.w2_scale_dtype, p.num_experts, false);
+    }
+}
+
+// moe_load (int64 [E] total or int32 [T, E] ring) and load_counter (int32 [], with the ring)
+// into `o`; sets the load mode of `p`.
+void bind_load(const py::object& moe_load, const py::object& load_counter,
+               shared::FusedMoeParams& p, reference::FusedMoeOutputs& o) {
+    p.load_mode = LoadMode::kNone;
+    if (!moe_load.is_none()) {
+        py::array load = as_array(moe_load, "moe_load");
+        if (load.ndim() == 1) {
+            require_dtype(load, "moe_load", 'i', 8, "int64 (1-D [E])");
+            require_layout(load, "moe_load", {p.num_experts}, true);
+            if (!load_counter.is_none()) {
+                throw_invalid("load_counter", "only allowed with a 2-D ring moe_load [T, E]");
+            }
+            p.load_mode = LoadMode::kTotal;
+            o.moe_load_total = static_cast<int64_t*>(load.mutable_data());
+        } else if (load.ndim() == 2) {
+            require_dtype(load, "moe_load", 'i', 4, "int32 (2-D ring [T, E])");
+            require_layout(load, "moe_load", {load.shape(0), p.num_experts}, true);
+            if (load_counter.is_none()) {
+                throw_invalid("load_counter", "required with a 2-D ring moe_load [T, E]");
+            }
+            py::array counter = as_array(load_counter, "load_counter");
+            require_dtype(counter, "load_counter", 'i', 4, "int32");
+            require_layout(counter, "load_counter", {}, true);
+            p.load_mode = LoadMode::kRing;
+            p.load_steps = load.shape(0);
+            o.moe_load_ring = static_cast<int32_t*>(load.mutable_data());
+            o.load_counter = static_cast<int32_t*>(counter.mutable_data());
+        } else {
+            throw_invalid("moe_load", "expected int64 [E] or int32 [T, E], got shape " +
+                                          shape_str(shape_vec(load)));
+        }
+    } else if (!load_counter.is_none()) {
+        throw_invalid("load_counter", "given without moe_load");
+    }
+}
+
 // Arguments arrive as plain objects so that nothing is converted (an implicit copy of an
 // output would silently drop the results).
 void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name_arg,
@@ -169,44 +247,11 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
     if (p.num_experts < 1) {
         throw_invalid("w1", "needs at least one expert weight");
     }
-    // I comes from the first non-empty w2 (all are checked against it below).
-    p.intermediate = 0;
-    for (const auto& item : w2) {
-        const py::array w = as_array(item, "w2");
-        if (w.size() > 0 && w.ndim() == 2) {
-            p.intermediate = w.shape(0);
-            break;
-        }
-    }
     reference::FusedMoeInputs in;
     in.x = x.data();
     in.expert_ids = static_cast<const int32_t*>(expert_ids.data());
     in.expert_scales = static_cast<const float*>(expert_scales.data());
-    const bool w8a8 = !w1_scale.is_none() || !w2_scale.is_none();
-    if (w8a8 && (w1_scale.is_none() || w2_scale.is_none())) {
-        throw_invalid(w1_scale.is_none() ? "w1_scale" : "w2_scale",
-                      "W8A8 needs both w1_scale and w2_scale");
-    }
-    if (p.intermediate > 0) {
-        in.w1 = weight_pointers(w1, "w1", {p.hidden, 2 * p.intermediate}, p.act_dtype,
-                                p.num_experts, w8a8);
-        in.w2 = weight_pointers(w2, "w2", {p.intermediate, p.hidden}, p.act_dtype,
-                                p.num_experts, w8a8);
-    } else {
-        in.w1.assign(static_cast<size_t>(p.num_experts), nullptr);
-        in.w2 = weight_pointers(w2, "w2", {0, p.hidden}, p.act_dtype, p.num_experts, w8a8);
-        p.intermediate = 1;  // every weight is empty: only valid if no expert receives rows
-    }
-    if (w8a8) {
-        p.w8a8 = 1;
-        p.w1_scale_dtype = parse_dtype(w1_scale_dtype, "w1_scale_dtype");
-        p.w2_scale_dtype = parse_dtype(w2_scale_dtype, "w2_scale_dtype");
-        in.w1_scale = weight_pointers(as_list(w1_scale, "w1_scale"), "w1_scale",
-                                      {2 * p.intermediate}, p.w1_scale_dtype, p.num_experts,
-                                      false);
-        in.w2_scale = weight_pointers(as_list(w2_scale, "w2_scale"), "w2_scale", {p.hidden},
-                                      p.w2_scale_dtype, p.num_experts, false);
-    }
+    bind_weights(w1, w2, {w1_scale, w2_scale}, {w1_scale_dtype, w2_scale_dtype}, p, in);
     if (!x_active_mask.is_none()) {
         const py::array mask = as_array(x_active_mask, "x_active_mask");
         require_dtype(mask, "x_active_mask", 'b', 1, "bool");
@@ -221,37 +266,7 @@ void fused_moe_decode_ref(const py::object& x_obj, const std::string& dtype_name
     reference::FusedMoeOutputs o;
     o.out = out.mutable_data();
     o.expert_token_nums = static_cast<int64_t*>(expert_token_nums.mutable_data());
-    p.load_mode = LoadMode::kNone;
-    if (!moe_load.is_none()) {
-        py::array load = as_array(moe_load, "moe_load");
-        if (load.ndim() == 1) {
-            require_dtype(load, "moe_load", 'i', 8, "int64 (1-D [E])");
-            require_layout(load, "moe_load", {p.num_experts}, true);
-            if (!load_counter.is_none()) {
-                throw_invalid("load_counter", "only allowed with a 2-D ring moe_load [T, E]");
-            }
-            p.load_mode = LoadMode::kTotal;
-            o.moe_load_total = static_cast<int64_t*>(load.mutable_data());
-        } else if (load.ndim() == 2) {
-            require_dtype(load, "moe_load", 'i', 4, "int32 (2-D ring [T, E])");
-            require_layout(load, "moe_load", {load.shape(0), p.num_experts}, true);
-            if (load_counter.is_none()) {
-                throw_invalid("load_counter", "required with a 2-D ring moe_load [T, E]");
-            }
-            py::array counter = as_array(load_counter, "load_counter");
-            require_dtype(counter, "load_counter", 'i', 4, "int32");
-            require_layout(counter, "load_counter", {}, true);
-            p.load_mode = LoadMode::kRing;
-            p.load_steps = load.shape(0);
-            o.moe_load_ring = static_cast<int32_t*>(load.mutable_data());
-            o.load_counter = static_cast<int32_t*>(counter.mutable_data());
-        } else {
-            throw_invalid("moe_load", "expected int64 [E] or int32 [T, E], got shape " +
-                                          shape_str(shape_vec(load)));
-        }
-    } else if (!load_counter.is_none()) {
-        throw_invalid("load_counter", "given without moe_load");
-    }
+    bind_load(moe_load, load_counter, p, o);
     ThreadPool pool = shared_pool(num_threads);
     // The arrays stay referenced by the caller's arguments; the core touches no Python object.
     py::gil_scoped_release release;
