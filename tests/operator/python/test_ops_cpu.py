@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,12 @@ class Case:
     w1: list[np.ndarray]
     w2: list[np.ndarray]
     x_active_mask: np.ndarray | None = None
+
+    def inputs(self) -> tuple[Any, ...]:
+        """The leading arguments of the C++ reference and of the numpy golden: x, dtype,
+        expert_ids, expert_scales, w1, w2, x_active_mask."""
+        args = (self.x, self.dtype, self.expert_ids, self.expert_scales, self.w1, self.w2)
+        return (*args, self.x_active_mask)
 
 
 def make_case(
@@ -76,18 +83,7 @@ def run_core(
     out = np.full_like(case.x, 7)  # garbage: every element must be written
     counts = np.full(len(case.w1), -5, dtype=np.int64)
     _core.fused_moe_decode_ref(
-        case.x,
-        case.dtype,
-        case.expert_ids,
-        case.expert_scales,
-        case.w1,
-        case.w2,
-        case.x_active_mask,
-        out,
-        counts,
-        moe_load,
-        load_counter,
-        num_threads=num_threads,
+        *case.inputs(), out, counts, moe_load, load_counter, num_threads=num_threads
     )
     return out, counts
 
@@ -116,15 +112,7 @@ def bits(array: np.ndarray) -> np.ndarray:
 
 
 def assert_matches_golden(case: Case) -> GoldenResult:
-    golden = fused_moe_decode_golden(
-        case.x,
-        case.dtype,
-        case.expert_ids,
-        case.expert_scales,
-        case.w1,
-        case.w2,
-        case.x_active_mask,
-    )
+    golden = fused_moe_decode_golden(*case.inputs())
     out, counts = run_core(case)
     np.testing.assert_array_equal(bits(out), bits(golden.out))
     np.testing.assert_array_equal(counts, golden.counts)
@@ -390,10 +378,13 @@ def test_cuda_matches_cpu_reference() -> None:
 
 
 def _int8_weights(**scales: object) -> dict[str, object]:
-    """Override of the bad-input call: int8 weights (E = 2, H = 8, I = 3) and ``scales``."""
+    """Override of the bad-input call: int8 weights (E = 2, H = 8, I = 3) with valid float32
+    W8A8 scale lists [2I] and [H], ``scales`` replacing them (None: not given)."""
     return {
         "w1": [torch.zeros(8, 6, dtype=torch.int8)] * 2,
         "w2": [torch.zeros(3, 8, dtype=torch.int8)] * 2,
+        "w1_scale": [torch.ones(6)] * 2,
+        "w2_scale": [torch.ones(8)] * 2,
         **scales,
     }
 
@@ -438,42 +429,28 @@ def _bad_inputs() -> list[tuple[str, dict[str, object], type[Exception], str]]:
             TypeError,
             r"w2\[0\]",
         ),
-        (
-            "w8a8 one scale list",
-            _int8_weights(w1_scale=[torch.ones(6)] * 2),
-            ValueError,
-            "w2_scale",
-        ),
+        ("w8a8 one scale list", _int8_weights(w2_scale=None), ValueError, "w2_scale"),
         (
             "w8a8 scale shape",
-            _int8_weights(w1_scale=[torch.ones(6)] * 2, w2_scale=[torch.ones(7)] * 2),
+            _int8_weights(w2_scale=[torch.ones(7)] * 2),
             ValueError,
             r"w2_scale\[0\]",
         ),
         (
             "w8a8 scale dtype",
-            _int8_weights(
-                w1_scale=[torch.ones(6, dtype=torch.int32)] * 2,
-                w2_scale=[torch.ones(8)] * 2,
-            ),
+            _int8_weights(w1_scale=[torch.ones(6, dtype=torch.int32)] * 2),
             TypeError,
             r"w1_scale\[0\]",
         ),
         (
             "w8a8 fp16 scales with bf16 activations (published rule)",
-            _int8_weights(
-                w1_scale=[torch.ones(6, dtype=torch.float16)] * 2,
-                w2_scale=[torch.ones(8)] * 2,
-            ),
+            _int8_weights(w1_scale=[torch.ones(6, dtype=torch.float16)] * 2),
             TypeError,
             r"w1_scale\[0\]: with torch.bfloat16 activations the scales must be torch.float32",
         ),
         (
             "w8a8 one list of two dtypes",
-            _int8_weights(
-                w1_scale=[torch.ones(6)] * 2,
-                w2_scale=[torch.ones(8), torch.ones(8, dtype=bf)],
-            ),
+            _int8_weights(w2_scale=[torch.ones(8), torch.ones(8, dtype=bf)]),
             TypeError,
             r"w2_scale\[1\]",
         ),
@@ -601,12 +578,7 @@ def test_w8a8_bit_exact(dtype: str, scale_kinds: tuple[str, str]) -> None:
     scale_dtypes = (w1_kind, w2_kind)
     case, w1_scale, w2_scale = make_w8a8_case(16, dtype, scale_dtypes)
     golden = fused_moe_decode_golden(
-        case.x,
-        dtype,
-        case.expert_ids,
-        case.expert_scales,
-        case.w1,
-        case.w2,
+        *case.inputs(),
         w1_scale=w1_scale,
         w2_scale=w2_scale,
         scale_dtypes=scale_dtypes,
@@ -616,13 +588,7 @@ def test_w8a8_bit_exact(dtype: str, scale_kinds: tuple[str, str]) -> None:
     out = np.full_like(case.x, 3)
     counts = np.zeros(4, dtype=np.int64)
     _core.fused_moe_decode_ref(
-        case.x,
-        dtype,
-        case.expert_ids,
-        case.expert_scales,
-        case.w1,
-        case.w2,
-        None,
+        *case.inputs(),
         out,
         counts,
         w1_scale=w1_scale,
