@@ -528,7 +528,9 @@ def test_a_stopped_planner_is_replaced_while_daemonic_ranks_keep_serving(tmp_pat
     assert result["restarts"] >= 1 and result["restart_step"] is not None
     assert any("missed its heartbeat" in message for message in result["logs"]), result["logs"]
     (window_step, schedule_step, applied), *_ = result["updates"]
-    assert applied and window_step > result["restart_step"], "planned by the stopped worker?"
+    # restart_step: the first step at whose end the restart was seen; the supervisor thread may
+    # have restarted the process during that step, before its window was submitted.
+    assert applied and window_step >= result["restart_step"], "planned by the stopped worker?"
     for rank, run in enumerate(results):
         assert run["mismatched"] == [], f"{rank=}: outputs differ from the model without EPLB"
         # The old placement served until the new worker's plan was scheduled.
