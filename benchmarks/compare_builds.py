@@ -5,8 +5,14 @@ process times ``--calls`` calls of the same FlashLB plan (58 layers x 256 expert
 slots, 64 episodes of the seeded synthetic workload; with ``--raw-steps`` from its 1024 raw
 steps, 16 per episode) and reports its best; the result per build
 is the median over rounds of those bests. Alternating processes cancels most of this VM's
-minute-to-minute drift, which a comparison of two separate runs would not. The two builds'
-plans are compared first: the script says whether they are identical.
+minute-to-minute drift, which a comparison of two separate runs would not.
+
+The two builds' plans are compared first, case by case (``PLAN_CASES``): every policy
+(default_eplb hierarchical and global, swift_balancer, flashlb, random) through
+``planning.plan`` from scratch and from a current table, and through the stateful
+``make_policy(name).rebalance(table, workload)`` twice in a row, on two workloads (the timed
+one and a small 64-expert one whose near ties exercise the tie rules). Each case prints
+"same" or "DIFFERS"; the script exits with status 1 when any plan differs.
 
     # a build of the old sources in /tmp/old (e.g. git worktree + scripts/dev_build.sh, then
     # copy python/ there), the current one in python/:
@@ -53,6 +59,80 @@ else:
 """
 
 
+# Runs inside each build's process: prints one line "case hash" per planning case.
+PLAN_CASES = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {benchmarks!r})
+from workloads import deepseek_v3_like
+from eplb_native import FlashLBOptions, make_policy
+from eplb_native.planning import PlanRequest, SwiftBalancerOptions, plan
+def digest(table):
+    return hashlib.sha256(np.ascontiguousarray(table, dtype=np.int64).tobytes()).hexdigest()[:16]
+# (label, steps [T, L, N], P, D, G, H)
+workloads = [
+    ("dsv3", deepseek_v3_like(num_steps=256, seed=0), 288, 32, 8, 4),
+    ("small", deepseek_v3_like(num_steps=64, num_layers=6, num_experts=64, seed=1), 80, 8, 4, 2),
+]
+flash = {{
+    "": FlashLBOptions(),
+    "one_episode": FlashLBOptions(episode_steps=1 << 20),
+    "incremental": FlashLBOptions(incremental=True, max_moves_per_layer=6),
+    "keep_margin": FlashLBOptions(keep_margin=0.05),
+}}
+for label, steps, P, D, G, H in workloads:
+    half = steps.shape[0] // 2
+    def request(window, policy, options=None, current=None, groups=1, nodes=1):
+        return PlanRequest(window, D, policy, options, current, num_replicas=P,
+                           num_groups=groups, num_nodes=nodes, num_threads=2, seed=7)
+    # FlashLB's plan of the first half: no rank holds an expert twice (incremental mode needs it).
+    current = plan(request(steps[:half], "flashlb")).new_phy2log
+    window = steps[half:]
+    cases = {{
+        "default_eplb/hierarchical": request(window, "default_eplb", groups=G, nodes=H),
+        "default_eplb/global": request(window, "default_eplb"),
+        "default_eplb/hierarchical+current": request(window, "default_eplb", None, current, G, H),
+        "default_eplb/global+current": request(window, "default_eplb", None, current),
+        "swift_balancer+current": request(window, "swift_balancer", None, current),
+        "swift_balancer/4moves+current": request(
+            window, "swift_balancer", SwiftBalancerOptions(max_moves_per_layer=4), current),
+        "random": request(window, "random"),
+        "random+current": request(window, "random", None, current),
+    }}
+    for name, options in flash.items():
+        suffix = "/" + name if name else ""
+        if not options.incremental:
+            cases["flashlb" + suffix] = request(window, "flashlb", options)
+        cases["flashlb" + suffix + "+current"] = request(window, "flashlb", options, current)
+    for case, req in cases.items():
+        outcome = plan(req)
+        print(f"{{label}}:plan:{{case}}", digest(outcome.proposal.phy2log), digest(outcome.new_phy2log))
+    # The stateful interface: tokens per slot, each expert's tokens split over its replicas.
+    table = current.reshape(current.shape[0], D, P // D)
+    layers = np.arange(current.shape[0])[:, None]
+    counts = np.stack([np.bincount(row, minlength=steps.shape[2]) for row in current])
+    slot_heat = steps[:, layers, current] / counts[layers, current]  # [T, L, P]
+    for name in ("default_eplb", "swift_balancer", "flashlb", "random"):
+        policy = make_policy(name, num_threads=2, seed=7)
+        new_table = table
+        for call, heat in enumerate((slot_heat[half:], slot_heat[:half])):
+            changed, chosen, new_table = policy.rebalance(new_table, heat.reshape(-1, *table.shape))
+            print(f"{{label}}:rebalance:{{name}}:{{call}}", int(changed), digest(chosen),
+                  digest(new_table))
+"""
+
+
+def plan_hashes(build: str) -> dict[str, str]:
+    """Case name -> plan hashes of PLAN_CASES in a fresh process importing ``build``."""
+    env = {**os.environ, "PYTHONPATH": build}
+    done = subprocess.run([sys.executable, "-c", PLAN_CASES.format(benchmarks=str(BENCHMARKS))],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{build}: the planning cases failed:\n{done.stderr}")
+    lines = (line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    return {case: hashes for case, hashes in lines}
+
+
 def run(build: str, threads: int, calls: int, raw_steps: bool) -> str:
     """Output of CHILD in a fresh process importing eplb_native from ``build``."""
     code = CHILD.format(benchmarks=str(BENCHMARKS), threads=threads, calls=calls,
@@ -75,8 +155,18 @@ def main() -> None:
     args = parser.parse_args()
 
     builds = [args.before, args.after]
+    before, after = (plan_hashes(build) for build in builds)
+    if before.keys() != after.keys():
+        sys.exit(f"the builds ran different cases: {sorted(before.keys() ^ after.keys())}")
+    for case, hashes in before.items():
+        print(f"{case:<50} {'same' if after[case] == hashes else 'DIFFERS'}")
+    differ = sum(after[case] != hashes for case, hashes in before.items())
     hashes = {build: run(build, args.threads, 0, args.raw_steps) for build in builds}
-    print("plans identical" if len(set(hashes.values())) == 1 else "plans DIFFER")
+    print("timed flashlb plans identical" if len(set(hashes.values())) == 1
+          else "timed flashlb plans DIFFER")
+    print(f"{len(before) - differ} of {len(before)} planning cases identical")
+    if differ or len(set(hashes.values())) != 1:
+        sys.exit(1)
     best: dict[str, list[float]] = {build: [] for build in builds}
     for round_idx in range(args.rounds):
         for build in builds if round_idx % 2 == 0 else builds[::-1]:

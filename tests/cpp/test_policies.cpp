@@ -427,14 +427,5 @@ TEST(Policies, SwiftAndRandomAreSlotStable) {
     }
 }
 
-TEST(BuildingBlocks, LptAvoidsDuplicatesAndBalances) {
-    // Expert 0 has two replicas of 50; LPT must put them on different ranks.
-    const std::vector<int64_t> experts = {0, 0, 1, 2};
-    const std::vector<double> loads = {50, 50, 30, 20};
-    const std::vector<int64_t> phy2log = lpt_place(experts, loads, 3, 2);
-    EXPECT_NE(phy2log[0], phy2log[1]);
-    EXPECT_NE(phy2log[2], phy2log[3]);
-}
-
 }  // namespace
 }  // namespace eplb_native::policies

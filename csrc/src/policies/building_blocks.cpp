@@ -60,13 +60,16 @@ int64_t weight_copies(const int64_t* current, const int64_t* proposed, int64_t n
     return copies;
 }
 
-std::vector<int64_t> min_max_order(const std::vector<double>& weight,
-                                   const std::vector<int64_t>& experts,
-                                   const std::vector<int64_t>& counts, int64_t budget,
-                                   int64_t max_count) {
+namespace {
+
+// min_max_order on weights of type T (float: DeepSeek's float32 arithmetic).
+template <typename T>
+std::vector<int64_t> min_max_sequence(const T* weight, const std::vector<int64_t>& experts,
+                                      const std::vector<int64_t>& counts, int64_t budget,
+                                      int64_t max_count) {
     // Max-heap on (weight / count, -id), with each listed expert's count as it grows.
     struct Entry {
-        double share;
+        T share;
         int64_t expert;
         int64_t count;
     };
@@ -77,8 +80,7 @@ std::vector<int64_t> min_max_order(const std::vector<double>& weight,
     storage.reserve(experts.size());
     for (const int64_t e : experts) {
         if (counts[idx(e)] < max_count) {
-            storage.push_back({weight[idx(e)] / static_cast<double>(counts[idx(e)]), e,
-                               counts[idx(e)]});
+            storage.push_back({weight[e] / static_cast<T>(counts[idx(e)]), e, counts[idx(e)]});
         }
     }
     // Built in O(n); the pops follow the total order above whatever the heap's layout.
@@ -90,11 +92,20 @@ std::vector<int64_t> min_max_order(const std::vector<double>& weight,
         heap.pop();
         order.push_back(top.expert);
         if (++top.count < max_count) {
-            top.share = weight[idx(top.expert)] / static_cast<double>(top.count);
+            top.share = weight[top.expert] / static_cast<T>(top.count);
             heap.push(top);
         }
     }
     return order;
+}
+
+}  // namespace
+
+std::vector<int64_t> min_max_order(const std::vector<double>& weight,
+                                   const std::vector<int64_t>& experts,
+                                   const std::vector<int64_t>& counts, int64_t budget,
+                                   int64_t max_count) {
+    return min_max_sequence(weight.data(), experts, counts, budget, max_count);
 }
 
 void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>& experts,
@@ -134,24 +145,17 @@ Replication replicate_min_max(const float* weight, int64_t num_experts, int64_t 
     EPLB_CHECK(max_count >= 1 && (num_physical + num_experts - 1) / num_experts <= max_count,
                "more replicas than the cap allows");
     Replication out;
-    out.phy2log.resize(static_cast<size_t>(num_physical));
-    out.replica_rank.assign(static_cast<size_t>(num_physical), 0);
-    out.logcnt.assign(static_cast<size_t>(num_experts), 1);
+    out.phy2log.resize(idx(num_physical));
+    out.logcnt.assign(idx(num_experts), 1);
     std::iota(out.phy2log.begin(), out.phy2log.begin() + num_experts, int64_t{0});
+    const std::vector<int64_t> all(out.phy2log.begin(), out.phy2log.begin() + num_experts);
+    // The heap's (largest ratio, lowest id) is torch.max's first maximum.
+    const std::vector<int64_t> extra =
+        min_max_sequence(weight, all, out.logcnt, num_physical - num_experts, max_count);
     for (int64_t slot = num_experts; slot < num_physical; ++slot) {
-        int64_t best = -1;
-        float best_ratio = -1.0f;
-        for (int64_t e = 0; e < num_experts; ++e) {
-            const int64_t count = out.logcnt[static_cast<size_t>(e)];
-            const float ratio = weight[e] / static_cast<float>(count);
-            if (count < max_count && ratio > best_ratio) {  // strict: the first maximum wins, as torch.max
-                best_ratio = ratio;
-                best = e;
-            }
-        }
-        out.phy2log[static_cast<size_t>(slot)] = best;
-        out.replica_rank[static_cast<size_t>(slot)] = out.logcnt[static_cast<size_t>(best)];
-        ++out.logcnt[static_cast<size_t>(best)];
+        const int64_t best = extra[idx(slot - num_experts)];
+        out.phy2log[idx(slot)] = best;
+        ++out.logcnt[idx(best)];
     }
     return out;
 }
@@ -262,44 +266,6 @@ Packing balanced_packing_distinct(const float* weight, const int64_t* label, int
         put(item, best_pack, best_position);
     }
     return out;
-}
-
-std::vector<int64_t> lpt_place(const std::vector<int64_t>& replica_expert,
-                               const std::vector<double>& replica_load, int64_t num_experts,
-                               int64_t num_ranks) {
-    const auto num_replicas = static_cast<int64_t>(replica_expert.size());
-    EPLB_CHECK(replica_load.size() == replica_expert.size(), "size mismatch");
-    EPLB_CHECK(num_ranks > 0 && num_replicas % num_ranks == 0, "slots do not split over ranks");
-    const int64_t per_rank = num_replicas / num_ranks;
-    const std::vector<int64_t> order = order_descending(replica_load.data(), num_replicas);
-    std::vector<double> rank_load(static_cast<size_t>(num_ranks), 0.0);
-    std::vector<int64_t> rank_items(static_cast<size_t>(num_ranks), 0);
-    std::vector<char> holds(static_cast<size_t>(num_ranks * num_experts), 0);
-    std::vector<int64_t> phy2log(static_cast<size_t>(num_replicas), -1);
-    for (int64_t replica : order) {
-        const int64_t expert = replica_expert[static_cast<size_t>(replica)];
-        int64_t best = -1;
-        bool best_free_of_expert = false;
-        for (int64_t r = 0; r < num_ranks; ++r) {
-            const auto ri = static_cast<size_t>(r);
-            if (rank_items[ri] >= per_rank) {
-                continue;
-            }
-            const bool free_of_expert = holds[static_cast<size_t>(r * num_experts + expert)] == 0;
-            if (best < 0 || (free_of_expert && !best_free_of_expert) ||
-                (free_of_expert == best_free_of_expert &&
-                 rank_load[ri] < rank_load[static_cast<size_t>(best)])) {
-                best = r;
-                best_free_of_expert = free_of_expert;
-            }
-        }
-        const auto bi = static_cast<size_t>(best);
-        phy2log[static_cast<size_t>(best * per_rank + rank_items[bi])] = expert;
-        holds[static_cast<size_t>(best * num_experts + expert)] = 1;
-        rank_load[bi] += replica_load[static_cast<size_t>(replica)];
-        ++rank_items[bi];
-    }
-    return phy2log;
 }
 
 std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n) {

@@ -1,8 +1,9 @@
 #pragma once
-// Reusable steps of the placement policies: min-max-per-replica allotment, DeepSeek-style
-// balanced packing (with or without two replicas of one expert on a pack), LPT placement, and
-// the alignment that keeps experts where the table in force has them. Each works on one layer
-// and is deterministic.
+// Reusable steps of the placement policies: the plan metrics of one layer (rank loads, weight
+// copies, a lower bound on the busiest rank), min-max-per-replica allotment, DeepSeek-style
+// balanced packing (with or without two replicas of one expert on a pack), swaps off the
+// busiest rank, and the alignment that keeps experts where the table in force has them. Each
+// works on one layer and is deterministic.
 //
 // The DeepSeek-compatible steps (replicate_min_max, balanced_packing) compute in float32 as
 // DeepSeek EPLB does (`weight.float()`), so ties and rounding match its torch implementation;
@@ -69,13 +70,12 @@ void allot_min_max(const std::vector<double>& weight, const std::vector<int64_t>
 // Result of replicate_min_max over `num_physical` slots.
 struct Replication {
     std::vector<int64_t> phy2log;       // [num_physical]: slot i < num_experts holds expert i
-    std::vector<int64_t> replica_rank;  // [num_physical]: ordinal of that replica (0, 1, ...)
     std::vector<int64_t> logcnt;        // [num_experts]: replicas per expert
 };
 
-// Min-max per replica: every expert gets one replica, then each further replica goes to the
-// expert with the largest load per replica weight[e] / logcnt[e] (lowest index on ties) among
-// those with fewer than max_count replicas. Needs num_physical <= num_experts * max_count.
+// Min-max per replica over all experts in float32 (min_max_order's rule): every expert gets one
+// replica, then each further replica goes to the expert with the largest load per replica
+// weight[e] / logcnt[e] (lowest index on ties) among those with fewer than max_count replicas. Needs num_physical <= num_experts * max_count.
 [[nodiscard]] Replication replicate_min_max(
     const float* weight, int64_t num_experts, int64_t num_physical,
     int64_t max_count = std::numeric_limits<int64_t>::max());
@@ -101,15 +101,6 @@ struct Packing {
 // When balanced_packing puts no two items with one label in a pack, both give the same result.
 [[nodiscard]] Packing balanced_packing_distinct(const float* weight, const int64_t* label,
                                                 int64_t num_items, int64_t num_packs);
-
-// LPT placement of replicas onto num_ranks ranks of num_replicas / num_ranks slots each: the
-// hottest replica first (stable on ties) onto the least loaded rank with a free slot that does
-// not already hold that expert (lowest rank on ties); only when no such rank is left does it go
-// to the least loaded rank with a free slot. Returns phy2log for one layer [num_replicas],
-// each rank's slots in placement order.
-[[nodiscard]] std::vector<int64_t> lpt_place(const std::vector<int64_t>& replica_expert,
-                                             const std::vector<double>& replica_load,
-                                             int64_t num_experts, int64_t num_ranks);
 
 // Minimum-cost perfect assignment on a square n x n cost matrix (row-major): returns
 // assignment[row] = column. O(n^3) Hungarian method (potentials + shortest augmenting paths).
