@@ -23,7 +23,6 @@ using policies::idx;
 constexpr int kTargetSearchSteps = 16;       // bisection steps of pack_to_target
 constexpr int64_t kRiskRanks = 16;           // risk LPT: eligible ranks evaluated per replica
 constexpr double kRelativeTolerance = 1e-9;  // slack on "fits under the target"
-constexpr double kBoundSlack = 1e-12;        // rounding slack on refine_swaps' rank bound
 
 // The replicas of `counts` as (expert, per-replica weight), heaviest first, lowest id on ties;
 // the replicas of one expert are adjacent. Experts with one replica keep their place in
@@ -57,16 +56,6 @@ std::vector<std::pair<int64_t, double>> replicas_by_weight(const std::vector<dou
         }
     }
     return items;
-}
-
-bool rank_holds(const std::vector<int64_t>& phy2log, int64_t rank, int64_t num_slots,
-                int64_t fill, int64_t expert) {
-    for (int64_t s = 0; s < fill; ++s) {
-        if (phy2log[idx(rank * num_slots + s)] == expert) {
-            return true;
-        }
-    }
-    return false;
 }
 
 // Bit `rank` of a row of 64-bit words.
@@ -843,66 +832,12 @@ std::vector<int64_t> counts_of(const std::vector<int64_t>& phy2log, int64_t num_
 
 void refine_swaps(const std::vector<double>& weight, const std::vector<int64_t>& counts,
                   const LayerShape& shape, int64_t max_iterations, std::vector<int64_t>& phy2log) {
-    const int64_t num_slots = shape.num_slots;
-    const std::vector<double> share = shares_of(weight, counts);
     std::vector<double> load = policies::row_rank_loads(weight, counts, phy2log, shape.num_ranks);
-    for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
-        const auto busiest = static_cast<int64_t>(
-            std::max_element(load.begin(), load.end()) - load.begin());
-        const auto lightest = static_cast<int64_t>(
-            std::min_element(load.begin(), load.end()) - load.begin());
-        const double peak = load[idx(busiest)];
-        // The swap leaving the lower peak on the two ranks wins; ties go to the lowest
-        // (rank, busiest-rank slot, rank slot). The lightest rank is tried first, so that the
-        // bound below skips most other ranks.
-        double best_peak = peak * (1.0 - kRelativeTolerance);
-        int64_t best_from = -1;
-        int64_t best_to = -1;
-        const auto try_rank = [&](int64_t r) {
-            // Any swap leaves one of the two ranks at or above half their summed load (the
-            // slack covers rounding): a rank that cannot tie the best so far is skipped.
-            if (r == busiest || load[idx(r)] >= best_peak ||
-                0.5 * (peak + load[idx(r)]) * (1.0 - kBoundSlack) > best_peak) {
-                return;
-            }
-            for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
-                const int64_t out = phy2log[idx(a)];
-                for (int64_t b = r * num_slots; b < (r + 1) * num_slots; ++b) {
-                    const int64_t in = phy2log[idx(b)];
-                    const double delta = share[idx(out)] - share[idx(in)];
-                    if (delta <= 0.0) {
-                        continue;
-                    }
-                    const double new_peak = std::max(peak - delta, load[idx(r)] + delta);
-                    const bool better =
-                        new_peak < best_peak ||
-                        (new_peak == best_peak && best_from >= 0 &&
-                         std::make_tuple(r, a, b) <
-                             std::make_tuple(best_to / num_slots, best_from, best_to));
-                    if (!better || rank_holds(phy2log, r, num_slots, num_slots, out) ||
-                        rank_holds(phy2log, busiest, num_slots, num_slots, in)) {
-                        continue;
-                    }
-                    best_peak = new_peak;
-                    best_from = a;
-                    best_to = b;
-                }
-            }
-        };
-        try_rank(lightest);
-        for (int64_t r = 0; r < shape.num_ranks; ++r) {
-            if (r != lightest) {
-                try_rank(r);
-            }
-        }
-        if (best_from < 0) {
-            return;
-        }
-        const double delta = share[idx(phy2log[idx(best_from)])] - share[idx(phy2log[idx(best_to)])];
-        std::swap(phy2log[idx(best_from)], phy2log[idx(best_to)]);
-        load[idx(busiest)] -= delta;
-        load[idx(best_to / num_slots)] += delta;
-    }
+    policies::SwapRules rules;
+    rules.min_gain = kRelativeTolerance;
+    rules.rank_first_ties = true;
+    policies::swap_off_busiest(shares_of(weight, counts), rules, max_iterations, 0, phy2log,
+                               load);
 }
 
 }  // namespace eplb_native::flashlb

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <queue>
 #include <string>
+#include <tuple>
 
 #include "eplb_native/error.h"
 
@@ -51,11 +52,7 @@ int64_t weight_copies(const int64_t* current, const int64_t* proposed, int64_t n
     const int64_t num_slots = num_physical / num_ranks;
     int64_t copies = 0;
     for (int64_t slot = 0; slot < num_physical; ++slot) {
-        const int64_t* rank_begin = current + slot / num_slots * num_slots;
-        copies += std::find(rank_begin, rank_begin + num_slots, proposed[slot]) ==
-                          rank_begin + num_slots
-                      ? 1
-                      : 0;
+        copies += rank_holds(current, slot / num_slots, num_slots, proposed[slot]) ? 0 : 1;
     }
     return copies;
 }
@@ -266,6 +263,107 @@ Packing balanced_packing_distinct(const float* weight, const int64_t* label, int
         put(item, best_pack, best_position);
     }
     return out;
+}
+
+namespace {
+
+constexpr double kBoundSlack = 1e-12;  // rounding slack on best_busiest_swap's rank bound
+
+}  // namespace
+
+bool rank_holds(const int64_t* row, int64_t rank, int64_t num_slots, int64_t expert) {
+    const int64_t* begin = row + rank * num_slots;
+    return std::find(begin, begin + num_slots, expert) != begin + num_slots;
+}
+
+Swap best_busiest_swap(const std::vector<int64_t>& row, const std::vector<double>& share,
+                       const std::vector<double>& rank_load, int64_t copies,
+                       const SwapRules& rules) {
+    const auto num_ranks = static_cast<int64_t>(rank_load.size());
+    const int64_t num_slots = static_cast<int64_t>(row.size()) / num_ranks;
+    const auto busiest = static_cast<int64_t>(
+        std::max_element(rank_load.begin(), rank_load.end()) - rank_load.begin());
+    const auto lightest = static_cast<int64_t>(
+        std::min_element(rank_load.begin(), rank_load.end()) - rank_load.begin());
+    const double peak = rank_load[idx(busiest)];
+    const int64_t* current = rules.current;
+    double best_peak = peak * (1.0 - rules.min_gain);
+    Swap best;
+    const auto tie_key = [&](int64_t rank, int64_t a, int64_t b) {
+        return rules.rank_first_ties ? std::make_tuple(rank, a, b) : std::make_tuple(a, b, int64_t{0});
+    };
+    const auto try_rank = [&](int64_t r) {
+        const double load = rank_load[idx(r)];
+        // Any swap leaves one of the two ranks at or above half their summed load (the slack
+        // covers rounding): a rank that cannot tie the best so far is skipped.
+        if (r == busiest || load >= best_peak ||
+            0.5 * (peak + load) * (1.0 - kBoundSlack) > best_peak) {
+            return;
+        }
+        for (int64_t a = busiest * num_slots; a < (busiest + 1) * num_slots; ++a) {
+            const int64_t out = row[idx(a)];
+            for (int64_t b = r * num_slots; b < (r + 1) * num_slots; ++b) {
+                const int64_t in = row[idx(b)];
+                const double delta = share[idx(out)] - share[idx(in)];
+                if (delta <= 0.0) {
+                    continue;
+                }
+                const double new_peak = std::max(peak - delta, load + delta);
+                const bool better = new_peak < best_peak ||
+                                    (new_peak == best_peak && best.from >= 0 &&
+                                     tie_key(r, a, b) < tie_key(best.to / num_slots, best.from,
+                                                                best.to));
+                if (!better || rank_holds(row.data(), r, num_slots, out) ||
+                    rank_holds(row.data(), busiest, num_slots, in)) {
+                    continue;
+                }
+                int64_t after = copies;
+                if (current != nullptr) {
+                    // A slot is a copy when its expert was not on its rank in current.
+                    after += !rank_holds(current, busiest, num_slots, in) -
+                             !rank_holds(current, busiest, num_slots, out) +
+                             !rank_holds(current, r, num_slots, out) -
+                             !rank_holds(current, r, num_slots, in);
+                    if (after > rules.max_copies) {
+                        continue;
+                    }
+                }
+                best_peak = new_peak;
+                best = Swap{a, b, after};
+            }
+        }
+    };
+    // The lightest rank first, so that the bound above skips most other ranks.
+    try_rank(lightest);
+    for (int64_t r = 0; r < num_ranks; ++r) {
+        if (r != lightest) {
+            try_rank(r);
+        }
+    }
+    return best;
+}
+
+void apply_swap(const Swap& swap, const std::vector<double>& share, std::vector<int64_t>& row,
+                std::vector<double>& rank_load) {
+    const int64_t num_slots = static_cast<int64_t>(row.size() / rank_load.size());
+    const double delta = share[idx(row[idx(swap.from)])] - share[idx(row[idx(swap.to)])];
+    std::swap(row[idx(swap.from)], row[idx(swap.to)]);
+    rank_load[idx(swap.from / num_slots)] -= delta;
+    rank_load[idx(swap.to / num_slots)] += delta;
+}
+
+int64_t swap_off_busiest(const std::vector<double>& share, const SwapRules& rules,
+                         int64_t max_swaps, int64_t copies, std::vector<int64_t>& row,
+                         std::vector<double>& rank_load) {
+    for (int64_t done = 0; done < max_swaps; ++done) {
+        const Swap swap = best_busiest_swap(row, share, rank_load, copies, rules);
+        if (swap.from < 0) {
+            break;
+        }
+        apply_swap(swap, share, row, rank_load);
+        copies = swap.copies;
+    }
+    return copies;
 }
 
 std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t n) {

@@ -36,6 +36,10 @@ void row_rank_loads(const double* weight, const int64_t* counts, const int64_t* 
                                                  const std::vector<int64_t>& phy2log,
                                                  int64_t num_ranks);
 
+// Whether rank `rank` of `row` (slots [rank * num_slots, (rank + 1) * num_slots)) holds `expert`.
+[[nodiscard]] bool rank_holds(const int64_t* row, int64_t rank, int64_t num_slots,
+                              int64_t expert);
+
 // Weight copies from `current` to `proposed` (rows [num_physical] of one layer): the slots of
 // `proposed` whose expert is not on the same rank in `current` (-1 in `current`: an empty
 // slot, holding nothing). A replica that only changes slot within its rank costs nothing.
@@ -101,6 +105,48 @@ struct Packing {
 // When balanced_packing puts no two items with one label in a pack, both give the same result.
 [[nodiscard]] Packing balanced_packing_distinct(const float* weight, const int64_t* label,
                                                 int64_t num_items, int64_t num_packs);
+
+// Swaps off the busiest rank: one engine for the policies that improve a placement by
+// exchanging two replicas between the busiest rank and another rank. `share` [N] is each
+// expert's load per replica (fixed while swapping), `row` the phy2log row [P], `rank_load` [D]
+// its rank loads under `share` (row_rank_loads).
+struct SwapRules {
+    // A swap must leave the larger of the two ranks' loads below busiest * (1 - min_gain).
+    double min_gain = 0.0;
+    // Among swaps leaving equal peaks: the lowest (other rank, busiest-rank slot, other slot)
+    // when true, else the lowest (busiest-rank slot, other slot).
+    bool rank_first_ties = false;
+    // The row in force [P] (-1: an empty slot), or null: with it, the weight copies from it
+    // (weight_copies' count) never exceed max_copies.
+    const int64_t* current = nullptr;
+    int64_t max_copies = 0;
+};
+
+// A swap of slots `from` (on the busiest rank) and `to`; `copies`: the weight copies from
+// SwapRules::current afterwards. from < 0: no swap.
+struct Swap {
+    int64_t from = -1;
+    int64_t to = -1;
+    int64_t copies = 0;
+};
+
+// The swap that leaves the lowest max(busiest rank's load, other rank's load) among those that
+// keep every rank free of two replicas of one expert, lower the busiest rank (its replica is
+// heavier) and obey `rules`; `copies`: the weight copies of `row` now (0 without current).
+[[nodiscard]] Swap best_busiest_swap(const std::vector<int64_t>& row,
+                                     const std::vector<double>& share,
+                                     const std::vector<double>& rank_load, int64_t copies,
+                                     const SwapRules& rules);
+
+// Applies `swap` to `row` and `rank_load`.
+void apply_swap(const Swap& swap, const std::vector<double>& share, std::vector<int64_t>& row,
+                std::vector<double>& rank_load);
+
+// Applies best_busiest_swap while one exists, at most max_swaps times; returns the weight
+// copies at the end (`copies`: at the start).
+int64_t swap_off_busiest(const std::vector<double>& share, const SwapRules& rules,
+                         int64_t max_swaps, int64_t copies, std::vector<int64_t>& row,
+                         std::vector<double>& rank_load);
 
 // Minimum-cost perfect assignment on a square n x n cost matrix (row-major): returns
 // assignment[row] = column. O(n^3) Hungarian method (potentials + shortest augmenting paths).
