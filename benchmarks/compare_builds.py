@@ -87,6 +87,10 @@ for label, steps, P, D, G, H in workloads:
                            num_groups=groups, num_nodes=nodes, num_threads=2, seed=7)
     # FlashLB's plan of the first half: no rank holds an expert twice (incremental mode needs it).
     current = plan(request(steps[:half], "flashlb")).new_phy2log
+    # A stale table, planned for the reversed expert popularity: the hot experts are short of
+    # replicas, which swift_balancer fixes by re-allotment and FlashLB's incremental mode by
+    # moving replicas.
+    stale = plan(request(steps[:half, :, ::-1], "flashlb")).new_phy2log
     window = steps[half:]
     cases = {{
         "default_eplb/hierarchical": request(window, "default_eplb", groups=G, nodes=H),
@@ -96,6 +100,10 @@ for label, steps, P, D, G, H in workloads:
         "swift_balancer+current": request(window, "swift_balancer", None, current),
         "swift_balancer/4moves+current": request(
             window, "swift_balancer", SwiftBalancerOptions(max_moves_per_layer=4), current),
+        "swift_balancer+stale": request(window, "swift_balancer", None, stale),
+        "swift_balancer/4moves+stale": request(
+            window, "swift_balancer", SwiftBalancerOptions(max_moves_per_layer=4), stale),
+        "flashlb/incremental+stale": request(window, "flashlb", flash["incremental"], stale),
         "random": request(window, "random"),
         "random+current": request(window, "random", None, current),
     }}

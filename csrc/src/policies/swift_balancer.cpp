@@ -10,150 +10,149 @@
 namespace eplb_native::policies {
 namespace {
 
+// One layer being improved: its row [P], replicas per expert [N], each expert's load per
+// replica [N] and the rank loads [D].
+struct SwiftLayer {
+    const double* load;  // [N] tokens per expert
+    int64_t num_ranks;
+    std::vector<int64_t> row;
+    std::vector<int64_t> logcnt;
+    std::vector<double> share;
+    std::vector<double> rank_load;
+
+    SwiftLayer(const double* expert_load, const int64_t* current, const Topology& topo)
+        : load(expert_load),
+          num_ranks(topo.num_ranks),
+          row(current, current + topo.num_replicas),
+          logcnt(idx(topo.num_experts), 0) {
+        for (const int64_t e : row) {
+            ++logcnt[idx(e)];
+        }
+        refresh();
+    }
+
+    [[nodiscard]] int64_t num_slots() const {
+        return static_cast<int64_t>(row.size()) / num_ranks;
+    }
+
+    // share and rank_load afresh from row and logcnt.
+    void refresh() {
+        share.resize(logcnt.size());
+        for (size_t e = 0; e < share.size(); ++e) {
+            share[e] = load[e] / static_cast<double>(logcnt[e]);
+        }
+        rank_load.resize(idx(num_ranks));
+        row_rank_loads(load, logcnt.data(), row.data(), static_cast<int64_t>(row.size()), num_ranks,
+                       rank_load.data());
+    }
+};
+
+// One replica of an expert with several, overwritten by an expert of the busiest rank.
+struct Reallotment {
+    int64_t expert = -1;  // the expert gaining a replica (-1: none)
+    int64_t slot = -1;    // the slot it takes
+    int64_t copies = 0;   // weight copies from current afterwards
+};
+
+// The layer's max rank load after `expert` x (on the busiest rank) takes slot j from y,
+// evaluated while it stays below `bound` (returns a value >= bound otherwise). holds [D, N]
+// counts the replicas of each expert on each rank.
+double peak_after_reallotment(const SwiftLayer& layer, const std::vector<int>& holds,
+                              int64_t x, int64_t j, double bound) {
+    const auto n = static_cast<int64_t>(layer.logcnt.size());
+    const int64_t y = layer.row[idx(j)];
+    const int64_t rj = j / layer.num_slots();
+    const double cx = static_cast<double>(layer.logcnt[idx(x)]);
+    const double wx = layer.load[x];
+    const double da = wx / (cx + 1.0) - wx / cx;
+    const double cy = static_cast<double>(layer.logcnt[idx(y)]);
+    const double wy = layer.load[y];
+    const double b_new = wy / (cy - 1.0);
+    const double db = b_new - wy / cy;
+    double peak = 0.0;
+    for (int64_t r = 0; r < layer.num_ranks && peak < bound; ++r) {
+        double value = layer.rank_load[idx(r)] + holds[idx(r * n + x)] * da +
+                       holds[idx(r * n + y)] * db;
+        if (r == rj) {
+            value += wx / (cx + 1.0) - b_new;
+        }
+        peak = std::max(peak, value);
+    }
+    return peak;
+}
+
+// The re-allotment that lowers the layer's max rank load the most within max_moves copies
+// from `current`; none when no re-allotment lowers it.
+Reallotment best_reallotment(const SwiftLayer& layer, const int64_t* current, int64_t copies,
+                             int64_t max_moves) {
+    const auto n = static_cast<int64_t>(layer.logcnt.size());
+    const int64_t s = layer.num_slots();
+    const auto p_count = static_cast<int64_t>(layer.row.size());
+    std::vector<int> holds(idx(layer.num_ranks * n), 0);
+    for (int64_t p = 0; p < p_count; ++p) {
+        ++holds[idx((p / s) * n + layer.row[idx(p)])];
+    }
+    const auto hot = static_cast<int64_t>(
+        std::max_element(layer.rank_load.begin(), layer.rank_load.end()) -
+        layer.rank_load.begin());
+    double best_peak = layer.rank_load[idx(hot)];
+    Reallotment best;
+    for (int64_t i = hot * s; i < (hot + 1) * s; ++i) {
+        const int64_t x = layer.row[idx(i)];
+        for (int64_t j = 0; j < p_count; ++j) {
+            const int64_t y = layer.row[idx(j)];
+            const int64_t rj = j / s;
+            if (y == x || layer.logcnt[idx(y)] < 2 || holds[idx(rj * n + x)] > 0) {
+                continue;
+            }
+            const int64_t new_copies = copies + !rank_holds(current, rj, s, x) -
+                                       !rank_holds(current, rj, s, y);
+            if (new_copies > max_moves) {
+                continue;
+            }
+            const double peak = peak_after_reallotment(layer, holds, x, j, best_peak);
+            if (peak < best_peak) {
+                best_peak = peak;
+                best = Reallotment{x, j, new_copies};
+            }
+        }
+    }
+    return best;
+}
+
+void apply_reallotment(const Reallotment& move, SwiftLayer& layer) {
+    const int64_t y = layer.row[idx(move.slot)];
+    --layer.logcnt[idx(y)];
+    ++layer.logcnt[idx(move.expert)];
+    layer.row[idx(move.slot)] = move.expert;
+    layer.refresh();
+}
+
 std::vector<int64_t> swift_layer(const double* load, const int64_t* current, const Topology& topo,
                                  int64_t max_moves) {
-    const int64_t n = topo.num_experts;
-    const int64_t d = topo.num_ranks;
-    const int64_t s = topo.slots_per_rank();
-    const int64_t p_count = topo.num_replicas;
-    std::vector<int64_t> row(current, current + p_count);
-    std::vector<int64_t> logcnt(static_cast<size_t>(n), 0);
-    for (int64_t e : row) {
-        ++logcnt[static_cast<size_t>(e)];
-    }
-    std::vector<double> slot_load(static_cast<size_t>(p_count));
-    std::vector<double> rank_load(static_cast<size_t>(d), 0.0);
-    std::vector<int> original(static_cast<size_t>(d * n), 0);  // replicas of e on r in current
-    for (int64_t p = 0; p < p_count; ++p) {
-        const auto e = static_cast<size_t>(row[static_cast<size_t>(p)]);
-        slot_load[static_cast<size_t>(p)] = load[e] / static_cast<double>(logcnt[e]);
-        rank_load[static_cast<size_t>(p / s)] += slot_load[static_cast<size_t>(p)];
-        ++original[static_cast<size_t>((p / s) * n) + e];
-    }
-    std::vector<int> holds = original;
-    const auto on = [n](const std::vector<int>& table, int64_t rank, int64_t expert) {
-        return table[static_cast<size_t>(rank * n + expert)];
-    };
+    SwiftLayer layer(load, current, topo);
+    SwapRules rules;
+    rules.current = current;
+    rules.max_copies = max_moves;
     int64_t copies = 0;
-    const int64_t max_iterations = 4 * p_count;
+    const int64_t max_iterations = 4 * topo.num_replicas;
     for (int64_t iteration = 0; iteration < max_iterations; ++iteration) {
-        const auto hot = static_cast<int64_t>(
-            std::max_element(rank_load.begin(), rank_load.end()) - rank_load.begin());
-        const double hot_load = rank_load[static_cast<size_t>(hot)];
-        double best_peak = hot_load;
-        int64_t best_i = -1;
-        int64_t best_j = -1;
-        int64_t best_copies = 0;
-        for (int64_t i = hot * s; i < (hot + 1) * s; ++i) {
-            const int64_t x = row[static_cast<size_t>(i)];
-            const double a = slot_load[static_cast<size_t>(i)];
-            for (int64_t j = 0; j < p_count; ++j) {
-                const int64_t other = j / s;
-                const int64_t y = row[static_cast<size_t>(j)];
-                const double b = slot_load[static_cast<size_t>(j)];
-                if (other == hot || x == y || !(a > b) || on(holds, other, x) > 0 ||
-                    on(holds, hot, y) > 0) {
-                    continue;
-                }
-                const double peak = std::max(hot_load - a + b,
-                                             rank_load[static_cast<size_t>(other)] - b + a);
-                if (!(peak < best_peak)) {
-                    continue;
-                }
-                // Copy count change: a slot is a copy when its expert was not on its rank.
-                const int64_t new_copies = copies - (on(original, hot, x) == 0) +
-                                           (on(original, hot, y) == 0) -
-                                           (on(original, other, y) == 0) +
-                                           (on(original, other, x) == 0);
-                if (new_copies > max_moves) {
-                    continue;
-                }
-                best_peak = peak;
-                best_i = i;
-                best_j = j;
-                best_copies = new_copies;
-            }
-        }
-        if (best_i < 0) {
-            // No swap helps: try giving one more replica to an expert of the busiest rank, taken
-            // from an expert with several replicas (re-allotment), if that lowers the peak.
-            const double old_peak = hot_load;
-            double best_peak_re = old_peak;
-            int64_t re_x = -1;
-            int64_t re_j = -1;
-            int64_t re_copies = 0;
-            for (int64_t i = hot * s; i < (hot + 1) * s; ++i) {
-                const int64_t x = row[static_cast<size_t>(i)];
-                const double cx = static_cast<double>(logcnt[static_cast<size_t>(x)]);
-                const double wx = load[x];
-                const double da = wx / (cx + 1.0) - wx / cx;
-                for (int64_t j = 0; j < p_count; ++j) {
-                    const int64_t y = row[static_cast<size_t>(j)];
-                    const int64_t rj = j / s;
-                    if (y == x || logcnt[static_cast<size_t>(y)] < 2 || on(holds, rj, x) > 0) {
-                        continue;
-                    }
-                    const int64_t new_copies =
-                        copies + (on(original, rj, x) == 0) - (on(original, rj, y) == 0);
-                    if (new_copies > max_moves) {
-                        continue;
-                    }
-                    const double cy = static_cast<double>(logcnt[static_cast<size_t>(y)]);
-                    const double wy = load[y];
-                    const double b_new = wy / (cy - 1.0);
-                    const double db = b_new - wy / cy;
-                    double peak = 0.0;
-                    for (int64_t r = 0; r < d && peak < best_peak_re; ++r) {
-                        double value = rank_load[static_cast<size_t>(r)] + on(holds, r, x) * da +
-                                       on(holds, r, y) * db;
-                        if (r == rj) {
-                            value += wx / (cx + 1.0) - b_new;
-                        }
-                        peak = std::max(peak, value);
-                    }
-                    if (peak < best_peak_re) {
-                        best_peak_re = peak;
-                        re_x = x;
-                        re_j = j;
-                        re_copies = new_copies;
-                    }
-                }
-            }
-            if (re_x < 0) {
-                break;
-            }
-            const auto bj = static_cast<size_t>(re_j);
-            const int64_t y = row[bj];
-            --holds[static_cast<size_t>((re_j / s) * n + y)];
-            ++holds[static_cast<size_t>((re_j / s) * n + re_x)];
-            --logcnt[static_cast<size_t>(y)];
-            ++logcnt[static_cast<size_t>(re_x)];
-            row[bj] = re_x;
-            std::fill(rank_load.begin(), rank_load.end(), 0.0);
-            for (int64_t p = 0; p < p_count; ++p) {
-                const auto e = static_cast<size_t>(row[static_cast<size_t>(p)]);
-                slot_load[static_cast<size_t>(p)] = load[e] / static_cast<double>(logcnt[e]);
-                rank_load[static_cast<size_t>(p / s)] += slot_load[static_cast<size_t>(p)];
-            }
-            copies = re_copies;
+        const Swap swap = best_busiest_swap(layer.row, layer.share, layer.rank_load, copies, rules);
+        if (swap.from >= 0) {
+            apply_swap(swap, layer.share, layer.row, layer.rank_load);
+            copies = swap.copies;
             continue;
         }
-        const auto bi = static_cast<size_t>(best_i);
-        const auto bj = static_cast<size_t>(best_j);
-        const int64_t other = best_j / s;
-        const int64_t x = row[bi];
-        const int64_t y = row[bj];
-        rank_load[static_cast<size_t>(hot)] += slot_load[bj] - slot_load[bi];
-        rank_load[static_cast<size_t>(other)] += slot_load[bi] - slot_load[bj];
-        --holds[static_cast<size_t>(hot * n + x)];
-        ++holds[static_cast<size_t>(hot * n + y)];
-        --holds[static_cast<size_t>(other * n + y)];
-        ++holds[static_cast<size_t>(other * n + x)];
-        std::swap(row[bi], row[bj]);
-        std::swap(slot_load[bi], slot_load[bj]);
-        copies = best_copies;
+        // No swap helps: one more replica for an expert of the busiest rank, taken from an
+        // expert with several, if that lowers the peak.
+        const Reallotment move = best_reallotment(layer, current, copies, max_moves);
+        if (move.expert < 0) {
+            break;
+        }
+        apply_reallotment(move, layer);
+        copies = move.copies;
     }
-    return row;
+    return layer.row;
 }
 
 }  // namespace
