@@ -8,7 +8,6 @@ namespace eplb_native::bindings {
 void bind_maps(pybind11::module_& m);
 void bind_policies(pybind11::module_& m);
 void bind_reference(pybind11::module_& m);
-void bind_flashlb(pybind11::module_& m);
 void bind_threads(pybind11::module_& m);
 
 }  // namespace eplb_native::bindings

@@ -12,6 +12,5 @@ PYBIND11_MODULE(_core, m) {
     eplb_native::bindings::bind_maps(m);
     eplb_native::bindings::bind_policies(m);
     eplb_native::bindings::bind_reference(m);
-    eplb_native::bindings::bind_flashlb(m);
     eplb_native::bindings::bind_threads(m);
 }

@@ -8,8 +8,35 @@ import typing
 import numpy
 import numpy.typing
 
-__all__: list[str] = ['MAX_ARRAY_ELEMENTS', 'MAX_THREADS', 'expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'plan_flashlb', 'plan_from_phy2log', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'rebalance_experts', 'usable_cores', 'validate_plan']
-def expert_load_from_slot_load(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, slot_load: numpy.typing.ArrayLike) -> numpy.typing.NDArray[numpy.float64]:
+__all__: list[str] = ['MAX_ARRAY_ELEMENTS', 'MAX_THREADS', 'POLICY_NAMES', 'Plan', 'expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'plan_from_phy2log', 'plan_policy', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'usable_cores', 'validate_plan']
+class Plan:
+    """
+    A placement plan held by the core: built by plan_from_phy2log or a policy, or from three maps (checked here); its maps are read-only views.
+    """
+    def __init__(self, phy2log: numpy.typing.ArrayLike, log2phy: numpy.typing.ArrayLike, logcnt: numpy.typing.ArrayLike) -> None:
+        ...
+    @property
+    def phy2log(self) -> numpy.typing.NDArray[numpy.int64]:
+        ...
+    @property
+    def log2phy(self) -> numpy.typing.NDArray[numpy.int64]:
+        ...
+    @property
+    def logcnt(self) -> numpy.typing.NDArray[numpy.int64]:
+        ...
+    @property
+    def num_layers(self) -> int:
+        ...
+    @property
+    def num_experts(self) -> int:
+        ...
+    @property
+    def num_physical(self) -> int:
+        ...
+    @property
+    def max_replicas(self) -> int:
+        ...
+def expert_load_from_slot_load(plan: Plan, slot_load: numpy.typing.ArrayLike) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [rows, L, N]: tokens per expert, its slots' tokens (slot_load [rows, L, P]) summed.
     """
@@ -29,38 +56,35 @@ def keep_slots(phy2log: numpy.typing.ArrayLike, old_phy2log: numpy.typing.ArrayL
     """
     int64 [L, P]: phy2log with, inside each rank, the experts old_phy2log (-1: empty slot) has there back in their old slots; the others fill the free slots in order.
     """
-def plan_flashlb(load: numpy.typing.ArrayLike, num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: numpy.typing.ArrayLike | None = None, history: numpy.typing.ArrayLike | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, z_score: typing.SupportsFloat | typing.SupportsIndex = 0.674, max_depth: typing.SupportsInt | typing.SupportsIndex = 4, width: typing.SupportsInt | typing.SupportsIndex = 8, episode_steps: typing.SupportsInt | typing.SupportsIndex = 1, max_episodes: typing.SupportsInt | typing.SupportsIndex = 64, incremental: bool = False, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = -1, keep_margin: typing.SupportsFloat | typing.SupportsIndex = 0.0) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def plan_policy(policy: str, load: numpy.typing.ArrayLike, num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: numpy.typing.ArrayLike | None = None, history: numpy.typing.ArrayLike | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, options: dict[str, typing.Any] = {}) -> Plan:
     """
-    FlashLB plan: (load float64 [L, N], P, G, H, D, current int64 [L, P] | None, history int64 or float64 [T, L, N] | None, ...) -> (phy2log, log2phy, logcnt).
+    Plan of the policy named `policy` (one of POLICY_NAMES): load float64 [L, N], P, G, H, D, current int64 [L, P] | None (the table in force), history int64 or float64 [T, L, N] | None (read in place), num_threads, seed, options {name: value} of that policy (swift_balancer: max_moves_per_layer; flashlb: z_score, max_depth, width, episode_steps, max_episodes, incremental, max_moves_per_layer, keep_margin).
     """
-def plan_from_phy2log(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
+def plan_from_phy2log(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex) -> Plan:
     """
-    (phy2log int64 [L, P], N) -> (phy2log, log2phy int64 [L, N, max_replicas] -1 padded, logcnt int64 [L, N]).
+    Plan from phy2log int64 [L, P] and N: log2phy [L, N, max_replicas] (-1 padded) and logcnt [L, N] derived.
     """
-def rank_expert_maps(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+def rank_expert_maps(plan: Plan, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """
     int64 [D, L, N]: local slot of expert e on rank r, -1 if absent.
     """
-def rank_loads(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, load: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+def rank_loads(plan: Plan, load: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [rows, L, D]: tokens per rank, each expert's tokens (load [rows, L, N]) split evenly among its replicas.
     """
-def rank_log2phy(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, tp_size: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.int64]:
+def rank_log2phy(plan: Plan, num_ranks: typing.SupportsInt | typing.SupportsIndex, tp_size: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.int64]:
     """
     int64 [D, L, N]: physical slot that rank r routes expert e's tokens to (tp_size 0: own replica, else an even spread; >= 1: vllm-ascend's generate_log2phy_map rule).
-    """
-def rebalance_experts(policy: str, load: numpy.typing.ArrayLike, num_replicas: typing.SupportsInt | typing.SupportsIndex, num_groups: typing.SupportsInt | typing.SupportsIndex, num_nodes: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex, current: numpy.typing.ArrayLike | None = None, num_threads: typing.SupportsInt | typing.SupportsIndex = 0, seed: typing.SupportsInt | typing.SupportsIndex = 0, max_moves_per_layer: typing.SupportsInt | typing.SupportsIndex = 32) -> tuple[numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64], numpy.typing.NDArray[numpy.int64]]:
-    """
-    (policy, load float64 [L, N], P, G, H, D, current int64 [L, P] | None, num_threads, seed, max_moves_per_layer) -> (phy2log [L, P], log2phy [L, N, max_replicas], logcnt [L, N]) for policy in default_eplb, swift_balancer, random.
     """
 def usable_cores() -> int:
     """
     Cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
     """
-def validate_plan(phy2log: numpy.typing.ArrayLike, log2phy: numpy.typing.ArrayLike, logcnt: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
+def validate_plan(plan: Plan, num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
     """
-    Raise ValueError naming the field unless the three maps form a valid placement.
+    Raise ValueError naming the field unless the plan is a valid placement on num_ranks ranks.
     """
 MAX_ARRAY_ELEMENTS: int
+POLICY_NAMES: tuple[str, ...]
 MAX_THREADS: int
 __version__: str

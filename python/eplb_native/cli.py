@@ -496,6 +496,7 @@ def _plan(args: argparse.Namespace) -> None:
         num_threads=args.threads,
         seed=args.seed,
     )
+    assert isinstance(plan, Plan)  # planned from a numpy load: numpy arrays, not tensors
     save_expert_map(plan, args.output, args.ranks, allow_duplicate_on_rank=args.deepseek_parity)
     before = evaluate(initial, trace.load, args.ranks)
     after = evaluate(plan, trace.load, args.ranks)

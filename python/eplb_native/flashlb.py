@@ -1,6 +1,6 @@
 """FlashLB: the planner call, its options, and the layer-wise cherry-picking of re-planned layers.
 
-The planning itself runs in C++ (``eplb_native._core.plan_flashlb``): per layer, a tree search
+The planning itself runs in C++ (``eplb_native._core.plan_policy("flashlb", ...)``): per layer, a tree search
 over how many redundant replicas each group of hot experts takes, each candidate placed by a
 covariance-aware LPT on the profiling episodes (each replica to the rank of least risk, mean +
 z * std of its summed episode loads) and scored on them (mean per-episode peak / mean rank
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -115,6 +116,21 @@ class FlashLBOptions:
             keep_margin=_or(self.keep_margin, margin),
         )
 
+    def core_options(self, num_ranks: int) -> dict[str, Any]:
+        """The options the C++ FlashLB reads (``_core.plan_policy``), defaults resolved for
+        ``num_ranks`` ranks."""
+        opts = self.resolved(num_ranks)
+        return {
+            "z_score": float(opts.z_score),
+            "max_depth": int(opts.max_depth),
+            "width": int(opts.width),
+            "episode_steps": int(opts.episode_steps),
+            "max_episodes": int(opts.max_episodes),
+            "incremental": opts.incremental,
+            "max_moves_per_layer": -1 if opts.max_moves_per_layer is None else int(opts.max_moves_per_layer),
+            "keep_margin": float(_or(opts.keep_margin, 0.0)),
+        }
+
     def thresholds(self, num_ranks: int) -> tuple[float, float]:
         """(update_threshold_ratio, update_threshold_value) in force on ``num_ranks`` ranks."""
         options = self.resolved(num_ranks)
@@ -193,27 +209,11 @@ def plan_flashlb(
     ):
         check_int(value, name, minimum=1)
     check_num_threads(num_threads)
-    opts = (FlashLBOptions() if options is None else options).resolved(int(num_ranks))
-    assert opts.keep_margin is not None
-    phy2log, log2phy, logcnt = _core.plan_flashlb(
-        expert_load,
-        int(num_replicas),
-        int(num_groups),
-        int(num_nodes),
-        int(num_ranks),
-        current=current_table,
-        history=history_array,
-        num_threads=int(num_threads),
-        z_score=float(opts.z_score),
-        max_depth=int(opts.max_depth),
-        width=int(opts.width),
-        episode_steps=int(opts.episode_steps),
-        max_episodes=int(opts.max_episodes),
-        incremental=opts.incremental,
-        max_moves_per_layer=-1 if opts.max_moves_per_layer is None else int(opts.max_moves_per_layer),
-        keep_margin=float(opts.keep_margin),
-    )
-    return Plan(phy2log, log2phy, logcnt)
+    core_options = (FlashLBOptions() if options is None else options).core_options(int(num_ranks))
+    return Plan.from_core(_core.plan_policy(
+        "flashlb", expert_load, int(num_replicas), int(num_groups), int(num_nodes), int(num_ranks),
+        current=current_table, history=history_array, num_threads=int(num_threads), options=core_options,
+    ))  # fmt: skip
 
 
 def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: int) -> FloatArray:

@@ -8,8 +8,7 @@ physical slots. Rank ``r`` owns physical slots ``r * S .. r * S + S - 1``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -29,21 +28,41 @@ from eplb_native.limits import check_array_size
 logger = logging.getLogger(__name__)
 
 
-class Plan(NamedTuple):
+class Plan:
     """A placement of logical experts onto physical slots, one row per MoE layer.
 
-    Unpacks like DeepSeek EPLB's result: ``phy2log, log2phy, logcnt = plan``.
+    The plan is held by the C++ core (``_core.Plan``) and passed to it as built: the maps,
+    loads and checks below never rebuild it. Its arrays are read-only views. Unpacks like
+    DeepSeek EPLB's result: ``phy2log, log2phy, logcnt = plan``.
+
+    ``Plan(phy2log, log2phy, logcnt)`` copies three given maps and checks them once in the core
+    (ValueError naming the field); ``Plan.from_phy2log`` derives the other two.
 
     Attributes:
         phy2log: int64 [L, P], the logical expert held by each physical slot.
         log2phy: int64 [L, N, max_replicas], the physical slots of each expert in ascending
             order, padded with -1.
         logcnt: int64 [L, N], the number of replicas of each expert.
+        core: the ``_core.Plan`` holding them.
     """
 
-    phy2log: IntArray
-    log2phy: IntArray
-    logcnt: IntArray
+    __slots__ = ("_valid_on", "core")
+
+    def __init__(self, phy2log: npt.ArrayLike, log2phy: npt.ArrayLike, logcnt: npt.ArrayLike) -> None:
+        self.core = _core.Plan(
+            as_int_array(phy2log, "phy2log"), as_int_array(log2phy, "log2phy"), as_int_array(logcnt, "logcnt")
+        )
+        #: (num_ranks, allow_duplicate_on_rank) pairs ``validate_plan`` passed (the plan is
+        #: immutable: each is checked once).
+        self._valid_on: set[tuple[int, bool]] = set()
+
+    @classmethod
+    def from_core(cls, core: _core.Plan) -> Plan:
+        """The Plan holding ``core`` (a plan the core built), not copied."""
+        plan = cls.__new__(cls)
+        plan.core = core
+        plan._valid_on = set()
+        return plan
 
     @classmethod
     def from_phy2log(cls, phy2log: npt.ArrayLike, num_experts: int | None = None) -> Plan:
@@ -55,31 +74,53 @@ class Plan(NamedTuple):
         table = as_int_array(phy2log, "phy2log")
         if table.ndim == 1:
             table = table[None, :]
-        if table.ndim != 2 or table.size == 0:
-            msg = f"phy2log: expected a non-empty [layers, physical_slots] array, got shape {table.shape}"
-            raise ValueError(msg)
         if num_experts is None:
-            largest = int(table.max())
-            if largest >= table.shape[1]:
+            largest = int(table.max(initial=0))
+            if table.ndim == 2 and largest >= table.shape[1]:
                 msg = (f"phy2log: expert id {largest} implies {largest + 1} experts, but a layer has "
                        f"only {table.shape[1]} slots (every expert needs one)")
                 raise ValueError(msg)
             num_experts = largest + 1
-        check_positive_int(num_experts, "num_experts")
-        phy2log_out, log2phy, logcnt = _core.plan_from_phy2log(table, int(num_experts))
-        return cls(phy2log_out, log2phy, logcnt)
+        return cls.from_core(_core.plan_from_phy2log(table, check_positive_int(num_experts, "num_experts")))
+
+    @property
+    def phy2log(self) -> IntArray:
+        return self.core.phy2log
+
+    @property
+    def log2phy(self) -> IntArray:
+        return self.core.log2phy
+
+    @property
+    def logcnt(self) -> IntArray:
+        return self.core.logcnt
 
     @property
     def num_layers(self) -> int:
-        return int(self.phy2log.shape[0])
+        return self.core.num_layers
 
     @property
     def num_physical(self) -> int:
-        return int(self.phy2log.shape[1])
+        return self.core.num_physical
 
     @property
     def num_experts(self) -> int:
-        return int(self.logcnt.shape[1])
+        return self.core.num_experts
+
+    def __iter__(self) -> Iterator[IntArray]:
+        return iter((self.phy2log, self.log2phy, self.logcnt))
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> IntArray:
+        return (self.phy2log, self.log2phy, self.logcnt)[index]
+
+    def __reduce__(self) -> tuple[type[Plan], tuple[IntArray, IntArray, IntArray]]:
+        return (Plan, (self.phy2log, self.log2phy, self.logcnt))
+
+    def __repr__(self) -> str:
+        return f"Plan(phy2log={self.phy2log!r}, log2phy={self.log2phy!r}, logcnt={self.logcnt!r})"
 
     def slots_per_rank(self, num_ranks: int) -> int:
         """S, the physical slots on each of ``num_ranks`` ranks; ValueError if P is not a multiple."""
@@ -93,44 +134,50 @@ class Plan(NamedTuple):
         return self.num_physical // num_ranks
 
     def table(self, num_ranks: int) -> IntArray:
-        """phy2log as the runtime's placement table, int64 [L, D, S]."""
-        return self.phy2log.reshape(self.num_layers, num_ranks, self.slots_per_rank(num_ranks))
+        """phy2log as the runtime's placement table, int64 [L, D, S] (a writable copy)."""
+        return self.phy2log.reshape(self.num_layers, num_ranks, self.slots_per_rank(num_ranks)).copy()
 
 
 def check_plan(plan: object) -> Plan:
-    """``plan`` when it is a Plan of int64 arrays with agreeing shapes (phy2log [L, P], log2phy
-    [L, N, R], logcnt [L, N]); TypeError or ValueError naming "plan" otherwise. Ids are checked
-    where they are read."""
+    """``plan`` when it is a Plan; TypeError naming "plan" otherwise (a Plan was checked when
+    it was built)."""
     if not isinstance(plan, Plan):
         msg = f"plan: expected a Plan, got {type(plan).__name__}"
         raise TypeError(msg)
-    arrays_ok = all(isinstance(a, np.ndarray) and a.dtype == np.int64 for a in plan)
-    if not (arrays_ok and plan.phy2log.ndim == 2 and plan.logcnt.ndim == 2 and plan.log2phy.ndim == 3
-            and plan.phy2log.size > 0 and plan.logcnt.size > 0
-            and plan.logcnt.shape[0] == plan.phy2log.shape[0] == plan.log2phy.shape[0]
-            and plan.log2phy.shape[1] == plan.logcnt.shape[1]):
-        msg = "plan: expected int64 arrays phy2log [L, P], log2phy [L, N, R], logcnt [L, N] (build it with Plan.from_phy2log)"
-        raise ValueError(msg)
     return plan
 
 
 def validate_plan(plan: Plan, num_ranks: int, allow_duplicate_on_rank: bool = False) -> None:
-    """Raises ValueError naming the field unless ``plan`` is one valid placement.
+    """Raises ValueError naming the field unless ``plan`` is one valid placement on
+    ``num_ranks`` ranks.
 
-    Checks: every expert has >= 1 replica; ids in range; P is a multiple of ``num_ranks`` (each
-    rank exactly S slots); ``logcnt`` counts ``phy2log``; ``log2phy`` lists exactly each
-    expert's slots, -1 padded; and, unless ``allow_duplicate_on_rank``, no rank holds two
-    replicas of one expert (vllm-ascend's rule).
+    Checks (in the core): every expert has >= 1 replica; ids in range; P is a multiple of
+    ``num_ranks`` (each rank exactly S slots); ``logcnt`` counts ``phy2log``; ``log2phy`` lists
+    exactly each expert's slots, -1 padded; and, unless ``allow_duplicate_on_rank``, no rank
+    holds two replicas of one expert (vllm-ascend's rule).
     """
-    if not isinstance(plan, tuple) or len(plan) != 3:
-        msg = "plan: expected a Plan (phy2log, log2phy, logcnt)"
-        raise ValueError(msg)
-    check_positive_int(num_ranks, "num_ranks")
-    phy2log, log2phy, logcnt = (
-        as_int_array(array, field)
-        for array, field in zip(plan, ("phy2log", "log2phy", "logcnt"), strict=True)
-    )
-    _core.validate_plan(phy2log, log2phy, logcnt, int(num_ranks), bool(allow_duplicate_on_rank))
+    key = (check_positive_int(num_ranks, "num_ranks"), bool(allow_duplicate_on_rank))
+    if key in check_plan(plan)._valid_on:
+        return
+    _core.validate_plan(plan.core, *key)
+    plan._valid_on.update({key, (key[0], True)})  # no duplicates: also valid with them allowed
+
+
+def layer_plan(row: Plan | npt.ArrayLike, num_experts: int, num_ranks: int) -> Plan:
+    """One layer's placement on ``num_ranks`` ranks as a Plan [1, P], validated as the runtime
+    takes it (a rank may hold an expert twice): ``row`` itself when it is such a Plan of
+    ``num_experts`` experts (built and checked once, then passed on), else built from phy2log
+    ``row`` int [P]. Raises ValueError naming phy2log_row or the field at fault."""
+    if isinstance(row, Plan):
+        plan = row
+        if plan.num_layers != 1 or plan.num_experts != num_experts:
+            msg = (f"phy2log_row: expected a one-layer plan of {num_experts} experts, got "
+                   f"{plan.num_layers} layers of {plan.num_experts}")
+            raise ValueError(msg)
+    else:
+        plan = Plan.from_phy2log(as_int_array(row, "phy2log_row")[None], num_experts)
+    validate_plan(plan, num_ranks, allow_duplicate_on_rank=True)
+    return plan
 
 
 def rank_expert_maps(plan: Plan, num_ranks: int) -> IntArray:
@@ -139,9 +186,7 @@ def rank_expert_maps(plan: Plan, num_ranks: int) -> IntArray:
     ``maps[r, l, e]`` is the local slot (0..S-1) of expert ``e`` on rank ``r`` in layer ``l``,
     or -1 when rank ``r`` holds no replica of it.
     """
-    plan = check_plan(plan)
-    check_positive_int(num_ranks, "num_ranks")
-    return _core.rank_expert_maps(plan.phy2log, plan.num_experts, int(num_ranks))
+    return _core.rank_expert_maps(check_plan(plan).core, check_positive_int(num_ranks, "num_ranks"))
 
 
 def rank_log2phy(plan: Plan, num_ranks: int, tp_size: int | None = None) -> IntArray:
@@ -156,11 +201,9 @@ def rank_log2phy(plan: Plan, num_ranks: int, tp_size: int | None = None) -> IntA
     ``(r % tp_size + r // tp_size + e) % k``: ranks of one tensor-parallel group, and successive
     experts, take different replicas.
     """
-    plan = check_plan(plan)
-    check_positive_int(num_ranks, "num_ranks")
     if tp_size is not None:
         check_positive_int(tp_size, "tp_size")
-    return _core.rank_log2phy(plan.phy2log, plan.num_experts, int(num_ranks), int(tp_size or 0))
+    return _core.rank_log2phy(check_plan(plan).core, check_positive_int(num_ranks, "num_ranks"), tp_size or 0)
 
 
 def default_placement(
@@ -223,9 +266,6 @@ def slot_load_from_expert_load(plan: Plan, load: npt.ArrayLike) -> FloatArray:
     if expert_load.ndim < 2 or expert_load.shape[-2:] != plan.logcnt.shape:
         msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
         raise ValueError(msg)
-    if plan.phy2log.min() < 0 or plan.phy2log.max() >= plan.num_experts or plan.logcnt.min() < 1:
-        msg = f"plan: phy2log ids must lie in [0, {plan.num_experts}) and logcnt be >= 1"
-        raise ValueError(msg)
     per_replica = expert_load / plan.logcnt  # [..., L, N]
     layer_idx = np.arange(plan.num_layers)[:, None]
     return np.ascontiguousarray(per_replica[..., layer_idx, plan.phy2log])
@@ -247,7 +287,7 @@ def expert_load_from_slot_load(plan: Plan, slot_load: npt.ArrayLike) -> FloatArr
         msg = f"slot_load: expected [..., L, P] = [..., {plan.num_layers}, {plan.num_physical}], got {slots.shape}"
         raise ValueError(msg)
     return _per_row(slots, plan.num_experts,
-                    lambda rows: _core.expert_load_from_slot_load(plan.phy2log, plan.num_experts, rows))
+                    lambda rows: _core.expert_load_from_slot_load(plan.core, rows))
 
 
 def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
@@ -260,9 +300,9 @@ def rank_loads(plan: Plan, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
     if expert_load.ndim < 2 or expert_load.shape[-2:] != plan.logcnt.shape:
         msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {plan.num_experts}], got {expert_load.shape}"
         raise ValueError(msg)
-    plan.slots_per_rank(num_ranks)  # ValueError unless the ranks split the slots evenly
-    return _per_row(expert_load, num_ranks,
-                    lambda rows: _core.rank_loads(plan.phy2log, plan.num_experts, rows, num_ranks))
+    ranks = check_positive_int(num_ranks, "num_ranks")
+    return _per_row(expert_load, ranks,
+                    lambda rows: _core.rank_loads(plan.core, rows, ranks))
 
 
 def _per_row(

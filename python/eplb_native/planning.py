@@ -16,7 +16,7 @@ import difflib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any
 
 import numpy as np
 
@@ -32,15 +32,17 @@ from eplb_native.checks import (
     check_load,
     check_positive_int,
 )
-from eplb_native.flashlb import FlashLBOptions, PlannedBalance, plan_flashlb, select_layers
+from eplb_native.flashlb import FlashLBOptions, PlannedBalance, select_layers
 from eplb_native.limits import check_num_threads
 from eplb_native.metrics import count_weight_copies, peak_to_average
 from eplb_native.plan import Plan, rank_loads
 
 logger = logging.getLogger(__name__)
 
-PolicyName = Literal["random", "default_eplb", "swift_balancer", "flashlb"]
-POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
+#: A policy's registry name: one of POLICY_NAMES.
+PolicyName = str
+#: The policies of the C++ core's registry, in vllm-ascend's id order.
+POLICY_NAMES: tuple[str, ...] = tuple(_core.POLICY_NAMES)
 #: vllm-ascend's integer policy ids (policy_factory.py): 0 random, 1 default, 2 swift, 3 flashlb.
 POLICY_IDS: dict[int, str] = dict(enumerate(POLICY_NAMES))
 
@@ -88,6 +90,11 @@ class SwiftBalancerOptions:
         if self.max_layers_per_update is not None:
             check_int(self.max_layers_per_update, "max_layers_per_update", minimum=1)
 
+    def core_options(self, num_ranks: int) -> dict[str, Any]:
+        """The options the C++ policy reads (``_core.plan_policy``); none depend on D."""
+        del num_ranks
+        return {"max_moves_per_layer": self.max_moves_per_layer}
+
 
 #: Each policy's options type (None: the policy takes no options).
 OPTIONS_TYPES: dict[str, type | None] = {
@@ -98,8 +105,10 @@ OPTIONS_TYPES: dict[str, type | None] = {
 }
 
 
-class PolicyFn(Protocol):
-    """What a registered policy is: validated inputs in, a Plan out.
+@dataclass(frozen=True)
+class PolicyFn:
+    """A registered policy: the core registry's policy ``name``, validated inputs in, a Plan
+    out.
 
     Args:
         load: float64 [L, N], tokens per logical expert (checked by ``check_load``).
@@ -114,6 +123,8 @@ class PolicyFn(Protocol):
         Plan with L layers and P physical slots.
     """
 
+    name: str
+
     def __call__(
         self,
         load: FloatArray,
@@ -127,44 +138,20 @@ class PolicyFn(Protocol):
         num_threads: int,
         seed: int,
         options: Any,
-    ) -> Plan: ...
-
-
-def _core_policy(name: str) -> PolicyFn:
-    """A PolicyFn running the C++ policy ``name`` (options already checked by ``propose``)."""
-
-    def run(
-        load: FloatArray,
-        num_replicas: int,
-        num_groups: int,
-        num_nodes: int,
-        num_ranks: int,
-        *,
-        current: IntArray | None,
-        history: IntArray | FloatArray | None,
-        num_threads: int,
-        seed: int,
-        options: Any,
     ) -> Plan:
-        del history  # these policies plan from the aggregated load only
-        swift = options if isinstance(options, SwiftBalancerOptions) else SwiftBalancerOptions()
-        phy2log, log2phy, logcnt = _core.rebalance_experts(
-            name, load, num_replicas, num_groups, num_nodes, num_ranks, current=current,
-            num_threads=num_threads, seed=seed, max_moves_per_layer=swift.max_moves_per_layer,
-        )  # fmt: skip
-        return Plan(phy2log, log2phy, logcnt)
-
-    return run
+        options_type = OPTIONS_TYPES[self.name]
+        if options is None and options_type is not None:
+            options = options_type()
+        core_options = {} if options is None else options.core_options(num_ranks)
+        return Plan.from_core(_core.plan_policy(
+            self.name, load, num_replicas, num_groups, num_nodes, num_ranks, current=current,
+            history=history, num_threads=num_threads, seed=seed, options=core_options,
+        ))  # fmt: skip
 
 
 #: Registry name -> policy; the keys are exactly POLICY_NAMES (vLLM's assertion).
-POLICIES: dict[str, PolicyFn] = {
-    "random": _core_policy("random"),
-    "default_eplb": _core_policy("default_eplb"),
-    "swift_balancer": _core_policy("swift_balancer"),
-    "flashlb": plan_flashlb,
-}
-assert set(POLICIES) == set(POLICY_NAMES) == set(OPTIONS_TYPES), "registry keys must equal POLICY_NAMES"
+POLICIES: dict[str, PolicyFn] = {name: PolicyFn(name) for name in POLICY_NAMES}
+assert set(POLICY_NAMES) == set(OPTIONS_TYPES), "every policy needs its options type"
 
 
 def check_options(policy: str, options: Any) -> Any:

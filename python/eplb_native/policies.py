@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -55,11 +55,20 @@ def _as_numpy(values: Any) -> Any:
     return values.detach().cpu().numpy() if _is_tensor(values) else values
 
 
-def _as_torch(plan: Plan) -> Plan:
-    """The plan with torch.int64 CPU tensors in place of its arrays (sharing their memory);
-    called only when the caller passed a tensor, so torch is already imported."""
+class TorchPlan(NamedTuple):
+    """A plan as torch.int64 CPU tensors, as DeepSeek EPLB returns it: phy2log [L, P], log2phy
+    [L, N, max_replicas] (-1 padded), logcnt [L, N]."""
+
+    phy2log: Any
+    log2phy: Any
+    logcnt: Any
+
+
+def _as_torch(plan: Plan) -> TorchPlan:
+    """The plan's arrays copied into torch tensors; called only when the caller passed a tensor,
+    so torch is already imported."""
     torch = importlib.import_module("torch")
-    return Plan(*(torch.from_numpy(array) for array in plan))
+    return TorchPlan(*(torch.from_numpy(array.copy()) for array in plan))
 
 
 def rebalance_experts(
@@ -76,7 +85,7 @@ def rebalance_experts(
     num_threads: int = 0,
     seed: int = 0,
     options: Any = None,
-) -> Plan:
+) -> Plan | TorchPlan:
     """Plans where each layer's experts go; a drop-in for DeepSeek EPLB's call.
 
     ``phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, num_groups,

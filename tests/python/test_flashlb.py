@@ -321,7 +321,7 @@ def test_bad_options_raise_value_error_naming_the_field(changes: dict, field: st
         ({"load": np.full((1, 4), np.nan)}, "load"),
         ({"history": np.ones((2, 1, 5))}, "history"),
         ({"current": np.array([[0, 1, 2, 9]])}, "current"),
-        ({"width": 0}, "width"),
+        ({"options": {"width": 0}}, "width"),
         ({"num_ranks": 3}, "num_replicas"),
     ],
 )
@@ -329,7 +329,7 @@ def test_core_validates_on_its_own(kwargs: dict, field: str) -> None:
     args = {"load": np.ones((1, 4)), "num_replicas": 4, "num_groups": 1, "num_nodes": 1,
             "num_ranks": 2, **kwargs}
     with pytest.raises(ValueError, match=field):
-        _core.plan_flashlb(**args)
+        _core.plan_policy("flashlb", **args)
 
 
 def test_plans_are_valid_on_random_shapes_loads_and_modes() -> None:

@@ -67,7 +67,7 @@ def test_equal_weights_one_replica_each_and_device_input() -> None:
 
 def _old_and_weight(seed: int) -> tuple[object, object]:
     """vLLM's initial placement of 16 experts + 4 redundant on 4 GPUs, and a skewed load."""
-    old = torch.from_numpy(default_placement(3, 16, 4, 4).phy2log)
+    old = torch.from_numpy(default_placement(3, 16, 4, 4).phy2log.copy())  # plan maps are read-only
     rng = np.random.default_rng(seed)
     return old, torch.from_numpy(np.round(rng.lognormal(3.0, 1.0, size=(3, 16))))
 

@@ -51,6 +51,6 @@ def test_core_stubs_name_every_compiled_function():
     if not stub.exists():  # an installed wheel carries it; a bare build dir may not
         stub = Path(__file__).parents[2] / "python" / "eplb_native" / "_core.pyi"
     tree = ast.parse(stub.read_text())
-    stubbed = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    stubbed = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     compiled = {name for name in dir(_core) if not name.startswith("_") and callable(getattr(_core, name))}
     assert stubbed == compiled, f"regenerate python/eplb_native/_core.pyi: {stubbed ^ compiled}"

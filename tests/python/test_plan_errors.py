@@ -12,7 +12,9 @@ GOOD = eplb_native.Plan.from_phy2log(np.array([[7, 2, 0, 3, 5, 6, 1, 4, 7, 2]]),
 
 
 def _with(**arrays):
-    return GOOD._replace(**{k: np.asarray(v) for k, v in arrays.items()})
+    """A Plan of GOOD's maps with ``arrays`` in place of some (checked as it is built)."""
+    maps = {"phy2log": GOOD.phy2log, "log2phy": GOOD.log2phy, "logcnt": GOOD.logcnt}
+    return eplb_native.Plan(**{**maps, **{k: np.asarray(v) for k, v in arrays.items()}})
 
 
 # (case id, python call, _core call or None, field named in the message)
@@ -50,43 +52,43 @@ CASES = [
     (
         "logcnt disagrees",
         lambda: eplb_native.validate_plan(_with(logcnt=GOOD.logcnt + 1), 2),
-        lambda: _core.validate_plan(GOOD.phy2log, GOOD.log2phy, GOOD.logcnt + 1, 2, False),
+        lambda: _core.validate_plan(_core.Plan(GOOD.phy2log, GOOD.log2phy, GOOD.logcnt + 1), 2, False),
         "logcnt: layer 0, expert 0",
     ),
     (
         "log2phy points elsewhere",
         lambda: eplb_native.validate_plan(_with(log2phy=GOOD.log2phy[:, ::-1]), 2),
-        lambda: _core.validate_plan(GOOD.phy2log, GOOD.log2phy[:, ::-1].copy(), GOOD.logcnt, 2, False),
+        lambda: _core.validate_plan(_core.Plan(GOOD.phy2log, GOOD.log2phy[:, ::-1].copy(), GOOD.logcnt), 2, False),
         "log2phy: layer 0, expert 0",
     ),
     (
         "log2phy wrong shape",
         lambda: eplb_native.validate_plan(_with(log2phy=GOOD.log2phy[:, :4]), 2),
-        lambda: _core.validate_plan(GOOD.phy2log, GOOD.log2phy[:, :4].copy(), GOOD.logcnt, 2, False),
+        lambda: _core.validate_plan(_core.Plan(GOOD.phy2log, GOOD.log2phy[:, :4].copy(), GOOD.logcnt), 2, False),
         "log2phy: shape (1, 4, 2) does not match",
     ),
     (
         "ranks do not divide slots",
         lambda: eplb_native.validate_plan(GOOD, 3),
-        lambda: _core.validate_plan(GOOD.phy2log, GOOD.log2phy, GOOD.logcnt, 3, False),
+        lambda: _core.validate_plan(GOOD.core, 3, False),
         "num_ranks: 10 physical slots cannot be split evenly over 3 ranks",
     ),
     (
         "zero ranks",
         lambda: eplb_native.validate_plan(GOOD, 0),
-        lambda: _core.validate_plan(GOOD.phy2log, GOOD.log2phy, GOOD.logcnt, 0, False),
+        lambda: _core.validate_plan(GOOD.core, 0, False),
         "num_ranks: expected a positive",
     ),
     (
         "duplicate on rank",
         lambda: eplb_native.validate_plan(eplb_native.Plan.from_phy2log([[0, 0, 1, 2]], 3), 2),
-        lambda: _core.validate_plan(*eplb_native.Plan.from_phy2log([[0, 0, 1, 2]], 3), 2, False),
+        lambda: _core.validate_plan(_core.plan_from_phy2log(np.array([[0, 0, 1, 2]]), 3), 2, False),
         "phy2log: layer 0: rank 0 holds expert 0 twice",
     ),
     (
         "rank maps with uneven ranks",
         lambda: eplb_native.rank_expert_maps(GOOD, 4),
-        lambda: _core.rank_expert_maps(GOOD.phy2log, 8, 4),
+        lambda: _core.rank_expert_maps(GOOD.core, 4),
         "num_ranks: 10 physical slots cannot be split evenly over 4 ranks",
     ),
     (

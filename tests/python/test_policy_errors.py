@@ -1,4 +1,4 @@
-"""Bad input to rebalance_experts and to _core.rebalance_experts: ValueError naming the field."""
+"""Bad input to rebalance_experts and to _core.plan_policy: ValueError naming the field."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_bad_input_names_the_field(case: tuple[Any, ...], entry: str) -> None:
             rebalance_experts(load, replicas, groups, nodes, ranks, policy=policy, current=current)
     else:
         with pytest.raises(ValueError, match=rf"^{field}:"):
-            _core.rebalance_experts(policy, load, replicas, groups, nodes, ranks, current=current)
+            _core.plan_policy(policy, load, replicas, groups, nodes, ranks, current=current)
 
 
 def test_ranks_alias_and_stateful_errors() -> None:
@@ -94,12 +94,12 @@ def test_core_fuzz_raises_value_error_or_returns_valid_plan(  # type: ignore[no-
     current = (np.arange(max(replicas, 1)) % max(num_experts, 1) + current_shift).reshape(1, -1)
     current = np.repeat(current, shape[0] if len(shape) == 2 else 1, axis=0)
     try:
-        phy2log, log2phy, logcnt = _core.rebalance_experts(
+        core = _core.plan_policy(
             policy, load, replicas, groups, nodes, ranks, current=current, num_threads=threads
         )
     except ValueError:
         return
-    validate_plan(Plan(phy2log, log2phy, logcnt), ranks, allow_duplicate_on_rank=True)
+    validate_plan(Plan.from_core(core), ranks, allow_duplicate_on_rank=True)
 
 
 def test_options_and_history_are_checked() -> None:

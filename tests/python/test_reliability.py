@@ -355,11 +355,11 @@ def test_strict_dtypes_for_loads_and_ids() -> None:
     with pytest.raises(ValueError, match=r"^phy2log: expected integers"):
         _core.plan_from_phy2log(np.array([[0.5, 1.0]]), 2)
     with pytest.raises(ValueError, match=r"^load: expected real numbers"):
-        _core.rebalance_experts("default_eplb", load + 1j, 24, 1, 1, 4)
+        _core.plan_policy("default_eplb", load + 1j, 24, 1, 1, 4)
     with pytest.raises(ValueError, match=r"^current: expected integers"):
-        _core.rebalance_experts("swift_balancer", load, 24, 1, 1, 4, current=current.astype(np.float64))
+        _core.plan_policy("swift_balancer", load, 24, 1, 1, 4, current=current.astype(np.float64))
     with pytest.raises(ValueError, match=r"^history: expected real numbers"):
-        _core.plan_flashlb(load, 24, 1, 1, 4, history=np.array([["a"] * 16] * 3 * 2).reshape(2, 3, 16))
+        _core.plan_policy("flashlb", load, 24, 1, 1, 4, history=np.array([["a"] * 16] * 3 * 2).reshape(2, 3, 16))
 
 
 def test_errors_name_the_argument_instead_of_attribute_or_index_errors() -> None:

@@ -93,7 +93,7 @@ def rebalance_experts(
     )  # fmt: skip
     torch = importlib.import_module("torch")
     device = tokens_per_expert.device
-    phy2log, log2phy, logcnt = (torch.from_numpy(array).to(device) for array in plan)
+    phy2log, log2phy, logcnt = (torch.from_numpy(array.copy()).to(device) for array in plan)
     return phy2log, log2phy, logcnt
 
 

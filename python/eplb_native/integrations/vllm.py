@@ -101,7 +101,7 @@ class VllmPolicy:
             )  # fmt: skip
         except ValueError as error:
             raise PolicyInputError(str(error)) from error
-        return torch.from_numpy(plan.phy2log)
+        return torch.from_numpy(plan.phy2log.copy())
 
 
     @classmethod

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from eplb_native.config import HEAT_STAGES, EplbConfig, HeatStage
 from eplb_native.layers import MoeLayerMap
-from eplb_native.plan import Plan, validate_plan
+from eplb_native.plan import Plan, layer_plan, validate_plan
 from eplb_native.runtime._dist import group_rank_and_size
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class HeatRecorder:
     def _local_experts(self, phy2log: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """This rank's slots' logical experts, int64 [L, S], from phy2log [L, P]."""
         start = self._rank * self.num_slots
-        return np.ascontiguousarray(phy2log[:, start : start + self.num_slots], dtype=np.int64)
+        return np.array(phy2log[:, start : start + self.num_slots], dtype=np.int64)  # a writable copy
 
     def _check_layer(self, layer_idx: int) -> None:
         if (
@@ -210,20 +210,20 @@ class HeatRecorder:
         slots = torch.where((ids >= 0) & (ids < self.num_slots), ids, self.num_slots)
         self._step_counts[layer_idx].scatter_add_(0, slots, torch.ones_like(slots))
 
-    def set_layer_placement(self, layer_idx: int, phy2log_row: npt.ArrayLike) -> None:
+    def set_layer_placement(self, layer_idx: int, phy2log_row: Plan | npt.ArrayLike) -> None:
         """Installs a new placement for one MoE layer: steps recorded from now on attribute
         their counts with it (see the class NOTE on timing).
 
         Args:
             layer_idx: the MoE layer index.
-            phy2log_row: int64 [P], the logical expert of each physical slot.
+            phy2log_row: int64 [P], the logical expert of each physical slot (or its
+                ``layer_plan``).
         """
         self._check_layer(layer_idx)
-        row = Plan.from_phy2log(np.asarray(phy2log_row)[None], self._num_experts)
+        row = layer_plan(phy2log_row, self._num_experts, self._num_ranks)
         if row.num_physical != self._phy2log.shape[1]:
             msg = f"phy2log_row: expected {self._phy2log.shape[1]} slots, got {row.num_physical}"
             raise ValueError(msg)
-        validate_plan(row, self._num_ranks, allow_duplicate_on_rank=True)
         self._phy2log[layer_idx] = row.phy2log[0]
         self._slot_expert[layer_idx].copy_(torch.from_numpy(self._local_experts(row.phy2log)[0]))
 

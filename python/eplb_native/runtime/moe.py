@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from eplb_native.plan import Plan, validate_plan
+from eplb_native.plan import Plan, layer_plan
 from eplb_native.routing import ReplicaRouting
 from eplb_native.runtime._dist import group_rank_and_size
 from eplb_native.runtime.heat import HeatRecorder
@@ -56,7 +56,7 @@ class RankExperts:
     @classmethod
     def build(
         cls,
-        phy2log_row: npt.ArrayLike,
+        phy2log_row: Plan | npt.ArrayLike,
         num_experts: int,
         w1: Sequence[torch.Tensor],
         w2: Sequence[torch.Tensor],
@@ -69,18 +69,17 @@ class RankExperts:
         """Validates a placement row and this rank's slot weights.
 
         Args:
-            phy2log_row: int [P], the layer's placement; P = D * S.
+            phy2log_row: int [P], the layer's placement; P = D * S (or its ``layer_plan``).
             num_experts: N.
             w1, w2: this rank's S slot weights, ``w1[s]`` [H, 2I] and ``w2[s]`` [I, H], one
                 dtype (bf16, fp16 or fp32; int8 with scales), contiguous, on one device.
             rank, num_ranks: this rank and D.
             w1_scale, w2_scale: W8A8: S scale tensors each, [2I] and [H] (both or neither).
         """
-        plan = Plan.from_phy2log(np.asarray(phy2log_row)[None], num_experts)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_ranks:
             msg = f"rank: expected an integer in [0, {num_ranks}), got {rank!r}"
             raise ValueError(msg)
-        validate_plan(plan, num_ranks, allow_duplicate_on_rank=True)  # legal at runtime
+        plan = layer_plan(phy2log_row, num_experts, num_ranks)  # duplicates: legal at runtime
         num_slots = plan.slots_per_rank(num_ranks)
         _check_slot_weights(w1, w2, num_slots, w1_scale, w2_scale)
         w8a8 = w1_scale is not None and w2_scale is not None
@@ -375,8 +374,9 @@ class EplbMoE(nn.Module):
             w1_scale, w2_scale: W8A8 layers: the S new slot scales, as ``w1``/``w2``.
         """
         current = self._experts
+        plan = layer_plan(phy2log_row, current.num_experts, current.num_ranks)  # built once
         experts = RankExperts.build(
-            phy2log_row, current.num_experts, w1, w2, rank=current.rank,
+            plan, current.num_experts, w1, w2, rank=current.rank,
             num_ranks=current.num_ranks, w1_scale=w1_scale, w2_scale=w2_scale,
         )  # fmt: skip
         if experts.w8a8 != current.w8a8:
@@ -394,9 +394,9 @@ class EplbMoE(nn.Module):
                 raise ValueError(msg)
         for slots, new_slots in zip(current.weight_kinds, experts.weight_kinds, strict=True):
             _copy_into_slots(slots, new_slots)
-        self.replica_router.load(experts.phy2log)
+        self.replica_router.load(plan)
         if self.heat is not None:
-            self.heat.set_layer_placement(self.moe_layer_idx, experts.phy2log)
+            self.heat.set_layer_placement(self.moe_layer_idx, plan)
         self._experts = replace(current, phy2log=experts.phy2log)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

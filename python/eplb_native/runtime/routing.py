@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from eplb_native.plan import Plan, rank_expert_maps, rank_log2phy, validate_plan
+from eplb_native.plan import Plan, layer_plan, rank_expert_maps, rank_log2phy
 from eplb_native.routing import ReplicaRouting, check_routing
 
 logger = logging.getLogger(__name__)
@@ -81,18 +81,18 @@ class ReplicaRouter:
         """Every table ``route`` reads (their storage never changes)."""
         return (self.expert_map, self.log2phy, self.replicas, self.replica_count)
 
-    def load(self, phy2log_row: npt.ArrayLike) -> None:
+    def load(self, phy2log_row: Plan | npt.ArrayLike) -> None:
         """Copies a new placement's tables in place (validated first; on error nothing changes).
 
         Args:
-            phy2log_row: int [P], the layer's new placement (same P and N as before).
+            phy2log_row: int [P], the layer's new placement (same P and N as before), or its
+                ``layer_plan``.
         """
         num_experts, width = self.replicas.shape
-        plan = Plan.from_phy2log(np.asarray(phy2log_row)[None], num_experts)
+        plan = layer_plan(phy2log_row, num_experts, self.num_ranks)
         if plan.num_physical != num_experts + width - 1:
             msg = f"phy2log_row: expected {num_experts + width - 1} slots, got {plan.num_physical}"
             raise ValueError(msg)
-        validate_plan(plan, self.num_ranks, allow_duplicate_on_rank=True)
         replicas = np.full((num_experts, width), -1, dtype=np.int64)
         replicas[:, : plan.log2phy.shape[2]] = plan.log2phy[0]
         values = (
@@ -102,7 +102,7 @@ class ReplicaRouter:
             plan.logcnt[0],
         )
         for table, value in zip(self.tables, values, strict=True):
-            table.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.int64)))
+            table.copy_(torch.tensor(np.asarray(value, dtype=np.int64)))  # plan maps are read-only
 
     def route(self, logical_ids: torch.Tensor) -> torch.Tensor:
         """The global physical slot of each routed pair.
