@@ -143,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_simulate(commands, verbose)
+    _add_plan(commands, verbose)
+    _add_inspect(commands, verbose)
+    return parser
+
+
+def _add_simulate(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser
+) -> None:
+    """The ``simulate`` subcommand: replay a trace with each policy."""
     simulate = commands.add_parser(
         "simulate",
         parents=[verbose],
@@ -202,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer", type=_non_negative, default=0, help="layer of the heatmaps (default 0)"
     )
 
+
+def _add_plan(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser
+) -> None:
+    """The ``plan`` subcommand: a static plan written as an expert_map_path JSON."""
     plan = commands.add_parser(
         "plan",
         parents=[verbose],
@@ -229,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("-o", "--output", type=Path, required=True, help="expert_map.json to write")
 
+
+def _add_inspect(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], verbose: argparse.ArgumentParser
+) -> None:
+    """The ``inspect`` subcommand: the balance of an existing expert map on a trace."""
     inspect = commands.add_parser(
         "inspect",
         parents=[verbose],
@@ -238,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("expert_map", type=Path, help="expert_map_path JSON (vllm-ascend format)")
     inspect.add_argument("--trace", type=Path, help=_TRACE_HELP)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

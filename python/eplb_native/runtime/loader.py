@@ -45,7 +45,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
-from eplb_native.checks import as_int_array
+from eplb_native.checks import IntArray, as_int_array
 from eplb_native.plan import Plan
 from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 
@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 _NUM_TAGS = 1 << 20  # batches cycle through tags 0.._NUM_TAGS-1
 _BREAK_TAG = _NUM_TAGS  # a receive no rank ever sends to
 
-IntArray = npt.NDArray[np.int64]
 # install(layer_idx, table_row int64 [D, S]): switch the layer's expert_map, log2phy and weight
 # list to the placement row (the slot tensors already hold the new weights).
 InstallFn = Callable[[int, IntArray], None]

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
+from eplb_native.checks import IntArray
+
 logger = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
 Stage = Literal["idle", "broadcast", "verify"]
 
 _HEADER = 7  # status, number of layers k, plan time in us, then 4 float64 bit patterns (PAR)
@@ -162,3 +162,4 @@ class PlanExchange:
 
 
 __all__ = ["PlanExchange", "SharedPlan"]
+

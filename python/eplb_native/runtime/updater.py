@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch.distributed as dist
 
+from eplb_native.checks import IntArray
 from eplb_native.config import EplbConfig
 from eplb_native.expert_map import load_expert_map, save_expert_map
 from eplb_native.flashlb import PlannedBalance
@@ -58,7 +58,6 @@ from eplb_native.runtime.worker import (
 
 logger = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
 
 
 def initial_plan(config: EplbConfig, num_layers: int, num_experts: int, num_ranks: int) -> Plan:

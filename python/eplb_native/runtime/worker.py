@@ -27,15 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from eplb_native.checks import IntArray
 from eplb_native.plan import Plan, validate_plan
 from eplb_native.planner_process import narrow_counts, read_frame, write_frame
 from eplb_native.planning import PlanOutcome, PlanRequest, plan
 
 logger = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
 
 #: What the worker runs: a picklable callable (importable by name in a fresh interpreter).
 Planner = Callable[[PlanRequest], PlanOutcome]
