@@ -6,6 +6,7 @@
 namespace eplb_native::bindings {
 
 void bind_maps(pybind11::module_& m);
+void bind_metrics(pybind11::module_& m);
 void bind_policies(pybind11::module_& m);
 void bind_reference(pybind11::module_& m);
 void bind_threads(pybind11::module_& m);

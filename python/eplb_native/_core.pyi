@@ -8,7 +8,7 @@ import typing
 import numpy
 import numpy.typing
 
-__all__: list[str] = ['MAX_ARRAY_ELEMENTS', 'MAX_THREADS', 'POLICY_NAMES', 'Plan', 'expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'plan_from_phy2log', 'plan_policy', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'usable_cores', 'validate_plan']
+__all__: list[str] = ['MAX_ARRAY_ELEMENTS', 'MAX_THREADS', 'POLICY_NAMES', 'Plan', 'expert_load_from_slot_load', 'fused_moe_decode_ref', 'fused_moe_npu_tiling', 'fused_moe_route', 'keep_slots', 'max_load_lower_bound', 'plan_from_phy2log', 'plan_policy', 'rank_expert_maps', 'rank_loads', 'rank_log2phy', 'usable_cores', 'validate_plan', 'weight_copies_per_layer']
 class Plan:
     """
     A placement plan held by the core: built by plan_from_phy2log or a policy, or from three maps (checked here); its maps are read-only views.
@@ -60,6 +60,10 @@ def plan_policy(policy: str, load: numpy.typing.ArrayLike, num_replicas: typing.
     """
     Plan of the policy named `policy` (one of POLICY_NAMES): load float64 [L, N], P, G, H, D, current int64 [L, P] | None (the table in force), history int64 or float64 [T, L, N] | None (read in place), num_threads, seed, options {name: value} of that policy (swift_balancer: max_moves_per_layer; flashlb: z_score, max_depth, width, episode_steps, max_episodes, incremental, max_moves_per_layer, keep_margin).
     """
+def max_load_lower_bound(load: numpy.typing.ArrayLike, num_physical: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    float64 [R]: per row of load float64 [R, N] (tokens per expert), a lower bound on the busiest rank's tokens of any placement on num_physical slots over num_ranks ranks: the larger of the mean rank load and the smallest possible largest per-replica load (each expert on 1..num_ranks slots).
+    """
 def plan_from_phy2log(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex) -> Plan:
     """
     Plan from phy2log int64 [L, P] and N: log2phy [L, N, max_replicas] (-1 padded) and logcnt [L, N] derived.
@@ -83,6 +87,10 @@ def usable_cores() -> int:
 def validate_plan(plan: Plan, num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
     """
     Raise ValueError naming the field unless the plan is a valid placement on num_ranks ranks.
+    """
+def weight_copies_per_layer(old_phy2log: numpy.typing.ArrayLike, new_phy2log: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    int64 [L]: per layer, the slots of new_phy2log int64 [L, P] whose expert is not on the same rank in old_phy2log int64 [L, P] (-1: an empty slot); a replica moving between slots of one rank costs nothing.
     """
 MAX_ARRAY_ELEMENTS: int
 POLICY_NAMES: tuple[str, ...]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from eplb_native import _core
 from eplb_native.checks import (
     FloatArray,
     IntArray,
@@ -16,59 +17,28 @@ from eplb_native.checks import (
     check_load,
     check_positive_int,
 )
-from eplb_native.limits import check_array_size
 from eplb_native.plan import Plan, check_plan, rank_loads
 
 
 def lower_bound_max_load(load: npt.ArrayLike, num_physical: int, num_ranks: int) -> FloatArray:
-    """A lower bound on the smallest achievable max rank load, float64 [..., L].
+    """A lower bound on the smallest achievable max rank load, float64 [...] for a load float
+    [..., N] (tokens per expert; finite, >= 0) placed on ``num_physical`` slots over
+    ``num_ranks`` ranks.
 
     The larger of (a) the mean rank load ``total / D`` and (b) the smallest possible largest
     per-replica load when the ``P`` replicas are allotted optimally (each expert 1..D replicas;
     greedy min-max allotment is exact for this). Any placement's busiest rank carries at least
-    both.
+    both. Computed by the C++ core (``max_load_lower_bound``, as the policies use it).
     """
     expert_load = as_float_array(load, "load")
     if expert_load.ndim < 1 or expert_load.size == 0:
         msg = f"load: expected a non-empty array [..., L, N], got shape {expert_load.shape}"
         raise ValueError(msg)
-    num_experts = expert_load.shape[-1]
-    check_positive_int(num_ranks, "num_ranks")
-    if check_positive_int(num_physical, "num_physical") < num_experts:
-        msg = f"num_physical: {num_physical} slots cannot hold {num_experts} experts"
-        raise ValueError(msg)
-    mean_bound = expert_load.sum(axis=-1) / num_ranks
-    flat = expert_load.reshape(-1, num_experts)
-    replica_bound = np.empty(flat.shape[0], dtype=np.float64)
-    # With every expert on >= 1 slot, none can hold more than P - N + 1.
-    max_replicas = min(num_ranks, num_physical - num_experts + 1)
-    check_array_size("num_physical", "the candidate per-replica loads", num_experts, max_replicas)
-    for row_idx, row in enumerate(flat):
-        replica_bound[row_idx] = _min_max_per_replica(row, num_physical, max_replicas)
-    return np.asarray(np.maximum(mean_bound, replica_bound.reshape(mean_bound.shape)), dtype=np.float64)
-
-
-def _min_max_per_replica(row: FloatArray, num_physical: int, max_replicas: int) -> float:
-    """Smallest achievable max of row[e] / k[e] with sum(k) <= P and 1 <= k[e] <= max_replicas.
-
-    The optimum is one of the values row[e] / k; binary search finds the smallest one for which
-    the replicas each expert needs to get under it, ``max(1, ceil(row[e] / x))``, fit into P.
-    """
-    candidates = np.unique((row[:, None] / np.arange(1, max_replicas + 1)[None, :]).ravel())
-    lo, hi = 0, candidates.shape[0] - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        x = candidates[mid]
-        if x <= 0:
-            lo = mid + 1
-            continue
-        # The small slack keeps row[e] / (row[e] / k) from rounding up to k + 1.
-        need = np.maximum(np.ceil(row / x - 1e-9), 1)
-        if need.max() <= max_replicas and need.sum() <= num_physical:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(candidates[lo])
+    rows = expert_load.reshape(-1, expert_load.shape[-1])
+    bound = _core.max_load_lower_bound(
+        rows, check_positive_int(num_physical, "num_physical"), check_positive_int(num_ranks, "num_ranks")
+    )
+    return bound.reshape(expert_load.shape[:-1])
 
 
 @dataclass(frozen=True)
@@ -166,25 +136,14 @@ def count_weight_copies(old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, nu
 def weight_copies_per_layer(
     old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, num_ranks: int
 ) -> IntArray:
-    """As ``count_weight_copies``, per layer: int64 [L]."""
+    """As ``count_weight_copies``, per layer: int64 [L]. Counted by the C++ core
+    (``weight_copies``, the count the policies' move budgets use)."""
     old_table = as_int_array(old.phy2log if isinstance(old, Plan) else old, "old")
     new_table = as_int_array(new.phy2log if isinstance(new, Plan) else new, "new")
     if old_table.shape != new_table.shape or old_table.ndim != 2:
         msg = f"new: shape {new_table.shape} does not match old {old_table.shape} ([L, P] expected)"
         raise ValueError(msg)
-    check_positive_int(num_ranks, "num_ranks")
-    num_layers, num_physical = old_table.shape
-    if num_physical % num_ranks:
-        msg = f"num_ranks: {num_physical} slots cannot be split evenly over {num_ranks} ranks"
-        raise ValueError(msg)
-    # One key per (layer, rank, expert), ids renumbered densely: a new slot needs a copy unless
-    # its key is among the old keys (memory linear in the tables, whatever S is).
-    _, dense_ids = np.unique(np.concatenate([old_table.ravel(), new_table.ravel()]), return_inverse=True)
-    rank_of_slot = np.repeat(np.arange(num_layers * num_ranks), num_physical // num_ranks)
-    keys = rank_of_slot * (int(dense_ids.max()) + 1) + dense_ids.reshape(2, -1)
-    present = np.isin(keys[1], keys[0]).reshape(num_layers, num_physical)
-    copies: IntArray = (~present).sum(axis=1).astype(np.int64)
-    return copies
+    return _core.weight_copies_per_layer(old_table, new_table, check_positive_int(num_ranks, "num_ranks"))
 
 
 __all__ = [

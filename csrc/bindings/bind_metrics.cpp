@@ -1,0 +1,104 @@
+// Bindings of the plan metrics the policies use: weight copies between two placements and the
+// lower bound on the busiest rank's load, both from policies/building_blocks.h, so Python
+// reports the same quantities the planners optimise.
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "eplb_native/plan.h"
+#include "eplb_native/policies/building_blocks.h"
+#include "numpy_views.h"
+
+namespace eplb_native::bindings {
+namespace {
+
+py::array_t<int64_t> weight_copies_per_layer(const py::object& old_object,
+                                             const py::object& new_object, int64_t num_ranks) {
+    const auto old_phy2log = as_carray<int64_t>(old_object, "old_phy2log");
+    const auto new_phy2log = as_carray<int64_t>(new_object, "new_phy2log");
+    const auto shape = shape_of(old_phy2log);
+    if (shape.size() != 2) {
+        throw_invalid("old_phy2log", "expected a 2-D array [layers, physical_slots], got shape " +
+                                         shape_str(shape));
+    }
+    if (shape_of(new_phy2log) != shape) {
+        throw_invalid("new_phy2log", "shape " + shape_str(shape_of(new_phy2log)) +
+                                         " does not match old_phy2log " + shape_str(shape));
+    }
+    require_positive(num_ranks, "num_ranks");
+    const int64_t num_layers = shape[0];
+    const int64_t num_physical = shape[1];
+    if (num_physical % num_ranks != 0) {
+        throw_invalid("num_ranks", std::to_string(num_physical) +
+                                       " slots cannot be split evenly over " +
+                                       std::to_string(num_ranks) + " ranks");
+    }
+    py::array_t<int64_t> out(num_layers);
+    int64_t* copies = out.mutable_data();
+    const int64_t* current = old_phy2log.data();
+    const int64_t* proposed = new_phy2log.data();
+    {
+        py::gil_scoped_release release;  // the arguments hold both tables for the call
+        for (int64_t layer = 0; layer < num_layers; ++layer) {
+            copies[layer] = policies::weight_copies(current + layer * num_physical,
+                                                    proposed + layer * num_physical,
+                                                    num_physical, num_ranks);
+        }
+    }
+    return out;
+}
+
+py::array_t<double> max_load_lower_bound(const py::object& load_object, int64_t num_physical,
+                                         int64_t num_ranks) {
+    const auto load = as_carray<double>(load_object, "load");
+    require_ndim(load, 2, "load", "[rows, experts]");
+    const auto shape = shape_of(load);
+    const int64_t rows = shape[0];
+    const int64_t num_experts = shape[1];
+    require_positive(num_ranks, "num_ranks");
+    require_positive(num_physical, "num_physical");
+    if (num_physical < num_experts) {
+        throw_invalid("num_physical", std::to_string(num_physical) + " slots cannot hold " +
+                                          std::to_string(num_experts) + " experts");
+    }
+    // Beyond num_experts * num_ranks slots every expert already has a replica on each rank:
+    // the bound is that of N * D slots, which also keeps the allotment's size in range.
+    const int64_t min_ranks_for_all = (num_physical - 1) / num_experts + 1;
+    const int64_t slots =
+        num_ranks >= min_ranks_for_all ? num_physical : num_experts * num_ranks;
+    require_array_size("num_physical", {slots}, "the replicas allotted per row");
+    validate_load_values(load.data(), load.size(), num_experts, "load");
+    py::array_t<double> out(rows);
+    double* bound = out.mutable_data();
+    const double* values = load.data();
+    {
+        py::gil_scoped_release release;  // the argument holds the load for the call
+        std::vector<double> weight(static_cast<size_t>(num_experts));
+        for (int64_t row = 0; row < rows; ++row) {
+            std::copy(values + row * num_experts, values + (row + 1) * num_experts,
+                      weight.begin());
+            bound[row] = policies::max_load_lower_bound(weight, slots, num_ranks);
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+void bind_metrics(py::module_& m) {
+    m.def("weight_copies_per_layer", &weight_copies_per_layer, py::arg("old_phy2log"),
+          py::arg("new_phy2log"), py::arg("num_ranks"),
+          "int64 [L]: per layer, the slots of new_phy2log int64 [L, P] whose expert is not on "
+          "the same rank in old_phy2log int64 [L, P] (-1: an empty slot); a replica moving "
+          "between slots of one rank costs nothing.");
+    m.def("max_load_lower_bound", &max_load_lower_bound, py::arg("load"),
+          py::arg("num_physical"), py::arg("num_ranks"),
+          "float64 [R]: per row of load float64 [R, N] (tokens per expert), a lower bound on "
+          "the busiest rank's tokens of any placement on num_physical slots over num_ranks "
+          "ranks: the larger of the mean rank load and the smallest possible largest "
+          "per-replica load (each expert on 1..num_ranks slots).");
+}
+
+}  // namespace eplb_native::bindings
