@@ -21,6 +21,7 @@ import numpy.typing as npt
 from eplb_native import _core
 from eplb_native.checks import FloatArray, IntArray, check_history, check_int, check_load
 from eplb_native.limits import check_num_threads
+from eplb_native.metrics import peak_to_average
 from eplb_native.plan import Plan, rank_loads
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ def plan_flashlb(
 
 
 def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: int) -> FloatArray:
-    """Balance of each layer: mean / peak rank load, averaged over steps for a time series.
+    """Balance of each layer: mean / peak rank load (1 / PAR, ``metrics.peak_to_average``),
+    averaged over steps for a time series.
 
     Args:
         table: Plan, phy2log int64 [L, P] or table [L, D, S].
@@ -232,13 +234,9 @@ def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: i
 
 
 def _balance(table: Plan | npt.ArrayLike, expert_load: FloatArray, num_ranks: int) -> FloatArray:
-    """``layer_balance`` of a load already checked by ``check_load``."""
+    """``layer_balance`` of a load already checked by ``check_load``: 1 / PAR."""
     plan = Plan.from_phy2log(_table_array(table, "table"), expert_load.shape[-1])
-    per_rank = rank_loads(plan, expert_load, num_ranks)  # [(T,) L, D]
-    peak = per_rank.max(axis=-1)
-    balance: FloatArray = np.divide(
-        per_rank.mean(axis=-1), peak, out=np.ones_like(peak), where=peak > 0
-    )
+    balance: FloatArray = 1.0 / peak_to_average(rank_loads(plan, expert_load, num_ranks))  # [(T,) L]
     if expert_load.ndim == 3:
         balance = balance.mean(axis=0)
     return balance
