@@ -1,9 +1,9 @@
-"""Input checks shared by the planning modules: each converts once and raises ValueError naming
-the field."""
+"""Input checks shared by the package (planning, metrics, runtime, integrations): each converts
+once and raises ValueError naming the field."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -18,26 +18,44 @@ INT64_LIMIT = 2**63
 MAX_LOAD_TOTAL = 1e300
 
 
+def is_integer(value: object) -> TypeGuard[int | np.integer[Any]]:
+    """Whether ``value`` is a Python or numpy integer (a bool is not one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_int(value: object, field: str, *, minimum: int, below: int = INT64_LIMIT) -> int:
     """``value`` as an int when it is an integer (not a bool) with ``minimum <= value < below``
-    (by default: within int64); ValueError naming ``field`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        msg = f"{field}: expected an integer >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-    if value >= below:
-        bound = "2**63" if below == INT64_LIMIT else str(below)
-        msg = f"{field}: expected an integer < {bound}, got {value!r}"
-        raise ValueError(msg)
-    return int(value)
+    (by default: within int64); ValueError naming ``field`` otherwise. An index into ``n``
+    items: ``check_int(index, field, minimum=0, below=n)``."""
+    if is_integer(value) and minimum <= value < below:
+        return int(value)
+    if below != INT64_LIMIT:
+        wanted = f"in [{minimum}, {below})"
+    elif not is_integer(value) or value < minimum:
+        wanted = f">= {minimum}"
+    else:
+        wanted = "< 2**63"
+    msg = f"{field}: expected an integer {wanted}, got {value!r}"
+    raise ValueError(msg)
 
 
 def check_positive_int(value: object, field: str) -> int:
     """``value`` as an int when it is an integer > 0 (within int64); ValueError naming
     ``field`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if not is_integer(value) or value <= 0:
         msg = f"{field}: expected a positive integer, got {value!r}"
         raise ValueError(msg)
     return check_int(value, field, minimum=1)
+
+
+def check_divisor(value: object, field: str, total: int, of: str) -> int:
+    """``value`` as an int when it is a positive integer dividing ``total``; ValueError
+    "<field>: expected a positive divisor of <of>, got <value>" otherwise (``of`` names the
+    total, e.g. "8 ranks")."""
+    if not is_integer(value) or value <= 0 or total % value:
+        msg = f"{field}: expected a positive divisor of {of}, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
 
 
 def as_array(values: npt.ArrayLike, field: str) -> npt.NDArray[Any]:
@@ -78,6 +96,16 @@ def as_int_array(values: npt.ArrayLike, field: str) -> IntArray:
         msg = f"{field}: id {int(array.max())} does not fit int64"
         raise ValueError(msg)
     return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def check_layer_ids(layers: npt.ArrayLike, num_layers: int, field: str = "layers") -> IntArray:
+    """``layers`` as int64 [K] when they are distinct layer ids in [0, num_layers); ValueError
+    naming ``field`` otherwise."""
+    ids = as_int_array(layers, field).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_layers or np.unique(ids).size != ids.size):
+        msg = f"{field}: expected distinct layer ids in [0, {num_layers}), got {ids.tolist()}"
+        raise ValueError(msg)
+    return ids
 
 
 def check_load(
@@ -142,8 +170,11 @@ __all__ = [
     "as_array",
     "as_float_array",
     "as_int_array",
+    "check_divisor",
     "check_history",
     "check_int",
+    "check_layer_ids",
     "check_load",
     "check_positive_int",
+    "is_integer",
 ]

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from eplb_native.checks import check_int, check_positive_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,9 +33,7 @@ class MoeLayerMap:
     moe_layer_ids: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if self.num_model_layers <= 0:
-            msg = f"num_model_layers: expected a positive integer, got {self.num_model_layers}"
-            raise ValueError(msg)
+        check_positive_int(self.num_model_layers, "num_model_layers")
         ids = self.moe_layer_ids
         if not ids:
             msg = "moe_layer_ids: the model has no MoE layer; there is nothing to balance"
@@ -64,9 +64,8 @@ class MoeLayerMap:
     ) -> MoeLayerMap:
         """DeepSeek/Qwen config style: layers ``>= first_k_dense`` with index divisible by
         ``moe_layer_freq`` (counted from ``first_k_dense``) are MoE layers."""
-        if first_k_dense < 0 or moe_layer_freq <= 0:
-            msg = f"first_k_dense/moe_layer_freq: expected >= 0 and > 0, got {first_k_dense}, {moe_layer_freq}"
-            raise ValueError(msg)
+        check_int(first_k_dense, "first_k_dense", minimum=0)
+        check_positive_int(moe_layer_freq, "moe_layer_freq")
         return cls.from_mask(
             [i >= first_k_dense and (i - first_k_dense) % moe_layer_freq == 0 for i in range(num_model_layers)]
         )
@@ -82,10 +81,5 @@ class MoeLayerMap:
 
     def moe_index(self, model_layer_idx: int) -> int | None:
         """The MoE layer index of a model layer, or None for a dense layer."""
-        try:
-            return self.moe_layer_ids.index(model_layer_idx)
-        except ValueError:
-            if not 0 <= model_layer_idx < self.num_model_layers:
-                msg = f"model_layer_idx: {model_layer_idx} outside [0, {self.num_model_layers})"
-                raise ValueError(msg) from None
-            return None
+        layer_idx = check_int(model_layer_idx, "model_layer_idx", minimum=0, below=self.num_model_layers)
+        return self.moe_layer_ids.index(layer_idx) if layer_idx in self.moe_layer_ids else None

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from eplb_native import _core
+from eplb_native.checks import is_integer
 
 #: The largest ``num_threads`` a call may ask for (0 means every usable core).
 MAX_THREADS: int = _core.MAX_THREADS
@@ -33,7 +32,7 @@ def check_num_threads(value: object, field: str = "num_threads") -> int:
     Raises:
         ValueError naming ``field`` for anything else (bool, float, negative, too large).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_THREADS:
+    if not is_integer(value) or not 0 <= value <= MAX_THREADS:
         msg = f"{field}: expected an integer from 0 (all usable cores) to {MAX_THREADS}, got {value!r}"
         raise ValueError(msg)
     return int(value)

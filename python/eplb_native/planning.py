@@ -31,6 +31,7 @@ from eplb_native.checks import (
     check_int,
     check_load,
     check_positive_int,
+    is_integer,
 )
 from eplb_native.flashlb import FlashLBOptions, PlannedBalance, select_layers
 from eplb_native.limits import check_num_threads
@@ -50,16 +51,14 @@ POLICY_IDS: dict[int, str] = dict(enumerate(POLICY_NAMES))
 def policy_name(value: object, key: str = "eplb_policy_type") -> str:
     """The registry name of a policy given by name or vllm-ascend id; ValueError naming
     ``key`` otherwise."""
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, (int, np.integer)):
+    if is_integer(value):
         if int(value) in POLICY_IDS:
             return POLICY_IDS[int(value)]
         msg = f"{key}: unknown policy id {value}; valid ids: " + ", ".join(
             f"{i} ({n})" for i, n in POLICY_IDS.items()
         )
         raise ValueError(msg)
-    elif isinstance(value, str):
+    if isinstance(value, str):
         if value in POLICY_NAMES:
             return value
         msg = f"{key}: unknown policy {value!r}; valid policies: {', '.join(POLICY_NAMES)}"

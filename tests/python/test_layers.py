@@ -31,7 +31,7 @@ def test_interleaved_moe_layers():
         (lambda: MoeLayerMap(4, ()), "moe_layer_ids: the model has no MoE layer"),
         (lambda: MoeLayerMap(4, (2, 1)), "moe_layer_ids: expected distinct ascending ids"),
         (lambda: MoeLayerMap(4, (0, 4)), "moe_layer_ids: expected distinct ascending ids in [0, 4)"),
-        (lambda: MoeLayerMap.all_moe(3).moe_index(7), "model_layer_idx: 7 outside [0, 3)"),
+        (lambda: MoeLayerMap.all_moe(3).moe_index(7), "model_layer_idx: expected an integer in [0, 3), got 7"),
     ],
 )
 def test_bad_layer_maps(build, message):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from eplb_native.checks import check_divisor
 from eplb_native.integrations import BY_POLICY_TYPE, POLICY_ENV, policy_from_env
 from eplb_native.policies import _as_numpy
 from eplb_native.policies import rebalance_experts as plan_experts
@@ -76,12 +77,8 @@ def rebalance_experts(
             f"{num_nodes} nodes, got {num_groups}"
         )
         raise ValueError(msg)
-    if num_local_physical_experts <= 0 or num_physical_experts % num_local_physical_experts:
-        msg = (
-            f"num_local_physical_experts: expected a positive divisor of "
-            f"num_physical_experts={num_physical_experts}, got {num_local_physical_experts}"
-        )
-        raise ValueError(msg)
+    check_divisor(num_local_physical_experts, "num_local_physical_experts", num_physical_experts,
+                  f"num_physical_experts={num_physical_experts}")
     tokens = np.asarray(_as_numpy(tokens_per_expert), dtype=np.float64)
     history = tokens if tokens.ndim == 3 and policy == "flashlb" else None
     load = tokens.sum(axis=0) if tokens.ndim == 3 else tokens

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from eplb_native.checks import check_positive_int
 from eplb_native.ops import fused_moe_decode
 from eplb_native.runtime._dist import group_rank_and_size
 
@@ -125,12 +126,7 @@ def dispatch(
         x_active_mask: bool [BS]; inactive tokens are not routed.
         group: the expert-parallel group (None: the default group, or a single process).
     """
-    if isinstance(num_local_experts, bool) or not isinstance(num_local_experts, int):
-        message = f"num_local_experts: expected an int, got {num_local_experts!r}"
-        raise TypeError(message)
-    if num_local_experts < 1:
-        message = f"num_local_experts: expected >= 1, got {num_local_experts}"
-        raise ValueError(message)
+    num_local_experts = check_positive_int(num_local_experts, "num_local_experts")
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         message = "x: expected a 2-D tensor [BS, H]"
         raise ValueError(message)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
+from eplb_native.checks import check_int, check_positive_int
 from eplb_native.config import HEAT_STAGES, EplbConfig, HeatStage
 from eplb_native.layers import MoeLayerMap
 from eplb_native.plan import Plan, layer_plan, validate_plan
@@ -100,9 +101,7 @@ class HeatRecorder:
                 ones; the others' counts are dropped and they do not count toward the window
                 (``step(stage=...)`` says which it was).
         """
-        if isinstance(collection_interval, bool) or not isinstance(collection_interval, int) or collection_interval <= 0:
-            msg = f"collection_interval: expected a positive integer, got {collection_interval!r}"
-            raise ValueError(msg)
+        check_positive_int(collection_interval, "collection_interval")
         if collection_stage not in HEAT_STAGES:
             msg = f"collection_stage: expected one of {', '.join(HEAT_STAGES)}, got {collection_stage!r}"
             raise ValueError(msg)
@@ -167,13 +166,7 @@ class HeatRecorder:
         return np.array(phy2log[:, start : start + self.num_slots], dtype=np.int64)  # a writable copy
 
     def _check_layer(self, layer_idx: int) -> None:
-        if (
-            isinstance(layer_idx, bool)
-            or not isinstance(layer_idx, int)
-            or not 0 <= layer_idx < self.num_layers
-        ):
-            msg = f"layer_idx: expected an index in [0, {self.num_layers}), got {layer_idx!r}"
-            raise ValueError(msg)
+        check_int(layer_idx, "layer_idx", minimum=0, below=self.num_layers)
 
     def buffer(self, layer_idx: int) -> torch.Tensor:
         """MoE layer ``layer_idx``'s step counter, int64 [S], contiguous: the operator's

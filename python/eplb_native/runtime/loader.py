@@ -45,7 +45,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 
-from eplb_native.checks import IntArray, as_int_array
+from eplb_native.checks import IntArray, as_int_array, check_layer_ids, check_positive_int
 from eplb_native.plan import Plan
 from eplb_native.runtime.transfer import LayerTransfers, plan_transfers
 
@@ -157,9 +157,7 @@ class WeightLoader:
         num_layers, _, num_slots = self._table.shape
         self._slot_weights = [[list(kind) for kind in layer] for layer in slot_weights]
         self._kind_specs = _kind_specs(self._slot_weights, num_layers, num_slots)
-        if max_layers_per_step <= 0:
-            msg = f"max_layers_per_step: expected a positive integer, got {max_layers_per_step}"
-            raise ValueError(msg)
+        check_positive_int(max_layers_per_step, "max_layers_per_step")
         self._install = install
         self._rank = rank
         self._ranks_per_node = ranks_per_node
@@ -235,12 +233,8 @@ class WeightLoader:
         if table.shape != self._table.shape:
             msg = f"new_table: expected shape {self._table.shape}, got {table.shape}"
             raise ValueError(msg)
-        layer_ids = as_int_array(list(layers), "layers").reshape(-1)
         num_layers = table.shape[0]
-        if layer_ids.size and (layer_ids.min() < 0 or layer_ids.max() >= num_layers
-                               or np.unique(layer_ids).size != layer_ids.size):
-            msg = f"layers: expected distinct layer ids in [0, {num_layers}), got {layer_ids.tolist()}"
-            raise ValueError(msg)
+        layer_ids = check_layer_ids(list(layers), num_layers)
         # The placement once these layers commit: every expert of the table in force still
         # placed, in every layer.
         num_experts = int(self._table.max()) + 1

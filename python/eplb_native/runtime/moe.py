@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from eplb_native.checks import check_int
 from eplb_native.plan import Plan, layer_plan
 from eplb_native.routing import ReplicaRouting
 from eplb_native.runtime._dist import group_rank_and_size
@@ -76,9 +77,7 @@ class RankExperts:
             rank, num_ranks: this rank and D.
             w1_scale, w2_scale: W8A8: S scale tensors each, [2I] and [H] (both or neither).
         """
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_ranks:
-            msg = f"rank: expected an integer in [0, {num_ranks}), got {rank!r}"
-            raise ValueError(msg)
+        rank = check_int(rank, "rank", minimum=0, below=num_ranks)
         plan = layer_plan(phy2log_row, num_experts, num_ranks)  # duplicates: legal at runtime
         num_slots = plan.slots_per_rank(num_ranks)
         _check_slot_weights(w1, w2, num_slots, w1_scale, w2_scale)
@@ -254,13 +253,7 @@ class EplbMoE(nn.Module):
             msg = (f"router_weight: expected the expert weights' dtype {experts.w1[0].dtype}, "
                    f"got {router_weight.dtype}")
             raise TypeError(msg)
-        if (
-            isinstance(top_k, bool)
-            or not isinstance(top_k, int)
-            or not 1 <= top_k <= experts.num_experts
-        ):
-            msg = f"top_k: expected an integer in [1, {experts.num_experts}], got {top_k!r}"
-            raise ValueError(msg)
+        top_k = check_int(top_k, "top_k", minimum=1, below=experts.num_experts + 1)
         if heat is not None:
             heat.buffer(moe_layer_idx)  # validates the layer index against the recorder
             if heat.num_slots != experts.num_slots:
@@ -311,9 +304,7 @@ class EplbMoE(nn.Module):
                 got = "none" if tensors is None else str(len(tensors))
                 msg = f"{field}: expected {plan.num_experts} logical experts, got {got}"
                 raise ValueError(msg)
-        if not 0 <= moe_layer_idx < plan.num_layers:
-            msg = f"moe_layer_idx: expected [0, {plan.num_layers}), got {moe_layer_idx}"
-            raise ValueError(msg)
+        moe_layer_idx = check_int(moe_layer_idx, "moe_layer_idx", minimum=0, below=plan.num_layers)
         num_slots = plan.slots_per_rank(num_ranks)
         local = plan.phy2log[moe_layer_idx, rank * num_slots : (rank + 1) * num_slots]
         copies = {

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from eplb_native.checks import check_int, check_positive_int
 from eplb_native.plan import Plan, layer_plan, rank_expert_maps, rank_log2phy
 from eplb_native.routing import ReplicaRouting, check_routing
 
@@ -59,13 +60,11 @@ class ReplicaRouter:
             device: where the tables live (the device the layer runs on).
         """
         self.routing = check_routing(routing)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_ranks:
-            msg = f"rank: expected an integer in [0, {num_ranks}), got {rank!r}"
-            raise ValueError(msg)
-        self.rank, self.num_ranks = rank, num_ranks
+        self.rank, self.num_ranks = check_int(rank, "rank", minimum=0, below=num_ranks), num_ranks
+        check_positive_int(num_experts, "num_experts")
         row = np.asarray(phy2log_row)
         num_physical = int(row.shape[-1]) if row.ndim else 0
-        if num_physical < num_experts or num_experts <= 0:
+        if num_physical < num_experts:
             msg = f"phy2log_row: expected at least N={num_experts} slots, got {num_physical}"
             raise ValueError(msg)
         self.num_slots = num_physical // num_ranks

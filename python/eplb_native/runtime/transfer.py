@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from eplb_native.checks import check_int, check_layer_ids, check_positive_int
+
 logger = logging.getLogger(__name__)
 
 ReceiveSource = Literal["local", "remote", "received"]
@@ -123,7 +125,7 @@ def plan_transfers(
         new_table: int64 [L, D, S], expert of each slot after the update.
         rank: the rank whose view is returned (0..D-1).
         ranks_per_node: ranks per node (None: all ranks on one node).
-        layers: int [K], the layers to plan (None: all L), in the order returned.
+        layers: int [K], the distinct layers to plan (None: all L), in the order returned.
 
     Returns:
         One LayerTransfers per planned layer, in ``layers`` order.
@@ -138,22 +140,11 @@ def plan_transfers(
         msg = f"new_table: shape {new.shape} does not match old_table {old.shape}"
         raise ValueError(msg)
     num_layers, num_ranks, _ = old.shape
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_ranks:
-        msg = f"rank: expected an integer in [0, {num_ranks}), got {rank!r}"
-        raise ValueError(msg)
-    node_size = num_ranks if ranks_per_node is None else ranks_per_node
-    if isinstance(node_size, bool) or not isinstance(node_size, (int, np.integer)) or node_size <= 0:
-        msg = f"ranks_per_node: expected a positive integer, got {ranks_per_node!r}"
-        raise ValueError(msg)
-    if layers is None:
-        layer_ids = np.arange(num_layers, dtype=np.int64)
-    else:
-        layer_ids = np.asarray(layers, dtype=np.int64).reshape(-1)
-        if layer_ids.size and (layer_ids.min() < 0 or layer_ids.max() >= num_layers):
-            msg = f"layers: expected ids in [0, {num_layers}), got {layer_ids.tolist()}"
-            raise ValueError(msg)
+    rank = check_int(rank, "rank", minimum=0, below=num_ranks)
+    node_size = num_ranks if ranks_per_node is None else check_positive_int(ranks_per_node, "ranks_per_node")
+    layer_ids = np.arange(num_layers, dtype=np.int64) if layers is None else check_layer_ids(layers, num_layers)
     return [
-        _plan_layer(old[layer_idx], new[layer_idx], int(layer_idx), int(rank), int(node_size))
+        _plan_layer(old[layer_idx], new[layer_idx], int(layer_idx), rank, node_size)
         for layer_idx in layer_ids
     ]
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from eplb_native.checks import IntArray
+from eplb_native.checks import IntArray, check_divisor
 from eplb_native.config import EplbConfig
 from eplb_native.expert_map import load_expert_map, save_expert_map
 from eplb_native.flashlb import PlannedBalance
@@ -285,9 +285,7 @@ class EplbUpdateManager:
             return self._rank, None  # every rank plans for itself; only the checksum is shared
         if config.planner_placement == "rank0" or ranks_per_node is None or ranks_per_node == self._num_ranks:
             return 0, self._group
-        if ranks_per_node <= 0 or self._num_ranks % ranks_per_node:
-            msg = f"ranks_per_node: expected a positive divisor of {self._num_ranks} ranks, got {ranks_per_node}"
-            raise ValueError(msg)
+        ranks_per_node = check_divisor(ranks_per_node, "ranks_per_node", self._num_ranks, f"{self._num_ranks} ranks")
         nodes = [list(range(start, start + ranks_per_node)) for start in range(0, self._num_ranks, ranks_per_node)]
         groups = [dist.new_group(ranks, backend="gloo") for ranks in nodes]
         node = self._rank // ranks_per_node

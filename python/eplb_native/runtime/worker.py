@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from eplb_native.checks import IntArray
+from eplb_native.checks import IntArray, check_layer_ids
 from eplb_native.plan import Plan, validate_plan
 from eplb_native.planner_process import narrow_counts, read_frame, write_frame
 from eplb_native.planning import PlanOutcome, PlanRequest, plan
@@ -408,10 +408,7 @@ def check_plan_result(outcome: PlanOutcome, current: IntArray, num_ranks: int, n
         msg = f"new_phy2log: expected an int table of shape {current.shape}, got {table.dtype} {table.shape}"
         raise ValueError(msg)
     num_layers = table.shape[0]
-    layers = np.asarray(outcome.layers, dtype=np.int64).reshape(-1)
-    if layers.size and (layers.min() < 0 or layers.max() >= num_layers or np.unique(layers).size != layers.size):
-        msg = f"layers: expected distinct layer ids in [0, {num_layers}), got {layers.tolist()}"
-        raise ValueError(msg)
+    layers = check_layer_ids(outcome.layers, num_layers)
     untouched = np.setdiff1d(np.arange(num_layers), layers)
     if not np.array_equal(table[untouched], current[untouched]):
         msg = "new_phy2log: rows of layers outside 'layers' differ from the current placement"

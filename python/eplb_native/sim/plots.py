@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eplb_native.checks import check_int
 from eplb_native.sim.replay import STATIC, ReplayResult
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,7 @@ def replay_figure(result: ReplayResult, layer: int = 0, title: str = "") -> Any:
     """
     first = next(iter(result.policies.values()))
     num_layers = first.rank_load.shape[1]
-    if not 0 <= layer < num_layers:
-        msg = f"layer: expected 0 <= layer < {num_layers}, got {layer}"
-        raise ValueError(msg)
+    check_int(layer, "layer", minimum=0, below=num_layers)
     plt = _pyplot()
     runs = list(result.policies.values())
     static = result.policies[STATIC]

@@ -58,7 +58,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import FloatArray, check_int, check_load
+from eplb_native.checks import FloatArray, check_int, check_load, is_integer
 from eplb_native.json_files import read_json_file
 from eplb_native.limits import check_array_size
 from eplb_native.plan import Plan, expert_load_from_slot_load
@@ -428,7 +428,7 @@ def _logical_from_records(
                    f"{phy2log.shape} [layers, physical], got {counts.shape}")
             raise ValueError(msg)
         pass_id = record.get("forward_pass_id", position)
-        if not isinstance(pass_id, (int, np.integer)):  # a one-element integer tensor
+        if not is_integer(pass_id):  # a one-element integer tensor
             key = f"records[{position}].forward_pass_id"
             values = numpy_of(pass_id, key)
             if values.size != 1 or values.dtype.kind not in "iu":
