@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <tuple>
@@ -442,6 +443,293 @@ private:
     std::vector<uint64_t> bits_;   // [N, words_]
 };
 
+// The ranks of a partial placement with a free slot, by (load, index) ascending; kept sorted
+// as loads grow.
+class OpenRanks {
+public:
+    static constexpr size_t npos = std::numeric_limits<size_t>::max();
+
+    // Every rank of the empty `placement` (all loads 0: index order).
+    explicit OpenRanks(const PartialPlacement& placement)
+        : placement_(placement), ranks_(idx(placement.shape_.num_ranks)) {
+        std::iota(ranks_.begin(), ranks_.end(), 0);
+    }
+
+    [[nodiscard]] size_t size() const { return ranks_.size(); }
+    [[nodiscard]] int64_t operator[](size_t pos) const { return ranks_[pos]; }
+    // Position of `rank`, which is open.
+    [[nodiscard]] size_t position(int64_t rank) const {
+        return static_cast<size_t>(std::find(ranks_.begin(), ranks_.end(), rank) -
+                                   ranks_.begin());
+    }
+
+    // The rank at `pos` just grew: it moves right past the ranks now before it, or leaves the
+    // list when full.
+    void grew(size_t pos) {
+        const auto at = ranks_.begin() + static_cast<std::ptrdiff_t>(pos);
+        if (placement_.fill[idx(*at)] >= placement_.shape_.num_slots) {
+            ranks_.erase(at);
+            return;
+        }
+        const int64_t rank = *at;
+        const auto dest = std::upper_bound(at + 1, ranks_.end(), rank,
+                                           [this](int64_t a, int64_t b) { return before(a, b); });
+        std::move(at + 1, dest, at);
+        *(dest - 1) = rank;
+    }
+
+    // Collects and sorts the open ranks afresh, after any number of ranks changed.
+    void rebuild() {
+        ranks_.clear();
+        for (int64_t r = 0; r < placement_.shape_.num_ranks; ++r) {
+            if (placement_.fill[idx(r)] < placement_.shape_.num_slots) {
+                ranks_.push_back(r);
+            }
+        }
+        std::sort(ranks_.begin(), ranks_.end(),
+                  [this](int64_t a, int64_t b) { return before(a, b); });
+    }
+
+private:
+    [[nodiscard]] bool before(int64_t a, int64_t b) const {
+        const double la = placement_.load[idx(a)];
+        const double lb = placement_.load[idx(b)];
+        return la < lb || (la == lb && a < b);
+    }
+
+    const PartialPlacement& placement_;
+    std::vector<int64_t> ranks_;
+};
+
+// Chooses the open rank that takes a replica: the eligible rank of the smallest cost, its mean
+// load after taking it (plus z * stddev over the episodes for the risk objective) less the keep
+// bonus where it holds the expert now. Ranks are visited by increasing load until the load
+// alone reaches the best cost (no later rank can beat it without the bonus) or kRiskRanks risks
+// were evaluated; then the expert's current ranks not visited yet are tried with the bonus.
+// Keeps the ranks' episodes for the risk objective in step with the placement.
+class ReplicaRankChooser {
+public:
+    ReplicaRankChooser(const PartialPlacement& placement, const OpenRanks& open,
+                       const std::vector<double>& weight, const std::vector<int64_t>& counts,
+                       const LptObjective& objective)
+        : placement_(placement),
+          open_(open),
+          z_score_(objective.z_score),
+          z_squared_(objective.z_score * objective.z_score),
+          cached_variance_(idx(placement.shape_.num_ranks)),
+          variance_stamp_(idx(placement.shape_.num_ranks), -1),
+          visited_(idx(placement.shape_.num_ranks), -1) {
+        if (objective.risk_stats != nullptr && objective.risk_stats->num_episodes > 1) {
+            episodes_.emplace(*objective.risk_stats, counts, placement.shape_.num_ranks);
+        }
+        if (objective.current != nullptr && objective.keep_margin > 0.0) {
+            held_.emplace(*objective.current, placement.shape_);
+            keep_bonus_ = objective.keep_margin *
+                          std::accumulate(weight.begin(), weight.end(), 0.0) /
+                          static_cast<double>(placement.shape_.num_ranks);
+        }
+    }
+
+    // The risk objective's rank episodes; null for the mean load alone.
+    [[nodiscard]] const RankEpisodes* episodes() const {
+        return episodes_ ? &*episodes_ : nullptr;
+    }
+    // A replica of `expert` as the risk objective sees it (empty for the mean load alone).
+    [[nodiscard]] RankEpisodes::Replica replica(int64_t expert) const {
+        return episodes_ ? episodes_->replica(expert) : RankEpisodes::Replica{};
+    }
+
+    // Position in the open ranks of the rank that takes a replica of `expert` (`share` of its
+    // weight; `replica`: replica(expert)), or OpenRanks::npos when none can.
+    size_t choose(int64_t expert, double share, const RankEpisodes::Replica& replica) {
+        if (expert != stamp_expert_) {
+            stamp_expert_ = expert;
+            ++stamp_;
+        }
+        Choice choice(share, replica);
+        ++visit_;
+        offer_open_ranks(choice, expert);
+        if (held_) {
+            offer_unvisited_holders(choice, expert);
+        }
+        if (choice.pos == OpenRanks::npos && choice.rank >= 0) {
+            choice.pos = open_.position(choice.rank);
+        }
+        return choice.pos;
+    }
+
+    // Rank `rank` took `replica` (put in the placement already).
+    void took(int64_t rank, const RankEpisodes::Replica& replica) {
+        if (episodes_) {
+            episodes_->add(rank, replica);
+            variance_stamp_[idx(rank)] = -1;  // its cached variance is stale
+        }
+    }
+
+    // Replicas moved between ranks of the placement: the episodes are summed afresh.
+    void replicas_moved() {
+        if (episodes_) {
+            episodes_->rebuild(placement_.phy2log, placement_.shape_.num_slots);
+            ++stamp_;  // every rank's variance may have changed
+        }
+    }
+
+private:
+    // The best offer so far for one replica.
+    struct Choice {
+        Choice(double replica_share, const RankEpisodes::Replica& replica_risk)
+            : share(replica_share), replica(replica_risk) {}
+
+        double share;                   // the replica's load
+        RankEpisodes::Replica replica;  // the replica as the risk objective sees it
+        size_t pos = OpenRanks::npos;  // the chosen rank's position (npos: not looked up)
+        int64_t rank = -1;             // the chosen rank (-1: none)
+        double best = std::numeric_limits<double>::infinity();  // its cost
+        int64_t evaluated = 0;  // risks evaluated
+    };
+
+    // Offers the open ranks by increasing load until the load alone reaches the best cost or
+    // kRiskRanks risks were evaluated.
+    void offer_open_ranks(Choice& choice, int64_t expert) {
+        const uint64_t* taken = placement_.holds_row(expert);
+        const uint64_t* kept = held_ ? held_->row(expert) : nullptr;
+        for (size_t i = 0; i < open_.size() && choice.evaluated < kRiskRanks; ++i) {
+            const int64_t rank = open_[i];
+            if (placement_.load[idx(rank)] + choice.share >= choice.best) {
+                break;
+            }
+            if (held_) {
+                visited_[idx(rank)] = visit_;
+            }
+            if (!test_bit(taken, rank)) {
+                offer(choice, i, rank, kept != nullptr && test_bit(kept, rank) ? keep_bonus_ : 0.0);
+            }
+        }
+    }
+
+    // Offers, with the keep bonus, the expert's current ranks that are open, eligible and were
+    // not visited by offer_open_ranks.
+    void offer_unvisited_holders(Choice& choice, int64_t expert) {
+        const uint64_t* taken = placement_.holds_row(expert);
+        for (const int64_t* holder = held_->begin(expert); holder != held_->end(expert);
+             ++holder) {
+            const int64_t rank = *holder;
+            if (placement_.fill[idx(rank)] < placement_.shape_.num_slots &&
+                visited_[idx(rank)] != visit_ && !test_bit(taken, rank)) {
+                offer(choice, OpenRanks::npos, rank, keep_bonus_);
+            }
+        }
+    }
+
+    // Offers `rank`, at position `pos` of the open ranks (npos: not looked up), at cost mean +
+    // z * stddev - bonus.
+    void offer(Choice& choice, size_t pos, int64_t rank, double bonus) {
+        const double mean = placement_.load[idx(rank)] + choice.share;
+        // cost beats `best` when z * stddev < slack; the deviations of the rank and the
+        // replica cancel at most down to |stddev(rank) - stddev(replica)|.
+        const double slack = choice.best - (mean - bonus);
+        if (slack <= 0.0) {
+            return;
+        }
+        if (!episodes_) {
+            choice.best = mean - bonus;
+            choice.pos = pos;
+            choice.rank = rank;
+            return;
+        }
+        if (z_score_ * std::abs(episodes_->stddev(rank) - choice.replica.stddev) >= slack) {
+            return;
+        }
+        ++choice.evaluated;
+        const double variance = variance_after(rank, choice.replica);
+        if (z_squared_ * variance < slack * slack) {
+            choice.best = mean - bonus + z_score_ * std::sqrt(variance);
+            choice.pos = pos;
+            choice.rank = rank;
+        }
+    }
+
+    // RankEpisodes::variance_after, cached per rank while the same expert is placed.
+    double variance_after(int64_t rank, const RankEpisodes::Replica& replica) {
+        if (variance_stamp_[idx(rank)] != stamp_) {
+            cached_variance_[idx(rank)] = episodes_->variance_after(rank, replica);
+            variance_stamp_[idx(rank)] = stamp_;
+        }
+        return cached_variance_[idx(rank)];
+    }
+
+    const PartialPlacement& placement_;
+    const OpenRanks& open_;
+    std::optional<RankEpisodes> episodes_;  // risk objective only
+    double z_score_;
+    double z_squared_;
+    // The ranks that hold each expert in the current table (keep margin only).
+    std::optional<HeldRanks> held_;
+    double keep_bonus_ = 0.0;
+    // Variances after taking a replica of the expert placed last, by rank, valid where
+    // variance_stamp_[rank] == stamp_: the expert's next replica (placed next) meets the same
+    // ranks, unchanged but for the one that took the last replica (its stamp is cleared).
+    std::vector<double> cached_variance_;
+    std::vector<int64_t> variance_stamp_;
+    int64_t stamp_ = -1;
+    int64_t stamp_expert_ = -1;
+    // visited_[rank] == visit_: rank was visited by the current choose() (open ranks not
+    // visited are offered again when they hold the expert now).
+    std::vector<int64_t> visited_;
+    int64_t visit_ = -1;
+};
+
+// Giving up under the risk objective: the score floor decides only near the end, so it is kept
+// over the last eighth of the replicas, while no make_room has moved a replica.
+class GiveUpCheck {
+public:
+    // `episodes`: the risk objective's rank episodes, null for the mean load alone (never
+    // gives up).
+    GiveUpCheck(const LptObjective& objective, const RankEpisodes* episodes,
+                const PartialPlacement& placement)
+        : stats_(objective.risk_stats),
+          episodes_(episodes),
+          placement_(placement),
+          enabled_(episodes != nullptr &&
+                   objective.give_up_at < std::numeric_limits<double>::infinity()),
+          floor_from_(placement.shape_.num_physical() - placement.shape_.num_physical() / 8),
+          give_up_at_(objective.give_up_at * (1.0 + kRelativeTolerance)) {}
+
+    // A replica is about to be placed.
+    void before_replica() {
+        if (enabled_ && !moved_ && placed_++ == floor_from_) {
+            floor_ = std::make_unique<ScoreFloor>(*stats_, *episodes_, placement_);
+        }
+    }
+
+    // make_room moved a replica: the floor no longer holds.
+    void replica_moved() {
+        moved_ = true;
+        floor_.reset();
+    }
+
+    // Rank `rank` took a replica (placement and episodes updated): true when the placement's
+    // episode_score is now certain to be at least give_up_at.
+    bool certain_after(int64_t rank) {
+        if (!floor_) {
+            return false;
+        }
+        floor_->add(rank);
+        return floor_->score() >= give_up_at_;
+    }
+
+private:
+    const EpisodeStats* stats_;
+    const RankEpisodes* episodes_;
+    const PartialPlacement& placement_;
+    bool enabled_;
+    int64_t floor_from_;  // replicas placed before the floor starts
+    double give_up_at_;
+    std::unique_ptr<ScoreFloor> floor_;  // null before the last eighth or after a move
+    bool moved_ = false;
+    int64_t placed_ = 0;
+};
+
 std::vector<double> shares_of(const std::vector<double>& weight,
                               const std::vector<int64_t>& counts) {
     std::vector<double> share(weight.size());
@@ -612,185 +900,28 @@ std::vector<int64_t> place_lpt(const std::vector<double>& weight,
                                const LptObjective& objective) {
     PartialPlacement placement(shape);
     const std::vector<double> share_of = shares_of(weight, counts);
-    const int64_t num_ranks = shape.num_ranks;
-    const EpisodeStats* risk_stats = objective.risk_stats;
-    const double z_score = objective.z_score;
-    const bool by_risk = risk_stats != nullptr && risk_stats->num_episodes > 1;
-    std::optional<RankEpisodes> episodes;
-    if (by_risk) {
-        episodes.emplace(*risk_stats, counts, num_ranks);
-    }
-    // The ranks that hold each expert in the current table (keep margin only).
-    std::optional<HeldRanks> held;
-    double keep_bonus = 0.0;
-    if (objective.current != nullptr && objective.keep_margin > 0.0) {
-        held.emplace(*objective.current, shape);
-        keep_bonus = objective.keep_margin *
-                     std::accumulate(weight.begin(), weight.end(), 0.0) /
-                     static_cast<double>(num_ranks);
-    }
-    // Ranks with a free slot, by (load, index) ascending; kept sorted as loads grow.
-    std::vector<int64_t> open_ranks(idx(num_ranks));
-    std::iota(open_ranks.begin(), open_ranks.end(), 0);
-    const auto before = [&](int64_t a, int64_t b) {
-        const double la = placement.load[idx(a)];
-        const double lb = placement.load[idx(b)];
-        return la < lb || (la == lb && a < b);
-    };
-    const auto rebuild_open_ranks = [&]() {
-        open_ranks.clear();
-        for (int64_t r = 0; r < num_ranks; ++r) {
-            if (placement.fill[idx(r)] < shape.num_slots) {
-                open_ranks.push_back(r);
-            }
-        }
-        std::sort(open_ranks.begin(), open_ranks.end(), before);
-    };
-    // Rank open_ranks[pos] just grew: it moves right past the ranks now before it, or leaves
-    // the list when full.
-    const auto reorder = [&](size_t pos) {
-        const auto at = open_ranks.begin() + static_cast<std::ptrdiff_t>(pos);
-        if (placement.fill[idx(*at)] >= shape.num_slots) {
-            open_ranks.erase(at);
-            return;
-        }
-        const int64_t rank = *at;
-        const auto dest = std::upper_bound(at + 1, open_ranks.end(), rank, before);
-        std::move(at + 1, dest, at);
-        *(dest - 1) = rank;
-    };
-    // Position in open_ranks of the rank that takes a replica of `expert`, or npos when no open
-    // rank can: the eligible rank of the smallest cost, its mean load after taking it (plus z
-    // * stddev over the episodes for the risk objective) less the keep bonus where it holds
-    // the expert now. Ranks are visited by increasing load until the load alone reaches the
-    // best cost (no later rank can beat it without the bonus) or kRiskRanks risks were
-    // evaluated; then the expert's current ranks not visited yet are tried with the bonus.
-    constexpr size_t npos = std::numeric_limits<size_t>::max();
-    const double z_squared = z_score * z_score;
-    // Variances after taking a replica of the expert placed last, by rank, valid where
-    // variance_stamp[rank] == stamp: the expert's next replica (placed next) meets the same
-    // ranks, unchanged but for the one that took the last replica (its stamp is cleared).
-    std::vector<double> cached_variance(idx(num_ranks));
-    std::vector<int64_t> variance_stamp(idx(num_ranks), -1);
-    int64_t stamp = -1;
-    int64_t stamp_expert = -1;
-    // visited[rank] == visit: rank was visited by the current choose() (open ranks not visited
-    // are offered again when they hold the expert now).
-    std::vector<int64_t> visited(idx(num_ranks), -1);
-    int64_t visit = -1;
-    const auto choose = [&](int64_t expert, double share, const RankEpisodes::Replica& replica) {
-        size_t chosen = npos;
-        double best = std::numeric_limits<double>::infinity();
-        if (expert != stamp_expert) {
-            stamp_expert = expert;
-            ++stamp;
-        }
-        // Offers `rank`, at position i of open_ranks (npos: not looked up), at cost mean +
-        // z * stddev - bonus.
-        int64_t evaluated = 0;
-        int64_t chosen_rank = -1;
-        const auto offer = [&](size_t i, int64_t rank, double bonus) {
-            const double mean = placement.load[idx(rank)] + share;
-            // cost beats `best` when z * stddev < slack; the deviations of the rank and the
-            // replica cancel at most down to |stddev(rank) - stddev(replica)|.
-            const double slack = best - (mean - bonus);
-            if (slack <= 0.0) {
-                return;
-            }
-            if (!by_risk) {
-                best = mean - bonus;
-                chosen = i;
-                chosen_rank = rank;
-                return;
-            }
-            if (z_score * std::abs(episodes->stddev(rank) - replica.stddev) >= slack) {
-                return;
-            }
-            ++evaluated;
-            if (variance_stamp[idx(rank)] != stamp) {
-                cached_variance[idx(rank)] = episodes->variance_after(rank, replica);
-                variance_stamp[idx(rank)] = stamp;
-            }
-            const double variance = cached_variance[idx(rank)];
-            if (z_squared * variance < slack * slack) {
-                best = mean - bonus + z_score * std::sqrt(variance);
-                chosen = i;
-                chosen_rank = rank;
-            }
-        };
-        const uint64_t* taken = placement.holds_row(expert);
-        const uint64_t* kept = held ? held->row(expert) : nullptr;
-        ++visit;
-        for (size_t i = 0; i < open_ranks.size() && evaluated < kRiskRanks; ++i) {
-            const int64_t rank = open_ranks[i];
-            if (placement.load[idx(rank)] + share >= best) {
-                break;
-            }
-            if (held) {
-                visited[idx(rank)] = visit;
-            }
-            if (!test_bit(taken, rank)) {
-                offer(i, rank, kept != nullptr && test_bit(kept, rank) ? keep_bonus : 0.0);
-            }
-        }
-        if (!held) {
-            return chosen;
-        }
-        // The expert's current ranks that are open and were not visited above.
-        for (const int64_t* holder = held->begin(expert); holder != held->end(expert); ++holder) {
-            const int64_t rank = *holder;
-            if (placement.fill[idx(rank)] < shape.num_slots && visited[idx(rank)] != visit &&
-                !test_bit(taken, rank)) {
-                offer(npos, rank, keep_bonus);
-            }
-        }
-        if (chosen == npos && chosen_rank >= 0) {
-            chosen = static_cast<size_t>(
-                std::find(open_ranks.begin(), open_ranks.end(), chosen_rank) - open_ranks.begin());
-        }
-        return chosen;
-    };
-    // Giving up: the score floor decides only near the end, so it is kept over the last eighth
-    // of the replicas, while no make_room has moved a replica.
-    const bool may_give_up =
-        by_risk && objective.give_up_at < std::numeric_limits<double>::infinity();
-    const int64_t floor_from = shape.num_physical() - shape.num_physical() / 8;
-    const double give_up_at = objective.give_up_at * (1.0 + kRelativeTolerance);
-    std::optional<ScoreFloor> floor;
-    bool moved = false;
-    int64_t placed = 0;
+    OpenRanks open(placement);
+    ReplicaRankChooser chooser(placement, open, weight, counts, objective);
+    GiveUpCheck give_up(objective, chooser.episodes(), placement);
     for (const auto& [expert, share] : replicas_by_weight(weight, counts, by_weight)) {
-        if (may_give_up && !moved && placed++ == floor_from) {
-            floor.emplace(*risk_stats, *episodes, placement);
-        }
-        const RankEpisodes::Replica replica =
-            by_risk ? episodes->replica(expert) : RankEpisodes::Replica{};
-        const size_t pos = choose(expert, share, replica);
-        if (pos == npos) {
+        give_up.before_replica();
+        const RankEpisodes::Replica replica = chooser.replica(expert);
+        const size_t pos = chooser.choose(expert, share, replica);
+        if (pos == OpenRanks::npos) {
             const int64_t rank = placement.make_room(expert, share_of);
             EPLB_CHECK(rank >= 0, "no rank can take a replica of expert " << expert);
             placement.put(rank, expert, share);
-            rebuild_open_ranks();  // make_room changed two ranks
-            if (by_risk) {
-                episodes->rebuild(placement.phy2log, shape.num_slots);
-                ++stamp;  // every rank's variance may have changed
-            }
-            moved = true;
-            floor.reset();
+            open.rebuild();  // make_room changed two ranks
+            chooser.replicas_moved();
+            give_up.replica_moved();
             continue;
         }
-        const int64_t rank = open_ranks[pos];
+        const int64_t rank = open[pos];
         placement.put(rank, expert, share);
-        reorder(pos);
-        if (by_risk) {
-            episodes->add(rank, replica);
-            variance_stamp[idx(rank)] = -1;
-        }
-        if (floor) {
-            floor->add(rank);
-            if (floor->score() >= give_up_at) {
-                return {};
-            }
+        open.grew(pos);
+        chooser.took(rank, replica);
+        if (give_up.certain_after(rank)) {
+            return {};
         }
     }
     return placement.phy2log;
