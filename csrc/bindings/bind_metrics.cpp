@@ -14,22 +14,38 @@
 namespace eplb_native::bindings {
 namespace {
 
+// Every id of `table` [L, P] is an expert id (>= 0) or -1, an empty slot.
+void require_slot_ids(const py::array_t<int64_t>& table, int64_t num_physical,
+                      const char* name) {
+    const int64_t* ids = table.data();
+    for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
+        if (ids[i] < -1) {
+            throw_invalid(name, "id " + std::to_string(ids[i]) + " at [" +
+                                    std::to_string(i / num_physical) + ", " +
+                                    std::to_string(i % num_physical) +
+                                    "]; expected an expert id >= 0 or -1 (an empty slot)");
+        }
+    }
+}
+
 py::array_t<int64_t> weight_copies_per_layer(const py::object& old_object,
                                              const py::object& new_object, int64_t num_ranks) {
-    const auto old_phy2log = as_carray<int64_t>(old_object, "old_phy2log");
-    const auto new_phy2log = as_carray<int64_t>(new_object, "new_phy2log");
+    const auto old_phy2log = as_carray<int64_t>(old_object, "old");
+    const auto new_phy2log = as_carray<int64_t>(new_object, "new");
     const auto shape = shape_of(old_phy2log);
     if (shape.size() != 2) {
-        throw_invalid("old_phy2log", "expected a 2-D array [layers, physical_slots], got shape " +
+        throw_invalid("old", "expected a 2-D array [layers, physical_slots], got shape " +
                                          shape_str(shape));
     }
     if (shape_of(new_phy2log) != shape) {
-        throw_invalid("new_phy2log", "shape " + shape_str(shape_of(new_phy2log)) +
-                                         " does not match old_phy2log " + shape_str(shape));
+        throw_invalid("new", "shape " + shape_str(shape_of(new_phy2log)) +
+                                         " does not match old " + shape_str(shape));
     }
     require_positive(num_ranks, "num_ranks");
     const int64_t num_layers = shape[0];
     const int64_t num_physical = shape[1];
+    require_slot_ids(old_phy2log, num_physical, "old");
+    require_slot_ids(new_phy2log, num_physical, "new");
     if (num_physical % num_ranks != 0) {
         throw_invalid("num_ranks", std::to_string(num_physical) +
                                        " slots cannot be split evenly over " +
@@ -88,11 +104,12 @@ py::array_t<double> max_load_lower_bound(const py::object& load_object, int64_t 
 }  // namespace
 
 void bind_metrics(py::module_& m) {
-    m.def("weight_copies_per_layer", &weight_copies_per_layer, py::arg("old_phy2log"),
-          py::arg("new_phy2log"), py::arg("num_ranks"),
-          "int64 [L]: per layer, the slots of new_phy2log int64 [L, P] whose expert is not on "
-          "the same rank in old_phy2log int64 [L, P] (-1: an empty slot); a replica moving "
-          "between slots of one rank costs nothing.");
+    m.def("weight_copies_per_layer", &weight_copies_per_layer, py::arg("old"),
+          py::arg("new"), py::arg("num_ranks"),
+          "int64 [L]: per layer, the slots of new int64 [L, P] whose expert is not on "
+          "the same rank in old int64 [L, P] (-1: an empty slot, holding nothing in "
+          "old and needing no copy in new); a replica moving between slots of "
+          "one rank costs nothing.");
     m.def("max_load_lower_bound", &max_load_lower_bound, py::arg("load"),
           py::arg("num_physical"), py::arg("num_ranks"),
           "float64 [R]: per row of load float64 [R, N] (tokens per expert), a lower bound on "

@@ -88,9 +88,9 @@ def validate_plan(plan: Plan, num_ranks: typing.SupportsInt | typing.SupportsInd
     """
     Raise ValueError naming the field unless the plan is a valid placement on num_ranks ranks.
     """
-def weight_copies_per_layer(old_phy2log: numpy.typing.ArrayLike, new_phy2log: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
+def weight_copies_per_layer(old: numpy.typing.ArrayLike, new: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """
-    int64 [L]: per layer, the slots of new_phy2log int64 [L, P] whose expert is not on the same rank in old_phy2log int64 [L, P] (-1: an empty slot); a replica moving between slots of one rank costs nothing.
+    int64 [L]: per layer, the slots of new int64 [L, P] whose expert is not on the same rank in old int64 [L, P] (-1: an empty slot, holding nothing in old and needing no copy in new); a replica moving between slots of one rank costs nothing.
     """
 MAX_ARRAY_ELEMENTS: int
 POLICY_NAMES: tuple[str, ...]

@@ -127,7 +127,9 @@ def count_weight_copies(old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, nu
     on that rank in ``old`` (a local slot-to-slot copy costs no transfer and is not counted).
 
     Args:
-        old, new: Plans, or phy2log int64 [L, P] tables of the same shape.
+        old, new: Plans, or phy2log int64 [L, P] tables of the same shape: expert ids, or -1 for
+            an empty slot (it holds nothing in ``old`` and needs no copy in ``new``); other
+            negative ids raise ValueError naming the table.
         num_ranks: D.
     """
     return int(weight_copies_per_layer(old, new, num_ranks).sum())

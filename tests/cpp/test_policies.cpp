@@ -195,13 +195,16 @@ TEST(BuildingBlocks, RowRankLoadsSplitEachExpertOverItsReplicas) {
     EXPECT_EQ(load, (std::vector<double>{5.0, 7.0}));
 }
 
-// Hand-computed: rank 0 keeps its experts in other slots (free); rank 1 gains expert 0.
+// Hand-computed: rank 0 keeps its experts in other slots (free); rank 1 gains expert 0. An
+// empty slot (-1) holds nothing in the current table and needs no copy in the proposed one.
 TEST(BuildingBlocks, WeightCopiesCountExpertsNewToTheirRank) {
     const std::vector<int64_t> current = {0, 1, 2, -1};
     const std::vector<int64_t> proposed = {1, 0, 0, 2};
+    const std::vector<int64_t> filled = {0, 1, 2, 3};
     EXPECT_EQ(weight_copies(current.data(), proposed.data(), 4, 2), 1);
     EXPECT_EQ(weight_copies(current.data(), current.data(), 4, 2), 0);
-    EXPECT_EQ(weight_copies(proposed.data(), current.data(), 4, 1), 1);  // -1 is never held
+    EXPECT_EQ(weight_copies(proposed.data(), current.data(), 4, 1), 0);
+    EXPECT_EQ(weight_copies(current.data(), filled.data(), 4, 1), 1);
 }
 
 // Hand-computed: {9, 3, 3, 1} on 6 slots of 3 ranks: replicas of 3 at best, mean 16 / 3;

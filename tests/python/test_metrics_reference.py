@@ -26,15 +26,16 @@ def brute_force_bound(load: list[float], num_physical: int, num_ranks: int) -> f
 
 
 def brute_force_copies(old: list[list[int]], new: list[list[int]], num_ranks: int) -> list[int]:
-    """Per layer: the slots of ``new`` whose expert is not in the set ``old`` holds on that
-    slot's rank."""
+    """Per layer: the slots of ``new`` holding an expert (not -1) that is not in the set of
+    experts ``old`` holds on that slot's rank."""
     copies = []
     for old_row, new_row in zip(old, new, strict=True):
         num_slots = len(old_row) // num_ranks
         count = 0
         for rank in range(num_ranks):
-            held = set(old_row[rank * num_slots : (rank + 1) * num_slots])
-            count += sum(expert not in held for expert in new_row[rank * num_slots : (rank + 1) * num_slots])
+            held = {expert for expert in old_row[rank * num_slots : (rank + 1) * num_slots] if expert >= 0}
+            count += sum(expert >= 0 and expert not in held
+                         for expert in new_row[rank * num_slots : (rank + 1) * num_slots])
         copies.append(count)
     return copies
 
@@ -104,6 +105,13 @@ def test_weight_copies_match_a_set_count_per_rank(case: tuple[list[list[int]], l
     assert count_weight_copies(old, new, num_ranks) == sum(want)
 
 
+def test_empty_slots_hold_nothing_and_need_no_copy() -> None:
+    # Rank 0 empties its slot 1; rank 1 fills its empty slot with expert 2 (one copy).
+    assert weight_copies_per_layer([[0, 1, -1, 3]], [[0, -1, 2, 3]], 2).tolist() == [1]
+    # Expert 0 moving into the rank's empty slot stays on its rank: no copy.
+    assert count_weight_copies([[-1, 0]], [[0, -1]], 1) == 0
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
     [
@@ -114,6 +122,8 @@ def test_weight_copies_match_a_set_count_per_rank(case: tuple[list[list[int]], l
         (lambda: lower_bound_max_load([[1.0, 2.0]], 2, 0), "num_ranks"),
         (lambda: weight_copies_per_layer([[0, 1, 2]], [[0, 1, 2]], 2), "num_ranks"),
         (lambda: weight_copies_per_layer([[0, 1]], [[0, 1, 2]], 1), "new"),
+        (lambda: weight_copies_per_layer([[0, -2]], [[0, 1]], 1), "old"),
+        (lambda: weight_copies_per_layer([[0, 1]], [[-5, 1]], 1), "new"),
     ],
 )
 def test_bad_input_names_the_argument(call, field: str) -> None:

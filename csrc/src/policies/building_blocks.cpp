@@ -52,7 +52,8 @@ int64_t weight_copies(const int64_t* current, const int64_t* proposed, int64_t n
     const int64_t num_slots = num_physical / num_ranks;
     int64_t copies = 0;
     for (int64_t slot = 0; slot < num_physical; ++slot) {
-        copies += rank_holds(current, slot / num_slots, num_slots, proposed[slot]) ? 0 : 1;
+        const int64_t expert = proposed[slot];
+        copies += expert < 0 || rank_holds(current, slot / num_slots, num_slots, expert) ? 0 : 1;
     }
     return copies;
 }

@@ -41,8 +41,9 @@ void row_rank_loads(const double* weight, const int64_t* counts, const int64_t* 
                               int64_t expert);
 
 // Weight copies from `current` to `proposed` (rows [num_physical] of one layer): the slots of
-// `proposed` whose expert is not on the same rank in `current` (-1 in `current`: an empty
-// slot, holding nothing). A replica that only changes slot within its rank costs nothing.
+// `proposed` whose expert is not on the same rank in `current` (-1: an empty slot, which holds
+// nothing in `current` and needs no copy in `proposed`). A replica that only changes slot
+// within its rank costs nothing.
 [[nodiscard]] int64_t weight_copies(const int64_t* current, const int64_t* proposed,
                                     int64_t num_physical, int64_t num_ranks);
 
