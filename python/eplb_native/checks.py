@@ -3,10 +3,13 @@ once and raises ValueError naming the field."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
+
+from eplb_native.limits import MAX_ARRAY_ELEMENTS, MAX_THREADS
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -164,17 +167,43 @@ def check_history(
     return checked
 
 
+def check_num_threads(value: object, field: str = "num_threads") -> int:
+    """``value`` as a planner thread count: an integer in [0, MAX_THREADS], 0 meaning every
+    usable core. A call runs on at most ``usable_cores()`` threads whatever it asks.
+
+    Raises:
+        ValueError naming ``field`` for anything else (bool, float, negative, too large).
+    """
+    if not is_integer(value) or not 0 <= value <= MAX_THREADS:
+        msg = f"{field}: expected an integer from 0 (all usable cores) to {MAX_THREADS}, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def check_array_size(field: str, what: str, *extents: int) -> int:
+    """The product of ``extents`` (each >= 0); ValueError naming ``field`` when it exceeds
+    ``MAX_ARRAY_ELEMENTS`` (``what`` names the array, e.g. "a plan of layers x slots")."""
+    size = math.prod(int(extent) for extent in extents)
+    if size > MAX_ARRAY_ELEMENTS:
+        sizes = " x ".join(str(int(extent)) for extent in extents)
+        msg = f"{field}: {what} ({sizes} elements) exceeds the limit of {MAX_ARRAY_ELEMENTS} elements"
+        raise ValueError(msg)
+    return size
+
+
 __all__ = [
     "INT64_LIMIT",
     "MAX_LOAD_TOTAL",
     "as_array",
     "as_float_array",
     "as_int_array",
+    "check_array_size",
     "check_divisor",
     "check_history",
     "check_int",
     "check_layer_ids",
     "check_load",
+    "check_num_threads",
     "check_positive_int",
     "is_integer",
 ]

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from eplb_native import __version__
+from eplb_native.checks import check_num_threads
 from eplb_native.expert_map import load_expert_map_with_ranks, save_expert_map
-from eplb_native.limits import MAX_THREADS, check_num_threads
+from eplb_native.limits import MAX_THREADS
 from eplb_native.metrics import evaluate
 from eplb_native.plan import Plan, default_placement
 from eplb_native.planning import POLICY_NAMES

@@ -19,8 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from eplb_native import _core
-from eplb_native.checks import FloatArray, IntArray, check_history, check_int, check_load
-from eplb_native.limits import check_num_threads
+from eplb_native.checks import (
+    FloatArray,
+    IntArray,
+    check_history,
+    check_int,
+    check_load,
+    check_num_threads,
+)
 from eplb_native.metrics import peak_to_average
 from eplb_native.plan import Plan, rank_loads
 

@@ -19,11 +19,11 @@ from eplb_native.checks import (
     IntArray,
     as_float_array,
     as_int_array,
+    check_array_size,
     check_int,
     check_positive_int,
 )
 from eplb_native.layers import MoeLayerMap
-from eplb_native.limits import check_array_size
 
 logger = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from eplb_native.checks import (
     check_history,
     check_int,
     check_load,
+    check_num_threads,
     check_positive_int,
     is_integer,
 )
 from eplb_native.flashlb import FlashLBOptions, PlannedBalance, select_layers
-from eplb_native.limits import check_num_threads
 from eplb_native.metrics import count_weight_copies, peak_to_average
 from eplb_native.plan import Plan, rank_loads
 

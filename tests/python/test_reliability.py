@@ -27,9 +27,10 @@ from memory_cap import memory_cap
 
 import eplb_native
 from eplb_native import Plan, evaluate, make_policy, rebalance_experts
+from eplb_native.checks import check_num_threads
 from eplb_native.cli import main
 from eplb_native.expert_map import load_expert_map
-from eplb_native.limits import MAX_THREADS, check_num_threads, usable_cores
+from eplb_native.limits import MAX_THREADS, usable_cores
 from eplb_native.policies import check_policy_shape
 from eplb_native.sim.traces import load_trace
 

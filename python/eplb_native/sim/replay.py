@@ -49,9 +49,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import FloatArray, check_int, check_load
+from eplb_native.checks import FloatArray, check_int, check_load, check_num_threads
 from eplb_native.flashlb import PlannedBalance
-from eplb_native.limits import check_num_threads
 from eplb_native.metrics import count_weight_copies, evaluate, peak_to_average
 from eplb_native.plan import Plan, default_placement, rank_loads, slot_load_from_expert_load
 from eplb_native.planning import PlanOutcome, PlanRequest, check_options, plan, policy_name

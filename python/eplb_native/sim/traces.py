@@ -58,9 +58,8 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from eplb_native.checks import FloatArray, check_int, check_load, is_integer
+from eplb_native.checks import FloatArray, check_array_size, check_int, check_load, is_integer
 from eplb_native.json_files import read_json_file
-from eplb_native.limits import check_array_size
 from eplb_native.plan import Plan, expert_load_from_slot_load
 
 logger = logging.getLogger(__name__)
