@@ -169,7 +169,7 @@ class PlanRequest:
     """One planning request in expert space: what was served, what is in force, how to plan.
 
     Building one checks shapes and types (cheap: the serving thread builds them); the values
-    of the window are scanned once when it is planned.
+    of the window (finite, >= 0) are checked when it is planned.
 
     Example:
         >>> import numpy as np
