@@ -13,7 +13,6 @@ from eplb_native.checks import (
     FloatArray,
     IntArray,
     as_float_array,
-    as_int_array,
     check_load,
     check_positive_int,
 )
@@ -138,13 +137,11 @@ def count_weight_copies(old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, nu
 def weight_copies_per_layer(
     old: Plan | npt.ArrayLike, new: Plan | npt.ArrayLike, num_ranks: int
 ) -> IntArray:
-    """As ``count_weight_copies``, per layer: int64 [L]. Counted by the C++ core
-    (``weight_copies``, the count the policies' move budgets use)."""
-    old_table = as_int_array(old.phy2log if isinstance(old, Plan) else old, "old")
-    new_table = as_int_array(new.phy2log if isinstance(new, Plan) else new, "new")
-    if old_table.shape != new_table.shape or old_table.ndim != 2:
-        msg = f"new: shape {new_table.shape} does not match old {old_table.shape} ([L, P] expected)"
-        raise ValueError(msg)
+    """As ``count_weight_copies``, per layer: int64 [L]. Counted, and the tables checked
+    (integer dtype, [L, P], equal shapes, ids >= -1), by the C++ core (``weight_copies``, the
+    count the policies' move budgets use)."""
+    old_table = old.phy2log if isinstance(old, Plan) else old
+    new_table = new.phy2log if isinstance(new, Plan) else new
     return _core.weight_copies_per_layer(old_table, new_table, check_positive_int(num_ranks, "num_ranks"))
 
 
