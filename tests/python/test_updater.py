@@ -491,7 +491,7 @@ def _serve_with_a_stopped_planner(rank: int, world_size: int, tmp: str) -> None:
     if rank == 0:
         assert manager.worker is not None and manager.worker.pid is not None
         os.kill(manager.worker.pid, signal.SIGSTOP)  # stopped: alive, silent, never answers
-    initial, tables, step_ms, mismatched, restart_step = manager.table, [], [], [], None
+    initial, tables, step_ms, mismatched, restart_step, failure_step = manager.table, [], [], [], None, None
     done = torch.zeros(1)
     step = 0
     while not done.item() and step < 4000:
@@ -506,6 +506,8 @@ def _serve_with_a_stopped_planner(rank: int, world_size: int, tmp: str) -> None:
         tables.append(manager.table)
         if rank == 0:
             assert manager.worker is not None
+            if failure_step is None and manager.worker.num_failures >= 1:
+                failure_step = manager.step_idx
             if restart_step is None and manager.worker.num_restarts >= 1:
                 restart_step = manager.step_idx
             done[0] = float(bool(manager.updates) and not manager.loader.pending)
@@ -513,7 +515,7 @@ def _serve_with_a_stopped_planner(rank: int, world_size: int, tmp: str) -> None:
         time.sleep(0.005)
         step += 1
     result = {"mismatched": mismatched, "initial": initial, "tables": np.stack(tables), "step_ms": step_ms,
-              "restart_step": restart_step, "logs": records.messages,
+              "restart_step": restart_step, "failure_step": failure_step, "logs": records.messages,
               "updates": [(u.window_step, u.schedule_step, u.applied) for u in manager.updates],
               "restarts": manager.worker.num_restarts if manager.worker is not None else 0}
     manager.close()
@@ -528,9 +530,12 @@ def test_a_stopped_planner_is_replaced_while_daemonic_ranks_keep_serving(tmp_pat
     assert result["restarts"] >= 1 and result["restart_step"] is not None
     assert any("missed its heartbeat" in message for message in result["logs"]), result["logs"]
     (window_step, schedule_step, applied), *_ = result["updates"]
-    # restart_step: the first step at whose end the restart was seen; the supervisor thread may
-    # have restarted the process during that step, before its window was submitted.
-    assert applied and window_step >= result["restart_step"], "planned by the stopped worker?"
+    # failure_step: the first step at whose end the stopped worker was seen killed. A window
+    # submitted to it before that was answered with a failure; one submitted after it waits for
+    # the new process (started after a back-off, maybe some steps later), which plans it. The
+    # supervisor thread may have killed the worker during that step, before its window came.
+    assert result["failure_step"] <= result["restart_step"]
+    assert applied and window_step >= result["failure_step"], "planned by the stopped worker?"
     for rank, run in enumerate(results):
         assert run["mismatched"] == [], f"{rank=}: outputs differ from the model without EPLB"
         # The old placement served until the new worker's plan was scheduled.
