@@ -246,7 +246,7 @@ def test_defaults_depend_on_the_rank_count_and_yield_to_given_values() -> None:
     assert FlashLBOptions().thresholds(16) == (0.95, 0.9)
     assert FlashLBOptions(update_threshold_ratio=0.8).thresholds(64) == (0.8, 0.85)
     assert FlashLBOptions().resolved(64).keep_margin == 0.01
-    assert FlashLBOptions().resolved(8).keep_margin == 0.002
+    assert FlashLBOptions().resolved(8).keep_margin == 0.003
     assert FlashLBOptions(keep_margin=0.0).resolved(64).keep_margin == 0.0
 
 

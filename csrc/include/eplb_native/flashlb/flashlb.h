@@ -14,7 +14,7 @@
 namespace eplb_native::flashlb {
 
 struct Options {
-    double z_score = 0.674;        // risk = mean + z * stddev (0.674: 75th percentile)
+    double z_score = 1.0;          // risk = mean + z * stddev (1.0: 84th percentile)
     int64_t max_depth = 4;         // expert groups searched one after another
     int64_t width = 8;             // candidate replica counts tried per group
     int64_t episode_steps = 1;     // history steps per episode
