@@ -3,7 +3,9 @@
 
 #include "bindings.h"
 #include "eplb_native/plan.h"
+#include "eplb_native/thread_pool.h"
 #include "numpy_views.h"
+#include "shared_pool.h"
 
 namespace eplb_native::bindings {
 namespace {
@@ -188,6 +190,29 @@ void bind_maps(py::module_& m) {
         py::arg("plan"), py::arg("load"), py::arg("num_ranks"),
         "float64 [rows, L, D]: tokens per rank, each expert's tokens (load [rows, L, N]) split "
         "evenly among its replicas.");
+
+    m.def(
+        "layer_balance",
+        [](const Plan& plan, const py::object& load_object, int64_t num_ranks,
+           int64_t num_threads) {
+            const auto load = as_carray<double>(load_object, "load");
+            const int64_t rows = load_rows(load, plan, plan.num_experts, "load");
+            require_positive(num_ranks, "num_ranks");
+            ThreadPool pool = shared_pool(num_threads);
+            py::array_t<double> out({rows, plan.num_layers});
+            double* values = out.mutable_data();
+            {
+                py::gil_scoped_release release;
+                pool.parallel_for(plan.num_layers, [&](int64_t layer) {
+                    layer_balance(plan, load.data(), rows, num_ranks, layer, values);
+                });
+            }
+            return out;
+        },
+        py::arg("plan"), py::arg("load"), py::arg("num_ranks"), py::arg("num_threads") = 1,
+        "float64 [rows, L]: each layer's balance per row of load [rows, L, N], mean / peak rank "
+        "load (1.0 for a row with no load); equal to numpy's 1 / "
+        "peak_to_average(rank_loads(...)). num_threads: 0 for all cores.");
 }
 
 }  // namespace eplb_native::bindings

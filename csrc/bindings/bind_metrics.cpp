@@ -3,6 +3,7 @@
 // reports the same quantities the planners optimise.
 
 #include <algorithm>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,40 @@ py::array_t<double> max_load_lower_bound(const py::object& load_object, int64_t 
     return out;
 }
 
+py::tuple scan_load_values(const py::object& values_object) {
+    const auto values = as_carray<double>(values_object, "load");
+    LoadScan scan;
+    {
+        py::gil_scoped_release release;  // the argument holds the values for the call
+        scan = eplb_native::scan_load_values(values.data(), static_cast<int64_t>(values.size()));
+    }
+    return py::make_tuple(scan.all_valid, scan.total);
+}
+
+py::array_t<int64_t> placement_violations(const py::object& current_object,
+                                          const py::object& next_object) {
+    const auto current = as_carray<int64_t>(current_object, "current_table");
+    const auto next = as_carray<int64_t>(next_object, "new_table");
+    const auto shape = shape_of(current);
+    if (shape.size() != 3 || shape_of(next) != shape) {
+        throw_invalid("new_table", "expected current_table's shape [L, D, S] " +
+                                       shape_str(shape) + ", got " + shape_str(shape_of(next)));
+    }
+    const int64_t num_physical = shape[1] * shape[2];
+    py::array_t<int64_t> out({shape[0], int64_t{3}});
+    int64_t* first = out.mutable_data();
+    {
+        py::gil_scoped_release release;  // the arguments hold both tables for the call
+        for (int64_t layer = 0; layer < shape[0]; ++layer) {
+            const std::array<int64_t, 3> found = eplb_native::placement_violations(
+                current.data() + layer * num_physical, next.data() + layer * num_physical,
+                shape[1], shape[2]);
+            std::copy(found.begin(), found.end(), first + layer * 3);
+        }
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_metrics(py::module_& m) {
@@ -110,6 +145,17 @@ void bind_metrics(py::module_& m) {
           "the same rank in old int64 [L, P] (-1: an empty slot, holding nothing in "
           "old and needing no copy in new); a replica moving between slots of "
           "one rank costs nothing.");
+    m.def("scan_load_values", &scan_load_values, py::arg("values"),
+          "(all_valid, total): one pass over float64 values of any shape, whether all are "
+          "finite and >= 0 and their sum (without naming a bad value: a caller that needs its "
+          "index looks for it only when all_valid is False).");
+    m.def("placement_violations", &placement_violations, py::arg("current_table"),
+          py::arg("new_table"),
+          "int64 [L, 3]: per layer of new_table int64 [L, D, S] against current_table (the "
+          "table in force, same shape; a negative id is an empty slot), the first break of each "
+          "placement rule: the smallest expert of current_table with no replica left, the first "
+          "rank holding an expert more than once and more often than current_table there, the "
+          "first rank where an expert that stays on it changes slot; -1 for a rule kept.");
     m.def("max_load_lower_bound", &max_load_lower_bound, py::arg("load"),
           py::arg("num_physical"), py::arg("num_ranks"),
           "float64 [R]: per row of load float64 [R, N] (tokens per expert), a lower bound on "

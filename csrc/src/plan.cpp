@@ -1,6 +1,7 @@
 #include "eplb_native/plan.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 
@@ -33,6 +34,39 @@ int64_t slots_per_rank(int64_t num_physical, int64_t num_ranks) {
                              " (loads must be finite and >= 0)");
 }
 
+// numpy's sum of n doubles (its reduction over a contiguous axis): below 8 values one by one;
+// up to 128 in eight interleaved lanes folded ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)) with
+// the values past the last multiple of 8 added after; above, the two halves (the first a
+// multiple of 8 long) summed so and added.
+double pairwise_sum(const double* a, int64_t n) {
+    constexpr int64_t kBlock = 128;
+    if (n < 8) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+            sum += a[i];
+        }
+        return sum;
+    }
+    if (n <= kBlock) {
+        double r[8];
+        std::copy(a, a + 8, r);
+        int64_t i = 8;
+        for (; i < n - n % 8; i += 8) {
+            for (int64_t k = 0; k < 8; ++k) {
+                r[k] += a[i + k];
+            }
+        }
+        double sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) {
+            sum += a[i];
+        }
+        return sum;
+    }
+    int64_t half = n / 2;
+    half -= half % 8;
+    return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
+}
+
 }  // namespace
 
 PlanArrays view_of(const Plan& plan) {
@@ -47,35 +81,46 @@ PlanArrays view_of(const Plan& plan) {
     return arrays;
 }
 
-double validate_load_values(const double* data, int64_t size, int64_t num_experts,
-                            const std::string& field, int64_t first_row) {
-    // Fast pass without branches (NaN fails both comparisons, inf the second), summing in
-    // independent lanes so that it vectorises; the slow pass below only runs to name the first
-    // bad value.
+LoadScan scan_load_values(const double* data, int64_t size) {
+    // Without branches, in independent lanes so that it vectorises: lane k sums values k,
+    // k + 8, ... and keeps their least and largest. A NaN fails no comparison of the min/max
+    // updates, but makes its lane's sum NaN.
     constexpr int64_t kLanes = 8;
-    bool all_valid = true;
     double lanes[kLanes] = {};
+    double least[kLanes] = {};
+    double largest[kLanes] = {};
     const int64_t whole = size - size % kLanes;
     for (int64_t i = 0; i < whole; i += kLanes) {
         for (int64_t k = 0; k < kLanes; ++k) {
             const double value = data[i + k];
-            all_valid &= (value >= 0.0) & (value <= std::numeric_limits<double>::max());
             lanes[k] += value;
+            least[k] = value < least[k] ? value : least[k];
+            largest[k] = value > largest[k] ? value : largest[k];
         }
     }
     for (int64_t i = whole; i < size; ++i) {
-        all_valid &= (data[i] >= 0.0) & (data[i] <= std::numeric_limits<double>::max());
         lanes[0] += data[i];
+        least[0] = std::min(least[0], data[i]);
+        largest[0] = std::max(largest[0], data[i]);
     }
-    if (all_valid) {
-        double total = 0.0;
-        for (const double lane : lanes) {
-            total += lane;
-        }
-        require_load_total(total, field);
-        return total;
+    LoadScan scan;
+    for (int64_t k = 0; k < kLanes; ++k) {
+        scan.all_valid = scan.all_valid && !std::isnan(lanes[k]) && least[k] >= 0.0 &&
+                         largest[k] <= std::numeric_limits<double>::max();
+        scan.total += lanes[k];
     }
-    int64_t bad = 0;  // the first value the fast pass refused (there is one)
+    return scan;
+}
+
+double validate_load_values(const double* data, int64_t size, int64_t num_experts,
+                            const std::string& field, int64_t first_row) {
+    const LoadScan scan = scan_load_values(data, size);
+    if (scan.all_valid) {
+        require_load_total(scan.total, field);
+        return scan.total;
+    }
+    // The slow pass names the first bad value (there is one).
+    int64_t bad = 0;
     while (data[bad] >= 0.0 && data[bad] <= std::numeric_limits<double>::max()) {
         ++bad;
     }
@@ -346,6 +391,76 @@ void rank_loads(const Plan& plan, const double* load, int64_t rows, int64_t num_
                                  plan.phy2log.data() + layer * P, plan.num_physical, num_ranks,
                                  out + row * D);
     }
+}
+
+void layer_balance(const Plan& plan, const double* load, int64_t rows, int64_t num_ranks,
+                   int64_t layer, double* out) {
+    slots_per_rank(plan.num_physical, num_ranks);  // throws unless the ranks split the slots
+    const auto L = static_cast<size_t>(plan.num_layers);
+    const auto N = static_cast<size_t>(plan.num_experts);
+    const auto P = static_cast<size_t>(plan.num_physical);
+    const auto layer_idx = static_cast<size_t>(layer);
+    std::vector<double> rank_load(static_cast<size_t>(num_ranks));
+    for (size_t row = 0; row < static_cast<size_t>(rows); ++row) {
+        policies::row_rank_loads(load + (row * L + layer_idx) * N,
+                                 plan.logcnt.data() + layer_idx * N,
+                                 plan.phy2log.data() + layer_idx * P, plan.num_physical,
+                                 num_ranks, rank_load.data());
+        const double mean = pairwise_sum(rank_load.data(), num_ranks) /
+                            static_cast<double>(num_ranks);
+        const double peak = *std::max_element(rank_load.begin(), rank_load.end());
+        out[row * L + layer_idx] = 1.0 / (mean > 0.0 ? peak / mean : 1.0);
+    }
+}
+
+std::array<int64_t, 3> placement_violations(const int64_t* current, const int64_t* next,
+                                            int64_t num_ranks, int64_t num_slots) {
+    std::array<int64_t, 3> first{-1, -1, -1};
+    const int64_t num_physical = num_ranks * num_slots;
+    // Rule 1: the smallest expert of `current` with no replica in `next`.
+    std::vector<int64_t> kept;
+    std::vector<int64_t> held;
+    for (int64_t slot = 0; slot < num_physical; ++slot) {
+        if (current[slot] >= 0) {
+            held.push_back(current[slot]);
+        }
+        if (next[slot] >= 0) {
+            kept.push_back(next[slot]);
+        }
+    }
+    std::sort(held.begin(), held.end());
+    std::sort(kept.begin(), kept.end());
+    for (const int64_t expert : held) {
+        if (!std::binary_search(kept.begin(), kept.end(), expert)) {
+            first[0] = expert;
+            break;
+        }
+    }
+    // Rules 2 and 3, rank by rank: the copies of each new expert on the rank, in `next` and in
+    // `current`.
+    for (int64_t rank = 0; rank < num_ranks; ++rank) {
+        const int64_t* now = current + rank * num_slots;
+        const int64_t* proposed = next + rank * num_slots;
+        bool twice = false;
+        bool moved = false;
+        for (int64_t s = 0; s < num_slots; ++s) {
+            const int64_t expert = proposed[s];
+            if (expert < 0) {
+                continue;
+            }
+            const auto in_next = std::count(proposed, proposed + num_slots, expert);
+            const auto in_current = std::count(now, now + num_slots, expert);
+            twice = twice || (in_next > 1 && in_next > in_current);
+            moved = moved || (in_current > 0 && expert != now[s]);
+        }
+        if (twice && first[1] < 0) {
+            first[1] = rank;
+        }
+        if (moved && first[2] < 0) {
+            first[2] = rank;
+        }
+    }
+    return first;
 }
 
 }  // namespace eplb_native

@@ -60,9 +60,17 @@ def plan_policy(policy: str, load: numpy.typing.ArrayLike, num_replicas: typing.
     """
     Plan of the policy named `policy` (one of POLICY_NAMES): load float64 [L, N], P, G, H, D, current int64 [L, P] | None (the table in force), history int64 or float64 [T, L, N] | None (read in place), num_threads, seed, options {name: value} of that policy (swift_balancer: max_moves_per_layer; flashlb: z_score, max_depth, width, episode_steps, max_episodes, incremental, max_moves_per_layer, keep_margin).
     """
+def layer_balance(plan: Plan, load: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex, num_threads: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+    """
+    float64 [rows, L]: each layer's balance per row of load [rows, L, N], mean / peak rank load (1.0 for a row with no load); equal to numpy's 1 / peak_to_average(rank_loads(...)). num_threads: 0 for all cores.
+    """
 def max_load_lower_bound(load: numpy.typing.ArrayLike, num_physical: typing.SupportsInt | typing.SupportsIndex, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float64]:
     """
     float64 [R]: per row of load float64 [R, N] (tokens per expert), a lower bound on the busiest rank's tokens of any placement on num_physical slots over num_ranks ranks: the larger of the mean rank load and the smallest possible largest per-replica load (each expert on 1..num_ranks slots).
+    """
+def placement_violations(current_table: numpy.typing.ArrayLike, new_table: numpy.typing.ArrayLike) -> numpy.typing.NDArray[numpy.int64]:
+    """
+    int64 [L, 3]: per layer of new_table int64 [L, D, S] against current_table (the table in force, same shape; a negative id is an empty slot), the first break of each placement rule: the smallest expert of current_table with no replica left, the first rank holding an expert more than once and more often than current_table there, the first rank where an expert that stays on it changes slot; -1 for a rule kept.
     """
 def plan_from_phy2log(phy2log: numpy.typing.ArrayLike, num_experts: typing.SupportsInt | typing.SupportsIndex) -> Plan:
     """
@@ -87,6 +95,10 @@ def usable_cores() -> int:
 def validate_plan(plan: Plan, num_ranks: typing.SupportsInt | typing.SupportsIndex, allow_duplicate_on_rank: bool = False) -> None:
     """
     Raise ValueError naming the field unless the plan is a valid placement on num_ranks ranks.
+    """
+def scan_load_values(values: numpy.typing.ArrayLike) -> tuple[bool, float]:
+    """
+    (all_valid, total): one pass over float64 values of any shape, whether all are finite and >= 0 and their sum (without naming a bad value: a caller that needs its index looks for it only when all_valid is False).
     """
 def weight_copies_per_layer(old: numpy.typing.ArrayLike, new: numpy.typing.ArrayLike, num_ranks: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.int64]:
     """

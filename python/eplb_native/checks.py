@@ -4,11 +4,12 @@ once and raises ValueError naming the field."""
 from __future__ import annotations
 
 import math
-from typing import Any, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 
+from eplb_native import _core
 from eplb_native.limits import MAX_ARRAY_ELEMENTS, MAX_THREADS
 
 IntArray = npt.NDArray[np.int64]
@@ -128,22 +129,27 @@ def check_load(
         raise ValueError(msg)
     if not check_values:
         return array
-    if not np.all(np.isfinite(array)):
-        bad = np.argwhere(~np.isfinite(array))[0]
-        kind = "NaN" if np.isnan(array[tuple(bad)]) else "inf"
-        msg = f"{field}: {kind} at index {tuple(int(i) for i in bad)} (loads must be finite and >= 0)"
-        raise ValueError(msg)
-    if np.any(array < 0):
-        bad = np.argwhere(array < 0)[0]
-        msg = f"{field}: negative value at index {tuple(int(i) for i in bad)} (loads must be >= 0)"
-        raise ValueError(msg)
-    with np.errstate(over="ignore"):
-        total = array.sum()
+    all_valid, total = _core.scan_load_values(array)  # one pass, without the GIL
+    if not all_valid:
+        _raise_bad_value(array, field)
     if not total <= MAX_LOAD_TOTAL:
         msg = (f"{field}: the values sum beyond 1e300, where sums over ranks, layers and steps "
                "overflow float64 (scale them down)")
         raise ValueError(msg)
     return array
+
+
+def _raise_bad_value(array: FloatArray, field: str) -> NoReturn:
+    """Raises the ValueError naming ``field`` and the index of the first NaN or inf of
+    ``array``, else of its first negative value (there is one)."""
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        kind = "NaN" if np.isnan(array[tuple(bad)]) else "inf"
+        msg = f"{field}: {kind} at index {tuple(int(i) for i in bad)} (loads must be finite and >= 0)"
+        raise ValueError(msg)
+    bad = np.argwhere(array < 0)[0]
+    msg = f"{field}: negative value at index {tuple(int(i) for i in bad)} (loads must be >= 0)"
+    raise ValueError(msg)
 
 
 def check_history(

@@ -26,9 +26,9 @@ from eplb_native.checks import (
     check_int,
     check_load,
     check_num_threads,
+    check_positive_int,
 )
-from eplb_native.metrics import peak_to_average
-from eplb_native.plan import Plan, rank_loads
+from eplb_native.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -240,13 +240,26 @@ def layer_balance(table: Plan | npt.ArrayLike, load: npt.ArrayLike, num_ranks: i
     return _balance(table, expert_load, num_ranks)
 
 
-def _balance(table: Plan | npt.ArrayLike, expert_load: FloatArray, num_ranks: int) -> FloatArray:
-    """``layer_balance`` of a load already checked by ``check_load``: 1 / PAR."""
-    plan = Plan.from_phy2log(_table_array(table, "table"), expert_load.shape[-1])
-    balance: FloatArray = 1.0 / peak_to_average(rank_loads(plan, expert_load, num_ranks))  # [(T,) L]
-    if expert_load.ndim == 3:
-        balance = balance.mean(axis=0)
-    return balance
+def _balance(
+    table: Plan | npt.ArrayLike, expert_load: FloatArray, num_ranks: int, num_threads: int = 1
+) -> FloatArray:
+    """``layer_balance`` of a load already checked by ``check_load``: 1 / PAR, each step's in
+    one core pass over the load (``_core.layer_balance``: numpy's
+    ``1 / peak_to_average(rank_loads(...))`` bit for bit), on ``num_threads`` threads."""
+    num_experts = expert_load.shape[-1]
+    if isinstance(table, Plan) and table.num_experts == num_experts:
+        plan = table
+    else:
+        plan = Plan.from_phy2log(_table_array(table, "table"), num_experts)
+    steps = expert_load.reshape(-1, *expert_load.shape[-2:])  # [T, L, N], a view
+    if steps.shape[1] != plan.num_layers:
+        msg = f"load: expected [..., L, N] = [..., {plan.num_layers}, {num_experts}], got {expert_load.shape}"
+        raise ValueError(msg)
+    balance: FloatArray = _core.layer_balance(
+        plan.core, steps, check_positive_int(num_ranks, "num_ranks"), num_threads
+    )  # [T, L]
+    per_layer: FloatArray = balance.mean(axis=0) if expert_load.ndim == 3 else balance[0]
+    return per_layer
 
 
 @dataclass
@@ -286,6 +299,7 @@ def select_layers(
     threshold_ratio: float,
     threshold_value: float,
     max_layers: int | None = None,
+    num_threads: int = 1,
 ) -> tuple[IntArray, FloatArray]:
     """Layer-wise cherry-picking: which layers to switch to ``new_table``, best first.
 
@@ -302,13 +316,36 @@ def select_layers(
         num_ranks: D.
         threshold_ratio, threshold_value: as in FlashLBOptions (see ``thresholds``).
         max_layers: cap on the layers returned; None: no cap.
+        num_threads: threads of the balance computation (0: all cores); the result is the
+            same for any count.
 
     Returns:
         (layers int64 [k], new balance float64 [k] of those layers, to ``planned.record``).
     """
     expert_load = check_load(window_load, "load", allow_steps=True)  # checked once for both
-    current_balance = _balance(current_table, expert_load, num_ranks)
-    new_balance = _balance(new_table, expert_load, num_ranks)
+    check_num_threads(num_threads)
+    return _select_layers(
+        current_table, new_table, expert_load, planned, num_ranks, threshold_ratio=threshold_ratio,
+        threshold_value=threshold_value, max_layers=max_layers, num_threads=num_threads,
+    )  # fmt: skip
+
+
+def _select_layers(
+    current_table: Plan | npt.ArrayLike,
+    new_table: Plan | npt.ArrayLike,
+    expert_load: FloatArray,
+    planned: PlannedBalance,
+    num_ranks: int,
+    *,
+    threshold_ratio: float,
+    threshold_value: float,
+    max_layers: int | None,
+    num_threads: int,
+) -> tuple[IntArray, FloatArray]:
+    """``select_layers`` on a window ``expert_load`` float64 [L, N] or [T, L, N] already
+    checked by ``check_load`` (values not scanned again)."""
+    current_balance = _balance(current_table, expert_load, num_ranks, num_threads)
+    new_balance = _balance(new_table, expert_load, num_ranks, num_threads)
     if planned.balance.shape != current_balance.shape:
         msg = f"planned: expected {current_balance.shape[0]} layers, got {planned.balance.shape}"
         raise ValueError(msg)

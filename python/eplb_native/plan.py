@@ -339,33 +339,17 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
     if old.ndim != 3 or new.shape != old.shape:
         msg = f"new_table: expected current_table's shape [L, D, S] {old.shape}, got {new.shape}"
         raise ValueError(msg)
-    num_layers = old.shape[0]
-    size = int(max(old.max(initial=0), new.max(initial=0))) + 1
-    present_old = np.zeros((num_layers, size + 1), dtype=bool)  # column `size`: empty slots
-    present_new = np.zeros((num_layers, size + 1), dtype=bool)
-    layer_rows = np.arange(num_layers)[:, None]
-    present_old[layer_rows, np.where(old < 0, size, old).reshape(num_layers, -1)] = True
-    present_new[layer_rows, np.where(new < 0, size, new).reshape(num_layers, -1)] = True
-    missing = present_old[:, :size] & ~present_new[:, :size]  # [L, size]
-    in_new = (new[..., :, None] == new[..., None, :]).sum(axis=-1)  # [L, D, S] copies on rank
-    in_old = (new[..., :, None] == old[..., None, :]).sum(axis=-1)  # the same in the old table
-    twice = ((in_new > 1) & (in_new > in_old) & (new >= 0)).any(axis=-1)  # [L, D]
-    stays = (in_old > 0) & (new >= 0)  # [L, D, S]
-    moved = (stays & (new != old)).any(axis=-1)  # [L, D]
     violations = []
-    broken = missing.any(axis=1) | twice.any(axis=1) | moved.any(axis=1)
-    for layer in np.flatnonzero(broken).tolist():
-        if missing[layer].any():
-            expert = int(np.flatnonzero(missing[layer])[0])
+    first = _core.placement_violations(old, new)  # [L, 3]: first break of each rule, -1: none
+    for layer in np.flatnonzero((first >= 0).any(axis=1)).tolist():
+        expert, twice, moved = first[layer].tolist()
+        if expert >= 0:
             violations.append(f"layer {layer}: expert {expert} has no replica left")
-        if twice[layer].any():
-            rank = int(np.flatnonzero(twice[layer])[0])
-            row = new[layer, rank].tolist()
-            violations.append(f"layer {layer}: rank {rank} holds an expert twice: {row}")
-        if moved[layer].any():
-            rank = int(np.flatnonzero(moved[layer])[0])
+        if twice >= 0:
+            violations.append(f"layer {layer}: rank {twice} holds an expert twice: {new[layer, twice].tolist()}")
+        if moved >= 0:
             violations.append(
-                f"layer {layer}: an expert that stays on rank {rank} changes slot: "
-                f"{old[layer, rank].tolist()} -> {new[layer, rank].tolist()}"
+                f"layer {layer}: an expert that stays on rank {moved} changes slot: "
+                f"{old[layer, moved].tolist()} -> {new[layer, moved].tolist()}"
             )
     return violations

@@ -34,7 +34,7 @@ from eplb_native.checks import (
     check_positive_int,
     is_integer,
 )
-from eplb_native.flashlb import FlashLBOptions, PlannedBalance, select_layers
+from eplb_native.flashlb import FlashLBOptions, PlannedBalance, _select_layers
 from eplb_native.metrics import count_weight_copies, peak_to_average
 from eplb_native.plan import Plan, rank_loads
 
@@ -348,9 +348,12 @@ def plan(request: PlanRequest) -> PlanOutcome:
         ratio, value = options.thresholds(num_ranks)
         remembered = request.planned_balance
         memory = PlannedBalance(np.full(num_layers, np.nan) if remembered is None else remembered.copy())
-        layers, balance = select_layers(
-            current, proposal, request.window, memory, num_ranks,
-            threshold_ratio=ratio, threshold_value=value, max_layers=options.max_layers_per_update,
+        # The core scanned the window's values (its history) when it planned.
+        window = as_float_array(request.window, "window")
+        layers, balance = _select_layers(
+            current, proposal, window, memory, num_ranks, threshold_ratio=ratio,
+            threshold_value=value, max_layers=options.max_layers_per_update,
+            num_threads=request.num_threads,
         )  # fmt: skip
     else:
         current = Plan.from_phy2log(request.current, request.num_experts)

@@ -5,6 +5,7 @@
 // Names: L layers, N logical experts, D ranks, S slots per rank, P = D * S physical slots.
 // Rank r owns physical slots [r * S, (r + 1) * S).
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,6 +29,14 @@ struct LoadView {
 // The largest sum of loads accepted: far enough below the float64 limit (1.8e308) that no sum
 // of them in any order (per rank, layer, step or window) overflows.
 constexpr double kMaxLoadTotal = 1e300;
+
+// One pass over load values: whether all are finite and >= 0, and their sum (summed in eight
+// interleaved lanes, then lane by lane).
+struct LoadScan {
+    bool all_valid = true;
+    double total = 0.0;
+};
+[[nodiscard]] LoadScan scan_load_values(const double* data, int64_t size);
 
 // Throws std::invalid_argument naming `field` when any value is NaN, infinite or negative (the
 // message names the value's row, counted from `first_row`: `data` may be a slice, and expert)
@@ -106,5 +115,23 @@ void expert_load_from_slot_load(const Plan& plan, const double* slot_load, int64
 // order. Throws naming num_ranks unless the ranks split the slots evenly.
 void rank_loads(const Plan& plan, const double* load, int64_t rows, int64_t num_ranks,
                 double* out);
+
+// Balance of layer `layer` in each row of `load` [rows, L, N]: mean / peak rank load (1.0 for
+// a row with no load) of rank_loads' rank loads, written to column `layer` of `out` [rows, L].
+// The mean sums the D rank loads in numpy's pairwise order: the values equal numpy's
+// 1 / peak_to_average(rank_loads(...)) bit for bit. Throws naming num_ranks unless the ranks
+// split the slots evenly.
+void layer_balance(const Plan& plan, const double* load, int64_t rows, int64_t num_ranks,
+                   int64_t layer, double* out);
+
+// The first break of each placement rule in one layer of the table `next` [D, S] against the
+// table in force `current` [D, S] (a negative id: an empty slot): {the smallest expert of
+// `current` with no replica in `next`; the first rank that holds an expert of `next` more
+// than once and more often than `current` does there (a repeat `current` already had is
+// allowed); the first rank where an expert that `current` has there too sits in another
+// slot}, -1 for a rule kept.
+[[nodiscard]] std::array<int64_t, 3> placement_violations(const int64_t* current,
+                                                          const int64_t* next, int64_t num_ranks,
+                                                          int64_t num_slots);
 
 }  // namespace eplb_native

@@ -8,7 +8,11 @@
 namespace eplb_native::flashlb {
 namespace {
 
-void finish_stats(EpisodeStats& stats, double z_score) {
+// Fills the statistics of `stats` from its loads, given also episode-major as `by_episode`
+// [K, N]. Each sum keeps its order (an expert's over the episodes, an episode's over the
+// experts), but the passes run along the contiguous axis, where the sums of different experts
+// (or episodes) are independent lanes.
+void finish_stats(EpisodeStats& stats, const std::vector<double>& by_episode, double z_score) {
     const auto num_episodes = static_cast<size_t>(stats.num_episodes);
     const auto num_experts = static_cast<size_t>(stats.num_experts);
     stats.mean.assign(num_experts, 0.0);
@@ -18,21 +22,33 @@ void finish_stats(EpisodeStats& stats, double z_score) {
     stats.total.assign(num_episodes, 0.0);
     for (size_t e = 0; e < num_experts; ++e) {
         const double* row = stats.loads.data() + e * num_episodes;
-        double sum = 0.0;
         for (size_t k = 0; k < num_episodes; ++k) {
-            sum += row[k];
             stats.total[k] += row[k];
         }
-        const double mean = sum / static_cast<double>(num_episodes);
-        double squares = 0.0;
-        for (size_t k = 0; k < num_episodes; ++k) {
-            squares += (row[k] - mean) * (row[k] - mean);
+    }
+    std::vector<double> squares(num_experts, 0.0);
+    for (size_t k = 0; k < num_episodes; ++k) {
+        const double* column = by_episode.data() + k * num_experts;
+        for (size_t e = 0; e < num_experts; ++e) {
+            stats.mean[e] += column[e];
         }
+    }
+    for (size_t e = 0; e < num_experts; ++e) {
+        stats.mean[e] /= static_cast<double>(num_episodes);
+    }
+    for (size_t k = 0; k < num_episodes; ++k) {
+        const double* column = by_episode.data() + k * num_experts;
+        for (size_t e = 0; e < num_experts; ++e) {
+            squares[e] += (column[e] - stats.mean[e]) * (column[e] - stats.mean[e]);
+        }
+    }
+    for (size_t e = 0; e < num_experts; ++e) {
+        const double* row = stats.loads.data() + e * num_episodes;
+        const double mean = stats.mean[e];
         for (size_t k = 0; k < num_episodes; ++k) {
             stats.deviation[e * num_episodes + k] = static_cast<float>(row[k] - mean);
         }
-        stats.mean[e] = mean;
-        stats.stddev[e] = std::sqrt(squares / static_cast<double>(num_episodes));
+        stats.stddev[e] = std::sqrt(squares[e] / static_cast<double>(num_episodes));
         stats.risk[e] = mean + z_score * stats.stddev[e];
     }
 }
@@ -77,28 +93,27 @@ EpisodeStats stats_from_history(const HistoryView& history, int64_t num_layers, 
     const auto num_episodes = static_cast<size_t>(stats.num_episodes);
     const auto n = static_cast<size_t>(num_experts);
     stats.loads.assign(n * num_episodes, 0.0);
-    // kBlock episodes are summed as rows of `block` [kBlock, N], then written expert-major one
-    // cache line per expert (the transposition of a whole layer would scatter every value).
+    // The episodes are summed as rows of `by_episode` [K, N], then written expert-major kBlock
+    // episodes (one cache line) per expert at a time.
+    std::vector<double> by_episode(num_episodes * n, 0.0);
+    for (size_t k = 0; k < num_episodes; ++k) {
+        const int64_t begin = bounds[2 * k];
+        const int64_t end = bounds[2 * k + 1];
+        double* episode = by_episode.data() + k * n;
+        history.visit([&](const auto* values) {
+            add_steps(values, num_layers, num_experts, layer_idx, begin, end, episode);
+        });
+    }
     constexpr size_t kBlock = 8;
-    std::vector<double> block(kBlock * n);
     for (size_t k0 = 0; k0 < num_episodes; k0 += kBlock) {
         const size_t width = std::min(kBlock, num_episodes - k0);
-        std::fill(block.begin(), block.end(), 0.0);
-        for (size_t j = 0; j < width; ++j) {
-            const int64_t begin = bounds[2 * (k0 + j)];
-            const int64_t end = bounds[2 * (k0 + j) + 1];
-            double* episode = block.data() + j * n;
-            history.visit([&](const auto* values) {
-                add_steps(values, num_layers, num_experts, layer_idx, begin, end, episode);
-            });
-        }
         for (size_t e = 0; e < n; ++e) {
             for (size_t j = 0; j < width; ++j) {
-                stats.loads[e * num_episodes + k0 + j] = block[j * n + e];
+                stats.loads[e * num_episodes + k0 + j] = by_episode[(k0 + j) * n + e];
             }
         }
     }
-    finish_stats(stats, z_score);
+    finish_stats(stats, by_episode, z_score);
     return stats;
 }
 
@@ -107,7 +122,7 @@ EpisodeStats stats_from_load(const double* layer_load, int64_t num_experts) {
     stats.num_episodes = 1;
     stats.num_experts = num_experts;
     stats.loads.assign(layer_load, layer_load + num_experts);
-    finish_stats(stats, 0.0);
+    finish_stats(stats, stats.loads, 0.0);  // one episode: [1, N] and [N, 1] alike
     return stats;
 }
 
