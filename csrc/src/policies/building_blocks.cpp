@@ -397,43 +397,50 @@ std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t
             }
         }
     }
+    // Per augmenting path, the columns not visited yet in increasing order (the first column
+    // of least slack wins ties, as in a scan of all columns) and the visited ones: each step
+    // touches every column once, but only the unvisited ones are compared.
+    std::vector<int64_t> unvisited;
+    std::vector<int64_t> visited;
+    std::vector<double> min_slack(at(n + 1));
     for (int64_t row = 1; row <= n; ++row) {
         if (matched[at(row)]) {
             continue;
         }
         col_match[0] = row;
         int64_t col0 = 0;
-        std::vector<double> min_slack(at(n + 1), inf);
-        std::vector<char> visited(at(n + 1), 0);
+        unvisited.resize(at(n));
+        std::iota(unvisited.begin(), unvisited.end(), int64_t{1});
+        visited.assign(1, 0);
+        std::fill(min_slack.begin(), min_slack.end(), inf);
         do {
-            visited[at(col0)] = 1;
             const int64_t row0 = col_match[at(col0)];
+            const double* costs = cost.data() + (row0 - 1) * n - 1;  // costs[col], col >= 1
+            const double pot = row_pot[at(row0)];
             double delta = inf;
-            int64_t col1 = 0;
-            for (int64_t col = 1; col <= n; ++col) {
-                if (visited[at(col)]) {
-                    continue;
-                }
-                const double reduced =
-                    cost[at((row0 - 1) * n + col - 1)] - row_pot[at(row0)] - col_pot[at(col)];
+            size_t pos1 = 0;
+            for (size_t pos = 0; pos < unvisited.size(); ++pos) {
+                const int64_t col = unvisited[pos];
+                const double reduced = costs[col] - pot - col_pot[at(col)];
                 if (reduced < min_slack[at(col)]) {
                     min_slack[at(col)] = reduced;
                     way[at(col)] = col0;
                 }
                 if (min_slack[at(col)] < delta) {
                     delta = min_slack[at(col)];
-                    col1 = col;
+                    pos1 = pos;
                 }
             }
-            for (int64_t col = 0; col <= n; ++col) {
-                if (visited[at(col)]) {
-                    row_pot[at(col_match[at(col)])] += delta;
-                    col_pot[at(col)] -= delta;
-                } else {
-                    min_slack[at(col)] -= delta;
-                }
+            for (const int64_t col : visited) {
+                row_pot[at(col_match[at(col)])] += delta;
+                col_pot[at(col)] -= delta;
             }
-            col0 = col1;
+            for (const int64_t col : unvisited) {
+                min_slack[at(col)] -= delta;
+            }
+            col0 = unvisited[pos1];
+            unvisited.erase(unvisited.begin() + static_cast<std::ptrdiff_t>(pos1));
+            visited.push_back(col0);
         } while (col_match[at(col0)] != 0);
         do {
             const int64_t col1 = way[at(col0)];
