@@ -336,11 +336,9 @@ def placement_violations(current_table: npt.ArrayLike, new_table: npt.ArrayLike)
     """
     old = as_int_array(current_table, "current_table")
     new = as_int_array(new_table, "new_table")
-    if old.ndim != 3 or new.shape != old.shape:
-        msg = f"new_table: expected current_table's shape [L, D, S] {old.shape}, got {new.shape}"
-        raise ValueError(msg)
     violations = []
-    first = _core.placement_violations(old, new)  # [L, 3]: first break of each rule, -1: none
+    # [L, 3]: the first break of each rule, -1: none (the core checks the shapes).
+    first = _core.placement_violations(old, new)
     for layer in np.flatnonzero((first >= 0).any(axis=1)).tolist():
         expert, twice, moved = first[layer].tolist()
         if expert >= 0:

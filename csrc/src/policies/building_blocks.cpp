@@ -415,13 +415,13 @@ std::vector<int64_t> hungarian_min_cost(const std::vector<double>& cost, int64_t
         std::fill(min_slack.begin(), min_slack.end(), inf);
         do {
             const int64_t row0 = col_match[at(col0)];
-            const double* costs = cost.data() + (row0 - 1) * n - 1;  // costs[col], col >= 1
+            const double* costs = cost.data() + (row0 - 1) * n;  // row row0, column col at col - 1
             const double pot = row_pot[at(row0)];
             double delta = inf;
             size_t pos1 = 0;
             for (size_t pos = 0; pos < unvisited.size(); ++pos) {
                 const int64_t col = unvisited[pos];
-                const double reduced = costs[col] - pot - col_pot[at(col)];
+                const double reduced = costs[col - 1] - pot - col_pot[at(col)];
                 if (reduced < min_slack[at(col)]) {
                     min_slack[at(col)] = reduced;
                     way[at(col)] = col0;
