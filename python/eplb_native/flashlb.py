@@ -324,40 +324,37 @@ def select_layers(
     """
     expert_load = check_load(window_load, "load", allow_steps=True)  # checked once for both
     check_num_threads(num_threads)
-    return _select_layers(
-        current_table, new_table, expert_load, planned, num_ranks, threshold_ratio=threshold_ratio,
-        threshold_value=threshold_value, max_layers=max_layers, num_threads=num_threads,
-    )  # fmt: skip
-
-
-def _select_layers(
-    current_table: Plan | npt.ArrayLike,
-    new_table: Plan | npt.ArrayLike,
-    expert_load: FloatArray,
-    planned: PlannedBalance,
-    num_ranks: int,
-    *,
-    threshold_ratio: float,
-    threshold_value: float,
-    max_layers: int | None,
-    num_threads: int,
-) -> tuple[IntArray, FloatArray]:
-    """``select_layers`` on a window ``expert_load`` float64 [L, N] or [T, L, N] already
-    checked by ``check_load`` (values not scanned again)."""
     current_balance = _balance(current_table, expert_load, num_ranks, num_threads)
     new_balance = _balance(new_table, expert_load, num_ranks, num_threads)
+    due = _due_layers(current_balance, planned, threshold_ratio, threshold_value)
+    return _by_improvement(due, current_balance[due], new_balance[due], max_layers)
+
+
+def _due_layers(
+    current_balance: FloatArray, planned: PlannedBalance, threshold_ratio: float, threshold_value: float
+) -> IntArray:
+    """The layers due for an update, int64 [k] ascending: balance ``current_balance`` float64
+    [L] (under the table in force, on the recent window) below ``threshold_ratio`` x the
+    layer's balance when last planned, or below ``threshold_value``."""
     if planned.balance.shape != current_balance.shape:
         msg = f"planned: expected {current_balance.shape[0]} layers, got {planned.balance.shape}"
         raise ValueError(msg)
-    if max_layers is not None:
-        check_int(max_layers, "max_layers", minimum=1)
     with np.errstate(invalid="ignore"):
         dropped = current_balance < threshold_ratio * planned.balance  # NaN compares False
-    due = dropped | (current_balance < threshold_value)
-    improvement = new_balance - current_balance
-    candidates = np.flatnonzero(due & (improvement > 0))
-    order = candidates[np.argsort(-improvement[candidates], kind="stable")]
+    due: IntArray = np.flatnonzero(dropped | (current_balance < threshold_value)).astype(np.int64)
+    return due
+
+
+def _by_improvement(
+    layers: IntArray, current_balance: FloatArray, new_balance: FloatArray, max_layers: int | None
+) -> tuple[IntArray, FloatArray]:
+    """Of ``layers`` int64 [k] ascending, with their balances float64 [k] under the table in
+    force and under the proposal, those the proposal improves: largest improvement first (ties:
+    lower layer first), at most ``max_layers``; and their new balances float64 [<= k]."""
     if max_layers is not None:
-        order = order[:max_layers]
-    logger.debug("flashlb: %d layers due, %d improve, %d selected", due.sum(), len(candidates), len(order))
-    return order.astype(np.int64), new_balance[order]
+        check_int(max_layers, "max_layers", minimum=1)
+    improvement = new_balance - current_balance
+    improves = np.flatnonzero(improvement > 0)
+    order = improves[np.argsort(-improvement[improves], kind="stable")][:max_layers]
+    logger.debug("flashlb: %d layers due, %d improve, %d selected", layers.size, improves.size, order.size)
+    return layers[order], new_balance[order]

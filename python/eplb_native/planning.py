@@ -34,7 +34,13 @@ from eplb_native.checks import (
     check_positive_int,
     is_integer,
 )
-from eplb_native.flashlb import FlashLBOptions, PlannedBalance, _select_layers
+from eplb_native.flashlb import (
+    FlashLBOptions,
+    PlannedBalance,
+    _balance,
+    _by_improvement,
+    _due_layers,
+)
 from eplb_native.metrics import count_weight_copies, peak_to_average
 from eplb_native.plan import Plan, rank_loads
 
@@ -271,7 +277,8 @@ class PlanOutcome:
     """What ``plan`` decided for one request.
 
     Attributes:
-        proposal: the policy's plan for every layer.
+        proposal: the policy's plan for every layer; for FlashLB given a current table, of
+            the layers due for an update (the current table's rows elsewhere).
         layers: int64 [k], the layers to switch to the proposal, highest priority first (all
             layers when the request had no current table).
         new_phy2log: int64 [L, P], the placement after switching ``layers`` (the current
@@ -327,36 +334,30 @@ def _propose(request: PlanRequest, load: FloatArray) -> Plan:
 def plan(request: PlanRequest) -> PlanOutcome:
     """Plans ``request``: the policy's proposal, then the layers worth switching to it.
 
-    Layer selection: FlashLB switches the layers whose balance on the window fell below its
-    thresholds (``FlashLBOptions.thresholds``, against ``planned_balance``) and that the
-    proposal improves, best first, at most ``max_layers_per_update``; the other policies switch
-    the layers whose busiest rank on the window's summed load gets lighter, largest gain first
+    Layer selection: FlashLB plans only the layers whose balance on the window fell below its
+    thresholds (``FlashLBOptions.thresholds``, against ``planned_balance``), as upstream
+    FlashLB does, and switches those the proposal improves, best first, at most
+    ``max_layers_per_update``; the other policies plan every layer and switch the layers whose
+    busiest rank on the window's summed load gets lighter, largest gain first
     (swift_balancer: at most its ``max_layers_per_update``). Logs one INFO line.
     """
     load = _window_load(request)
-    start = time.perf_counter()
-    proposal = _propose(request, load)
-    plan_ms = (time.perf_counter() - start) * 1e3
     num_layers, num_ranks = request.num_layers, request.num_ranks
     if request.current is None:
+        start = time.perf_counter()
+        proposal = _propose(request, load)
+        plan_ms = (time.perf_counter() - start) * 1e3
         current = proposal
         layers = np.arange(num_layers, dtype=np.int64)
         balance = np.full(num_layers, np.nan)
     elif request.policy == "flashlb":
         current = Plan.from_phy2log(request.current, request.num_experts)
-        options: FlashLBOptions = request.options or FlashLBOptions()
-        ratio, value = options.thresholds(num_ranks)
-        remembered = request.planned_balance
-        memory = PlannedBalance(np.full(num_layers, np.nan) if remembered is None else remembered.copy())
-        # The core scanned the window's values (its history) when it planned.
-        window = as_float_array(request.window, "window")
-        layers, balance = _select_layers(
-            current, proposal, window, memory, num_ranks, threshold_ratio=ratio,
-            threshold_value=value, max_layers=options.max_layers_per_update,
-            num_threads=request.num_threads,
-        )  # fmt: skip
+        proposal, layers, balance, plan_ms = _update_due_layers(request, load, current)
     else:
         current = Plan.from_phy2log(request.current, request.num_experts)
+        start = time.perf_counter()
+        proposal = _propose(request, load)
+        plan_ms = (time.perf_counter() - start) * 1e3
         swift = request.options if isinstance(request.options, SwiftBalancerOptions) else None
         cap = None if swift is None else swift.max_layers_per_update
         layers = _layers_by_peak_drop(current, proposal, load, num_ranks, cap)
@@ -374,6 +375,41 @@ def plan(request: PlanRequest) -> PlanOutcome:
             float(par_after.mean()), copies, plan_ms,
         )  # fmt: skip
     return PlanOutcome(proposal, layers, new_phy2log, par_before, par_after, balance, plan_ms)
+
+
+def _update_due_layers(
+    request: PlanRequest, load: FloatArray, current: Plan
+) -> tuple[Plan, IntArray, FloatArray, float]:
+    """FlashLB's layer-wise update of the table in force ``current``: plans the due layers
+    only (each layer is planned on its own, so their rows are those of a plan of every layer)
+    and picks the ones to switch. Returns (proposal: the due layers' plan, the table in force
+    elsewhere; layers int64 [k] to switch, best first; their balance float64 [k] under the
+    proposal; the policy's wall time, ms, 0 when no layer is due)."""
+    options: FlashLBOptions = request.options or FlashLBOptions()
+    ratio, value = options.thresholds(request.num_ranks)
+    remembered = request.planned_balance
+    planned = PlannedBalance(np.full(request.num_layers, np.nan) if remembered is None else remembered)
+    # The window's values were scanned by _window_load (the core scans them again as history).
+    window = as_float_array(request.window, "window")
+    current_balance = _balance(current, window, request.num_ranks, request.num_threads)
+    due = _due_layers(current_balance, planned, ratio, value)
+    if due.size == 0:
+        return current, due, np.zeros(0), 0.0
+    # Views when every layer is due; copies of the due layers' rows otherwise.
+    rows = slice(None) if due.size == request.num_layers else due
+    assert request.current is not None  # the caller's branch
+    start = time.perf_counter()
+    planned_rows = POLICIES["flashlb"](
+        load[rows], current.num_physical, request.num_groups, request.num_nodes, request.num_ranks,
+        current=request.current[rows], history=request.window[:, rows], num_threads=request.num_threads,
+        seed=request.seed, options=request.options,
+    )  # fmt: skip
+    plan_ms = (time.perf_counter() - start) * 1e3
+    new_balance = _balance(planned_rows, window[:, rows], request.num_ranks, request.num_threads)
+    layers, balance = _by_improvement(due, current_balance[due], new_balance, options.max_layers_per_update)
+    phy2log = current.phy2log.copy()
+    phy2log[due] = planned_rows.phy2log
+    return Plan.from_phy2log(phy2log, request.num_experts), layers, balance, plan_ms
 
 
 def _layers_by_peak_drop(

@@ -11,7 +11,7 @@ import pytest
 from exact_placement import allotments, exact_min_max_load
 
 import eplb_native
-from eplb_native import _core, count_weight_copies, evaluate, rank_loads, validate_plan
+from eplb_native import _core, count_weight_copies, evaluate, planning, rank_loads, validate_plan
 from eplb_native.flashlb import (
     FlashLBOptions,
     PlannedBalance,
@@ -239,6 +239,42 @@ def test_cherry_picking_orders_layers_by_improvement_and_caps_them() -> None:
         threshold_value=1.0, max_layers=2,
     )
     assert layers.tolist() == np.argsort(-gain, kind="stable")[:2].tolist()
+
+
+@pytest.mark.parametrize("window_dtype", [np.float64, np.int64])
+def test_update_plans_only_the_due_layers_and_switches_what_a_full_plan_would(
+    window_dtype: type,
+) -> None:
+    rng = np.random.default_rng(8)
+    window = np.round(rng.uniform(900, 1100, size=(6, 4, 32))).astype(window_dtype)  # [T, L, N]
+    current = plan_flashlb(window.sum(axis=0), 40, 1, 1, 8, history=window).phy2log
+    planned_balance = layer_balance(current, window, 8)
+    shifted = window.copy()
+    shifted[:, 2, :4] *= 6  # four experts of layer 2 turn hot
+    request = planning.PlanRequest(
+        shifted, 8, "flashlb", current=current, planned_balance=planned_balance, num_threads=1
+    )
+    outcome = planning.plan(request)
+    ratio, value = FlashLBOptions().thresholds(8)
+    now = layer_balance(current, shifted, 8)
+    due = (now < ratio * planned_balance) | (now < value)
+    assert due[2] and not due.all()  # the shifted layer is due, some other layer is not
+    # A layer not due is not planned: its proposal row is the current one.
+    assert np.array_equal(outcome.proposal.phy2log[~due], current[~due])
+    full = planning.propose(request)  # every layer planned
+    assert np.array_equal(outcome.proposal.phy2log[due], full.phy2log[due])
+    expected, balance = select_layers(current, full, shifted.astype(np.float64),
+                                      PlannedBalance(planned_balance), 8, threshold_ratio=ratio,
+                                      threshold_value=value)  # fmt: skip
+    assert 2 in expected.tolist()
+    assert outcome.layers.tolist() == expected.tolist()
+    assert outcome.balance.tolist() == balance.tolist()
+    assert np.array_equal(outcome.new_phy2log[expected], full.phy2log[expected])
+    steady = planning.plan(
+        planning.PlanRequest(window, 8, "flashlb", current=current, planned_balance=planned_balance)
+    )
+    assert steady.layers.size == 0 and steady.plan_ms == 0.0
+    assert np.array_equal(steady.new_phy2log, current)
 
 
 def test_defaults_depend_on_the_rank_count_and_yield_to_given_values() -> None:
