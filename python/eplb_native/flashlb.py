@@ -41,11 +41,12 @@ MANY_RANKS = 32
 class FlashLBOptions:
     """FlashLB settings; invalid values raise ValueError naming the field.
 
-    The search's depth and width keep the published values. The rest was chosen by measurement
-    in the serving loop of ``benchmarks/bench_serving_loop.py`` (re-plan every k steps from the
-    last k, score the next k), against upstream vllm-ascend FlashLB: per-step episodes; a risk
-    weight of 1.0 (the published 0.674 fits the per-step heat of the planning window less
-    well); update thresholds and keep margin by rank count, as upstream's thresholds are.
+    The defaults were chosen by measurement in the serving loop of
+    ``benchmarks/bench_serving_loop.py`` (re-plan every k steps from the last k, score the next
+    k), against upstream vllm-ascend FlashLB: per-step episodes; a risk weight of 1.0 (the
+    published 0.674 fits the per-step heat of the planning window less well); a smaller search
+    on several episodes than the published one (as good on the next window, 1.7x faster);
+    update thresholds and keep margin by rank count, as upstream's thresholds are.
 
     Example:
         >>> FlashLBOptions(max_depth=3).resolved(8).keep_margin
@@ -54,8 +55,10 @@ class FlashLBOptions:
     Attributes:
         z_score: weight of the deviation in a rank's risk ``mean + z * std`` (1.0: the 84th
             percentile of a normal load); in [0, 100].
-        max_depth: groups of hot experts whose replica counts are searched one after another.
-        width: candidate replica counts tried per group.
+        max_depth: groups of hot experts whose replica counts are searched one after another;
+            None: 3 with several episodes, 4 (the published value) with one.
+        width: candidate replica counts tried per group; None: 5 with several episodes, 8 (the
+            published value) with one.
         episode_steps: history steps summed into one episode (1: per-step heat as is).
         max_episodes: episodes at most; a longer history merges runs of adjacent episodes.
         update_threshold_ratio: re-plan a layer whose balance fell below this fraction of its
@@ -73,8 +76,8 @@ class FlashLBOptions:
     """
 
     z_score: float = 1.0
-    max_depth: int = 4
-    width: int = 8
+    max_depth: int | None = None
+    width: int | None = None
     episode_steps: int = 1
     max_episodes: int = 64
     update_threshold_ratio: float | None = None
@@ -95,9 +98,9 @@ class FlashLBOptions:
             if not 0 <= value <= upper:  # NaN fails too
                 msg = f"{name}: expected a value in [0, {upper}], got {value!r}"
                 raise ValueError(msg)
-        for name in ("max_depth", "width", "episode_steps", "max_episodes"):
+        for name in ("episode_steps", "max_episodes"):
             check_int(getattr(self, name), name, minimum=1)
-        for name in ("max_layers_per_update",):
+        for name in ("max_depth", "width", "max_layers_per_update"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)
         if self.max_moves_per_layer is not None:
@@ -130,8 +133,9 @@ class FlashLBOptions:
         opts = self.resolved(num_ranks)
         return {
             "z_score": float(opts.z_score),
-            "max_depth": int(opts.max_depth),
-            "width": int(opts.width),
+            # 0: the core's size for the statistics (one episode or several).
+            "max_depth": 0 if opts.max_depth is None else int(opts.max_depth),
+            "width": 0 if opts.width is None else int(opts.width),
             "episode_steps": int(opts.episode_steps),
             "max_episodes": int(opts.max_episodes),
             "incremental": opts.incremental,

@@ -150,7 +150,7 @@ TEST(FlashLB, BadInputNamesTheField) {
     EXPECT_NE(message_of([&] { (void)run(load, topo, 1); }).find("load"), std::string::npos);
     load = {1, 2, 3, 4};
     Options options;
-    options.width = 0;
+    options.width = -1;
     EXPECT_NE(message_of([&] { (void)run(load, topo, 1, nullptr, options); }).find("width"),
               std::string::npos);
     const std::vector<int64_t> current = {0, 1, 2, 7};

@@ -286,6 +286,21 @@ def test_defaults_depend_on_the_rank_count_and_yield_to_given_values() -> None:
     assert FlashLBOptions(keep_margin=0.0).resolved(64).keep_margin == 0.0
 
 
+def test_search_size_defaults_to_the_published_one_on_one_episode_and_smaller_on_several() -> None:
+    rng = np.random.default_rng(9)
+    history = np.round(1000 * rng.lognormal(0.0, 1.2, size=(16, 2, 64)))
+    load = history.sum(axis=0)
+
+    def phy2log(options: FlashLBOptions, **kwargs: np.ndarray) -> np.ndarray:
+        return plan_flashlb(load, 96, 1, 1, 16, options=options, num_threads=1, **kwargs).phy2log
+
+    published, smaller = FlashLBOptions(max_depth=4, width=8), FlashLBOptions(max_depth=3, width=5)
+    assert np.array_equal(phy2log(FlashLBOptions()), phy2log(published))
+    assert not np.array_equal(phy2log(published), phy2log(smaller))
+    assert np.array_equal(phy2log(FlashLBOptions(), history=history), phy2log(smaller, history=history))
+    assert not np.array_equal(phy2log(published, history=history), phy2log(smaller, history=history))
+
+
 def test_degenerate_loads_give_valid_plans() -> None:
     zero = np.zeros((2, 16))
     validate_plan(plan_flashlb(zero, 20, 1, 1, 4), 4)
@@ -357,7 +372,7 @@ def test_bad_options_raise_value_error_naming_the_field(changes: dict, field: st
         ({"load": np.full((1, 4), np.nan)}, "load"),
         ({"history": np.ones((2, 1, 5))}, "history"),
         ({"current": np.array([[0, 1, 2, 9]])}, "current"),
-        ({"options": {"width": 0}}, "width"),
+        ({"options": {"width": -1}}, "width"),
         ({"num_ranks": 3}, "num_replicas"),
     ],
 )

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "eplb_native/error.h"
 #include "eplb_native/flashlb/minimal_moves.h"
@@ -101,7 +102,7 @@ struct ScoreBound {
 
 // The tree search over how many redundant replicas each group of hot experts takes; returns
 // the best candidate (LPT placement on risk-adjusted loads).
-Candidate search_allotment(const LayerInputs& layer, const Options& options, ThreadPool& pool) {
+Candidate search_allotment(const LayerInputs& layer, const SearchSize& options, ThreadPool& pool) {
     const EpisodeStats& stats = layer.stats;
     const std::vector<int64_t>& order = layer.by_risk;
     const LayerShape& shape = layer.shape;
@@ -356,8 +357,13 @@ void validate_history(const Value* data, int64_t num_rows, int64_t num_experts, 
 
 void validate_options(const Options& options) {
     require_in_range(options.z_score, kMaxZScore, "z_score");
-    require_positive(options.max_depth, "max_depth");
-    require_positive(options.width, "width");
+    for (const auto& [value, field] : {std::pair{options.max_depth, "max_depth"},
+                                       std::pair{options.width, "width"}}) {
+        if (value < 0) {
+            throw_invalid(field, "expected a positive integer (or 0: the default), got " +
+                                     std::to_string(value));
+        }
+    }
     require_positive(options.episode_steps, "episode_steps");
     require_positive(options.max_episodes, "max_episodes");
     require_in_range(options.keep_margin, 1.0, "keep_margin");  // a fraction of the mean load
@@ -375,7 +381,10 @@ std::vector<int64_t> plan_layer(const EpisodeStats& stats, const LayerShape& sha
                                : by_risk;
     const LayerInputs layer{stats, by_risk, by_mean, shape,
                             LptObjective{&stats, options.z_score, current, options.keep_margin}};
-    Candidate best = search_allotment(layer, options, pool);
+    const SearchSize defaults = stats.num_episodes > 1 ? kEpisodeSearch : kAggregateSearch;
+    const SearchSize size{options.max_depth > 0 ? options.max_depth : defaults.max_depth,
+                          options.width > 0 ? options.width : defaults.width};
+    Candidate best = search_allotment(layer, size, pool);
     if (stats.num_episodes > 1) {
         // Every candidate was placed and scored on the episodes themselves; packing and swaps
         // on the aggregate (below) never lower that score, so they are skipped.
