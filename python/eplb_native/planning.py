@@ -322,11 +322,16 @@ def propose(request: PlanRequest) -> Plan:
     return _propose(request, _window_load(request))
 
 
-def _propose(request: PlanRequest, load: FloatArray) -> Plan:
+def _propose(
+    request: PlanRequest, load: FloatArray, rows: slice | IntArray = slice(None)
+) -> Plan:
+    """The policy's plan of the layers ``rows`` of ``request`` (every layer by default; an index
+    array copies those layers' load, window and current rows)."""
     assert request.num_replicas is not None  # set by PlanRequest.__post_init__
     return POLICIES[request.policy](
-        load, request.num_replicas, request.num_groups, request.num_nodes, request.num_ranks,
-        current=request.current, history=request.window if request.policy == "flashlb" else None,
+        load[rows], request.num_replicas, request.num_groups, request.num_nodes, request.num_ranks,
+        current=None if request.current is None else request.current[rows],
+        history=request.window[:, rows] if request.policy == "flashlb" else None,
         num_threads=request.num_threads, seed=request.seed, options=request.options,
     )  # fmt: skip
 
@@ -397,13 +402,8 @@ def _update_due_layers(
         return current, due, np.zeros(0), 0.0
     # Views when every layer is due; copies of the due layers' rows otherwise.
     rows = slice(None) if due.size == request.num_layers else due
-    assert request.current is not None  # the caller's branch
     start = time.perf_counter()
-    planned_rows = POLICIES["flashlb"](
-        load[rows], current.num_physical, request.num_groups, request.num_nodes, request.num_ranks,
-        current=request.current[rows], history=request.window[:, rows], num_threads=request.num_threads,
-        seed=request.seed, options=request.options,
-    )  # fmt: skip
+    planned_rows = _propose(request, load, rows)
     plan_ms = (time.perf_counter() - start) * 1e3
     new_balance = _balance(planned_rows, window[:, rows], request.num_ranks, request.num_threads)
     layers, balance = _by_improvement(due, current_balance[due], new_balance, options.max_layers_per_update)

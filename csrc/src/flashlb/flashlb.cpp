@@ -102,7 +102,7 @@ struct ScoreBound {
 
 // The tree search over how many redundant replicas each group of hot experts takes; returns
 // the best candidate (LPT placement on risk-adjusted loads).
-Candidate search_allotment(const LayerInputs& layer, const SearchSize& options, ThreadPool& pool) {
+Candidate search_allotment(const LayerInputs& layer, const SearchSize& size, ThreadPool& pool) {
     const EpisodeStats& stats = layer.stats;
     const std::vector<int64_t>& order = layer.by_risk;
     const LayerShape& shape = layer.shape;
@@ -120,8 +120,8 @@ Candidate search_allotment(const LayerInputs& layer, const SearchSize& options, 
     // consecutive slices of the risk order; everything after the slices is only estimated.
     const auto hot = static_cast<int64_t>(std::count_if(
         best.counts.begin(), best.counts.end(), [](int64_t c) { return c > 1; }));
-    const int64_t span = std::min(num_experts, std::max(2 * hot, options.max_depth));
-    const int64_t num_groups = std::min(options.max_depth, span);
+    const int64_t span = std::min(num_experts, std::max(2 * hot, size.max_depth));
+    const int64_t num_groups = std::min(size.max_depth, span);
     std::vector<int64_t> group_begin(idx(num_groups + 1));
     for (int64_t g = 0; g <= num_groups; ++g) {
         group_begin[idx(g)] = g * span / num_groups;
@@ -138,9 +138,9 @@ Candidate search_allotment(const LayerInputs& layer, const SearchSize& options, 
         }
         const int64_t budget = redundant - decided_extras;
         const int64_t cap = std::min(budget, static_cast<int64_t>(group.size()) * (num_ranks - 1));
-        const int64_t hi = std::min(cap, std::max<int64_t>(0, estimate - options.width / 2) +
-                                             options.width - 1);
-        const int64_t lo = std::max<int64_t>(0, hi - options.width + 1);
+        const int64_t hi = std::min(cap, std::max<int64_t>(0, estimate - size.width / 2) +
+                                             size.width - 1);
+        const int64_t lo = std::max<int64_t>(0, hi - size.width + 1);
         // Candidate c gives the group lo + c extra replicas and the undecided experts the rest
         // of the budget, each by min-max allotment: prefixes of one order per set.
         std::vector<int64_t> base = best.counts;
